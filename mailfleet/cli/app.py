@@ -1,0 +1,83 @@
+"""The `mailfleet` command: global options, command groups, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+
+from mailfleet import __version__
+from mailfleet import config as config_mod
+from mailfleet.cli import deploy, init, lab
+from mailfleet.cli.output import error
+from mailfleet.cli.state import Globals
+from mailfleet.errors import MailfleetError
+
+app = typer.Typer(
+    name="mailfleet",
+    help=(
+        "Turn plain Debian 12/13 hosts into a complete, hardened mail system, and operate it.\n\n"
+        "Everything is described by one file, mailfleet.toml (see `mailfleet init`)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"mailfleet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config", "-c", metavar="PATH", envvar=config_mod.ENV_VAR, show_envvar=True,
+            help="Config file [default: ./mailfleet.toml].",
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the underlying commands and their output.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    ctx.obj = Globals(config_mod.config_path(config), verbose)
+
+
+app.command("init")(init.init)
+app.command("deploy")(deploy.deploy)
+app.command("check")(deploy.check)
+app.command("demo")(deploy.demo)
+app.add_typer(lab.app, name="lab")
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the CLI; user mistakes and failed operations become a message and an exit code."""
+    try:
+        result = app(args=args, prog_name="mailfleet", standalone_mode=False)
+    except MailfleetError as err:
+        error(err.message, err.hint)
+        return err.exit_code
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except click.exceptions.Abort:
+        error("Aborted.")
+        return 130
+    except KeyboardInterrupt:
+        error("Interrupted.")
+        return 130
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,136 @@
+"""`mailfleet deploy`, `mailfleet check` and `mailfleet demo`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from mailfleet import services
+from mailfleet.cli.output import console, info, print_json
+from mailfleet.cli.state import Globals, globals_of
+from mailfleet.config import Config
+from mailfleet.engine import DeployReport, Engine
+from mailfleet.services.checks import CheckResult
+
+Limit = Annotated[
+    Optional[list[str]],
+    typer.Option("--limit", "-l", metavar="HOST", help="Only this host (repeatable)."),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+
+
+def deploy(
+    ctx: typer.Context,
+    check: Annotated[bool, typer.Option("--check", help="Only report what would change.")] = False,
+    diff: Annotated[bool, typer.Option("--diff", help="Show the changes to config files.")] = False,
+    limit: Limit = None,
+    json: Json = False,
+) -> int:
+    """Converge the hosts to mailfleet.toml; a second run reports zero changes."""
+    g = globals_of(ctx)
+    config = g.load()
+    report = run_deploy(g, config, limit, check=check, diff=diff, quiet=json)
+    if json:
+        print_json(report.as_dict())
+    else:
+        _render_report(report)
+    return 0 if report.ok else 1
+
+
+def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
+               diff: bool = False, quiet: bool = False) -> DeployReport:
+    hosts = config.select_hosts(limit, g.config_path)
+    with Engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
+        if quiet or check:
+            return engine.deploy(services.DEPLOY_STEPS)
+        with Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[op]}"), console=console, transient=True, auto_refresh=False,
+        ) as bar:
+            tasks: dict[str, int] = {}
+
+            def on_event(kind: str, host: str, op: str) -> None:
+                if host not in tasks:
+                    total = engine.operation_count(next(h for h in engine.hosts() if h.name == host))
+                    tasks[host] = bar.add_task(host, total=total, op="")
+                bar.update(tasks[host], advance=1, op=("[red]failed: " if kind == "error" else "") + op)
+                bar.refresh()
+
+            return engine.deploy(services.DEPLOY_STEPS, on_event)
+
+
+def _render_report(report: DeployReport) -> None:
+    verb = "would change" if report.check else "changed"
+    for name, host in report.hosts.items():
+        if host.error or host.failed:
+            console.print(f"[bold red]{name}[/]: failed at {', '.join(host.failed) or host.error}")
+        elif host.changed:
+            console.print(f"[bold]{name}[/]: {len(host.changed)} {verb} "
+                          f"({host.operations} operations)")
+        else:
+            console.print(f"[bold]{name}[/]: no changes ({host.operations} operations)")
+        for op in host.changed:
+            console.print(f"  [yellow]~[/] {op}")
+    if report.ok:
+        console.print(f"{report.changes} change(s) in total{' (check mode: nothing was touched)' if report.check else ''}")
+
+
+def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> int:
+    """Run the health checks: one line each, exit 1 if any fails."""
+    g = globals_of(ctx)
+    config = g.load()
+    results = run_checks(g, config, limit)
+    if json:
+        print_json({"ok": all(r.status != "fail" for r in results),
+                    "checks": [r.as_dict() for r in results]})
+    else:
+        render_checks(results)
+    return 0 if all(r.status != "fail" for r in results) else 1
+
+
+def run_checks(g: Globals, config: Config, limit: list[str] | None) -> list[CheckResult]:
+    hosts = config.select_hosts(limit, g.config_path)
+    with Engine(config, hosts, verbose=g.verbose) as engine:
+        return [result for check_fn in services.CHECKS for result in check_fn(engine)]
+
+
+def render_checks(results: list[CheckResult]) -> None:
+    table = Table(box=None, show_header=False, pad_edge=False)
+    style = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
+    for r in results:
+        message = r.message + (f" — {r.fix}" if r.fix and r.status != "ok" else "")
+        table.add_row(style[r.status], r.host, r.name, message)
+    console.print(table)
+
+
+def demo(
+    ctx: typer.Context,
+    keep: Annotated[bool, typer.Option("--keep/--down", help="Leave the lab host running.")] = True,
+) -> int:
+    """Boot a local Debian 13 lab host, deploy to it, and print the health check."""
+    from mailfleet.lab.inventory import write_hosts, host_entries
+    from mailfleet.lab.lab import Lab
+
+    lab = Lab("demo", log=info)
+    config_path = lab.paths.state_dir.parent / "demo.toml"
+    g = Globals(Path(config_path), globals_of(ctx).verbose)
+    info("booting a Debian 13 lab host")
+    state = lab.up(["trixie"], 1)
+    config_path.unlink(missing_ok=True)
+    write_hosts(config_path, lab.paths.id, host_entries(lab, state))
+    info(f"deploying (config: {config_path})")
+    config = g.load()
+    report = run_deploy(g, config, None)
+    _render_report(report)
+    results = run_checks(g, config, None)
+    render_checks(results)
+    if keep:
+        info(f"the lab host is still running: `mailfleet -c {config_path} lab --name demo ssh n1`; "
+             "stop it with `mailfleet lab --name demo down`")
+    else:
+        lab.down()
+    return 0 if report.ok and all(r.status != "fail" for r in results) else 1

@@ -1,0 +1,114 @@
+"""`mailfleet lab`: local Debian hosts to deploy to and test against."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from mailfleet.cli.output import console, info, print_json
+from mailfleet.cli.state import globals_of
+from mailfleet.lab.inventory import host_entries, remove_hosts, write_hosts
+from mailfleet.lab.lab import Lab
+from mailfleet.lab.paths import DEFAULT_RELEASE
+
+app = typer.Typer(
+    help=(
+        "Local lab: booted Debian 12/13 hosts (systemd-nspawn, own network) to deploy to and "
+        "test against. Needs root."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+@app.callback()
+def lab_options(
+    ctx: typer.Context,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", envvar="MAILFLEET_LAB", help="Lab name, to run several labs [default: mf]."),
+    ] = None,
+) -> None:
+    ctx.obj = name
+
+
+def _lab(ctx: typer.Context) -> Lab:
+    return Lab(ctx.obj, log=info)
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    release: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--release", "-r", metavar="RELEASE",
+            help=f"trixie (Debian 13) or bookworm (Debian 12); repeat to give each node its own "
+            f"[default: {DEFAULT_RELEASE}].",
+        ),
+    ] = None,
+    nodes: Annotated[
+        Optional[int], typer.Option("--nodes", "-n", metavar="N", help="Number of nodes n1..nN [default: 1].")
+    ] = None,
+) -> None:
+    """Boot lab nodes n1..nN and add them as [[hosts]] to the config file."""
+    lab = _lab(ctx)
+    state = lab.up(release or [], nodes)
+    path = globals_of(ctx).config_path
+    write_hosts(path, lab.paths.id, host_entries(lab, state))
+    for node in state.nodes:
+        info(f"{node.name}: Debian {node.debian} ({node.release}) at {node.address}, "
+             f"ssh 127.0.0.1:{node.ssh_port}, up in {node.boot_seconds:.1f} s")
+    info(f"hosts written to {path}; next: `mailfleet deploy`")
+
+
+@app.command()
+def down(ctx: typer.Context) -> None:
+    """Stop every lab node and helper, remove the lab's namespaces and its hosts from the config."""
+    lab = _lab(ctx)
+    if not lab.down():
+        info(f"lab {lab.paths.id} is not running")
+    remove_hosts(globals_of(ctx).config_path, lab.paths.id)
+
+
+@app.command()
+def status(ctx: typer.Context, json: Annotated[bool, typer.Option("--json")] = False) -> int:
+    """List the lab's nodes: name, release and address."""
+    data = _lab(ctx).status()
+    if json:
+        print_json(data)
+    elif not data["nodes"]:
+        console.print(f"lab {data['lab']} is not running")
+    else:
+        table = Table("node", "release", "address", "ssh", "state", box=None)
+        for n in data["nodes"]:
+            table.add_row(n["name"], f"{n['release']} (Debian {n['debian']})", n["address"],
+                          n["ssh"], "running" if n["running"] else "[red]stopped[/]")
+        console.print(table)
+    return 0 if data["running"] else 1
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def ssh(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="Node name, e.g. n1.")],
+    command: Annotated[Optional[list[str]], typer.Argument(help="Command to run (after --).")] = None,
+) -> int:
+    """Open a root shell on a lab node, or run one command: `lab ssh n1 -- hostname`."""
+    cmd = _lab(ctx).ssh_command(node, command)
+    return subprocess.call(cmd)
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    ctx: typer.Context,
+    command: Annotated[list[str], typer.Argument(help="Local command to run inside the lab network.")],
+) -> int:
+    """Run a local program inside the lab network, where it reaches the nodes by address."""
+    cmd = _lab(ctx).exec_command(command)
+    os.execvp(cmd[0], cmd)
+    return 127

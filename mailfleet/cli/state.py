@@ -1,0 +1,26 @@
+"""Options shared by every command (-c, -v), kept on the Typer context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from mailfleet import config as config_mod
+
+
+@dataclass
+class Globals:
+    config_path: Path
+    verbose: bool
+
+    def load(self) -> config_mod.Config:
+        return config_mod.load(self.config_path)
+
+
+def globals_of(ctx: typer.Context) -> Globals:
+    root = ctx.find_root()
+    if not isinstance(root.obj, Globals):
+        root.obj = Globals(config_mod.config_path(None), False)
+    return root.obj

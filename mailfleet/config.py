@@ -1,0 +1,279 @@
+"""The mailfleet.toml model.
+
+Every error names the file, the line (where the key can be found) and the key, because
+a config that is wrong must be fixed by a person reading one sentence.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mailfleet.errors import ConfigError
+
+DEFAULT_PATH = Path("mailfleet.toml")
+ENV_VAR = "MAILFLEET_CONFIG"
+
+_LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
+DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
+HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+Role = Literal["mail", "db", "web"]
+WEBMAIL_CHOICES = ("roundcube", "sogo", "none")
+WEBMAIL_BOTH_REASON = (
+    "Roundcube and SOGo cannot both be deployed: each writes the user's single active Sieve "
+    "script (SOGo's vacation message silently disables Roundcube's filters), and users would "
+    "get two password screens and two address books; choose one"
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _domain(value: str) -> str:
+    value = value.strip().lower().rstrip(".")
+    if not DOMAIN_RE.match(value):
+        raise ValueError(f"{value!r} is not a valid domain name (like example.org)")
+    return value
+
+
+class MailSettings(_Strict):
+    domain: str = Field(description="Primary mail domain.")
+    hostname: str = Field(description="Fully qualified name of the mail host (MX, SMTP banner).")
+    domains: list[str] = Field(default_factory=list, description="Further domains served.")
+
+    @field_validator("domain", "hostname")
+    @classmethod
+    def _check_domain(cls, value: str) -> str:
+        return _domain(value)
+
+    @field_validator("domains")
+    @classmethod
+    def _check_domains(cls, values: list[str]) -> list[str]:
+        return [_domain(v) for v in values]
+
+
+class AdminSettings(_Strict):
+    user: str = "mfadmin"
+    ssh_key: str | None = Field(None, description="Public key (or its file) for the admin user.")
+
+    @field_validator("user")
+    @classmethod
+    def _check_user(cls, value: str) -> str:
+        if value == "root" or not UNIX_USER_RE.match(value):
+            raise ValueError(f"{value!r} is not a usable admin user name (lower case, not root)")
+        return value
+
+
+class FeatureSettings(_Strict):
+    webmail: Literal["roundcube", "sogo", "none"] = "roundcube"
+    radicale: bool = False
+    firewall: bool = True
+    wireguard: bool = False
+    backups: bool = True
+
+    @field_validator("webmail", mode="before")
+    @classmethod
+    def _one_webmail(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple, set)):
+            chosen = {str(v).lower() for v in value}
+            if {"roundcube", "sogo"} <= chosen:
+                raise ValueError(WEBMAIL_BOTH_REASON)
+            raise ValueError('must be one of "roundcube", "sogo" or "none", not a list')
+        if isinstance(value, str) and value.lower() not in WEBMAIL_CHOICES:
+            if "roundcube" in value.lower() and "sogo" in value.lower():
+                raise ValueError(WEBMAIL_BOTH_REASON)
+            raise ValueError(f'must be "roundcube", "sogo" or "none", not {value!r}')
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _radicale_needs_roundcube(self) -> FeatureSettings:
+        if self.radicale and self.webmail == "sogo":
+            raise ValueError(
+                "radicale = true is not needed with SOGo, which has its own calendars and "
+                "contacts; set radicale = false"
+            )
+        return self
+
+
+class HostSettings(_Strict):
+    name: str = Field(description="Short name used on the command line (--limit NAME).")
+    address: str = Field(description="Address or DNS name mailfleet connects to over SSH.")
+    fqdn: str | None = Field(None, description="Host name to set; default: mail.hostname.")
+    ssh_user: str = "root"
+    ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
+    ssh_key: str | None = None
+    ssh_known_hosts: str | None = None
+    roles: list[Role] = Field(default_factory=lambda: ["mail", "db", "web"])
+    lab: str | None = Field(None, description="Set by `mailfleet lab up` on the hosts it made.")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not HOST_NAME_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a valid host name (lower case letters, digits and '-', "
+                "starting with a letter)"
+            )
+        return value
+
+    @field_validator("fqdn")
+    @classmethod
+    def _check_fqdn(cls, value: str | None) -> str | None:
+        return None if value is None else _domain(value)
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        if not value or any(c.isspace() for c in value):
+            raise ValueError(f"{value!r} is not a host address")
+        return value
+
+    @field_validator("roles")
+    @classmethod
+    def _check_roles(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("a host needs at least one role (mail, db, web)")
+        return value
+
+
+class Config(_Strict):
+    mail: MailSettings
+    admin: AdminSettings = Field(default_factory=AdminSettings)
+    features: FeatureSettings = Field(default_factory=FeatureSettings)
+    hosts: list[HostSettings] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_hosts(self) -> Config:
+        seen: set[str] = set()
+        for host in self.hosts:
+            if host.name in seen:
+                raise ValueError(f"host name {host.name!r} is used twice in [[hosts]]")
+            seen.add(host.name)
+        return self
+
+    def host_fqdn(self, host: HostSettings) -> str:
+        """A host's name: its own fqdn, else the mail hostname (the usual one-host setup)."""
+        if host.fqdn:
+            return host.fqdn
+        if len(self.hosts) <= 1:
+            return self.mail.hostname
+        return f"{host.name}.{self.mail.domain}"
+
+    def select_hosts(self, limit: list[str] | None, source: Path | None = None) -> list[HostSettings]:
+        """The hosts named by --limit (all when empty); an unknown name is a usage error."""
+        if not self.hosts:
+            raise ConfigError(
+                f"{source or 'the config'} lists no [[hosts]].",
+                hint="Add a [[hosts]] table, or run `mailfleet lab up` to boot local test hosts.",
+            )
+        if not limit:
+            return list(self.hosts)
+        by_name = {h.name: h for h in self.hosts}
+        unknown = [name for name in limit if name not in by_name]
+        if unknown:
+            raise ConfigError(
+                f"No host named {unknown[0]!r} in {source or 'the config'} "
+                f"(hosts: {', '.join(by_name)}).",
+            )
+        return [by_name[name] for name in limit]
+
+
+def config_path(path: Path | str | None) -> Path:
+    """The config path from --config, else $MAILFLEET_CONFIG, else ./mailfleet.toml."""
+    if path:
+        return Path(path)
+    return Path(os.environ.get(ENV_VAR) or DEFAULT_PATH)
+
+
+def load(path: Path) -> Config:
+    if not path.exists():
+        raise ConfigError(
+            f"Config file {path} does not exist.",
+            hint="Create one with `mailfleet init`, or name another with -c PATH.",
+        )
+    text = path.read_text(encoding="utf-8")
+    return parse(text, path)
+
+
+def parse(text: str, path: Path | str = "mailfleet.toml") -> Config:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: not valid TOML: {err}.") from err
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, text, path)) from err
+
+
+def _describe(err: ValidationError, text: str, path: Path | str) -> str:
+    """First error as one sentence: file, line, dotted key, reason."""
+    first = err.errors()[0]
+    loc = [p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
+    key = _dotted(loc)
+    reason = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        reason = "unknown key (check the spelling; `mailfleet init` writes every known key)"
+    elif first["type"] == "missing":
+        reason = "required key is missing"
+    line = find_line(text, loc)
+    where = f"{path}, line {line}" if line else str(path)
+    subject = f"{key}: " if key else ""
+    return f"{where}: {subject}{reason}."
+
+
+def _dotted(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def find_line(text: str, loc: list[Any]) -> int | None:
+    """Best-effort line number of a key path like ('hosts', 1, 'ssh_port') in TOML text.
+
+    Handles the shapes mailfleet.toml uses: [table], [[array-of-tables]] and key = value.
+    Falls back to the table header when the key itself is absent (a missing key).
+    """
+    table: list[Any] = []
+    counts: dict[str, int] = {}
+    header_line: dict[tuple[Any, ...], int] = {}
+    key_line: dict[tuple[Any, ...], int] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.split("#", 1)[0].strip() if not raw.lstrip().startswith('"') else raw.strip()
+        if not line:
+            continue
+        if line.startswith("[["):
+            name = line.strip("[] ")
+            index = counts.get(name, 0)
+            counts[name] = index + 1
+            table = [*name.split("."), index]
+            header_line[tuple(table)] = number
+        elif line.startswith("["):
+            table = line.strip("[] ").split(".")
+            header_line[tuple(table)] = number
+        elif "=" in line:
+            key = line.split("=", 1)[0].strip().strip('"')
+            key_line.setdefault(tuple([*table, *key.split(".")]), number)
+    for end in range(len(loc), 0, -1):
+        prefix = tuple(loc[:end])
+        if prefix in key_line:
+            return key_line[prefix]
+        if prefix in header_line:
+            return header_line[prefix]
+    return None

@@ -1,0 +1,6 @@
+"""The deploy engine: the only package that talks to pyinfra."""
+
+from mailfleet.engine.operations import config_file, debconf
+from mailfleet.engine.runner import DeployReport, Engine, HostContext, HostReport
+
+__all__ = ["DeployReport", "Engine", "HostContext", "HostReport", "config_file", "debconf"]

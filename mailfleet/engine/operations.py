@@ -1,0 +1,105 @@
+"""mailfleet's own pyinfra operations: the few that every service needs and pyinfra lacks.
+
+- `config_file`: write a config file only after the service's own checker accepts it
+  (a broken Postfix or sshd config must never replace a working one).
+- `debconf`: preseed answers before a package's first install.
+`service` in services is plain `pyinfra.operations.systemd.service`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import shlex
+from io import StringIO
+
+from pyinfra import host, logger
+from pyinfra.api import FileUploadCommand, MaskString, QuoteString, StringCommand, operation
+from pyinfra.api.exceptions import OperationValueError
+from pyinfra.facts.files import File, FileContents, Sha1File
+from pyinfra.facts.server import Command
+
+NEW_SUFFIX = ".mailfleet-new"
+
+
+@operation()
+def config_file(
+    dest: str,
+    content: str,
+    validate: str | None = None,
+    mode: str = "644",
+    user: str = "root",
+    group: str = "root",
+):
+    """Install `content` at `dest` if it differs; run `validate` first on the new file.
+
+    + validate: a shell command with `{path}` where the candidate file goes, e.g.
+      `sshd -t -f {path}`. If it fails, the old file stays and the operation fails.
+    """
+    if "{path}" not in (validate or "{path}"):
+        raise OperationValueError("validate must contain {path}")
+    wanted_sha = hashlib.sha1(content.encode()).hexdigest()
+    current = host.get_fact(File, path=dest)
+    same_content = bool(current) and host.get_fact(Sha1File, path=dest) == wanted_sha
+    if same_content:
+        meta_cmds = []
+        if str(current["mode"]) != mode.lstrip("0"):
+            meta_cmds.append(StringCommand("chmod", mode, QuoteString(dest)))
+        if current["user"] != user or current["group"] != group:
+            meta_cmds.append(StringCommand("chown", f"{user}:{group}", QuoteString(dest)))
+        if not meta_cmds:
+            host.noop(f"{dest} is up to date")
+            return
+        yield from meta_cmds
+        return
+
+    if host.state.config.DIFF:
+        old = host.get_fact(FileContents, path=dest) if current else []
+        for line in difflib.unified_diff(
+            [f"{l}\n" for l in (old or [])], content.splitlines(keepends=True),
+            fromfile=dest, tofile=f"{dest} (new)",
+        ):
+            logger.info("  %s", line.rstrip("\n"))
+
+    tmp = dest + NEW_SUFFIX
+    yield FileUploadCommand(StringIO(content), tmp,
+                            remote_temp_filename=host.get_temp_filename(tmp))
+    yield StringCommand("chown", f"{user}:{group}", QuoteString(tmp))
+    yield StringCommand("chmod", mode, QuoteString(tmp))
+    if validate:
+        check = validate.replace("{path}", shlex.quote(tmp))
+        yield StringCommand(
+            "sh", "-c",
+            QuoteString(f"{check} || {{ rm -f {shlex.quote(tmp)}; exit 1; }}"),
+        )
+    yield StringCommand("mv", "-f", QuoteString(tmp), QuoteString(dest))
+
+
+@operation()
+def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bool = False):
+    """Preseed debconf `answers` {question: (type, value)} for `package`.
+
+    Values already set are left alone. With `secret`, values never appear in logs.
+    """
+    shown = host.get_fact(Command, command=f"debconf-show {shlex.quote(package)} 2>/dev/null "
+                                            "|| true") or ""
+    current: dict[str, str] = {}
+    for line in shown.splitlines():
+        question, _, value = line.lstrip("* ").partition(":")
+        current[question.strip()] = value.strip()
+    lines = []
+    for question, (kind, value) in answers.items():
+        text = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        if kind != "password" and current.get(question) == text:
+            continue
+        if kind == "password" and question in current and current[question] != "":
+            continue  # debconf-show hides passwords: set once, never churn
+        lines.append(f"{package} {question} {kind} {text}")
+    if not lines:
+        host.noop(f"debconf answers for {package} are set")
+        return
+    payload = "\n".join(lines) + "\n"
+    quoted = shlex.quote(payload)
+    yield StringCommand(
+        "printf", "%s", MaskString(quoted) if secret else quoted, "|", "debconf-set-selections"
+    )

@@ -1,0 +1,251 @@
+"""The one place that drives pyinfra: inventory, operations, execution, reporting.
+
+Services never import pyinfra's State or run anything themselves; they receive a
+`HostContext` and add operations to it. The engine runs them on all hosts in parallel
+(pyinfra runs each operation on every host before the next one), and reads what changed
+only after execution, from the operations' own results.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pyinfra.api import BaseStateCallback, Config as PyinfraConfig, Inventory, State
+from pyinfra.api.connect import connect_all, disconnect_all
+from pyinfra.api.exceptions import PyinfraError
+from pyinfra.api.facts import get_facts
+from pyinfra.api.host import Host
+from pyinfra.api.operation import OperationMeta, add_op
+from pyinfra.api.operations import run_ops
+
+from mailfleet.config import Config, HostSettings
+from mailfleet.errors import ConfigError, DeployError
+
+ServiceStep = Callable[["HostContext"], None]
+
+
+@dataclass
+class HostContext:
+    """What a service's deploy step sees: the config, this host's settings, and `op()`."""
+
+    config: Config
+    settings: HostSettings
+    host: Host
+    state: State
+    check: bool
+
+    @property
+    def fqdn(self) -> str:
+        return self.config.host_fqdn(self.settings)
+
+    def op(self, operation: Any, *args: Any, name: str, **kwargs: Any) -> OperationMeta | None:
+        """Add one pyinfra operation for this host.
+
+        In check mode an `_if` condition is decided now from the earlier operations'
+        predicted changes (pyinfra itself would ignore `_if` until execution and so report
+        a restart that will never happen); a false condition adds nothing.
+        """
+        condition = kwargs.get("_if")
+        if self.check and condition is not None:
+            if not condition():
+                return None
+            kwargs.pop("_if")
+        return add_op(self.state, operation, *args, host=self.host, name=name, **kwargs)[self.host]
+
+    def changed(self, *metas: OperationMeta | None) -> Callable[[], bool]:
+        """A condition for `_if=`: true when any of these operations changes (or would)."""
+
+        def condition() -> bool:
+            for meta in metas:
+                if meta is None:
+                    continue
+                if self.check:
+                    if meta._maybe_is_change:
+                        return True
+                elif meta.is_complete() and meta.did_change():
+                    return True
+            return False
+
+        return condition
+
+
+@dataclass
+class HostReport:
+    name: str
+    operations: int = 0
+    changed: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "operations": self.operations,
+            "changes": len(self.changed),
+            "changed": self.changed,
+            "failed": self.failed,
+            "error": self.error,
+        }
+
+
+@dataclass
+class DeployReport:
+    check: bool
+    hosts: dict[str, HostReport]
+
+    @property
+    def ok(self) -> bool:
+        return all(not h.failed and not h.error for h in self.hosts.values())
+
+    @property
+    def changes(self) -> int:
+        return sum(len(h.changed) for h in self.hosts.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "check": self.check,
+            "ok": self.ok,
+            "changes": self.changes,
+            "hosts": {n: h.as_dict() for n, h in self.hosts.items()},
+        }
+
+
+class Progress(BaseStateCallback):
+    """Forwards pyinfra's per-host operation events to a UI callback."""
+
+    def __init__(self, on_event: Callable[[str, str, str], None]) -> None:
+        self.on_event = on_event
+
+    def operation_host_success(self, state, host, op_hash, retry_count=0):
+        self.on_event("ok", host.name, _op_name(state, op_hash))
+
+    def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
+        self.on_event("error", host.name, _op_name(state, op_hash))
+
+
+def _op_name(state: State, op_hash: str) -> str:
+    names = state.get_op_meta(op_hash).names
+    return sorted(names)[0] if names else op_hash
+
+
+def build_inventory(hosts: Iterable[HostSettings]) -> Inventory:
+    """pyinfra inventory with SSH settings; a missing key file is a config error."""
+    entries = []
+    for h in hosts:
+        data: dict[str, Any] = {
+            "ssh_hostname": h.address,
+            "ssh_port": h.ssh_port,
+            "ssh_user": h.ssh_user,
+            "ssh_connect_retries": 2,
+            "_sudo": h.ssh_user != "root",
+        }
+        if h.ssh_key:
+            key = Path(h.ssh_key).expanduser()
+            if not key.is_file():
+                raise ConfigError(
+                    f"hosts {h.name!r}: ssh_key {h.ssh_key} does not exist on this machine."
+                )
+            data["ssh_key"] = str(key)
+        if h.ssh_known_hosts:
+            data["ssh_known_hosts_file"] = str(Path(h.ssh_known_hosts).expanduser())
+            data["ssh_strict_host_key_checking"] = "yes"
+        entries.append((h.name, data))
+    return Inventory((entries, {}))
+
+
+class Engine:
+    """Connects to the selected hosts once and runs deploy steps or fact reads on them."""
+
+    def __init__(self, config: Config, hosts: list[HostSettings], verbose: bool = False,
+                 diff: bool = False, check: bool = False) -> None:
+        self.config = config
+        self.settings = {h.name: h for h in hosts}
+        self.check = check
+        pyinfra_config = PyinfraConfig(DIFF=diff, CONNECT_TIMEOUT=15)
+        self.state = State(build_inventory(hosts), pyinfra_config, check_for_changes=check)
+        self._log_handler = _quiet_pyinfra(verbose or diff)
+
+    def __enter__(self) -> Engine:
+        try:
+            connect_all(self.state)
+        except PyinfraError as err:
+            raise DeployError(f"Could not connect: {err}.") from err
+        unreachable = [h.name for h in self.state.inventory if not h.connected]
+        if unreachable:
+            raise DeployError(
+                f"Could not connect over SSH to {', '.join(unreachable)}.",
+                hint="Check the address, ssh_port, ssh_user and ssh_key in the config "
+                "(`mailfleet -v deploy` shows the SSH error).",
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            disconnect_all(self.state)
+        finally:
+            logging.getLogger("pyinfra").removeHandler(self._log_handler)
+
+    def hosts(self) -> list[Host]:
+        return list(self.state.inventory)
+
+    def facts(self, fact: Any, **kwargs: Any) -> dict[str, Any]:
+        """One fact from every host, in parallel: {host name: value}."""
+        results = get_facts(self.state, fact, kwargs=kwargs)
+        return {host.name: value for host, value in results.items()}
+
+    def deploy(self, steps: list[ServiceStep],
+               on_event: Callable[[str, str, str], None] | None = None) -> DeployReport:
+        if on_event:
+            self.state.add_callback_handler(Progress(on_event))
+        for host in self.hosts():
+            ctx = HostContext(self.config, self.settings[host.name], host, self.state, self.check)
+            for step in steps:
+                step(ctx)
+        if not self.check:
+            try:
+                run_ops(self.state)
+            except PyinfraError:
+                pass  # failures are read per operation below
+        return self._report()
+
+    def operation_count(self, host: Host) -> int:
+        return len(self.state.ops[host])
+
+    def _report(self) -> DeployReport:
+        reports = {}
+        for host in self.hosts():
+            report = HostReport(host.name)
+            for op_hash in host.op_hash_order:
+                data = self.state.ops[host].get(op_hash)
+                if data is None:
+                    continue
+                report.operations += 1
+                meta = data.operation_meta
+                name = _op_name(self.state, op_hash)
+                if self.check:
+                    if meta._maybe_is_change:
+                        report.changed.append(name)
+                elif not meta.is_complete():
+                    continue  # not reached: an earlier operation failed
+                elif meta.did_error():
+                    report.failed.append(name)
+                elif meta.did_change():
+                    report.changed.append(name)
+            if host in self.state.failed_hosts and not report.failed:
+                report.error = "failed"
+            reports[host.name] = report
+        return DeployReport(check=self.check, hosts=reports)
+
+
+def _quiet_pyinfra(verbose: bool) -> logging.Handler:
+    """pyinfra logs to its own logger; show it only with -v or --diff."""
+    logger = logging.getLogger("pyinfra")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    logger.propagate = False
+    return handler

@@ -1,0 +1,57 @@
+"""Writes the lab's nodes into a mailfleet.toml as [[hosts]], keeping the user's comments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import tomlkit
+
+from mailfleet.config import parse
+from mailfleet.lab.lab import Lab, LabState
+from mailfleet.templating import render_init
+
+LAB_DOMAIN = "example.test"
+
+
+def host_entries(lab: Lab, state: LabState) -> list[dict]:
+    return [
+        {
+            "name": node.name,
+            "address": "127.0.0.1",
+            "ssh_port": node.ssh_port,
+            "ssh_user": "root",
+            "ssh_key": str(lab.paths.ssh_key),
+            "ssh_known_hosts": str(lab.paths.known_hosts),
+            "roles": ["mail", "db", "web"],
+            "lab": lab.paths.id,
+        }
+        for node in state.nodes
+    ]
+
+
+def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
+    """Replace this lab's [[hosts]] in `path` by `entries`; create the file if it is missing."""
+    if not path.exists():
+        text = render_init(LAB_DOMAIN, f"mail.{LAB_DOMAIN}", entries)
+    else:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        hosts = doc.get("hosts")
+        kept = [h for h in (hosts or []) if h.get("lab") != lab_id]
+        table_array = tomlkit.aot()
+        for host in [*kept, *entries]:
+            table_array.append(host if not isinstance(host, dict) or hasattr(host, "trivia")
+                               else tomlkit.item(host))
+        if "hosts" in doc:
+            del doc["hosts"]
+        if kept or entries:
+            doc["hosts"] = table_array
+        text = tomlkit.dumps(doc)
+    parse(text, path)  # never write a config that mailfleet itself would refuse
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def remove_hosts(path: Path, lab_id: str) -> None:
+    if path.exists():
+        write_hosts(path, lab_id, [])

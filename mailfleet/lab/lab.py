@@ -1,0 +1,337 @@
+"""Local test hosts: booted Debian systems in network namespaces, reachable over SSH.
+
+`up` boots nodes n1..nN from cached root filesystems (overlay mounts, so the cache stays
+untouched), gives each its own SSH host keys, an apt proxy and a name, forwards a loopback
+port to each node's SSH, and records every pid, mount and namespace in a state file.
+`down` undoes all of it. Leftovers of a killed run are found by their names and by our
+state directory in their command lines, never by guessing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from mailfleet.errors import LabError, UsageError
+from mailfleet.lab import images, network
+from mailfleet.lab.paths import DEFAULT_RELEASE, RELEASES, LabPaths, lab_id
+from mailfleet.lab.system import (
+    alive,
+    ensure_machine_tools,
+    free_port,
+    pids_mentioning,
+    require_root,
+    run,
+    spawn,
+    stop_pids,
+    wait_for_ssh_banner,
+)
+
+PROXY_PORT_IN_LAB = 3142
+BOOT_TIMEOUT = 90.0
+MAX_NODES = 9
+
+
+@dataclass
+class Node:
+    name: str
+    release: str
+    address: str
+    ssh_port: int
+    pid: int = 0
+    boot_seconds: float = 0.0
+
+    @property
+    def debian(self) -> str:
+        return RELEASES[self.release]
+
+
+@dataclass
+class LabState:
+    id: str
+    gateway: str = network.GATEWAY
+    proxy_port: int = 0
+    helpers: list[int] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> LabState:
+        data = json.loads(text)
+        data["nodes"] = [Node(**n) for n in data.get("nodes", [])]
+        return cls(**data)
+
+
+class Lab:
+    def __init__(self, id: str | None = None, log=print) -> None:
+        self.paths = LabPaths(id or lab_id())
+        self.log = log
+
+    # ----- reading -------------------------------------------------------------------
+    def state(self) -> LabState | None:
+        try:
+            return LabState.from_json(self.paths.state_file.read_text())
+        except (OSError, ValueError, TypeError):
+            return None
+
+    def status(self) -> dict:
+        state = self.state()
+        nodes = state.nodes if state else []
+        return {
+            "lab": self.paths.id,
+            "running": bool(nodes) and all(alive(n.pid) for n in nodes),
+            "nodes": [
+                {
+                    "name": n.name,
+                    "release": n.release,
+                    "debian": n.debian,
+                    "address": n.address,
+                    "ssh": f"127.0.0.1:{n.ssh_port}",
+                    "running": alive(n.pid),
+                }
+                for n in nodes
+            ],
+        }
+
+    def node(self, name: str) -> Node:
+        state = self.state()
+        if not state or not state.nodes:
+            raise UsageError(
+                f"Lab {self.paths.id!r} is not running.", hint="Start it with `mailfleet lab up`."
+            )
+        for node in state.nodes:
+            if node.name == name:
+                return node
+        names = ", ".join(n.name for n in state.nodes)
+        raise UsageError(f"No lab node named {name!r} (nodes: {names}).")
+
+    def ssh_command(self, name: str, command: list[str] | None = None) -> list[str]:
+        node = self.node(name)
+        cmd = [
+            "ssh", "-i", str(self.paths.ssh_key), "-p", str(node.ssh_port),
+            "-o", f"UserKnownHostsFile={self.paths.known_hosts}",
+            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
+            "-o", "LogLevel=ERROR", "root@127.0.0.1",
+        ]
+        if command:
+            cmd += ["--", " ".join(command)]  # like ssh: the remote shell parses it
+        return cmd
+
+    def exec_command(self, command: list[str]) -> list[str]:
+        """A local program run inside the lab network (it reaches nodes by their addresses)."""
+        state = self.state()
+        if not state:
+            raise UsageError(
+                f"Lab {self.paths.id!r} is not running.", hint="Start it with `mailfleet lab up`."
+            )
+        return ["ip", "netns", "exec", self.paths.bridge_ns, *command]
+
+    # ----- up ------------------------------------------------------------------------
+    def up(self, releases: list[str], nodes: int | None = None) -> LabState:
+        require_root()
+        releases = releases or [DEFAULT_RELEASE]
+        for release in releases:
+            if release not in RELEASES:
+                raise UsageError(
+                    f"Unknown release {release!r}: choose {' or '.join(RELEASES)}."
+                )
+        count = nodes if nodes is not None else len(releases)
+        if not 1 <= count <= MAX_NODES:
+            raise UsageError(f"--nodes must be between 1 and {MAX_NODES}, not {count}.")
+        if len(releases) > 1 and len(releases) != count:
+            raise UsageError(
+                f"{len(releases)} releases were given for {count} nodes: give one release for "
+                "all nodes, or one per node."
+            )
+        ensure_machine_tools(self.log)
+        self.down(quiet=True)  # our own leftovers from a killed run, or the previous lab
+        roots = {r: images.ensure_rootfs(r, self.log) for r in set(releases)}
+
+        paths = self.paths
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        paths.apt_archives.joinpath("partial").mkdir(parents=True, exist_ok=True)
+        state = LabState(id=paths.id)
+        self._save(state)
+        try:
+            self._make_key()
+            network.create_bridge(paths.bridge_ns)
+            self._start_proxy(state)
+            plan = [
+                Node(
+                    name=f"n{i}",
+                    release=releases[(i - 1) % len(releases)],
+                    address=network.node_address(i),
+                    ssh_port=free_port(),
+                )
+                for i in range(1, count + 1)
+            ]
+            for node in plan:
+                self._boot(state, node, roots[node.release], plan)
+            self._write_known_hosts(state)
+            for node in state.nodes:
+                if not wait_for_ssh_banner(node.ssh_port, BOOT_TIMEOUT):
+                    raise LabError(
+                        f"Node {node.name} did not answer on SSH within {BOOT_TIMEOUT:.0f} s.",
+                        hint=f"See {paths.node_dir(node.name) / 'console.log'}.",
+                    )
+                node.boot_seconds = round(time.monotonic() - node.boot_seconds, 2)
+            self._save(state)
+        except BaseException:
+            self.down(quiet=True)
+            raise
+        return state
+
+    def _save(self, state: LabState) -> None:
+        tmp = self.paths.state_file.with_suffix(".tmp")
+        tmp.write_text(state.to_json())
+        tmp.replace(self.paths.state_file)
+
+    def _make_key(self) -> None:
+        key = self.paths.ssh_key
+        if not key.exists():
+            run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"mailfleet-lab-{self.paths.id}",
+                 "-f", str(key)])
+
+    def _start_proxy(self, state: LabState) -> None:
+        """tinyproxy on loopback, reachable in the lab as GATEWAY:3142 through a unix socket."""
+        paths = self.paths
+        state.proxy_port = free_port()
+        conf = paths.state_dir / "tinyproxy.conf"
+        conf.write_text(
+            "# mailfleet lab apt proxy: loopback only\n"
+            f"Port {state.proxy_port}\nListen 127.0.0.1\nAllow 127.0.0.1\n"
+            "User nobody\nGroup nogroup\nTimeout 600\nMaxClients 100\nLogLevel Warning\n"
+            "DisableViaHeader Yes\nConnectPort 443\n"
+        )
+        sock = paths.socket("proxy")
+        log = paths.state_dir / "helpers.log"
+        state.helpers.append(spawn(["tinyproxy", "-d", "-c", str(conf)], log))
+        state.helpers.append(spawn(
+            ["socat", f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600",
+             f"TCP:127.0.0.1:{state.proxy_port}"], log))
+        state.helpers.append(spawn(
+            ["ip", "netns", "exec", paths.bridge_ns, "socat",
+             f"TCP-LISTEN:{PROXY_PORT_IN_LAB},bind={network.GATEWAY},reuseaddr,fork",
+             f"UNIX-CONNECT:{sock}"], log))
+        self._save(state)
+
+    def _boot(self, state: LabState, node: Node, base: Path, plan: list[Node]) -> None:
+        paths = self.paths
+        node_dir = paths.node_dir(node.name)
+        shutil.rmtree(node_dir, ignore_errors=True)
+        upper, work, root = node_dir / "upper", node_dir / "work", node_dir / "root"
+        for d in (upper, work, root, node_dir / "apt"):
+            d.mkdir(parents=True)
+        started = time.monotonic()
+        run(["mount", "-t", "overlay", "overlay", "-o",
+             f"lowerdir={base},upperdir={upper},workdir={work}", str(root)])
+        self._personalise(root, node, plan)
+        ns = paths.node_ns(node.name)
+        network.attach_node(paths.bridge_ns, ns, node.name, node.address)
+        log = node_dir / "console.log"
+        node.pid = spawn(
+            [
+                "systemd-nspawn", "-D", str(root), "-b", "-M", node.name,
+                "--register=no", "--keep-unit", "--resolv-conf=off", "--link-journal=no",
+                "--capability=CAP_NET_ADMIN", f"--network-namespace-path=/run/netns/{ns}",
+                # the shared .deb cache, read-only below a per-node layer: apt's lock file in
+                # that directory would otherwise let only one node install at a time
+                f"--overlay={paths.apt_archives}:{node_dir / 'apt'}:/var/cache/apt/archives",
+            ],
+            log,
+            env={"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
+        )
+        node.boot_seconds = started  # turned into a duration once SSH answers
+        sock = paths.socket(f"{node.name}-ssh")
+        helpers_log = paths.state_dir / "helpers.log"
+        state.helpers.append(spawn(
+            ["ip", "netns", "exec", paths.bridge_ns, "socat",
+             f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600", f"TCP:{node.address}:22"],
+            helpers_log))
+        state.helpers.append(spawn(
+            ["socat", f"TCP-LISTEN:{node.ssh_port},bind=127.0.0.1,reuseaddr,fork",
+             f"UNIX-CONNECT:{sock}"], helpers_log))
+        state.nodes.append(node)
+        self._save(state)
+
+    def _personalise(self, root: Path, node: Node, plan: list[Node]) -> None:
+        """What makes a copy of the image this node: host keys, admin key, name, apt proxy."""
+        run(["ssh-keygen", "-q", "-A", "-f", str(root)])
+        auth = root / "root/.ssh/authorized_keys"
+        auth.write_text(self.paths.ssh_key.with_suffix(".pub").read_text())
+        auth.chmod(0o600)
+        hosts = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{node.name}",
+                 "::1\tlocalhost ip6-localhost ip6-loopback", f"{network.GATEWAY}\tgateway"]
+        hosts += [f"{other.address}\t{other.name}" for other in plan]
+        (root / "etc/hosts").write_text("\n".join(hosts) + "\n")
+        (root / "etc/apt/apt.conf.d/01mailfleet-lab-proxy").write_text(
+            f'Acquire::http::Proxy "http://{network.GATEWAY}:{PROXY_PORT_IN_LAB}";\n'
+        )
+
+    def _write_known_hosts(self, state: LabState) -> None:
+        lines = []
+        for node in state.nodes:
+            etc_ssh = self.paths.node_dir(node.name) / "root/etc/ssh"
+            for pub in sorted(etc_ssh.glob("ssh_host_*_key.pub")):
+                kind, key = pub.read_text().split()[:2]
+                lines.append(f"[127.0.0.1]:{node.ssh_port} {kind} {key}")
+        self.paths.known_hosts.write_text("\n".join(lines) + "\n")
+
+    # ----- down ----------------------------------------------------------------------
+    def down(self, quiet: bool = False) -> bool:
+        """Stop everything this lab started; True if there was anything to stop."""
+        require_root()
+        paths = self.paths
+        state = self.state()
+        marker = str(paths.state_dir) + "/"
+        found = False
+        # nodes first (they shut down cleanly on SIGTERM), then the helpers
+        node_pids = [n.pid for n in state.nodes if n.pid] if state else []
+        node_pids = [p for p in node_pids if p in pids_mentioning(marker)]
+        if node_pids:
+            found = True
+            stop_pids(node_pids, timeout=20)
+        leftovers = pids_mentioning(marker)
+        if leftovers:
+            found = True
+            stop_pids(leftovers, timeout=5)
+        for mount in self._own_mounts(marker):
+            found = True
+            if run(["umount", mount], check=False).returncode != 0:
+                run(["umount", "-l", mount], check=False)
+        for ns in network.own_namespaces(paths.netns_prefix):
+            found = True
+            network.delete(ns)
+        if paths.state_dir.exists():
+            found = found or paths.state_file.exists()
+            self._keep_downloads()
+            shutil.rmtree(paths.state_dir / "nodes", ignore_errors=True)
+            for leftover in paths.state_dir.glob("*.sock"):
+                leftover.unlink(missing_ok=True)
+            paths.state_file.unlink(missing_ok=True)
+        if found and not quiet:
+            self.log(f"lab {paths.id} stopped")
+        return found
+
+    def _keep_downloads(self) -> None:
+        """Move the .debs the nodes fetched into the shared cache, for the next lab."""
+        shared = self.paths.apt_archives
+        shared.mkdir(parents=True, exist_ok=True)
+        for deb in (self.paths.state_dir / "nodes").glob("*/apt/*.deb"):
+            if deb.is_file() and not (shared / deb.name).exists():
+                deb.rename(shared / deb.name)
+
+    @staticmethod
+    def _own_mounts(marker: str) -> list[str]:
+        mounts = []
+        for line in Path("/proc/mounts").read_text().splitlines():
+            target = line.split()[1].replace("\\040", " ")
+            if (target + "/").startswith(marker):
+                mounts.append(target)
+        return sorted(mounts, key=len, reverse=True)
+

@@ -1,0 +1,50 @@
+"""The host itself: its name, its mail name, and the base packages every later service needs."""
+
+from __future__ import annotations
+
+from pyinfra.facts.files import FileContents
+from pyinfra.facts.server import Hostname
+from pyinfra.operations import apt, files, server
+
+from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.services.checks import CheckResult, expect
+from mailfleet.templating import render
+
+BASE_PACKAGES = ["ca-certificates", "curl", "sudo", "less", "procps"]
+# A mail server wants fresh package lists, but not an `apt-get update` on every deploy.
+APT_CACHE_SECONDS = 6 * 3600
+
+
+def deploy(ctx: HostContext) -> None:
+    fqdn = ctx.fqdn
+    short = fqdn.split(".", 1)[0]
+    ctx.op(server.hostname, name="Set the host name", hostname=fqdn)
+    # Debian resolves its own name through this line; Postfix needs it to know myhostname.
+    ctx.op(
+        files.line,
+        name="Map the host name in /etc/hosts",
+        path="/etc/hosts",
+        line=r"^127\.0\.1\.1\s",
+        replace=f"127.0.1.1\t{fqdn}\t{short}",
+    )
+    ctx.op(
+        config_file,
+        name="Write /etc/mailname",
+        dest="/etc/mailname",
+        content=render("system/mailname.j2", fqdn=fqdn),
+    )
+    ctx.op(apt.update, name="Update package lists", cache_time=APT_CACHE_SECONDS)
+    ctx.op(apt.packages, name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    hostnames = engine.facts(Hostname)
+    mailnames = engine.facts(FileContents, path="/etc/mailname")
+    results = []
+    for name, settings in engine.settings.items():
+        fqdn = engine.config.host_fqdn(settings)
+        fix = "run `mailfleet deploy`"
+        results.append(expect(name, "host name", hostnames.get(name), fqdn, fix))
+        mailname = (mailnames.get(name) or [""])[0].strip()
+        results.append(expect(name, "mail name", mailname, fqdn, fix))
+    return results

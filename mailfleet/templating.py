@@ -1,0 +1,34 @@
+"""Jinja2 rendering of the files under mailfleet/templates/."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+TEMPLATES = Path(__file__).parent / "templates"
+
+_env = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    autoescape=False,
+)
+
+
+def render(name: str, **values: Any) -> str:
+    return _env.get_template(name).render(**values)
+
+
+def render_init(domain: str, hostname: str, hosts: list[dict] | None = None) -> str:
+    defaults = {"ssh_port": 22, "ssh_user": "root", "ssh_key": None, "ssh_known_hosts": None,
+                "fqdn": None, "roles": ["mail", "db", "web"], "lab": None}
+    return render(
+        "mailfleet.toml.j2",
+        domain=domain,
+        hostname=hostname,
+        hosts=[{**defaults, **h} for h in (hosts or [])],
+    )
