@@ -223,7 +223,9 @@ def parse(text: str, path: Path | str = "mailfleet.toml") -> Config:
 
 def _describe(err: ValidationError, text: str, path: Path | str) -> str:
     """First error as one sentence: file, line, dotted key, reason."""
-    first = err.errors()[0]
+    errors = err.errors()
+    # a misspelt key also makes the real key "missing": name the misspelling first
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = [p for p in first["loc"] if not (isinstance(p, str) and p.startswith("function-"))]
     key = _dotted(loc)
     reason = first["msg"].removeprefix("Value error, ")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
 from mailfleet import __version__
@@ -63,21 +62,19 @@ app.add_typer(lab.app, name="lab")
 
 
 def run(args: list[str] | None = None) -> int:
-    """Run the CLI; user mistakes and failed operations become a message and an exit code."""
+    """Run the CLI; user mistakes and failed operations become a message and an exit code.
+
+    Click reports its own usage errors (exit 2) and ends with SystemExit; mailfleet's errors
+    arrive here as MailfleetError and are printed as one sentence plus a hint.
+    """
     try:
-        result = app(args=args, prog_name="mailfleet", standalone_mode=False)
+        app(args=args, prog_name="mailfleet")
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except MailfleetError as err:
         error(err.message, err.hint)
         return err.exit_code
-    except click.exceptions.Exit as done:
-        return done.exit_code
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except click.exceptions.Abort:
-        error("Aborted.")
-        return 130
     except KeyboardInterrupt:
         error("Interrupted.")
         return 130
-    return result if isinstance(result, int) else 0
+    return 0

@@ -29,7 +29,7 @@ def deploy(
     diff: Annotated[bool, typer.Option("--diff", help="Show the changes to config files.")] = False,
     limit: Limit = None,
     json: Json = False,
-) -> int:
+) -> None:
     """Converge the hosts to mailfleet.toml; a second run reports zero changes."""
     g = globals_of(ctx)
     config = g.load()
@@ -38,7 +38,7 @@ def deploy(
         print_json(report.as_dict())
     else:
         _render_report(report)
-    return 0 if report.ok else 1
+    raise typer.Exit(0 if report.ok else 1)
 
 
 def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
@@ -79,7 +79,7 @@ def _render_report(report: DeployReport) -> None:
         console.print(f"{report.changes} change(s) in total{' (check mode: nothing was touched)' if report.check else ''}")
 
 
-def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> int:
+def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
     """Run the health checks: one line each, exit 1 if any fails."""
     g = globals_of(ctx)
     config = g.load()
@@ -89,7 +89,7 @@ def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> int:
                     "checks": [r.as_dict() for r in results]})
     else:
         render_checks(results)
-    return 0 if all(r.status != "fail" for r in results) else 1
+    raise typer.Exit(0 if all(r.status != "fail" for r in results) else 1)
 
 
 def run_checks(g: Globals, config: Config, limit: list[str] | None) -> list[CheckResult]:
@@ -110,7 +110,7 @@ def render_checks(results: list[CheckResult]) -> None:
 def demo(
     ctx: typer.Context,
     keep: Annotated[bool, typer.Option("--keep/--down", help="Leave the lab host running.")] = True,
-) -> int:
+) -> None:
     """Boot a local Debian 13 lab host, deploy to it, and print the health check."""
     from mailfleet.lab.inventory import write_hosts, host_entries
     from mailfleet.lab.lab import Lab
@@ -133,4 +133,4 @@ def demo(
              "stop it with `mailfleet lab --name demo down`")
     else:
         lab.down()
-    return 0 if report.ok and all(r.status != "fail" for r in results) else 1
+    raise typer.Exit(0 if report.ok and all(r.status != "fail" for r in results) else 1)

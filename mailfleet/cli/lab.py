@@ -76,7 +76,7 @@ def down(ctx: typer.Context) -> None:
 
 
 @app.command()
-def status(ctx: typer.Context, json: Annotated[bool, typer.Option("--json")] = False) -> int:
+def status(ctx: typer.Context, json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """List the lab's nodes: name, release and address."""
     data = _lab(ctx).status()
     if json:
@@ -89,7 +89,7 @@ def status(ctx: typer.Context, json: Annotated[bool, typer.Option("--json")] = F
             table.add_row(n["name"], f"{n['release']} (Debian {n['debian']})", n["address"],
                           n["ssh"], "running" if n["running"] else "[red]stopped[/]")
         console.print(table)
-    return 0 if data["running"] else 1
+    raise typer.Exit(0 if data["running"] else 1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -97,18 +97,17 @@ def ssh(
     ctx: typer.Context,
     node: Annotated[str, typer.Argument(help="Node name, e.g. n1.")],
     command: Annotated[Optional[list[str]], typer.Argument(help="Command to run (after --).")] = None,
-) -> int:
+) -> None:
     """Open a root shell on a lab node, or run one command: `lab ssh n1 -- hostname`."""
     cmd = _lab(ctx).ssh_command(node, command)
-    return subprocess.call(cmd)
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def exec_(
     ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(help="Local command to run inside the lab network.")],
-) -> int:
+) -> None:
     """Run a local program inside the lab network, where it reaches the nodes by address."""
     cmd = _lab(ctx).exec_command(command)
     os.execvp(cmd[0], cmd)
-    return 127

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
@@ -18,10 +19,10 @@ def print_json(data: Any) -> None:
 
 
 def error(message: str, hint: str | None = None) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     if hint:
-        err_console.print(f"  {hint}", soft_wrap=True)
+        err_console.print(f"  {escape(hint)}", soft_wrap=True)
 
 
 def info(message: str) -> None:
-    err_console.print(message, soft_wrap=True)
+    err_console.print(escape(message), soft_wrap=True)

@@ -21,6 +21,7 @@ from pyinfra.api.facts import get_facts
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta, add_op
 from pyinfra.api.operations import run_ops
+from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.errors import ConfigError, DeployError
@@ -55,6 +56,18 @@ class HostContext:
                 return None
             kwargs.pop("_if")
         return add_op(self.state, operation, *args, host=self.host, name=name, **kwargs)[self.host]
+
+    def service(self, unit: str, *, restart_when: tuple[OperationMeta | None, ...] = (),
+                reload_when: tuple[OperationMeta | None, ...] = (), enabled: bool = True) -> None:
+        """Keep a systemd unit enabled and running; restart or reload it when the
+        operations it depends on (its config files, its packages) changed."""
+        self.op(systemd.service, name=f"Run {unit}", service=unit, running=True, enabled=enabled)
+        if restart_when:
+            self.op(systemd.service, name=f"Restart {unit}", service=unit, restarted=True,
+                    _if=self.changed(*restart_when))
+        if reload_when:
+            self.op(systemd.service, name=f"Reload {unit}", service=unit, reloaded=True,
+                    _if=self.changed(*reload_when))
 
     def changed(self, *metas: OperationMeta | None) -> Callable[[], bool]:
         """A condition for `_if=`: true when any of these operations changes (or would)."""

@@ -1,0 +1,112 @@
+"""The chain end to end: boot Debian 12 and 13, deploy, check, redeploy with zero changes, tear down."""
+
+from __future__ import annotations
+
+import signal
+import os
+
+from conftest import Cli, lab_leftovers
+
+from mailfleet.config import load
+
+
+def test_lab_status_lists_both_releases(two_release_lab: Cli):
+    status = two_release_lab.json("lab", "status")
+    assert status["running"] is True
+    nodes = {n["name"]: n for n in status["nodes"]}
+    assert (nodes["n1"]["release"], nodes["n1"]["address"]) == ("bookworm", "10.77.0.11")
+    assert (nodes["n2"]["release"], nodes["n2"]["address"]) == ("trixie", "10.77.0.12")
+    assert two_release_lab.ssh("n1", "cut -d. -f1 /etc/debian_version") == "12"
+    assert two_release_lab.ssh("n2", "cat /etc/debian_version").startswith("13")
+    assert two_release_lab.ssh("n2", "systemctl is-system-running") == "running"
+
+
+def test_nodes_reach_each_other_and_the_lab_network_reaches_them(two_release_lab: Cli):
+    probe = 'timeout 3 bash -c "echo > /dev/tcp/{}/22" && echo open'
+    assert two_release_lab.ssh("n1", probe.format("n2")) == "open"
+    assert two_release_lab.ssh("n2", probe.format("10.77.0.11")) == "open"
+    banner = two_release_lab(
+        "lab", "exec", "--", "python3", "-c",
+        "import socket; s = socket.create_connection(('10.77.0.12', 22), 3); print(s.recv(7).decode())",
+    ).stdout
+    assert banner.startswith("SSH-2.0")
+
+
+def test_lab_hosts_are_written_to_the_config(two_release_lab: Cli):
+    cfg = load(two_release_lab.config)
+    assert [(h.name, h.lab) for h in cfg.hosts] == [("n1", "mft1"), ("n2", "mft1")]
+
+
+def test_deploy_check_then_deploy_then_zero_changes(two_release_lab: Cli):
+    cli = two_release_lab
+    dry = cli.json("deploy", "--check")
+    assert dry["check"] is True and dry["changes"] > 0
+    assert "Set the host name" in dry["hosts"]["n1"]["changed"]
+    assert cli.ssh("n1", "hostname") == "n1", "--check must not change anything"
+
+    first = cli.json("deploy")
+    assert first["ok"] is True, first
+    for name in ("n1", "n2"):
+        assert first["hosts"][name]["changes"] > 0
+        assert first["hosts"][name]["failed"] == []
+        fqdn = f"{name}.example.test"
+        assert cli.ssh(name, "hostname") == fqdn
+        assert cli.ssh(name, "cat /etc/mailname") == fqdn
+        assert cli.ssh(name, "getent hosts 127.0.1.1").split()[1:] == [fqdn, name]
+        assert cli.ssh(name, "dpkg-query -W -f '${Status}' curl") == "install ok installed"
+
+    second = cli.json("deploy")
+    assert second["ok"] is True
+    assert second["changes"] == 0, second
+    assert all(h["changes"] == 0 and h["operations"] >= 5 for h in second["hosts"].values())
+
+    assert cli.json("deploy", "--check")["changes"] == 0
+    checks = cli.json("check")
+    assert checks["ok"] is True
+    assert {(c["host"], c["name"]) for c in checks["checks"]} >= {("n1", "host name"), ("n2", "mail name")}
+
+
+def test_check_fails_when_a_host_drifts(two_release_lab: Cli):
+    cli = two_release_lab
+    cli.json("deploy", "--limit", "n2")
+    cli.ssh("n2", "echo wrong.example > /etc/mailname")
+    result = cli("check", "--limit", "n2", check=False)
+    assert result.returncode == 1
+    assert "FAIL" in result.stdout and "mail name" in result.stdout
+    assert "n1" not in result.stdout
+    again = cli.json("deploy", "--limit", "n2")
+    assert again["hosts"]["n2"]["changed"] == ["Write /etc/mailname"]
+    assert cli("check", "--limit", "n2").returncode == 0
+
+
+def test_diff_shows_the_file_change(two_release_lab: Cli):
+    cli = two_release_lab
+    cli.ssh("n1", "echo other.example > /etc/mailname")
+    shown = cli("deploy", "--check", "--diff", "--limit", "n1")
+    assert "-other.example" in shown.stdout + shown.stderr
+    assert "+n1.example.test" in shown.stdout + shown.stderr
+    assert cli.ssh("n1", "cat /etc/mailname") == "other.example"
+    cli("deploy", "--limit", "n1")
+    assert cli.ssh("n1", "cat /etc/mailname") == "n1.example.test"
+
+
+def test_lab_down_leaves_nothing_behind(tmp_path):
+    """A separate lab: also proves `down` works without its state file (a killed run)."""
+    cli = Cli("mft2", tmp_path / "mailfleet.toml")
+    try:
+        cli("lab", "up", "--nodes", "2")
+        assert len(cli.json("lab", "status")["nodes"]) == 2
+        left = lab_leftovers("mft2")
+        assert len(left["namespaces"]) == 3 and len(left["mounts"]) >= 2 and left["processes"]
+        # simulate a run killed midway: the state file is gone, one helper is dead
+        from mailfleet.lab.paths import LabPaths
+
+        LabPaths("mft2").state_file.unlink()
+        os.kill(int(left["processes"][0].split(":")[0]), signal.SIGKILL)
+        up_again = cli("lab", "up")  # clears its own leftovers first
+        assert len(cli.json("lab", "status")["nodes"]) == 1
+        assert "n1" in up_again.stderr
+    finally:
+        cli("lab", "down", check=False)
+    assert lab_leftovers("mft2") == {"namespaces": [], "processes": [], "mounts": []}
+    assert load(cli.config).hosts == []

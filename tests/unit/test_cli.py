@@ -1,0 +1,98 @@
+"""The command line's contract: exit codes and one-sentence errors, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mailfleet.cli.app import run
+
+
+def mailfleet(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The installed entry point, as a user runs it (gevent patching included)."""
+    return subprocess.run(
+        [sys.executable, "-m", "mailfleet", *args], cwd=cwd, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL, timeout=60,
+    )
+
+
+def test_missing_config_is_one_sentence_and_exit_2(tmp_path):
+    result = mailfleet("deploy", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: Config file mailfleet.toml does not exist.")
+    assert "mailfleet init" in result.stderr
+
+
+def test_config_from_environment_variable(tmp_path):
+    result = mailfleet("check", cwd=tmp_path, env={"MAILFLEET_CONFIG": str(tmp_path / "x.toml")})
+    assert result.returncode == 2
+    assert "x.toml does not exist" in result.stderr
+
+
+def test_init_then_unknown_host_is_exit_2(tmp_path):
+    assert mailfleet("init", "--domain", "example.com", cwd=tmp_path).returncode == 0
+    text = (tmp_path / "mailfleet.toml").read_text()
+    assert 'hostname = "mail.example.com"' in text
+    again = mailfleet("init", cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    with open(tmp_path / "mailfleet.toml", "a") as f:
+        f.write('\n[[hosts]]\nname = "mx1"\naddress = "127.0.0.1"\n')
+    result = mailfleet("deploy", "--limit", "nosuch", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "No host named 'nosuch' in mailfleet.toml (hosts: mx1)." in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_no_hosts_is_exit_2(tmp_path):
+    mailfleet("init", cwd=tmp_path)
+    result = mailfleet("deploy", cwd=tmp_path)
+    assert result.returncode == 2 and "lists no [[hosts]]" in result.stderr
+
+
+def test_bad_config_names_line_and_key(tmp_path):
+    (tmp_path / "mailfleet.toml").write_text('[mail]\ndomain = "example.org"\nhostnme = "x"\n')
+    result = mailfleet("deploy", "--check", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "mailfleet.toml, line 3: mail.hostnme: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_ssh_key_file_is_named(tmp_path):
+    (tmp_path / "mailfleet.toml").write_text(
+        '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+        '[[hosts]]\nname = "mx1"\naddress = "127.0.0.1"\nssh_key = "/nonexistent/key"\n'
+    )
+    result = mailfleet("deploy", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "hosts 'mx1': ssh_key /nonexistent/key does not exist" in result.stderr
+
+
+def test_unknown_lab_node_and_bad_release(tmp_path):
+    result = mailfleet("lab", "--name", "nolab", "ssh", "n1", cwd=tmp_path)
+    assert result.returncode == 2 and "Lab 'nolab' is not running." in result.stderr
+    bad = mailfleet("lab", "--name", "nolab", "up", "--release", "buster", cwd=tmp_path)
+    assert bad.returncode == 2 and "Unknown release 'buster'" in bad.stderr
+
+
+@pytest.mark.parametrize("args", [["--help"], ["deploy", "--help"], ["lab", "up", "--help"],
+                                  ["lab", "status", "--help"], ["check", "--help"],
+                                  ["init", "--help"], ["lab", "exec", "--help"]])
+def test_help_is_available_everywhere(args, capsys):
+    assert run(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: mailfleet")
+
+
+def test_unknown_command_is_usage_error(capsys):
+    assert run(["frobnicate"]) == 2
+    assert "No such command" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    assert run(["--version"]) == 0
+    assert capsys.readouterr().out.startswith("mailfleet ")

@@ -1,0 +1,114 @@
+"""mailfleet.toml validation: the good files load, every bad one is named precisely."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailfleet.config import find_line, parse
+from mailfleet.errors import ConfigError
+from mailfleet.templating import render_init
+
+GOOD = """\
+[mail]
+domain = "Example.ORG"
+hostname = "mail.example.org"
+domains = ["example.net"]
+
+[features]
+webmail = "sogo"
+
+[[hosts]]
+name = "mx1"
+address = "203.0.113.10"
+ssh_port = 2222
+
+[[hosts]]
+name = "mx2"
+address = "mx2.example.org"
+fqdn = "mx2.example.org"
+roles = ["mail"]
+"""
+
+
+def test_good_file_loads_with_defaults():
+    cfg = parse(GOOD)
+    assert cfg.mail.domain == "example.org"
+    assert cfg.features.webmail == "sogo"
+    assert cfg.features.radicale is False
+    assert [h.name for h in cfg.hosts] == ["mx1", "mx2"]
+    assert cfg.hosts[0].ssh_port == 2222 and cfg.hosts[0].ssh_user == "root"
+    assert cfg.host_fqdn(cfg.hosts[0]) == "mx1.example.org"
+    assert cfg.host_fqdn(cfg.hosts[1]) == "mx2.example.org"
+
+
+def test_single_host_takes_the_mail_hostname():
+    cfg = parse(GOOD.split("[[hosts]]\nname = \"mx2\"")[0])
+    assert cfg.host_fqdn(cfg.hosts[0]) == "mail.example.org"
+
+
+def test_init_template_is_a_valid_config():
+    cfg = parse(render_init("example.com", "mail.example.com"))
+    assert cfg.mail.hostname == "mail.example.com"
+    assert cfg.hosts == []
+    text = render_init("example.com", "mail.example.com", [{"name": "n1", "address": "127.0.0.1",
+                                                          "ssh_port": 2201, "lab": "t"}])
+    assert parse(text).hosts[0].ssh_port == 2201
+
+
+def _error(text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "site.toml")
+    assert caught.value.exit_code == 2
+    message = caught.value.message
+    assert message.count("\n") == 0, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\nwebmial = 1\n',
+         "site.toml, line 4: mail.webmial: unknown key"),
+        ('[mail]\ndomain = "example.org"\n', "site.toml, line 1: mail.hostname: required key is missing"),
+        ('[mail]\ndomain = "not a domain"\nhostname = "mail.example.org"\n',
+         "site.toml, line 2: mail.domain: 'not a domain' is not a valid domain name"),
+        ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n\n'
+         '[[hosts]]\nname = "a"\naddress = "x"\n\n[[hosts]]\nname = "b"\naddress = "y"\nssh_port = 70000\n',
+         "site.toml, line 12: hosts[1].ssh_port: Input should be less than or equal to 65535"),
+        ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[[hosts]]\nname = "Bad Name"\naddress = "x"\n',
+         "site.toml, line 5: hosts[0].name: 'Bad Name' is not a valid host name"),
+        ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[[hosts]]\nname = "a"\naddress = "x"\n'
+         '[[hosts]]\nname = "a"\naddress = "y"\n',
+         "host name 'a' is used twice"),
+        ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[admin]\nuser = "root"\n',
+         "site.toml, line 5: admin.user: 'root' is not a usable admin user name"),
+        ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[features]\nwebmail = "horde"\n',
+         'site.toml, line 5: features.webmail: must be "roundcube", "sogo" or "none"'),
+        ('[mail\ndomain = 1\n', "site.toml: not valid TOML"),
+    ],
+)
+def test_bad_files_name_file_line_and_key(text, expected):
+    assert expected in _error(text)
+
+
+@pytest.mark.parametrize("webmail", ['["roundcube", "sogo"]', '"roundcube+sogo"'])
+def test_both_webmails_are_refused_with_the_reason(webmail):
+    message = _error(
+        f'[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[features]\nwebmail = {webmail}\n'
+    )
+    assert "line 5: features.webmail" in message
+    assert "cannot both be deployed" in message and "Sieve" in message
+
+
+def test_radicale_with_sogo_is_refused():
+    message = _error('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+                     '[features]\nwebmail = "sogo"\nradicale = true\n')
+    assert "features" in message and "SOGo" in message
+
+
+def test_find_line_for_nested_and_missing_keys():
+    text = GOOD
+    assert find_line(text, ["hosts", 1, "fqdn"]) == 17
+    assert find_line(text, ["hosts", 0, "ssh_key"]) == 9  # missing key: its table header
+    assert find_line(text, ["features", "webmail"]) == 7
+    assert find_line(text, ["nothing"]) is None
