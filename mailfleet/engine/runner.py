@@ -139,6 +139,17 @@ class Progress(BaseStateCallback):
         self.on_event("error", host.name, _op_name(state, op_hash))
 
 
+class _ConnectErrors(BaseStateCallback):
+    def __init__(self) -> None:
+        self.reasons: dict[str, str] = {}
+
+    def host_connect_error(self, state, host, error):
+        text = str(error).replace("[Errno None] ", "").strip().rstrip(".")
+        if text.startswith("Could not connect (") and text.endswith(")"):
+            text = text[len("Could not connect ("):-1]
+        self.reasons[host.name] = text or type(error).__name__
+
+
 def _op_name(state: State, op_hash: str) -> str:
     names = state.get_op_meta(op_hash).names
     return sorted(names)[0] if names else op_hash
@@ -182,16 +193,22 @@ class Engine:
         self._log_handler = _quiet_pyinfra(verbose or diff)
 
     def __enter__(self) -> Engine:
+        errors = _ConnectErrors()
+        self.state.add_callback_handler(errors)
         try:
             connect_all(self.state)
-        except PyinfraError as err:
-            raise DeployError(f"Could not connect: {err}.") from err
-        unreachable = [h.name for h in self.state.inventory if not h.connected]
+        except PyinfraError:
+            pass  # "no hosts remaining": the reasons were collected per host
+        unreachable = [h for h in self.state.inventory if not h.connected]
         if unreachable:
+            reasons = "; ".join(
+                f"{h.name} ({h.data.ssh_hostname}:{h.data.ssh_port}): "
+                f"{errors.reasons.get(h.name, 'no answer')}"
+                for h in unreachable
+            )
             raise DeployError(
-                f"Could not connect over SSH to {', '.join(unreachable)}.",
-                hint="Check the address, ssh_port, ssh_user and ssh_key in the config "
-                "(`mailfleet -v deploy` shows the SSH error).",
+                f"Could not connect over SSH to {reasons}.",
+                hint="Check the host's address, ssh_port, ssh_user and ssh_key in the config.",
             )
         return self
 
@@ -260,5 +277,7 @@ def _quiet_pyinfra(verbose: bool) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    if not verbose:  # connection failures are reported once, as a DeployError
+        handler.addFilter(lambda record: "Could not connect" not in record.getMessage())
     logger.propagate = False
     return handler

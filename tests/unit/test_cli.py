@@ -96,3 +96,17 @@ def test_unknown_command_is_usage_error(capsys):
 def test_version(capsys):
     assert run(["--version"]) == 0
     assert capsys.readouterr().out.startswith("mailfleet ")
+
+
+def test_unreachable_host_is_one_sentence_and_exit_1(tmp_path):
+    (tmp_path / "mailfleet.toml").write_text(
+        '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+        '[[hosts]]\nname = "mx1"\naddress = "127.0.0.1"\nssh_port = 1\n'
+    )
+    for command in ("deploy", "check"):
+        result = mailfleet(command, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.startswith(
+            "error: Could not connect over SSH to mx1 (127.0.0.1:1): Unable to connect to port 1"
+        ), result.stderr
+        assert "Traceback" not in result.stderr
