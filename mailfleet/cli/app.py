@@ -18,7 +18,8 @@ app = typer.Typer(
     name="mailfleet",
     help=(
         "Turn plain Debian 12/13 hosts into a complete, hardened mail system, and operate it.\n\n"
-        "Everything is described by one file, mailfleet.toml (see `mailfleet init`)."
+        "Everything is described by one file, mailfleet.toml (see `mailfleet init`). "
+        "Exit codes: 0 ok, 1 a check or an operation failed, 2 bad usage or bad config."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -30,7 +30,11 @@ def deploy(
     limit: Limit = None,
     json: Json = False,
 ) -> None:
-    """Converge the hosts to mailfleet.toml; a second run reports zero changes."""
+    """Make the hosts match mailfleet.toml.
+
+    Runs on all hosts in parallel and reports per host what changed; a second run reports
+    zero changes. --check --diff shows what would change and touches nothing.
+    """
     g = globals_of(ctx)
     config = g.load()
     report = run_deploy(g, config, limit, check=check, diff=diff, quiet=json)
@@ -80,7 +84,10 @@ def _render_report(report: DeployReport) -> None:
 
 
 def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
-    """Run the health checks: one line each, exit 1 if any fails."""
+    """Run the health checks.
+
+    One line per check with what to do when it fails; exit 1 if any fails.
+    """
     g = globals_of(ctx)
     config = g.load()
     results = run_checks(g, config, limit)
@@ -111,7 +118,10 @@ def demo(
     ctx: typer.Context,
     keep: Annotated[bool, typer.Option("--keep/--down", help="Leave the lab host running.")] = True,
 ) -> None:
-    """Boot a local Debian 13 lab host, deploy to it, and print the health check."""
+    """Deploy to a local Debian 13 lab host.
+
+    Boots a lab host (lab name "demo"), deploys to it and prints the health check. Needs root.
+    """
     from mailfleet.lab.inventory import write_hosts, host_entries
     from mailfleet.lab.lab import Lab
 

@@ -21,7 +21,10 @@ def init(
     ] = "",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
 ) -> None:
-    """Write a commented mailfleet.toml (to -c PATH, default ./mailfleet.toml)."""
+    """Write a commented mailfleet.toml to start from.
+
+    It goes to -c PATH (default ./mailfleet.toml); an existing file is kept unless --force.
+    """
     path = globals_of(ctx).config_path
     if path.exists() and not force:
         raise UsageError(f"{path} already exists.", hint="Use --force to overwrite it.")

@@ -17,8 +17,9 @@ from mailfleet.lab.paths import DEFAULT_RELEASE
 
 app = typer.Typer(
     help=(
-        "Local lab: booted Debian 12/13 hosts (systemd-nspawn, own network) to deploy to and "
-        "test against. Needs root."
+        "Local Debian 12/13 hosts to deploy to and test against.\n\n"
+        "Each node is a booted Debian system (systemd-nspawn) in its own network namespace. "
+        "Needs root. See docs/lab.md."
     ),
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -55,7 +56,11 @@ def up(
         Optional[int], typer.Option("--nodes", "-n", metavar="N", help="Number of nodes n1..nN [default: 1].")
     ] = None,
 ) -> None:
-    """Boot lab nodes n1..nN and add them as [[hosts]] to the config file."""
+    """Boot lab nodes n1..nN.
+
+    Replaces a running lab of the same name, and writes the nodes as [[hosts]] (with
+    lab = NAME) into the config file, creating it if needed.
+    """
     lab = _lab(ctx)
     state = lab.up(release or [], nodes)
     path = globals_of(ctx).config_path
@@ -68,7 +73,11 @@ def up(
 
 @app.command()
 def down(ctx: typer.Context) -> None:
-    """Stop every lab node and helper, remove the lab's namespaces and its hosts from the config."""
+    """Stop the lab.
+
+    Stops every node and helper process by pid, unmounts and removes the lab's namespaces,
+    and removes the lab's hosts from the config file.
+    """
     lab = _lab(ctx)
     if not lab.down():
         info(f"lab {lab.paths.id} is not running")
@@ -77,7 +86,10 @@ def down(ctx: typer.Context) -> None:
 
 @app.command()
 def status(ctx: typer.Context, json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """List the lab's nodes: name, release and address."""
+    """List the lab's nodes.
+
+    Name, release, address and SSH forward of each node; exit 1 if the lab is not running.
+    """
     data = _lab(ctx).status()
     if json:
         print_json(data)
@@ -98,7 +110,10 @@ def ssh(
     node: Annotated[str, typer.Argument(help="Node name, e.g. n1.")],
     command: Annotated[Optional[list[str]], typer.Argument(help="Command to run (after --).")] = None,
 ) -> None:
-    """Open a root shell on a lab node, or run one command: `lab ssh n1 -- hostname`."""
+    """Root shell on a lab node.
+
+    Or run one command: mailfleet lab ssh n1 -- hostname -f (the node's shell parses it).
+    """
     cmd = _lab(ctx).ssh_command(node, command)
     raise typer.Exit(subprocess.call(cmd))
 
@@ -108,6 +123,9 @@ def exec_(
     ctx: typer.Context,
     command: Annotated[list[str], typer.Argument(help="Local command to run inside the lab network.")],
 ) -> None:
-    """Run a local program inside the lab network, where it reaches the nodes by address."""
+    """Run a local program inside the lab network.
+
+    There it reaches every node by its address: mailfleet lab exec -- python3 client.py
+    """
     cmd = _lab(ctx).exec_command(command)
     os.execvp(cmd[0], cmd)

@@ -69,4 +69,6 @@ def two_release_lab(tmp_path_factory):
         cli("lab", "up", "--release", "bookworm", "--release", "trixie", timeout=600)
         yield cli
     finally:
-        cli("lab", "down", check=False)
+        down = cli("lab", "down", check=False)
+    assert down.returncode == 0, down.stderr
+    assert lab_leftovers("mft1") == {"namespaces": [], "processes": [], "mounts": []}
