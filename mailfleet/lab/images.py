@@ -6,6 +6,7 @@ overlay of it, so a node's changes never reach the cache.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
@@ -42,6 +43,16 @@ def ensure_rootfs(release: str, log=print) -> Path:
     target = rootfs_dir(release)
     if _is_current(target):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{release}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two labs starting at once build it once
+        if _is_current(target):
+            return target
+        _build(release, target, log)
+    return target
+
+
+def _build(release: str, target: Path, log) -> None:
     log(f"building the Debian {RELEASES[release]} ({release}) root filesystem (once)")
     started = time.monotonic()
     scratch = target.with_name(target.name + ".new")
@@ -68,7 +79,6 @@ def ensure_rootfs(release: str, log=print) -> Path:
     scratch.rename(target)
     shutil.rmtree(old, ignore_errors=True)
     log(f"root filesystem ready in {time.monotonic() - started:.0f} s")
-    return target
 
 
 def _is_current(target: Path) -> bool:
