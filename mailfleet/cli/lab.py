@@ -9,8 +9,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mailfleet import services
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
+from mailfleet.config import load
 from mailfleet.lab.inventory import host_entries, remove_hosts, write_hosts
 from mailfleet.lab.lab import Lab
 from mailfleet.lab.paths import DEFAULT_RELEASE
@@ -55,6 +57,14 @@ def up(
     nodes: Annotated[
         Optional[int], typer.Option("--nodes", "-n", metavar="N", help="Number of nodes n1..nN [default: 1].")
     ] = None,
+    preinstall: Annotated[
+        bool,
+        typer.Option(
+            "--preinstall",
+            help="Boot from an image that already has the packages `deploy` installs "
+            "(faster tests that are not about installation; deploy still runs every step).",
+        ),
+    ] = False,
 ) -> None:
     """Boot lab nodes n1..nN.
 
@@ -62,8 +72,11 @@ def up(
     lab = NAME) into the config file, creating it if needed.
     """
     lab = _lab(ctx)
-    state = lab.up(release or [], nodes)
     path = globals_of(ctx).config_path
+    packages = None
+    if preinstall:
+        packages = services.packages(load(path) if path.exists() else None)
+    state = lab.up(release or [], nodes, packages)
     write_hosts(path, lab.paths.id, host_entries(lab, state))
     for node in state.nodes:
         info(f"{node.name}: Debian {node.debian} ({node.release}) at {node.address}, "

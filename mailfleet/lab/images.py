@@ -7,6 +7,7 @@ overlay of it, so a node's changes never reach the cache.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import shutil
 import time
@@ -36,11 +37,20 @@ APT::Keep-Downloaded-Packages "true";
 """
 
 
-def ensure_rootfs(release: str, log=print) -> Path:
-    """The cached root filesystem of `release`, built if missing, outdated or too old."""
+def ensure_rootfs(release: str, log=print, preinstall: list[str] | None = None) -> Path:
+    """The cached root filesystem of `release`, built if missing, outdated or too old.
+
+    With `preinstall` (the packages `deploy` installs), an image with them already
+    installed: tests that are not about installation start there and skip minutes of
+    dpkg. Each package list gets its own image, named by its hash.
+    """
     if release not in RELEASES:
         raise ValueError(release)
+    packages = sorted(set(preinstall or []))
     target = rootfs_dir(release)
+    if packages:
+        digest = hashlib.sha1(" ".join(packages).encode()).hexdigest()[:10]
+        target = target.with_name(f"{release}-{digest}")
     if _is_current(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -48,12 +58,13 @@ def ensure_rootfs(release: str, log=print) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two labs starting at once build it once
         if _is_current(target):
             return target
-        _build(release, target, log)
+        _build(release, target, packages, log)
     return target
 
 
-def _build(release: str, target: Path, log) -> None:
-    log(f"building the Debian {RELEASES[release]} ({release}) root filesystem (once)")
+def _build(release: str, target: Path, packages: list[str], log) -> None:
+    what = f"with {len(packages)} preinstalled packages " if packages else ""
+    log(f"building the Debian {RELEASES[release]} ({release}) root filesystem {what}(once)")
     started = time.monotonic()
     scratch = target.with_name(target.name + ".new")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -62,7 +73,7 @@ def _build(release: str, target: Path, log) -> None:
         [
             "mmdebstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
+            f"--include={','.join([*BASE_PACKAGES, *packages])}",
             "--skip=cleanup/apt/lists",
             release,
             str(scratch),
@@ -71,7 +82,8 @@ def _build(release: str, target: Path, log) -> None:
     )
     _prepare(scratch)
     (scratch / STAMP).write_text(
-        json.dumps({"release": release, "version": IMAGE_VERSION, "built": time.time()})
+        json.dumps({"release": release, "version": IMAGE_VERSION, "built": time.time(),
+                    "packages": packages})
     )
     old = target.with_name(target.name + ".old")
     if target.exists():

@@ -132,7 +132,8 @@ class Lab:
         return ["ip", "netns", "exec", self.paths.bridge_ns, *command]
 
     # ----- up ------------------------------------------------------------------------
-    def up(self, releases: list[str], nodes: int | None = None) -> LabState:
+    def up(self, releases: list[str], nodes: int | None = None,
+           preinstall: list[str] | None = None) -> LabState:
         require_root()
         releases = releases or [DEFAULT_RELEASE]
         for release in releases:
@@ -150,7 +151,7 @@ class Lab:
             )
         ensure_machine_tools(self.log)
         self.down(quiet=True)  # our own leftovers from a killed run, or the previous lab
-        roots = {r: images.ensure_rootfs(r, self.log) for r in set(releases)}
+        roots = {r: images.ensure_rootfs(r, self.log, preinstall) for r in set(releases)}
 
         paths = self.paths
         paths.state_dir.mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,20 @@ def test_lab_down_leaves_nothing_behind(tmp_path):
         cli("lab", "down", check=False)
     assert lab_leftovers("mft2") == {"namespaces": [], "processes": [], "mounts": []}
     assert load(cli.config).hosts == []
+
+
+def test_preinstalled_image_skips_installation_not_the_deploy(tmp_path):
+    cli = Cli("mft3", tmp_path / "mailfleet.toml")
+    try:
+        cli("lab", "up", "--preinstall")
+        assert cli.ssh("n1", "dpkg-query -W -f '${Status}' curl") == "install ok installed"
+        report = cli.json("deploy")
+        assert report["ok"], report
+        changed = report["hosts"]["n1"]["changed"]
+        assert "Install base packages" not in changed
+        assert "Set the host name" in changed
+        assert cli.ssh("n1", "hostname") == "mail.example.test"
+        assert cli.json("deploy")["changes"] == 0
+    finally:
+        cli("lab", "down", check=False)
+    assert lab_leftovers("mft3") == {"namespaces": [], "processes": [], "mounts": []}
