@@ -134,7 +134,6 @@ class Lab:
     # ----- up ------------------------------------------------------------------------
     def up(self, releases: list[str], nodes: int | None = None,
            preinstall: list[str] | None = None) -> LabState:
-        require_root()
         releases = releases or [DEFAULT_RELEASE]
         for release in releases:
             if release not in RELEASES:
@@ -149,6 +148,7 @@ class Lab:
                 f"{len(releases)} releases were given for {count} nodes: give one release for "
                 "all nodes, or one per node."
             )
+        require_root()
         ensure_machine_tools(self.log)
         self.down(quiet=True)  # our own leftovers from a killed run, or the previous lab
         roots = {r: images.ensure_rootfs(r, self.log, preinstall) for r in set(releases)}
@@ -171,8 +171,8 @@ class Lab:
                 )
                 for i in range(1, count + 1)
             ]
-            for node in plan:
-                self._boot(state, node, roots[node.release], plan)
+            started = {node.name: self._boot(state, node, roots[node.release], plan)
+                       for node in plan}
             self._write_known_hosts(state)
             for node in state.nodes:
                 if not wait_for_ssh_banner(node.ssh_port, BOOT_TIMEOUT):
@@ -180,7 +180,7 @@ class Lab:
                         f"Node {node.name} did not answer on SSH within {BOOT_TIMEOUT:.0f} s.",
                         hint=f"See {paths.node_dir(node.name) / 'console.log'}.",
                     )
-                node.boot_seconds = round(time.monotonic() - node.boot_seconds, 2)
+                node.boot_seconds = round(time.monotonic() - started[node.name], 2)
             self._save(state)
         except BaseException:
             self.down(quiet=True)
@@ -221,7 +221,8 @@ class Lab:
              f"UNIX-CONNECT:{sock}"], log))
         self._save(state)
 
-    def _boot(self, state: LabState, node: Node, base: Path, plan: list[Node]) -> None:
+    def _boot(self, state: LabState, node: Node, base: Path, plan: list[Node]) -> float:
+        """Mount, personalise and start one node; returns when it started (monotonic)."""
         paths = self.paths
         node_dir = paths.node_dir(node.name)
         shutil.rmtree(node_dir, ignore_errors=True)
@@ -247,7 +248,6 @@ class Lab:
             log,
             env={"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
         )
-        node.boot_seconds = started  # turned into a duration once SSH answers
         sock = paths.socket(f"{node.name}-ssh")
         helpers_log = paths.state_dir / "helpers.log"
         state.helpers.append(spawn(
@@ -259,6 +259,7 @@ class Lab:
              f"UNIX-CONNECT:{sock}"], helpers_log))
         state.nodes.append(node)
         self._save(state)
+        return started
 
     def _personalise(self, root: Path, node: Node, plan: list[Node]) -> None:
         """What makes a copy of the image this node: host keys, admin key, name, apt proxy."""
