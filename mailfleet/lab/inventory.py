@@ -39,8 +39,7 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
         kept = [h for h in (hosts or []) if h.get("lab") != lab_id]
         table_array = tomlkit.aot()
         for host in [*kept, *entries]:
-            table_array.append(host if not isinstance(host, dict) or hasattr(host, "trivia")
-                               else tomlkit.item(host))
+            table_array.append(host)
         if "hosts" in doc:
             del doc["hosts"]
         if kept or entries:

@@ -98,12 +98,16 @@ class Lab:
             ],
         }
 
-    def node(self, name: str) -> Node:
+    def running_state(self) -> LabState:
         state = self.state()
         if not state or not state.nodes:
             raise UsageError(
                 f"Lab {self.paths.id!r} is not running.", hint="Start it with `mailfleet lab up`."
             )
+        return state
+
+    def node(self, name: str) -> Node:
+        state = self.running_state()
         for node in state.nodes:
             if node.name == name:
                 return node
@@ -124,11 +128,7 @@ class Lab:
 
     def exec_command(self, command: list[str]) -> list[str]:
         """A local program run inside the lab network (it reaches nodes by their addresses)."""
-        state = self.state()
-        if not state:
-            raise UsageError(
-                f"Lab {self.paths.id!r} is not running.", hint="Start it with `mailfleet lab up`."
-            )
+        self.running_state()
         return ["ip", "netns", "exec", self.paths.bridge_ns, *command]
 
     # ----- up ------------------------------------------------------------------------
@@ -293,8 +293,8 @@ class Lab:
         marker = str(paths.state_dir) + "/"
         found = False
         # nodes first (they shut down cleanly on SIGTERM), then the helpers
-        node_pids = [n.pid for n in state.nodes if n.pid] if state else []
-        node_pids = [p for p in node_pids if p in pids_mentioning(marker)]
+        ours = set(pids_mentioning(marker))
+        node_pids = [n.pid for n in state.nodes if n.pid in ours] if state else []
         if node_pids:
             found = True
             stop_pids(node_pids, timeout=20)
