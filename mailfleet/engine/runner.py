@@ -201,6 +201,7 @@ class Engine:
             pass  # "no hosts remaining": the reasons were collected per host
         unreachable = [h for h in self.state.inventory if not h.connected]
         if unreachable:
+            self.__exit__(None, None, None)  # close the hosts that did connect, drop our log handler
             reasons = "; ".join(
                 f"{h.name} ({h.data.ssh_hostname}:{h.data.ssh_port}): "
                 f"{errors.reasons.get(h.name, 'no answer')}"
