@@ -14,7 +14,7 @@ from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
-from mailfleet.services.checks import CheckResult
+from mailfleet.services.checks import CheckResult, all_passed
 
 Limit = Annotated[
     Optional[list[str]],
@@ -92,11 +92,11 @@ def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
     config = g.load()
     results = run_checks(g, config, limit)
     if json:
-        print_json({"ok": all(r.status != "fail" for r in results),
+        print_json({"ok": all_passed(results),
                     "checks": [r.as_dict() for r in results]})
     else:
         render_checks(results)
-    raise typer.Exit(0 if all(r.status != "fail" for r in results) else 1)
+    raise typer.Exit(0 if all_passed(results) else 1)
 
 
 def run_checks(g: Globals, config: Config, limit: list[str] | None) -> list[CheckResult]:
@@ -143,4 +143,4 @@ def demo(
              "stop it with `mailfleet lab --name demo down`")
     else:
         lab.down()
-    raise typer.Exit(0 if report.ok and all(r.status != "fail" for r in results) else 1)
+    raise typer.Exit(0 if report.ok and all_passed(results) else 1)

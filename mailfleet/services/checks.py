@@ -25,3 +25,8 @@ def expect(host: str, name: str, actual: object, wanted: object, fix: str) -> Ch
     if actual == wanted:
         return CheckResult(host, name, "ok", f"{wanted}")
     return CheckResult(host, name, "fail", f"is {actual!r}, expected {wanted!r}", fix)
+
+
+def all_passed(results: list[CheckResult]) -> bool:
+    """True when no check failed (warnings do not fail `mailfleet check`)."""
+    return all(r.status != "fail" for r in results)
