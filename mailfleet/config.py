@@ -55,6 +55,23 @@ class MailSettings(_Strict):
     domain: str = Field(description="Primary mail domain.")
     hostname: str = Field(description="Fully qualified name of the mail host (MX, SMTP banner).")
     domains: list[str] = Field(default_factory=list, description="Further domains served.")
+    dkim_selector: str = Field("mail", description="DKIM selector: the key is at SELECTOR._domainkey.")
+    message_size_mb: Annotated[int, Field(ge=1, le=500)] = 50
+    default_quota_mb: Annotated[int, Field(ge=1)] = 2048
+    vmail_uid: Annotated[int, Field(ge=1000, le=59999)] = 5000
+    vmail_gid: Annotated[int, Field(ge=1000, le=59999)] = 5000
+
+    @field_validator("dkim_selector")
+    @classmethod
+    def _check_selector(cls, value: str) -> str:
+        if not re.fullmatch(_LABEL, value):
+            raise ValueError(f"{value!r} is not a valid DKIM selector (one DNS label, like mail)")
+        return value
+
+    @property
+    def all_domains(self) -> list[str]:
+        """The primary domain first, then the others, without repeats."""
+        return list(dict.fromkeys([self.domain, *self.domains]))
 
     @field_validator("domain", "hostname")
     @classmethod

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import posixpath
 import shlex
 from io import StringIO
 
 from pyinfra import host, logger
 from pyinfra.api import FileUploadCommand, MaskString, QuoteString, StringCommand, operation
 from pyinfra.api.exceptions import OperationValueError
-from pyinfra.facts.files import File, FileContents, Sha1File
+from pyinfra.facts.files import Directory, File, FileContents, Sha1File
 from pyinfra.facts.server import Command
 
 NEW_SUFFIX = ".mailfleet-new"
@@ -61,6 +62,9 @@ def config_file(
         ):
             logger.info("  %s", line.rstrip("\n"))
 
+    parent = posixpath.dirname(dest)
+    if parent and not host.get_fact(Directory, path=parent):
+        yield StringCommand("mkdir", "-p", "-m", "0755", QuoteString(parent))
     tmp = dest + NEW_SUFFIX
     yield FileUploadCommand(StringIO(content), tmp,
                             remote_temp_filename=host.get_temp_filename(tmp))

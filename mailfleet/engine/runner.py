@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from secrets import token_urlsafe
 from typing import Any
 
 from pyinfra.api import BaseStateCallback, Config as PyinfraConfig, Inventory, State
@@ -21,12 +22,15 @@ from pyinfra.api.facts import get_facts
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta, add_op
 from pyinfra.api.operations import run_ops
+from pyinfra.facts.files import FileContents
 from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
+from mailfleet.engine.operations import config_file
 from mailfleet.errors import ConfigError, DeployError
 
 ServiceStep = Callable[["HostContext"], None]
+SECRETS_DIR = "/etc/mailfleet/secrets"
 
 
 @dataclass
@@ -39,9 +43,32 @@ class HostContext:
     state: State
     check: bool
 
+    secrets: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    # operations later steps depend on, by name (e.g. "certificate": services reload on it)
+    produced: dict[str, OperationMeta | None] = field(default_factory=dict)
+
     @property
     def fqdn(self) -> str:
         return self.config.host_fqdn(self.settings)
+
+    def fact(self, fact: Any, **kwargs: Any) -> Any:
+        """A fact read now, while operations are being added (cached per host by pyinfra)."""
+        return self.host.get_fact(fact, **kwargs)
+
+    def secret(self, name: str) -> tuple[str, bool]:
+        """A generated secret kept on the host (/etc/mailfleet/secrets/NAME, mode 0600):
+        (value, fresh). Read from the host when it exists, else generated here (fresh) and
+        written by an operation. Never stored in the config file.
+        """
+        if name not in self.secrets:
+            path = f"{SECRETS_DIR}/{name}"
+            lines = self.fact(FileContents, path=path) or []
+            fresh = not (lines and lines[0].strip())
+            value = token_urlsafe(24) if fresh else lines[0].strip()
+            self.op(config_file, name=f"Keep the {name} secret", dest=path,
+                    content=value + "\n", mode="600")
+            self.secrets[name] = (value, fresh)
+        return self.secrets[name]
 
     def op(self, operation: Any, *args: Any, name: str, **kwargs: Any) -> OperationMeta | None:
         """Add one pyinfra operation for this host.

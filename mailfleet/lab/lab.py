@@ -18,10 +18,10 @@ from pathlib import Path
 from mailfleet.errors import LabError, UsageError
 from mailfleet.lab import images, network
 from mailfleet.lab.paths import DEFAULT_RELEASE, RELEASES, LabPaths, lab_id
+from mailfleet.netutil import free_port
 from mailfleet.lab.system import (
     alive,
     ensure_machine_tools,
-    free_port,
     pids_mentioning,
     require_root,
     run,

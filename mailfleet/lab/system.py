@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mailfleet.errors import LabError
 
+
 # command -> Debian package that provides it on the operator's machine
 MACHINE_TOOLS = {
     "mmdebstrap": "mmdebstrap",
@@ -56,13 +57,6 @@ def ensure_machine_tools(log=print) -> None:
     if subprocess.run(install, env=env, capture_output=True).returncode != 0:
         run(["apt-get", "update"], env=env)
         run(install, env=env)
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spawn(cmd: Sequence[str], log_file: Path, env: dict[str, str] | None = None) -> int:

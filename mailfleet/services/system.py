@@ -10,7 +10,7 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services.checks import CheckResult, expect
 from mailfleet.templating import render
 
-BASE_PACKAGES = ["ca-certificates", "curl", "sudo", "less", "procps"]
+BASE_PACKAGES = ["ca-certificates", "curl", "sudo", "less", "procps", "iproute2"]
 # A mail server wants fresh package lists, but not an `apt-get update` on every deploy.
 APT_CACHE_SECONDS = 6 * 3600
 
@@ -34,7 +34,10 @@ def deploy(ctx: HostContext) -> None:
         content=render("system/mailname.j2", fqdn=fqdn),
     )
     ctx.op(apt.update, name="Update package lists", cache_time=APT_CACHE_SECONDS)
-    ctx.op(apt.packages, name="Install base packages", packages=BASE_PACKAGES, no_recommends=True)
+    # mailfleet's own files on the host: generated secrets (0700) and helper scripts
+    ctx.op(files.directory, name="Create /etc/mailfleet", path="/etc/mailfleet", mode="755")
+    ctx.op(files.directory, name="Create /etc/mailfleet/secrets", path="/etc/mailfleet/secrets",
+           mode="700")
 
 
 def checks(engine: Engine) -> list[CheckResult]:

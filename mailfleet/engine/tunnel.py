@@ -1,0 +1,57 @@
+"""SSH port forwards from this machine to services that listen only on the host.
+
+`mailfleet check` talks SMTP, IMAP and ManageSieve to the host as a client would, and the
+accounts commands reach PostgreSQL on 127.0.0.1:5432; both go through the same SSH access
+the deploy uses (OpenSSH's `ssh -L`, with the host's key and known_hosts settings).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from mailfleet.config import HostSettings
+from mailfleet.errors import DeployError
+from mailfleet.netutil import free_port, port_open, wait_until
+
+CONNECT_SECONDS = 20.0
+
+
+def ssh_base(settings: HostSettings) -> list[str]:
+    cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
+           "-o", "ServerAliveInterval=15", "-p", str(settings.ssh_port), "-l", settings.ssh_user]
+    if settings.ssh_key:
+        cmd += ["-i", str(Path(settings.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    if settings.ssh_known_hosts:
+        cmd += ["-o", f"UserKnownHostsFile={Path(settings.ssh_known_hosts).expanduser()}",
+                "-o", "StrictHostKeyChecking=yes"]
+    return cmd
+
+
+@contextmanager
+def tunnel(settings: HostSettings, remote_ports: list[int]) -> Iterator[dict[int, int]]:
+    """Forward each remote port (on the host's 127.0.0.1) to a local one: {remote: local}."""
+    local = {port: free_port() for port in remote_ports}
+    cmd = [*ssh_base(settings), "-N", "-o", "ExitOnForwardFailure=yes"]
+    for remote, mine in local.items():
+        cmd += ["-L", f"127.0.0.1:{mine}:127.0.0.1:{remote}"]
+    proc = subprocess.Popen([*cmd, settings.address], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        probe = next(iter(local.values()))
+        if not wait_until(lambda: proc.poll() is not None or port_open(probe), CONNECT_SECONDS) \
+                or proc.poll() is not None:
+            error = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else ""
+            raise DeployError(f"Could not open an SSH tunnel to {settings.name}: "
+                              f"{error or 'no answer'}.")
+        yield local
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,64 @@
+"""Dovecot: IMAP (993, 143 + STARTTLS), LMTP for Postfix, SASL auth for Postfix, Sieve
+and ManageSieve (4190), quotas and the quota-status policy service.
+
+Debian 12 ships 2.3 and Debian 13 ships 2.4, whose configuration languages differ (and
+some 2.3 habits are silently wrong in 2.4): one complete template per major version,
+validated with `doveconf -n` before it replaces the old one, and a restart (not a reload,
+which reports success while keeping the old config on some errors) when it changes.
+"""
+
+from __future__ import annotations
+
+from pyinfra.operations import files
+
+from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.services import certs
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.mailstore import VMAIL_DIR
+from mailfleet.services.platform import platform
+from mailfleet.services.postfix import QUOTA_STATUS_PORT
+from mailfleet.templating import render
+
+PACKAGES = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql",
+            "dovecot-sieve", "dovecot-managesieved"]
+SQL_FILE = "/etc/dovecot/mailfleet-sql.conf.ext"
+PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
+CIPHER_LIST = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
+)
+
+
+def deploy(ctx: HostContext) -> None:
+    version = platform(ctx).dovecot
+    password, _ = ctx.secret("postgres-mailfleet_dovecot")
+    # 2.4 reads the connection as part of its config (group dovecot may read it);
+    # 2.3's auth process reads the args file as root.
+    sql = ctx.op(
+        config_file, name="Write Dovecot's database settings", dest=SQL_FILE,
+        content=render(f"dovecot/sql-{version}.conf.ext.j2", password=password),
+        mode="640" if version == "2.4" else "600",
+        group="dovecot" if version == "2.4" else "root",
+    )
+    mail = ctx.config.mail
+    conf = ctx.op(
+        config_file, name="Write dovecot.conf", dest="/etc/dovecot/dovecot.conf",
+        content=render(
+            f"dovecot/dovecot-{version}.conf.j2", fqdn=ctx.fqdn, domain=mail.domain,
+            sql_file=SQL_FILE, cert_file=certs.CERT_FILE, key_file=certs.KEY_FILE,
+            cipher_list=CIPHER_LIST, vmail_dir=VMAIL_DIR, vmail_uid=mail.vmail_uid,
+            vmail_gid=mail.vmail_gid, default_quota_mb=mail.default_quota_mb,
+            quota_status_port=QUOTA_STATUS_PORT,
+        ),
+        validate="doveconf -n -c {path} >/dev/null",
+    )
+    # Dovecot's LMTP and auth sockets live in Postfix's queue, which a Postfix that has
+    # never started yet (Debian 13 with "No configuration") has not created.
+    ctx.op(files.directory, name="Create Postfix's private socket directory",
+           path="/var/spool/postfix/private", user="postfix", group="root", mode="700")
+    ctx.service("dovecot", restart_when=(sql, conf, ctx.produced.get("certificate")))
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    return []

@@ -1,0 +1,283 @@
+"""The end-to-end health check: what a user does, done by `mailfleet check`.
+
+Through an SSH tunnel it talks to every mail port as a client would (TLS handshake and
+certificate), submits a real message on 587 with AUTH as mailfleet's own check mailbox,
+finds it over IMAP on 993 and verifies its DKIM signature against the host's key.
+The check mailbox (mailfleet-check@DOMAIN, hidden from user lists) is made by `deploy`.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+import imaplib
+import smtplib
+import socket
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timezone
+from email.message import EmailMessage
+
+import dkim
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.files import FileContents
+from pyinfra.facts.server import Command
+
+from mailfleet.accounts.passwords import hash_password
+from mailfleet.accounts.schema import DATABASE
+from mailfleet.engine import Engine, HostContext
+from mailfleet.engine.tunnel import tunnel
+from mailfleet.errors import MailfleetError
+from mailfleet.services import certs, opendkim
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.postgres import psql_query, psql_script, sql_literal
+
+CHECK_LOCAL_PART = "mailfleet-check"
+SECRET = "check-mailbox"
+TIMEOUT = 20.0
+DELIVERY_SECONDS = 30.0
+# port -> how TLS starts there
+TLS_PORTS = {25: "smtp-starttls", 587: "smtp-starttls", 465: "smtp-tls",
+             143: "imap-starttls", 993: "imap-tls", 4190: "sieve-starttls"}
+
+
+def check_address(domain: str) -> str:
+    return f"{CHECK_LOCAL_PART}@{domain}"
+
+
+@operation()
+def check_mailbox(address: str, password_hash: str, reset: bool):
+    """The check mailbox exists, with the password from the host's secret file."""
+    domain = address.split("@", 1)[1]
+    found = host.get_fact(Command, command=psql_query(
+        f"SELECT 1 FROM mailboxes WHERE email = {sql_literal(address)}", DATABASE))
+    if (found or "").strip() == "1" and not reset:
+        host.noop(f"{address} exists")
+        return
+    yield psql_script(
+        "INSERT INTO mailboxes (email, domain, name, password, system) VALUES "
+        f"({sql_literal(address)}, {sql_literal(domain)}, 'mailfleet health check', "
+        f"{sql_literal(password_hash)}, true) "
+        "ON CONFLICT (email) DO UPDATE SET password = EXCLUDED.password, active = true;\n",
+        DATABASE,
+    )
+
+
+def deploy(ctx: HostContext) -> None:
+    password, fresh = ctx.secret(SECRET)
+    ctx.op(check_mailbox, name="Create the health-check mailbox",
+           address=check_address(ctx.config.mail.domain), password_hash=hash_password(password),
+           reset=fresh)
+
+
+# --- client side -------------------------------------------------------------------
+
+def _tls_context(ca_pem: str | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _read_until(sock: socket.socket, done: Callable[[bytes], bool]) -> bytes:
+    data = b""
+    while not done(data):
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"connection closed after {data[-200:]!r}")
+        data += chunk
+    return data
+
+
+def _smtp_done(data: bytes) -> bool:
+    lines = data.split(b"\r\n")
+    return len(lines) > 1 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" "
+
+
+def tls_handshake(port: int, mode: str, server_name: str, context: ssl.SSLContext) -> ssl.SSLSocket:
+    """Connect to 127.0.0.1:port, start TLS the way this protocol does, verify the
+    certificate for `server_name`; returns the TLS socket (caller closes it)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    try:
+        if mode.startswith("smtp-starttls"):
+            _read_until(sock, _smtp_done)
+            sock.sendall(b"EHLO mailfleet-check\r\n")
+            _read_until(sock, _smtp_done)
+            sock.sendall(b"STARTTLS\r\n")
+            reply = _read_until(sock, _smtp_done)
+            if not reply.startswith(b"220"):
+                raise ConnectionError(f"STARTTLS refused: {reply.strip()!r}")
+        elif mode == "imap-starttls":
+            _read_until(sock, lambda d: d.endswith(b"\r\n"))
+            sock.sendall(b"a STARTTLS\r\n")
+            reply = _read_until(sock, lambda d: b"a " in d and d.endswith(b"\r\n"))
+            if b"a OK" not in reply:
+                raise ConnectionError(f"STARTTLS refused: {reply.strip()!r}")
+        elif mode == "sieve-starttls":
+            _read_until(sock, lambda d: d.startswith(b"OK") or b"\r\nOK" in d)
+            sock.sendall(b"STARTTLS\r\n")
+            reply = _read_until(sock, lambda d: d.endswith(b"\r\n"))
+            if not reply.startswith(b"OK"):
+                raise ConnectionError(f"STARTTLS refused: {reply.strip()!r}")
+        return context.wrap_socket(sock, server_hostname=server_name)
+    except BaseException:
+        sock.close()
+        raise
+
+
+class _TunnelIMAP4SSL(imaplib.IMAP4_SSL):
+    """IMAP over TLS to a local tunnel port, verifying the certificate for the real name."""
+
+    def __init__(self, server_name: str, port: int, context: ssl.SSLContext) -> None:
+        self._tunnel_port = port
+        super().__init__(server_name, port, ssl_context=context, timeout=TIMEOUT)
+
+    def _create_socket(self, timeout):
+        sock = socket.create_connection(("127.0.0.1", self._tunnel_port), timeout)
+        return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+def submit(port: int, server_name: str, context: ssl.SSLContext, user: str, password: str,
+           message: EmailMessage, implicit_tls: bool = False) -> None:
+    """Submit `message` with AUTH on 587 (STARTTLS) or 465 (implicit TLS)."""
+    if implicit_tls:
+        smtp = smtplib.SMTP_SSL(timeout=TIMEOUT, context=context)
+        smtp._get_socket = lambda host, p, timeout: context.wrap_socket(  # type: ignore[method-assign]
+            socket.create_connection(("127.0.0.1", port), timeout), server_hostname=server_name)
+        smtp.connect("127.0.0.1", port)
+    else:
+        smtp = smtplib.SMTP(timeout=TIMEOUT)
+        smtp.connect("127.0.0.1", port)
+        smtp._host = server_name  # the name STARTTLS verifies the certificate against
+        smtp.ehlo("mailfleet-check")
+        smtp.starttls(context=context)
+    try:
+        smtp.ehlo("mailfleet-check")
+        smtp.login(user, password)
+        smtp.send_message(message)
+    finally:
+        smtp.quit()
+
+
+def fetch(port: int, server_name: str, context: ssl.SSLContext, user: str, password: str,
+          subject: str, delete: bool = True, wait: float = DELIVERY_SECONDS) -> bytes | None:
+    """The raw message with this subject in the user's INBOX (waiting for delivery)."""
+    imap = _TunnelIMAP4SSL(server_name, port, context)
+    try:
+        imap.login(user, password)
+        deadline = time.monotonic() + wait
+        while True:
+            imap.select("INBOX")
+            _, data = imap.search(None, "SUBJECT", f'"{subject}"')
+            ids = data[0].split()
+            if ids:
+                _, parts = imap.fetch(ids[-1], "(RFC822)")
+                raw = parts[0][1]
+                if delete:
+                    for i in ids:
+                        imap.store(i, "+FLAGS", "\\Deleted")
+                    imap.expunge()
+                return raw
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.3)
+    finally:
+        try:
+            imap.logout()
+        except Exception:
+            pass
+
+
+def verify_dkim(raw: bytes, records: dict[str, str | None]) -> tuple[bool, str]:
+    """Verify the message's DKIM signature against the host's own keys (not DNS: the
+    check must hold before the records are published)."""
+    if b"DKIM-Signature:" not in raw:
+        return False, "message has no DKIM-Signature"
+
+    def dnsfunc(name, timeout=5):
+        name = name.decode() if isinstance(name, bytes) else name
+        selector_domain = name.rstrip(".").split("._domainkey.")
+        record = records.get(selector_domain[1]) if len(selector_domain) == 2 else None
+        return record.encode() if record else b""
+
+    ok = dkim.verify(raw, dnsfunc=dnsfunc)
+    return ok, "signature verifies" if ok else "signature does not verify"
+
+
+def check_message(sender: str, recipient: str, token: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = f"mailfleet check {token}"
+    message["Date"] = email.utils.format_datetime(datetime.now(timezone.utc))
+    message["Message-ID"] = email.utils.make_msgid("check", sender.split("@")[1])
+    message.set_content(f"Sent by `mailfleet check` ({token}); deleted again once found.\n")
+    return message
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    domain = engine.config.mail.domain
+    address = check_address(domain)
+    cas = engine.facts(FileContents, path=certs.CA_FILE)
+    secrets = engine.facts(FileContents, path=f"/etc/mailfleet/secrets/{SECRET}")
+    keys = opendkim.public_keys(engine)
+    results: list[CheckResult] = []
+    for name, settings in engine.settings.items():
+        fqdn = engine.config.host_fqdn(settings)
+        ca = "\n".join(cas.get(name) or []) or None
+        password = (secrets.get(name) or [""])[0].strip()
+        try:
+            with tunnel(settings, list(TLS_PORTS)) as ports:
+                results += _check_host(name, fqdn, ports, _tls_context(ca), address, password,
+                                       keys.get(name, {}))
+        except MailfleetError as err:
+            results.append(CheckResult(name, "mail flow", "fail", err.message,
+                                       "check SSH access to the host"))
+    return results
+
+
+def _check_host(name: str, fqdn: str, ports: dict[int, int], context: ssl.SSLContext,
+                address: str, password: str, keys: dict[str, str | None]) -> list[CheckResult]:
+    results = []
+    for port, mode in TLS_PORTS.items():
+        try:
+            with tls_handshake(ports[port], mode, fqdn, context) as tls:
+                not_after = ssl.cert_time_to_seconds(tls.getpeercert()["notAfter"])
+                days = int((not_after - time.time()) // 86400)
+                results.append(CheckResult(name, f"TLS on {port}", "ok",
+                                           f"{tls.version()}, certificate valid for {days} days"))
+        except (OSError, ssl.SSLError, ConnectionError) as err:
+            results.append(CheckResult(name, f"TLS on {port}", "fail", str(err) or type(err).__name__,
+                                       "see the service's journal on the host"))
+    if not password:
+        results.append(CheckResult(name, "mail flow", "fail", "the check mailbox has no password",
+                                   "run `mailfleet deploy`"))
+        return results
+    token = uuid.uuid4().hex[:12]
+    message = check_message(address, address, token)
+    try:
+        submit(ports[587], fqdn, context, address, password, message)
+    except (OSError, smtplib.SMTPException) as err:
+        results.append(CheckResult(name, "submission 587", "fail", f"{err}",
+                                   "see `journalctl -u postfix` on the host"))
+        return results
+    results.append(CheckResult(name, "submission 587", "ok", f"STARTTLS + AUTH as {address}"))
+    try:
+        raw = fetch(ports[993], fqdn, context, address, password, message["Subject"])
+    except (OSError, imaplib.IMAP4.error) as err:
+        results.append(CheckResult(name, "delivery", "fail", f"IMAP: {err}",
+                                   "see `journalctl -u dovecot` on the host"))
+        return results
+    if raw is None:
+        results.append(CheckResult(name, "delivery", "fail",
+                                   f"not in the INBOX after {DELIVERY_SECONDS:.0f} s",
+                                   "see `postqueue -p` and `journalctl -u dovecot` on the host"))
+        return results
+    results.append(CheckResult(name, "delivery", "ok", "LMTP to Dovecot, read back over IMAP 993"))
+    ok, why = verify_dkim(raw, keys)
+    results.append(CheckResult(name, "DKIM signature", "ok" if ok else "fail", why,
+                               "see `journalctl -u opendkim` on the host"))
+    return results

@@ -1,0 +1,92 @@
+"""OpenDKIM: a 2048-bit key per domain, made on the host (the private key never leaves
+it, mode 0600), signing outgoing and verifying incoming mail as a Postfix milter."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+
+from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.postfix import OPENDKIM_PORT
+from mailfleet.templating import render
+
+PACKAGES = ["opendkim", "opendkim-tools"]
+KEY_DIR = "/etc/dkimkeys"
+KEY_BITS = 2048
+
+
+def key_path(domain: str, selector: str, suffix: str = "private") -> str:
+    return f"{KEY_DIR}/{domain}/{selector}.{suffix}"
+
+
+@operation()
+def domain_key(domain: str, selector: str):
+    """Generate the domain's key pair unless it exists (keys are never replaced silently:
+    the published DNS record depends on them)."""
+    private = key_path(domain, selector)
+    if (host.get_fact(Command, command=f"test -s {private} && echo yes || true") or "") == "yes":
+        host.noop(f"DKIM key for {domain} exists")
+        return
+    directory = shlex.quote(f"{KEY_DIR}/{domain}")
+    yield (f"install -d -o opendkim -g opendkim -m 0700 {directory} && "
+           f"opendkim-genkey -b {KEY_BITS} -h sha256 -d {shlex.quote(domain)} "
+           f"-s {shlex.quote(selector)} -D {directory} && "
+           f"chown opendkim:opendkim {directory}/* && chmod 0600 {shlex.quote(private)}")
+
+
+def deploy(ctx: HostContext) -> None:
+    mail = ctx.config.mail
+    values = dict(domains=mail.all_domains, selector=mail.dkim_selector, key_dir=KEY_DIR,
+                  port=OPENDKIM_PORT)
+    keys = [ctx.op(domain_key, name=f"Make the DKIM key of {domain}", domain=domain,
+                   selector=mail.dkim_selector) for domain in mail.all_domains]
+    tables = [
+        ctx.op(config_file, name=f"Write OpenDKIM {dest}", dest=dest,
+               content=render(f"opendkim/{template}", **values))
+        for dest, template in (
+            ("/etc/opendkim/key.table", "key.table.j2"),
+            ("/etc/opendkim/signing.table", "signing.table.j2"),
+            ("/etc/opendkim/internal.hosts", "internal.hosts.j2"),
+            ("/etc/opendkim.conf", "opendkim.conf.j2"),
+        )
+    ]
+    ctx.service("opendkim", restart_when=(*keys, *tables))
+
+
+def public_key_record(text: str) -> str | None:
+    """The TXT record value from opendkim-genkey's SELECTOR.txt (its quoted pieces joined)."""
+    pieces = re.findall(r'"([^"]*)"', text)
+    record = "".join(pieces).replace(" ", "")
+    return record.replace(";", "; ").strip() if "p=" in record else None
+
+
+def public_keys(engine: Engine) -> dict[str, dict[str, str | None]]:
+    """{host: {domain: TXT record value}} read from each host's key files."""
+    selector = engine.config.mail.dkim_selector
+    domains = engine.config.mail.all_domains
+    command = "; ".join(
+        f"echo '== {d}'; cat {shlex.quote(key_path(d, selector, 'txt'))} 2>/dev/null" for d in domains
+    )
+    found: dict[str, dict[str, str | None]] = {}
+    for name, text in engine.facts(Command, command=command).items():
+        parts = re.split(r"^== (\S+)$", text or "", flags=re.M)[1:]
+        found[name] = {d: public_key_record(body) for d, body in zip(parts[::2], parts[1::2])}
+    return found
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    results = []
+    for name, keys in public_keys(engine).items():
+        for domain in engine.config.mail.all_domains:
+            if keys.get(domain):
+                results.append(CheckResult(name, f"DKIM key {domain}", "ok",
+                                           f"{engine.config.mail.dkim_selector}._domainkey.{domain}"))
+            else:
+                results.append(CheckResult(name, f"DKIM key {domain}", "fail", "no key on the host",
+                                           "run `mailfleet deploy`"))
+    return results

@@ -1,0 +1,41 @@
+"""Which Debian a host runs, and what that means for the versions mailfleet configures.
+
+Dovecot 2.3 (Debian 12) and 2.4 (Debian 13) speak different configuration languages, and
+PostgreSQL's config directory is named after its major version: both follow from the
+release, which is known before anything is installed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyinfra.facts.server import Command
+
+from mailfleet.engine import HostContext
+from mailfleet.errors import DeployError
+
+
+@dataclass(frozen=True)
+class Platform:
+    debian: int
+    codename: str
+    dovecot: str  # "2.3" or "2.4": picks the template set
+    postgresql: str  # major version, as in /etc/postgresql/VERSION/main
+    postfix_compatibility: str  # the newest compatibility_level this Postfix knows
+
+
+SUPPORTED = {
+    12: Platform(12, "bookworm", "2.3", "15", "3.6"),
+    13: Platform(13, "trixie", "2.4", "17", "3.9"),
+}
+
+
+def platform(ctx: HostContext) -> Platform:
+    text = ctx.fact(Command, command=". /etc/os-release && echo \"$ID $VERSION_ID\"") or ""
+    distro, _, version = text.strip().partition(" ")
+    if distro != "debian" or not version.isdigit() or int(version) not in SUPPORTED:
+        raise DeployError(
+            f"Host {ctx.settings.name} runs {text.strip() or 'an unknown system'}; "
+            "mailfleet supports Debian 12 (bookworm) and Debian 13 (trixie).",
+        )
+    return SUPPORTED[int(version)]

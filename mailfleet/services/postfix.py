@@ -1,0 +1,119 @@
+"""Postfix: SMTP in on 25, submission on 587 and 465, virtual domains from PostgreSQL,
+delivery to Dovecot over LMTP, DKIM through the OpenDKIM milter.
+
+main.cf and master.cf are whole files (templates/postfix/), validated with `postconf`
+before they replace the old ones: a warning (an unknown or misspelt parameter) is a failure.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+
+from mailfleet.engine import Engine, HostContext, config_file, debconf
+from mailfleet.services import certs
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.platform import platform
+from mailfleet.templating import render
+
+PACKAGES = ["postfix", "postfix-pgsql"]
+QUOTA_STATUS_PORT = 12340
+OPENDKIM_PORT = 8891
+MAP_DIR = "/etc/postfix/pgsql"
+PORTS = {25: "smtp", 587: "submission", 465: "submissions"}
+
+# Each map answers one question Postfix asks about an address (%s, escaped by Postfix).
+MAPS = {
+    "virtual_domains": (
+        "which domains this server receives mail for",
+        "SELECT 1 FROM domains WHERE name = '%s' AND active",
+    ),
+    "virtual_mailboxes": (
+        "which addresses have a mailbox",
+        "SELECT 1 FROM mailboxes m JOIN domains d ON d.name = m.domain "
+        "WHERE m.email = '%s' AND m.active AND d.active",
+    ),
+    "virtual_aliases": (
+        "where an alias delivers; a mailbox maps to itself so that a catch-all "
+        "does not swallow it",
+        "SELECT a.destination FROM aliases a JOIN domains d ON d.name = a.domain "
+        "WHERE a.source = '%s' AND a.active AND d.active "
+        "UNION SELECT m.email FROM mailboxes m JOIN domains d ON d.name = m.domain "
+        "WHERE m.email = '%s' AND m.active AND d.active",
+    ),
+    "sender_login": (
+        "which login may send as an address: its mailbox, and the mailboxes an alias "
+        "delivers to",
+        "SELECT email FROM mailboxes WHERE email = '%s' AND active "
+        "UNION SELECT destination FROM aliases WHERE source = '%s' AND active",
+    ),
+}
+
+# Validate a candidate main.cf or master.cf in a scratch config directory beside the
+# live other half; any warning (unknown parameter, bad syntax) rejects it.
+_VALIDATE = (
+    'd=$(mktemp -d) && cp /etc/postfix/{other} "$d/{other}" 2>/dev/null; touch "$d/{other}"; '
+    'cp {path} "$d/{this}" && out=$(postconf -c "$d" {flag} 2>&1 >/dev/null); '
+    'rm -rf "$d"; [ -z "$out" ] || {{ echo "$out" >&2; false; }}'
+)
+
+
+def _validate(this: str) -> str:
+    other = "master.cf" if this == "main.cf" else "main.cf"
+    flag = "-n" if this == "main.cf" else "-M"
+    return _VALIDATE.format(this=this, other=other, flag=flag, path="{path}")
+
+
+@operation()
+def newaliases():
+    """Rebuild /etc/aliases.db when it is missing or older than /etc/aliases."""
+    fresh = host.get_fact(Command, command="test /etc/aliases.db -nt /etc/aliases && echo fresh || true")
+    if fresh == "fresh":
+        host.noop("/etc/aliases.db is up to date")
+        return
+    yield "newaliases"
+
+
+def deploy(ctx: HostContext) -> None:
+    release = platform(ctx)
+    password, _ = ctx.secret("postgres-mailfleet_postfix")
+    maps = [
+        ctx.op(config_file, name=f"Write the {name} map", dest=f"{MAP_DIR}/{name}.cf",
+               content=render("postfix/pgsql-map.cf.j2", purpose=purpose, query=query,
+                              password=password, path=f"{MAP_DIR}/{name}.cf"),
+               mode="640", group="postfix")
+        for name, (purpose, query) in MAPS.items()
+    ]
+    master = ctx.op(config_file, name="Write Postfix master.cf", dest="/etc/postfix/master.cf",
+                    content=render("postfix/master.cf.j2", quota_status_port=QUOTA_STATUS_PORT),
+                    validate=_validate("master.cf"))
+    main = ctx.op(
+        config_file, name="Write Postfix main.cf", dest="/etc/postfix/main.cf",
+        content=render(
+            "postfix/main.cf.j2", fqdn=ctx.fqdn, domain=ctx.config.mail.domain,
+            compatibility_level=release.postfix_compatibility,
+            message_size_bytes=ctx.config.mail.message_size_mb * 1024 * 1024,
+            quota_status_port=QUOTA_STATUS_PORT, opendkim_port=OPENDKIM_PORT,
+            key_file=certs.KEY_FILE, cert_file=certs.CERT_FILE,
+        ),
+        validate=_validate("main.cf"),
+    )
+    # after main.cf: newaliases reads alias_database from it
+    ctx.op(config_file, name="Write /etc/aliases", dest="/etc/aliases",
+                     content=render("postfix/aliases.j2"))
+    ctx.op(newaliases, name="Rebuild /etc/aliases.db")
+    # master.cf changes (new listeners) need a restart; the rest is read on reload.
+    ctx.service("postfix", restart_when=(master,),
+                reload_when=(main, *maps, ctx.produced.get("certificate")))
+
+
+def preseed(ctx: HostContext) -> None:
+    """Before the packages: no debconf-generated main.cf, mailfleet writes its own."""
+    ctx.op(debconf, name="Preseed Postfix", package="postfix",
+           answers={"postfix/main_mailer_type": ("select", "No configuration"),
+                    "postfix/mailname": ("string", ctx.fqdn)})
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    return []
