@@ -39,6 +39,7 @@ from mailfleet.services.postgres import psql_query, psql_script, sql_literal
 CHECK_LOCAL_PART = "mailfleet-check"
 SECRET = "check-mailbox"
 TIMEOUT = 20.0
+LOCAL = "127.0.0.1"  # the tunnel's end
 DELIVERY_SECONDS = 30.0
 # port -> how TLS starts there
 TLS_PORTS = {25: "smtp-starttls", 587: "smtp-starttls", 465: "smtp-tls",
@@ -76,7 +77,7 @@ def deploy(ctx: HostContext) -> None:
 
 # --- client side -------------------------------------------------------------------
 
-def _tls_context(ca_pem: str | None) -> ssl.SSLContext:
+def tls_context(ca_pem: str | None) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context
@@ -97,10 +98,11 @@ def _smtp_done(data: bytes) -> bool:
     return len(lines) > 1 and len(lines[-2]) >= 4 and lines[-2][3:4] == b" "
 
 
-def tls_handshake(port: int, mode: str, server_name: str, context: ssl.SSLContext) -> ssl.SSLSocket:
-    """Connect to 127.0.0.1:port, start TLS the way this protocol does, verify the
+def tls_handshake(address: str, port: int, mode: str, server_name: str,
+                  context: ssl.SSLContext) -> ssl.SSLSocket:
+    """Connect to address:port, start TLS the way this protocol does, verify the
     certificate for `server_name`; returns the TLS socket (caller closes it)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock = socket.create_connection((address, port), timeout=TIMEOUT)
     try:
         if mode.startswith("smtp-starttls"):
             _read_until(sock, _smtp_done)
@@ -128,44 +130,53 @@ def tls_handshake(port: int, mode: str, server_name: str, context: ssl.SSLContex
         raise
 
 
-class _TunnelIMAP4SSL(imaplib.IMAP4_SSL):
-    """IMAP over TLS to a local tunnel port, verifying the certificate for the real name."""
+class IMAP4SSLTo(imaplib.IMAP4_SSL):
+    """IMAP over TLS to `address` (a tunnel end or a lab address), verifying the
+    certificate for the server's real name."""
 
-    def __init__(self, server_name: str, port: int, context: ssl.SSLContext) -> None:
-        self._tunnel_port = port
+    def __init__(self, address: str, port: int, server_name: str, context: ssl.SSLContext) -> None:
+        self._address = address
         super().__init__(server_name, port, ssl_context=context, timeout=TIMEOUT)
 
     def _create_socket(self, timeout):
-        sock = socket.create_connection(("127.0.0.1", self._tunnel_port), timeout)
+        sock = socket.create_connection((self._address, self.port), timeout)
         return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
 
 
-def submit(port: int, server_name: str, context: ssl.SSLContext, user: str, password: str,
-           message: EmailMessage, implicit_tls: bool = False) -> None:
-    """Submit `message` with AUTH on 587 (STARTTLS) or 465 (implicit TLS)."""
+def smtp_session(address: str, port: int, server_name: str, context: ssl.SSLContext,
+                 implicit_tls: bool = False) -> smtplib.SMTP:
+    """An SMTP session in TLS: implicit (465) or after STARTTLS (25, 587)."""
     if implicit_tls:
         smtp = smtplib.SMTP_SSL(timeout=TIMEOUT, context=context)
         smtp._get_socket = lambda host, p, timeout: context.wrap_socket(  # type: ignore[method-assign]
-            socket.create_connection(("127.0.0.1", port), timeout), server_hostname=server_name)
-        smtp.connect("127.0.0.1", port)
+            socket.create_connection((address, port), timeout), server_hostname=server_name)
+        smtp.connect(address, port)
     else:
         smtp = smtplib.SMTP(timeout=TIMEOUT)
-        smtp.connect("127.0.0.1", port)
+        smtp.connect(address, port)
         smtp._host = server_name  # the name STARTTLS verifies the certificate against
         smtp.ehlo("mailfleet-check")
         smtp.starttls(context=context)
+    smtp.ehlo("mailfleet-check")
+    return smtp
+
+
+def submit(address: str, port: int, server_name: str, context: ssl.SSLContext, user: str,
+           password: str, message: EmailMessage, implicit_tls: bool = False) -> None:
+    """Submit `message` with AUTH on 587 (STARTTLS) or 465 (implicit TLS)."""
+    smtp = smtp_session(address, port, server_name, context, implicit_tls)
     try:
-        smtp.ehlo("mailfleet-check")
         smtp.login(user, password)
         smtp.send_message(message)
     finally:
         smtp.quit()
 
 
-def fetch(port: int, server_name: str, context: ssl.SSLContext, user: str, password: str,
-          subject: str, delete: bool = True, wait: float = DELIVERY_SECONDS) -> bytes | None:
+def fetch(address: str, port: int, server_name: str, context: ssl.SSLContext, user: str,
+          password: str, subject: str, delete: bool = True,
+          wait: float = DELIVERY_SECONDS) -> bytes | None:
     """The raw message with this subject in the user's INBOX (waiting for delivery)."""
-    imap = _TunnelIMAP4SSL(server_name, port, context)
+    imap = IMAP4SSLTo(address, port, server_name, context)
     try:
         imap.login(user, password)
         deadline = time.monotonic() + wait
@@ -231,7 +242,7 @@ def checks(engine: Engine) -> list[CheckResult]:
         password = (secrets.get(name) or [""])[0].strip()
         try:
             with tunnel(settings, list(TLS_PORTS)) as ports:
-                results += _check_host(name, fqdn, ports, _tls_context(ca), address, password,
+                results += _check_host(name, fqdn, ports, tls_context(ca), address, password,
                                        keys.get(name, {}))
         except MailfleetError as err:
             results.append(CheckResult(name, "mail flow", "fail", err.message,
@@ -244,7 +255,7 @@ def _check_host(name: str, fqdn: str, ports: dict[int, int], context: ssl.SSLCon
     results = []
     for port, mode in TLS_PORTS.items():
         try:
-            with tls_handshake(ports[port], mode, fqdn, context) as tls:
+            with tls_handshake(LOCAL, ports[port], mode, fqdn, context) as tls:
                 not_after = ssl.cert_time_to_seconds(tls.getpeercert()["notAfter"])
                 days = int((not_after - time.time()) // 86400)
                 results.append(CheckResult(name, f"TLS on {port}", "ok",
@@ -259,14 +270,14 @@ def _check_host(name: str, fqdn: str, ports: dict[int, int], context: ssl.SSLCon
     token = uuid.uuid4().hex[:12]
     message = check_message(address, address, token)
     try:
-        submit(ports[587], fqdn, context, address, password, message)
+        submit(LOCAL, ports[587], fqdn, context, address, password, message)
     except (OSError, smtplib.SMTPException) as err:
         results.append(CheckResult(name, "submission 587", "fail", f"{err}",
                                    "see `journalctl -u postfix` on the host"))
         return results
     results.append(CheckResult(name, "submission 587", "ok", f"STARTTLS + AUTH as {address}"))
     try:
-        raw = fetch(ports[993], fqdn, context, address, password, message["Subject"])
+        raw = fetch(LOCAL, ports[993], fqdn, context, address, password, message["Subject"])
     except (OSError, imaplib.IMAP4.error) as err:
         results.append(CheckResult(name, "delivery", "fail", f"IMAP: {err}",
                                    "see `journalctl -u dovecot` on the host"))

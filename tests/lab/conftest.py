@@ -6,10 +6,12 @@ run has proven nothing.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,45 @@ class Cli:
 
     def ssh(self, node: str, command: str) -> str:
         return self("lab", "ssh", node, "--", command).stdout.strip()
+
+    def account(self, node: str, *args: str) -> None:
+        """Create an account through mailfleet's database layer (see accounts_helper.py)."""
+        result = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("accounts_helper.py")),
+             str(self.config), node, *args],
+            capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+
+
+class LabNet:
+    """Runs client code inside the lab's own network (its bridge namespace), as a machine
+    on the Internet would reach the hosts: a worker thread that entered the namespace
+    with setns(2), which changes only the calling thread."""
+
+    CLONE_NEWNET = 0x40000000
+
+    def __init__(self, lab: str) -> None:
+        from mailfleet.lab.paths import LabPaths
+
+        path = f"/run/netns/{LabPaths(lab).bridge_ns}"
+        self._pool = ThreadPoolExecutor(1, initializer=self._enter, initargs=(path,))
+
+    @classmethod
+    def _enter(cls, path: str) -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if libc.setns(fd, cls.CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), f"setns({path})")
+        finally:
+            os.close(fd)
+
+    def run(self, fn, *args, **kwargs):
+        return self._pool.submit(fn, *args, **kwargs).result()
+
+    def close(self) -> None:
+        self._pool.shutdown()
 
 
 def lab_leftovers(lab: str) -> dict[str, list[str]]:
