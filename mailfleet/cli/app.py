@@ -9,7 +9,7 @@ import typer
 
 from mailfleet import __version__
 from mailfleet import config as config_mod
-from mailfleet.cli import deploy, init, lab
+from mailfleet.cli import demo, deploy, init, lab
 from mailfleet.cli.output import error
 from mailfleet.cli.state import Globals
 from mailfleet.errors import MailfleetError
@@ -58,7 +58,7 @@ def root(
 app.command("init")(init.init)
 app.command("deploy")(deploy.deploy)
 app.command("check")(deploy.check)
-app.command("demo")(deploy.demo)
+app.command("demo")(demo.demo)
 app.add_typer(lab.app, name="lab")
 
 

@@ -51,6 +51,7 @@ CHECKS = [
     units.checks,
     certs.checks,
     postgres.checks,
+    postfix.checks,
     opendkim.checks,
     mailstore.checks,
     mailflow.checks,

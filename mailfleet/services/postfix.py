@@ -115,5 +115,24 @@ def preseed(ctx: HostContext) -> None:
                     "postfix/mailname": ("string", ctx.fqdn)})
 
 
+QUEUE_WARN = 100
+
+
 def checks(engine: Engine) -> list[CheckResult]:
-    return []
+    """Postfix's own view: can it look up the domain in PostgreSQL, how full is its queue."""
+    domain = engine.config.mail.domain
+    command = (f"postmap -q {domain} proxy:pgsql:{MAP_DIR}/virtual_domains.cf 2>&1 | tail -n 1; "
+               "echo ==; postqueue -j 2>/dev/null | wc -l")
+    results = []
+    for name, text in engine.facts(Command, command=command).items():
+        lookup, _, queued = (text or "").partition("==")
+        lookup = lookup.strip()
+        results.append(CheckResult(
+            name, "Postfix database lookup", "ok" if lookup == "1" else "fail",
+            f"{domain} found in PostgreSQL" if lookup == "1" else f"{domain}: {lookup or 'not found'}",
+            f"test it on the host: postmap -q {domain} proxy:pgsql:{MAP_DIR}/virtual_domains.cf"))
+        count = int(queued.strip()) if queued.strip().isdigit() else -1
+        status = "ok" if 0 <= count < QUEUE_WARN else "warn"
+        results.append(CheckResult(name, "mail queue", status, f"{count} message(s) waiting",
+                                   "see `postqueue -p` and `journalctl -u postfix` on the host"))
+    return results

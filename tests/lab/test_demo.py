@@ -1,15 +1,24 @@
-"""The README's first command: `mailfleet demo` boots a Debian 13 host, deploys, checks."""
+"""The README's first command: `mailfleet demo` boots a Debian 13 host, deploys the full
+stack, sends and reads a real mail, prints the health check, and (with --down) cleans up."""
 
 from __future__ import annotations
+
+import re
 
 from conftest import Cli, lab_leftovers
 
 
-def test_demo_deploys_and_checks_then_cleans_up(tmp_path):
+def test_demo_deploys_sends_reads_and_checks_then_cleans_up(tmp_path):
     cli = Cli("demo", tmp_path / "unused.toml")
-    result = cli("demo", "--down", timeout=600)
-    assert "n1:" in result.stdout and "changed" in result.stdout
-    lines = [line.split() for line in result.stdout.splitlines()]
+    result = cli("demo", "--down", timeout=900)
+    out = result.stdout
+    assert "n1:" in out and "changed" in out
+    assert "sent on 587 and read over IMAP: Hello from mailfleet demo" in out
+    assert "DKIM signature verifies" in out
+    lines = [line.split() for line in out.splitlines()]
     assert ["ok", "n1", "host", "name", "mail.example.test"] in lines
-    assert ["ok", "n1", "mail", "name", "mail.example.test"] in lines
+    for check in (["delivery"], ["DKIM", "signature"], ["submission", "587"], ["TLS", "on", "993"]):
+        assert any(l[:2] == ["ok", "n1"] and l[2:2 + len(check)] == check for l in lines), check
+    score = re.search(r"score (\d+)/(\d+)", out)
+    assert score and score[1] == score[2] and int(score[2]) >= 30, out[-2000:]
     assert lab_leftovers("demo") == {"namespaces": [], "processes": [], "mounts": []}

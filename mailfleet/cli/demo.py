@@ -1,0 +1,92 @@
+"""`mailfleet demo`: the whole job on a local Debian 13 lab host, end to end."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pyinfra.facts.files import FileContents
+
+from mailfleet.accounts import db, store
+from mailfleet.accounts.passwords import generate_password
+from mailfleet.cli.deploy import _render_report, render_checks, run_checks, run_deploy
+from mailfleet.cli.output import console, info
+from mailfleet.cli.state import Globals, globals_of
+from mailfleet.config import Config
+from mailfleet.engine import Engine
+from mailfleet.engine.tunnel import tunnel
+from mailfleet.services import certs, mailflow, opendkim
+from mailfleet.services.checks import all_passed
+
+DEMO_LOCAL_PART = "demo"
+
+
+def demo(
+    ctx: typer.Context,
+    keep: Annotated[bool, typer.Option("--keep/--down", help="Leave the lab host running.")] = True,
+) -> None:
+    """Deploy the mail system to a local Debian 13 lab host and use it.
+
+    Boots a lab host (lab name "demo"), deploys the full stack, creates the account
+    demo@example.test, sends it a real mail on port 587 and reads it back over IMAP,
+    then prints the health check. Needs root.
+    """
+    from mailfleet.lab.inventory import host_entries, write_hosts
+    from mailfleet.lab.lab import Lab
+
+    lab = Lab("demo", log=info)
+    config_path = lab.paths.state_dir.parent / "demo.toml"
+    g = Globals(Path(config_path), globals_of(ctx).verbose)
+    info("booting a Debian 13 lab host")
+    state = lab.up(["trixie"], 1)
+    config_path.unlink(missing_ok=True)
+    write_hosts(config_path, lab.paths.id, host_entries(lab, state))
+    info(f"deploying the mail system (config: {config_path})")
+    config = g.load()
+    report = run_deploy(g, config, None)
+    _render_report(report)
+    mail_ok = report.ok and send_and_read(config)
+    results = run_checks(g, config, None)
+    render_checks(results)
+    if keep:
+        info(f"the lab host is still running: `mailfleet -c {config_path} lab --name demo ssh n1`; "
+             "stop it with `mailfleet lab --name demo down`")
+    else:
+        lab.down()
+    raise typer.Exit(0 if mail_ok and all_passed(results) else 1)
+
+
+def send_and_read(config: Config) -> bool:
+    """Create the demo account, mail it on 587 and read the mail back over IMAP 993."""
+    host = config.hosts[0]
+    fqdn = config.host_fqdn(host)
+    address = f"{DEMO_LOCAL_PART}@{config.mail.domain}"
+    password = generate_password()
+    with Engine(config, [host]) as engine:
+        with db.connect(engine) as conn:
+            store.set_mailbox(conn, address, password, name="Demo User")
+        ca = "\n".join(engine.facts(FileContents, path=certs.CA_FILE)[host.name] or [])
+        keys = opendkim.public_keys(engine)[host.name]
+    console.print(f"\naccount [bold]{address}[/] password [bold]{password}[/] "
+                  f"(IMAP {fqdn}:993, SMTP {fqdn}:587, CA {certs.CA_FILE} on the host)")
+    context = mailflow.tls_context(ca)
+    message = mailflow.check_message(address, address, "demo")
+    del message["Subject"]
+    message["Subject"] = "Hello from mailfleet demo"
+    message.set_content("This message went through Postfix (587, STARTTLS, AUTH), OpenDKIM, "
+                        "LMTP into Dovecot, and was read back over IMAP.\n")
+    with tunnel(host, [587, 993]) as ports:
+        mailflow.submit(mailflow.LOCAL, ports[587], fqdn, context, address, password, message)
+        raw = mailflow.fetch(mailflow.LOCAL, ports[993], fqdn, context, address, password,
+                             message["Subject"], delete=False)
+    if raw is None:
+        console.print("[bold red]the demo mail did not arrive[/]")
+        return False
+    received = email.message_from_bytes(raw, policy=email.policy.default)
+    dkim_ok, why = mailflow.verify_dkim(raw, keys)
+    console.print(f"sent on 587 and read over IMAP: [bold]{received['Subject']}[/] "
+                  f"from {received['From']}, DKIM {why}\n")
+    return dkim_ok

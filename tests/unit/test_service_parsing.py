@@ -1,0 +1,102 @@
+"""Pure logic behind deploy and check: parsers of host command output, hashes, schema."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from mailfleet.accounts import schema
+from mailfleet.accounts.passwords import generate_password, hash_password, verify_password
+from mailfleet.config import parse
+from mailfleet.services import certs, mailflow, mailstore, opendkim, packages, units
+
+GENKEY_TXT = '''mail._domainkey	IN	TXT	( "v=DKIM1; h=sha256; k=rsa; "
+	  "p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyz"
+	  "abc123==" )  ; ----- DKIM key mail for example.test
+'''
+
+
+def test_dkim_public_key_record_joins_the_quoted_pieces():
+    assert opendkim.public_key_record(GENKEY_TXT) == (
+        "v=DKIM1; h=sha256; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyzabc123=="
+    )
+    assert opendkim.public_key_record("") is None
+
+
+def test_certificate_inspection_reads_names_expiry_and_verification():
+    text = ("X509v3 Subject Alternative Name: \n    DNS:mail.example.org, DNS:mx1.example.org\n"
+            "notAfter=Feb 28 12:00:00 2029 GMT\nverified\n")
+    names, not_after, verified = certs.parse_inspection(text)
+    assert names == {"mail.example.org", "mx1.example.org"}
+    assert not_after == datetime(2029, 2, 28, 12, 0, tzinfo=timezone.utc)
+    assert verified
+    assert certs.parse_inspection("") == (set(), None, False)
+
+
+def test_unit_and_socket_parsing():
+    text = ("active\nactive\nfailed\nactive\n==\n"
+            "LISTEN 0 100 0.0.0.0:25 0.0.0.0:*\nLISTEN 0 244 127.0.0.1:5432 0.0.0.0:*\n"
+            "LISTEN 0 100 [::]:993 [::]:*\n")
+    states, listening = units.parse(text)
+    assert states == {"postgresql": "active", "postfix": "active", "dovecot": "failed",
+                      "opendkim": "active"}
+    assert listening == {25: {"0.0.0.0"}, 5432: {"127.0.0.1"}, 993: {"::"}}
+
+
+def test_disk_parsing():
+    text = ("/dev/vda1 81000000 19000000 61000000 24% /\next4 rw,relatime,usrquota\n"
+            "systemd-nspawn\n")
+    assert mailstore.parse_disk(text) == (24, 61000000, "ext4", "rw,relatime,usrquota",
+                                          "systemd-nspawn")
+    assert mailstore.parse_disk("")[0] is None
+
+
+def test_password_hashes_are_dovecot_argon2id_with_parallelism_1():
+    hashed = hash_password("s3cret-Pass")
+    assert hashed.startswith("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$")
+    assert verify_password(hashed, "s3cret-Pass")
+    assert not verify_password(hashed, "wrong")
+    assert not verify_password(hashed.removeprefix("{ARGON2ID}"), "s3cret-Pass")
+    assert len(generate_password()) == 20 and generate_password() != generate_password()
+
+
+def test_migrations_are_numbered_and_record_their_version():
+    found = schema.migrations()
+    assert [m.version for m in found] == list(range(1, len(found) + 1))
+    script = found[0].script()
+    assert "CREATE TABLE IF NOT EXISTS schema_migrations" in script
+    assert script.rstrip().endswith("VALUES (1, 'initial');")
+    for role in schema.ROLES:
+        assert role in found[0].sql
+
+
+def test_dkim_verification_of_a_signed_message():
+    dkim = pytest.importorskip("dkim")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    import base64
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
+    raw = mailflow.check_message("a@example.test", "b@example.test", "t1").as_bytes()
+    signature = dkim.sign(raw, b"mail", b"example.test", private, include_headers=[b"from", b"subject"])
+    assert mailflow.verify_dkim(signature + raw, {"example.test": record}) == (True, "signature verifies")
+    tampered = signature + raw.replace(b"check t1", b"check t2")
+    assert mailflow.verify_dkim(tampered, {"example.test": record})[0] is False
+    assert mailflow.verify_dkim(raw, {"example.test": record}) == (False, "message has no DKIM-Signature")
+
+
+def test_config_mail_settings_and_package_list():
+    config = parse('[mail]\ndomain = "Example.org"\nhostname = "mail.example.org"\n'
+                   'domains = ["example.net", "example.org"]\ndkim_selector = "s2026"\n')
+    assert config.mail.all_domains == ["example.org", "example.net"]
+    assert config.mail.dkim_selector == "s2026"
+    with pytest.raises(Exception, match="dkim_selector"):
+        parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\ndkim_selector = "a b"\n')
+    assert {"postfix-pgsql", "dovecot-pgsql", "dovecot-sieve", "opendkim-tools",
+            "postgresql"} <= set(packages(config))
