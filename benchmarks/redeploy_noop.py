@@ -1,4 +1,4 @@
-"""Time of a no-change re-deploy to one lab host (Debian 13), measured in one run.
+"""Time of a no-change re-deploy of the full mail stack to one lab host, measured in one run.
 
 Prints the median of 3 no-change `mailfleet deploy` runs, the operations it checked, and the
 ratio to one bare `ssh host true` round trip on the same host (the floor for any SSH-driven
@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+
+from _common import Mailfleet
 
 
 def main() -> None:
@@ -25,18 +21,7 @@ def main() -> None:
     parser.add_argument("--release", default="trixie", choices=["trixie", "bookworm"])
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    config = Path(tempfile.mkdtemp()) / "mailfleet.toml"
-    env = {**os.environ, "MAILFLEET_LAB": "mfbench", "MAILFLEET_CONFIG": str(config)}
-
-    def mailfleet(*argv: str) -> tuple[float, subprocess.CompletedProcess]:
-        started = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "mailfleet", *argv], env=env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
-        elapsed = time.perf_counter() - started
-        if done.returncode != 0:
-            sys.exit(f"mailfleet {' '.join(argv)} failed:\n{done.stdout}{done.stderr}")
-        return elapsed, done
-
+    mailfleet = Mailfleet("mfbench")
     try:
         boot, _ = mailfleet("lab", "up", "--release", args.release)
         first, _ = mailfleet("deploy", "--json")
@@ -47,10 +32,9 @@ def main() -> None:
             assert report["changes"] == 0, report
             operations = report["hosts"]["n1"]["operations"]
             times.append(elapsed)
-        ssh_times = [mailfleet("lab", "ssh", "n1", "--", "true")[0] for _ in range(5)]
+        ssh_times = [mailfleet.ssh("n1", "true")[0] for _ in range(5)]
     finally:
-        subprocess.run([sys.executable, "-m", "mailfleet", "lab", "down"], env=env,
-                       capture_output=True)
+        mailfleet.down()
     redeploy, ssh = statistics.median(times), statistics.median(ssh_times)
     print(f"release                  {args.release}")
     print(f"lab up (cached rootfs)   {boot:.2f} s")

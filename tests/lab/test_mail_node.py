@@ -242,3 +242,55 @@ def test_mail_is_deferred_not_bounced_while_a_backend_is_down(node: Node, unit: 
     node.cli.ssh(node.name, "postqueue -f")
     assert node.fetch(bob, subject, wait=60) is not None, f"not delivered after {unit} came back"
     assert "MAILER-DAEMON" not in node.cli.ssh(node.name, "postqueue -p")
+
+
+def _managesieve_upload(node: Node, user: str, script: str) -> list[bytes]:
+    """Log in on 4190 after STARTTLS, upload `script` and make it active (RFC 5804)."""
+    import base64
+
+    answers = []
+    with mailflow.tls_handshake(node.address, 4190, "sieve-starttls", node.fqdn, node.context()) as tls:
+        def command(line: bytes) -> bytes:
+            tls.sendall(line)
+            data = b""
+            while not any(data.startswith(w) or b"\r\n" + w in data for w in (b"OK", b"NO", b"BYE")):
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            answers.append(data)
+            return data
+
+        command(b"CAPABILITY\r\n")  # servers repeat capabilities after STARTTLS
+        token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+        command(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n')
+        body = script.encode()
+        command(b'PUTSCRIPT "mailfleet-test" {%d+}\r\n' % len(body) + body + b"\r\n")
+        command(b'SETACTIVE "mailfleet-test"\r\n')
+        command(b"LOGOUT\r\n")
+    return answers
+
+
+def test_sieve_filter_uploaded_over_managesieve_files_mail(node: Node):
+    user = node.user("sieve")
+    script = ('require "fileinto";\n'
+              'if header :contains "subject" "[to-junk]" { fileinto "Junk"; stop; }\n')
+    answers = node.run(_managesieve_upload, node, user, script)
+    assert all(a.lstrip().startswith(b"OK") or b"\r\nOK" in a for a in answers[1:4]), answers
+    subject = node.submit(user, user, subject=f"[to-junk] {uuid.uuid4().hex[:8]}")
+
+    def in_junk() -> bool:
+        imap = mailflow.IMAP4SSLTo(node.address, 993, node.fqdn, node.context())
+        try:
+            imap.login(user, PASSWORD)
+            for _ in range(60):
+                imap.select("Junk")
+                if imap.search(None, "SUBJECT", f'"{subject}"')[1][0].split():
+                    return True
+                time.sleep(0.5)
+            return False
+        finally:
+            imap.logout()
+
+    assert node.run(in_junk), "the Sieve rule did not file the message into Junk"
+    assert node.fetch(user, subject, wait=0) is None, "the message also reached the INBOX"
