@@ -1,6 +1,7 @@
 """The deploy engine: the only package that talks to pyinfra."""
 
+from mailfleet.engine import snapshot
 from mailfleet.engine.operations import config_file, debconf
 from mailfleet.engine.runner import DeployReport, Engine, HostContext, HostReport
 
-__all__ = ["DeployReport", "Engine", "HostContext", "HostReport", "config_file", "debconf"]
+__all__ = ["DeployReport", "Engine", "HostContext", "HostReport", "config_file", "debconf", "snapshot"]

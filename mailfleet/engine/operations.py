@@ -20,6 +20,8 @@ from pyinfra.api.exceptions import OperationValueError
 from pyinfra.facts.files import Directory, File, FileContents, Sha1File
 from pyinfra.facts.server import Command
 
+from mailfleet.engine.snapshot import FileState
+
 NEW_SUFFIX = ".mailfleet-new"
 
 
@@ -31,22 +33,27 @@ def config_file(
     mode: str = "644",
     user: str = "root",
     group: str = "root",
+    known: FileState | None | str = "unknown",
 ):
     """Install `content` at `dest` if it differs; run `validate` first on the new file.
 
     + validate: a shell command with `{path}` where the candidate file goes, e.g.
       `sshd -t -f {path}`. If it fails, the old file stays and the operation fails.
+    + known: the file's state from the host snapshot (None: absent); "unknown" reads facts.
     """
     if "{path}" not in (validate or "{path}"):
         raise OperationValueError("validate must contain {path}")
     wanted_sha = hashlib.sha1(content.encode()).hexdigest()
-    current = host.get_fact(File, path=dest)
-    same_content = bool(current) and host.get_fact(Sha1File, path=dest) == wanted_sha
-    if same_content:
+    if known == "unknown":
+        info = host.get_fact(File, path=dest)
+        known = FileState(str(info["mode"]), info["user"], info["group"],
+                          host.get_fact(Sha1File, path=dest)) if info else None
+    current = known
+    if isinstance(current, FileState) and current.sha1 == wanted_sha:
         meta_cmds = []
-        if str(current["mode"]) != mode.lstrip("0"):
+        if current.mode != mode.lstrip("0"):
             meta_cmds.append(StringCommand("chmod", mode, QuoteString(dest)))
-        if current["user"] != user or current["group"] != group:
+        if current.user != user or current.group != group:
             meta_cmds.append(StringCommand("chown", f"{user}:{group}", QuoteString(dest)))
         if not meta_cmds:
             host.noop(f"{dest} is up to date")
@@ -107,3 +114,14 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
     yield StringCommand(
         "printf", "%s", MaskString(quoted) if secret else quoted, "|", "debconf-set-selections"
     )
+
+
+@operation()
+def unit_running(unit: str, enabled: bool, was_active: bool, was_enabled: bool):
+    """Start (and enable) a systemd unit, given its state from the host snapshot."""
+    if enabled and not was_enabled:
+        yield StringCommand("systemctl", "enable", unit)
+    if not was_active:
+        yield StringCommand("systemctl", "start", unit)
+    if was_active and (was_enabled or not enabled):
+        host.noop(f"{unit} is running")

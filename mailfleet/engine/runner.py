@@ -22,15 +22,16 @@ from pyinfra.api.facts import get_facts
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta, add_op
 from pyinfra.api.operations import run_ops
-from pyinfra.facts.files import FileContents
+from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine.operations import config_file
+from mailfleet.engine import snapshot
+from mailfleet.engine.operations import config_file, unit_running
+from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.errors import ConfigError, DeployError
 
 ServiceStep = Callable[["HostContext"], None]
-SECRETS_DIR = "/etc/mailfleet/secrets"
 
 
 @dataclass
@@ -46,6 +47,8 @@ class HostContext:
     secrets: dict[str, tuple[str, bool]] = field(default_factory=dict)
     # operations later steps depend on, by name (e.g. "certificate": services reload on it)
     produced: dict[str, OperationMeta | None] = field(default_factory=dict)
+    _snapshot: dict[str, str] | None = None
+    _files: dict[str, FileState] | None = None
 
     @property
     def fqdn(self) -> str:
@@ -55,19 +58,31 @@ class HostContext:
         """A fact read now, while operations are being added (cached per host by pyinfra)."""
         return self.host.get_fact(fact, **kwargs)
 
+    def snapshot(self, section: str) -> str:
+        """A section of the host snapshot (see engine/snapshot.py), read once per deploy."""
+        if self._snapshot is None:
+            self._snapshot = snapshot.split(self.fact(Command, command=snapshot.command()) or "")
+        return self._snapshot.get(section, "")
+
+    def file_state(self, path: str) -> FileState | None | str:
+        """The file's state before the deploy: from the snapshot, or "unknown"."""
+        if not snapshot.managed(path):
+            return "unknown"
+        if self._files is None:
+            self._files = snapshot.parse_files(self.snapshot("files"))
+        return self._files.get(path)
+
     def secret(self, name: str) -> tuple[str, bool]:
         """A generated secret kept on the host (/etc/mailfleet/secrets/NAME, mode 0600):
         (value, fresh). Read from the host when it exists, else generated here (fresh) and
         written by an operation. Never stored in the config file.
         """
         if name not in self.secrets:
-            path = f"{SECRETS_DIR}/{name}"
-            lines = self.fact(FileContents, path=path) or []
-            fresh = not (lines and lines[0].strip())
-            value = token_urlsafe(24) if fresh else lines[0].strip()
-            self.op(config_file, name=f"Keep the {name} secret", dest=path,
+            existing = snapshot.parse_secrets(self.snapshot("secrets")).get(name)
+            value = existing or token_urlsafe(24)
+            self.op(config_file, name=f"Keep the {name} secret", dest=f"{SECRETS_DIR}/{name}",
                     content=value + "\n", mode="600")
-            self.secrets[name] = (value, fresh)
+            self.secrets[name] = (value, existing is None)
         return self.secrets[name]
 
     def op(self, operation: Any, *args: Any, name: str, **kwargs: Any) -> OperationMeta | None:
@@ -77,6 +92,8 @@ class HostContext:
         predicted changes (pyinfra itself would ignore `_if` until execution and so report
         a restart that will never happen); a false condition adds nothing.
         """
+        if operation is config_file and "known" not in kwargs:
+            kwargs["known"] = self.file_state(kwargs["dest"])
         condition = kwargs.get("_if")
         if self.check and condition is not None:
             if not condition():
@@ -88,7 +105,12 @@ class HostContext:
                 reload_when: tuple[OperationMeta | None, ...] = (), enabled: bool = True) -> None:
         """Keep a systemd unit enabled and running; restart or reload it when the
         operations it depends on (its config files, its packages) changed."""
-        self.op(systemd.service, name=f"Run {unit}", service=unit, running=True, enabled=enabled)
+        state = snapshot.parse_units(self.snapshot("units")).get(unit)
+        if state is None:
+            self.op(systemd.service, name=f"Run {unit}", service=unit, running=True, enabled=enabled)
+        else:
+            self.op(unit_running, name=f"Run {unit}", unit=unit, enabled=enabled,
+                    was_active=state[0] == "active", was_enabled=state[1] == "enabled")
         if restart_when:
             self.op(systemd.service, name=f"Restart {unit}", service=unit, restarted=True,
                     _if=self.changed(*restart_when))

@@ -16,7 +16,7 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
 from mailfleet.config import Config
-from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
@@ -53,10 +53,13 @@ def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:
     return names, not_after, "verified" in text.split()
 
 
+snapshot.register("certificate", _INSPECT)
+
+
 @operation()
-def local_certificate(names: list[str]):
+def local_certificate(names: list[str], inspection: str):
     """Issue the host certificate from the local CA when names or lifetime require it."""
-    have, not_after, verified = parse_inspection(host.get_fact(Command, command=_INSPECT) or "")
+    have, not_after, verified = parse_inspection(inspection)
     days_left = (not_after - datetime.now(timezone.utc)).days if not_after else -1
     if have == set(names) and verified and days_left > RENEW_DAYS:
         host.noop(f"certificate for {', '.join(names)} valid for {days_left} more days")
@@ -69,7 +72,7 @@ def deploy(ctx: HostContext) -> None:
            content=render("certs/local-ca.sh.j2", tls_dir=TLS_DIR, fqdn=ctx.fqdn, days=DAYS))
     ctx.produced["certificate"] = ctx.op(
         local_certificate, name="Issue the host certificate",
-        names=certificate_names(ctx.config, ctx.fqdn),
+        names=certificate_names(ctx.config, ctx.fqdn), inspection=ctx.snapshot("certificate"),
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pyinfra.operations import files
 
-from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.mailstore import VMAIL_DIR
@@ -28,6 +28,9 @@ CIPHER_LIST = (
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
     "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
 )
+
+
+snapshot.register_unit("dovecot")
 
 
 def deploy(ctx: HostContext) -> None:

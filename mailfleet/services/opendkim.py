@@ -10,7 +10,7 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
-from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
 from mailfleet.templating import render
@@ -24,12 +24,16 @@ def key_path(domain: str, selector: str, suffix: str = "private") -> str:
     return f"{KEY_DIR}/{domain}/{selector}.{suffix}"
 
 
+snapshot.register("dkim", f"for f in {KEY_DIR}/*/*.private; do [ -s \"$f\" ] && echo \"$f\"; done")
+snapshot.register_unit("opendkim")
+
+
 @operation()
-def domain_key(domain: str, selector: str):
+def domain_key(domain: str, selector: str, exists: bool):
     """Generate the domain's key pair unless it exists (keys are never replaced silently:
     the published DNS record depends on them)."""
     private = key_path(domain, selector)
-    if (host.get_fact(Command, command=f"test -s {private} && echo yes || true") or "") == "yes":
+    if exists:
         host.noop(f"DKIM key for {domain} exists")
         return
     directory = shlex.quote(f"{KEY_DIR}/{domain}")
@@ -43,8 +47,11 @@ def deploy(ctx: HostContext) -> None:
     mail = ctx.config.mail
     values = dict(domains=mail.all_domains, selector=mail.dkim_selector, key_dir=KEY_DIR,
                   port=OPENDKIM_PORT)
+    existing = set(ctx.snapshot("dkim").split())
     keys = [ctx.op(domain_key, name=f"Make the DKIM key of {domain}", domain=domain,
-                   selector=mail.dkim_selector) for domain in mail.all_domains]
+                   selector=mail.dkim_selector,
+                   exists=key_path(domain, mail.dkim_selector) in existing)
+            for domain in mail.all_domains]
     tables = [
         ctx.op(config_file, name=f"Write OpenDKIM {dest}", dest=dest,
                content=render(f"opendkim/{template}", **values))

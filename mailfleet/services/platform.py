@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pyinfra.facts.server import Command
-
 from mailfleet.engine import HostContext
 from mailfleet.errors import DeployError
 
@@ -31,7 +29,7 @@ SUPPORTED = {
 
 
 def platform(ctx: HostContext) -> Platform:
-    text = ctx.fact(Command, command=". /etc/os-release && echo \"$ID $VERSION_ID\"") or ""
+    text = ctx.snapshot("os")
     distro, _, version = text.strip().partition(" ")
     if distro != "debian" or not version.isdigit() or int(version) not in SUPPORTED:
         raise DeployError(

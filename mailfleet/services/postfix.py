@@ -7,11 +7,11 @@ before they replace the old ones: a warning (an unknown or misspelt parameter) i
 
 from __future__ import annotations
 
-from pyinfra import host
+
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
-from mailfleet.engine import Engine, HostContext, config_file, debconf
+from mailfleet.engine import Engine, HostContext, config_file, debconf, snapshot
 from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
@@ -65,13 +65,12 @@ def _validate(this: str) -> str:
     return _VALIDATE.format(this=this, other=other, flag=flag, path="{path}")
 
 
+snapshot.register("aliases", "test /etc/aliases.db -nt /etc/aliases && echo fresh")
+snapshot.register_unit("postfix")
+
+
 @operation()
 def newaliases():
-    """Rebuild /etc/aliases.db when it is missing or older than /etc/aliases."""
-    fresh = host.get_fact(Command, command="test /etc/aliases.db -nt /etc/aliases && echo fresh || true")
-    if fresh == "fresh":
-        host.noop("/etc/aliases.db is up to date")
-        return
     yield "newaliases"
 
 
@@ -100,9 +99,12 @@ def deploy(ctx: HostContext) -> None:
         validate=_validate("main.cf"),
     )
     # after main.cf: newaliases reads alias_database from it
-    ctx.op(config_file, name="Write /etc/aliases", dest="/etc/aliases",
+    aliases = ctx.op(config_file, name="Write /etc/aliases", dest="/etc/aliases",
                      content=render("postfix/aliases.j2"))
-    ctx.op(newaliases, name="Rebuild /etc/aliases.db")
+    # when the file changes now, or an earlier run left the .db missing or older
+    stale = ctx.snapshot("aliases").strip() != "fresh"
+    ctx.op(newaliases, name="Rebuild /etc/aliases.db",
+           _if=lambda: stale or ctx.changed(aliases)())
     # master.cf changes (new listeners) need a restart; the rest is read on reload.
     ctx.service("postfix", restart_when=(master,),
                 reload_when=(main, *maps, ctx.produced.get("certificate")))

@@ -8,13 +8,14 @@ non-system roles there); mailfleet itself works as `postgres` through the unix s
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import MaskString, StringCommand, operation
 from pyinfra.facts.server import Command
 
 from mailfleet.accounts import schema
-from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -37,23 +38,57 @@ def psql_query(sql: str, database: str = "postgres") -> str:
     return f"{PSQL} -tA -d {database} -c {shlex.quote(sql)} 2>/dev/null || true"
 
 
+@dataclass(frozen=True)
+class DatabaseState:
+    """What the mail database holds before the deploy (from the host snapshot)."""
+
+    databases: frozenset[str] = frozenset()
+    roles: frozenset[str] = frozenset()
+    schema_version: int = 0
+    domains: frozenset[str] = frozenset()
+    system_mailboxes: frozenset[str] = frozenset()
+
+    @classmethod
+    def parse(cls, text: str) -> DatabaseState:
+        found: dict[str, set[str]] = {}
+        for line in text.splitlines():
+            kind, _, value = line.strip().partition(" ")
+            if value:
+                found.setdefault(kind, set()).add(value)
+        version = max((int(v) for v in found.get("schema", ()) if v.isdigit()), default=0)
+        return cls(frozenset(found.get("db", ())), frozenset(found.get("role", ())), version,
+                   frozenset(found.get("domain", ())), frozenset(found.get("mailbox", ())))
+
+
+_STATE_QUERIES = (
+    ("postgres", "SELECT 'db ' || datname FROM pg_database UNION ALL "
+                 "SELECT 'role ' || rolname FROM pg_roles WHERE rolname LIKE 'mailfleet%'"),
+    (schema.DATABASE, "SELECT 'schema ' || max(version) FROM schema_migrations"),
+    (schema.DATABASE, "SELECT 'domain ' || name FROM domains"),
+    (schema.DATABASE, "SELECT 'mailbox ' || email FROM mailboxes WHERE system"),
+)
+snapshot.register("postgres", "; ".join(
+    f"{PSQL} -tA -d {db} -c {shlex.quote(sql)}" for db, sql in _STATE_QUERIES))
+snapshot.register_unit("postgresql")
+
+
+def database_state(ctx: HostContext) -> DatabaseState:
+    return DatabaseState.parse(ctx.snapshot("postgres"))
+
+
 @operation()
-def database(dbname: str):
+def database(dbname: str, exists: bool):
     """Create database `dbname` (owned by postgres) if it does not exist."""
-    exists = host.get_fact(Command, command=psql_query(
-        f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(dbname)}"))
-    if (exists or "").strip() == "1":
+    if exists:
         host.noop(f"database {dbname} exists")
         return
     yield f"{PSQL} -c {shlex.quote(f'CREATE DATABASE {dbname}')}"
 
 
 @operation()
-def role(rolename: str, password: str, set_password: bool = False):
+def role(rolename: str, password: str, exists: bool, set_password: bool = False):
     """A login role with `password`; an existing role's password is set only when asked
-    (the secret changed), so a no-change deploy stays a no-change deploy."""
-    exists = (host.get_fact(Command, command=psql_query(
-        f"SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(rolename)}")) or "").strip() == "1"
+    (the secret is new), so a no-change deploy stays a no-change deploy."""
     if exists and not set_password:
         host.noop(f"role {rolename} exists")
         return
@@ -63,11 +98,8 @@ def role(rolename: str, password: str, set_password: bool = False):
 
 
 @operation()
-def migrate(database: str):
-    """Apply the schema migrations this database has not seen, each in one transaction."""
-    current = host.get_fact(Command, command=psql_query(
-        "SELECT coalesce(max(version), 0) FROM schema_migrations", database))
-    version = int(current.strip()) if (current or "").strip().isdigit() else 0
+def migrate(database: str, version: int):
+    """Apply the schema migrations newer than `version`, each in one transaction."""
     pending = [m for m in schema.migrations() if m.version > version]
     if not pending:
         host.noop(f"schema is at version {version}")
@@ -89,25 +121,27 @@ def deploy(ctx: HostContext) -> None:
         user="postgres", group="postgres",
     )
     ctx.service("postgresql", restart_when=(tuning,))
-    ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE)
+    state = database_state(ctx)
+    ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,
+           exists=schema.DATABASE in state.databases)
     for rolename in schema.ROLES:
         password, fresh = ctx.secret(f"postgres-{rolename}")
         ctx.op(role, name=f"Create the {rolename} role", rolename=rolename, password=password,
-               set_password=fresh)
-    ctx.op(migrate, name="Migrate the mailfleet schema", database=schema.DATABASE)
-    ctx.op(domains, name="Add the configured domains", names=ctx.config.mail.all_domains)
+               exists=rolename in state.roles, set_password=fresh)
+    ctx.op(migrate, name="Migrate the mailfleet schema", database=schema.DATABASE,
+           version=state.schema_version)
+    missing = [d for d in ctx.config.mail.all_domains if d not in state.domains]
+    ctx.op(domains, name="Add the configured domains", names=missing)
 
 
 @operation()
 def domains(names: list[str]):
-    """Add the config's domains to the database if missing; never removes any (domains
-    added with `mailfleet domain add` are the database's, not the config's)."""
-    listed = host.get_fact(Command, command=psql_query("SELECT name FROM domains", schema.DATABASE))
-    missing = [n for n in names if n not in (listed or "").split()]
-    if not missing:
+    """Add these (configured, missing) domains; deploy never removes any (domains added
+    with `mailfleet domain add` are the database's, not the config's)."""
+    if not names:
         host.noop("all configured domains are in the database")
         return
-    values = ", ".join(f"({sql_literal(n)})" for n in missing)
+    values = ", ".join(f"({sql_literal(n)})" for n in names)
     yield psql_script(f"INSERT INTO domains (name) VALUES {values} ON CONFLICT DO NOTHING;\n",
                         schema.DATABASE)
 

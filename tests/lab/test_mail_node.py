@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import imaplib
 import smtplib
-import socket
 import time
 import uuid
 from dataclasses import dataclass

@@ -72,10 +72,11 @@ def test_migrations_are_numbered_and_record_their_version():
 
 
 def test_dkim_verification_of_a_signed_message():
-    dkim = pytest.importorskip("dkim")
+    import base64
+
+    import dkim
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
-    import base64
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
