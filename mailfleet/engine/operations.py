@@ -23,6 +23,8 @@ from pyinfra.facts.server import Command
 from mailfleet.engine.snapshot import FileState
 
 NEW_SUFFIX = ".mailfleet-new"
+# root-only (0700): files are uploaded here first, so a secret is never readable in transit
+STAGING_DIR = "/var/lib/mailfleet/staging"
 
 
 @operation()
@@ -44,6 +46,7 @@ def config_file(
     if "{path}" not in (validate or "{path}"):
         raise OperationValueError("validate must contain {path}")
     wanted_sha = hashlib.sha1(content.encode()).hexdigest()
+    fast = known != "unknown"  # known from the snapshot: the staging directory exists
     if known == "unknown":
         info = host.get_fact(File, path=dest)
         known = FileState(str(info["mode"]), info["user"], info["group"],
@@ -68,6 +71,21 @@ def config_file(
             fromfile=dest, tofile=f"{dest} (new)",
         ):
             logger.info("  %s", line.rstrip("\n"))
+
+    if fast:
+        # one upload into mailfleet's root-only staging directory, then one command:
+        # `install -D` makes missing parent directories and sets owner and mode
+        stage = f"{STAGING_DIR}/{hashlib.sha1(dest.encode()).hexdigest()}"
+        yield FileUploadCommand(StringIO(content), stage,
+                                remote_temp_filename=host.get_temp_filename(stage))
+        new, q_dest = shlex.quote(dest + NEW_SUFFIX), shlex.quote(dest)
+        steps = [f"install -D -m {mode} -o {user} -g {group} {stage} {new}", f"rm -f {stage}"]
+        if validate:
+            steps.append(validate.replace("{path}", new))
+        steps.append(f"mv -f {new} {q_dest}")
+        script = " && ".join(steps) + f" || {{ rm -f {stage} {new}; exit 1; }}"
+        yield StringCommand("sh", "-c", QuoteString(script))
+        return
 
     parent = posixpath.dirname(dest)
     if parent and not host.get_fact(Directory, path=parent):
@@ -118,10 +136,17 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
 
 @operation()
 def unit_running(unit: str, enabled: bool, was_active: bool, was_enabled: bool):
-    """Start (and enable) a systemd unit, given its state from the host snapshot."""
-    if enabled and not was_enabled:
-        yield StringCommand("systemctl", "enable", unit)
-    if not was_active:
-        yield StringCommand("systemctl", "start", unit)
+    """Start (and enable) a systemd unit, given its state from the host snapshot.
+
+    A unit that was not running may have been installed and started by this very deploy
+    (Debian starts services on install): check again on the host, in one command.
+    """
     if was_active and (was_enabled or not enabled):
         host.noop(f"{unit} is running")
+        return
+    steps = []
+    if enabled and not was_enabled:
+        steps.append(f"{{ systemctl is-enabled -q {unit} || systemctl enable -q {unit}; }}")
+    if not was_active:
+        steps.append(f"{{ systemctl is-active -q {unit} || systemctl start {unit}; }}")
+    yield StringCommand("sh", "-c", QuoteString(" && ".join(steps)))
