@@ -13,6 +13,7 @@ from mailfleet import services
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import load
+from mailfleet.errors import ConfigError, MailfleetError
 from mailfleet.lab.inventory import host_entries, remove_hosts, write_hosts
 from mailfleet.lab.lab import Lab
 from mailfleet.lab.paths import DEFAULT_RELEASE
@@ -77,7 +78,13 @@ def up(
     if preinstall:
         packages = services.packages(load(path) if path.exists() else None)
     state = lab.up(release or [], nodes, packages)
-    write_hosts(path, lab.paths.id, host_entries(lab, state))
+    try:
+        write_hosts(path, lab.paths.id, host_entries(lab, state))
+    except MailfleetError as err:
+        lab.down()  # nothing half-applied: no running lab the config does not list
+        raise ConfigError(f"{err.message.rstrip('.')}; the lab was stopped again.",
+                         hint="Rename or remove the [[hosts]] entry that clashes with the lab's "
+                              "node names (n1, n2, ...), or use another config (-c).") from err
     for node in state.nodes:
         info(f"{node.name}: Debian {node.debian} ({node.release}) at {node.address}, "
              f"ssh 127.0.0.1:{node.ssh_port}, up in {node.boot_seconds:.1f} s")

@@ -128,3 +128,19 @@ def test_preinstalled_image_skips_installation_not_the_deploy(tmp_path):
     finally:
         cli("lab", "down", check=False)
     assert lab_leftovers("mft3") == {"namespaces": [], "processes": [], "mounts": []}
+
+
+def test_lab_up_that_cannot_write_its_hosts_stops_again(tmp_path):
+    """A config already holding a (non-lab) host named n1: exit 2, no lab left running."""
+    config = tmp_path / "mailfleet.toml"
+    config.write_text('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n\n'
+                      '[[hosts]]\nname = "n1"\naddress = "192.0.2.1"\n')
+    cli = Cli("mft4", config)
+    result = cli("lab", "up", check=False)
+    try:
+        assert result.returncode == 2, result.stderr
+        assert "used twice" in result.stderr and "stopped again" in result.stderr
+        assert lab_leftovers("mft4") == {"namespaces": [], "processes": [], "mounts": []}
+        assert [h.name for h in load(config).hosts] == ["n1"]
+    finally:
+        cli("lab", "down", check=False)
