@@ -13,7 +13,7 @@ from mailfleet.cli.output import console, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
-from mailfleet.services.checks import CheckResult, all_passed
+from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
     Optional[list[str]],
@@ -92,6 +92,7 @@ def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
     results = run_checks(g, config, limit)
     if json:
         print_json({"ok": all_passed(results),
+                    "score": dict(zip(("passed", "total"), score(results))),
                     "checks": [r.as_dict() for r in results]})
     else:
         render_checks(results)
@@ -111,6 +112,6 @@ def render_checks(results: list[CheckResult]) -> None:
         message = r.message + (f" — {r.fix}" if r.fix and r.status != "ok" else "")
         table.add_row(style[r.status], r.host, r.name, message)
     console.print(table)
-    passed = sum(r.status != "fail" for r in results)
-    console.print(f"[bold]score {passed}/{len(results)}[/]"
-                  + ("" if passed == len(results) else f" — {len(results) - passed} failed"))
+    passed, total = score(results)
+    console.print(f"[bold]score {passed}/{total}[/]"
+                  + ("" if passed == total else f" — {total - passed} failed"))

@@ -30,3 +30,8 @@ def expect(host: str, name: str, actual: object, wanted: object, fix: str) -> Ch
 def all_passed(results: list[CheckResult]) -> bool:
     """True when no check failed (warnings do not fail `mailfleet check`)."""
     return all(r.status != "fail" for r in results)
+
+
+def score(results: list[CheckResult]) -> tuple[int, int]:
+    """(checks that did not fail, all checks): the seed's "Health Score 9/9"."""
+    return sum(r.status != "fail" for r in results), len(results)

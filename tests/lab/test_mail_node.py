@@ -192,6 +192,7 @@ def test_check_passes_every_check(deployed: Cli):
     checks = deployed.json("check")
     failed = [c for c in checks["checks"] if c["status"] != "ok"]
     assert checks["ok"] and not failed, failed
+    assert checks["score"]["passed"] == checks["score"]["total"] == len(checks["checks"])
     names = {(c["host"], c["name"]) for c in checks["checks"]}
     for host in NODES:
         assert {(host, "submission 587"), (host, "delivery"), (host, "DKIM signature"),
@@ -293,3 +294,21 @@ def test_sieve_filter_uploaded_over_managesieve_files_mail(node: Node):
 
     assert node.run(in_junk), "the Sieve rule did not file the message into Junk"
     assert node.fetch(user, subject, wait=0) is None, "the message also reached the INBOX"
+
+
+def test_a_new_certificate_is_issued_and_picked_up_by_the_services(node: Node):
+    before = node.cli.ssh(node.name, "openssl x509 -noout -serial -in /etc/mailfleet/tls/fullchain.pem")
+    node.cli.ssh(node.name, "rm /etc/mailfleet/tls/fullchain.pem")
+    report = node.cli.json("deploy", "--limit", node.name)
+    changed = report["hosts"][node.name]["changed"]
+    assert {"Issue the host certificate", "Reload postfix", "Restart dovecot"} <= set(changed), changed
+    after = node.cli.ssh(node.name, "openssl x509 -noout -serial -in /etc/mailfleet/tls/fullchain.pem")
+    assert after != before
+
+    def served_serial(port: int, mode: str) -> int:
+        with mailflow.tls_handshake(node.address, port, mode, node.fqdn, node.context()) as tls:
+            return int(tls.getpeercert()["serialNumber"], 16)
+
+    wanted = int(after.split("=", 1)[1], 16)
+    assert node.run(served_serial, 993, "imap-tls") == wanted
+    assert node.run(served_serial, 465, "smtp-tls") == wanted
