@@ -312,3 +312,13 @@ def test_a_new_certificate_is_issued_and_picked_up_by_the_services(node: Node):
     wanted = int(after.split("=", 1)[1], 16)
     assert node.run(served_serial, 993, "imap-tls") == wanted
     assert node.run(served_serial, 465, "smtp-tls") == wanted
+
+
+def test_an_alias_delivers_to_its_mailbox_whose_owner_may_send_as_it(node: Node):
+    bob = node.user("bob")
+    alias = f"sales-{node.name}@{DOMAIN}"
+    node.cli.account(node.name, "alias", alias, bob)
+    subject = node.submit(node.user("alice"), alias)
+    assert node.fetch(bob, subject) is not None, "mail to the alias did not reach its target"
+    reply = node.submit(alias, f"alice-{node.name}@{DOMAIN}", login=bob)  # bob sends as sales@
+    assert node.fetch(f"alice-{node.name}@{DOMAIN}", reply) is not None
