@@ -20,7 +20,7 @@ _MARK = "@@mailfleet-section"
 # list does not exist. Paths elsewhere are read with pyinfra's facts as usual.
 MANAGED_PATHS = ("/etc/mailfleet", "/etc/postfix", "/etc/dovecot", "/etc/opendkim",
                  "/etc/opendkim.conf", "/etc/mailname", "/etc/aliases", "/etc/postgresql",
-                 "/usr/local/lib/mailfleet")
+                 "/usr/local/lib/mailfleet", "/etc/systemd/system/opendkim.service.d")
 SECRETS_DIR = "/etc/mailfleet/secrets"
 
 

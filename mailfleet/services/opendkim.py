@@ -9,6 +9,7 @@ import shlex
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
+from pyinfra.operations import systemd
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services.checks import CheckResult
@@ -62,7 +63,11 @@ def deploy(ctx: HostContext) -> None:
             ("/etc/opendkim.conf", "opendkim.conf.j2"),
         )
     ]
-    ctx.service("opendkim", restart_when=(*keys, *tables))
+    unit = ctx.op(config_file, name="Run OpenDKIM in the foreground under systemd",
+                  dest="/etc/systemd/system/opendkim.service.d/mailfleet.conf",
+                  content=render("opendkim/service-override.conf.j2"))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
+    ctx.service("opendkim", restart_when=(*keys, *tables, unit))
 
 
 def public_key_record(text: str) -> str | None:
