@@ -71,7 +71,8 @@ def send_and_read(config: Config) -> bool:
         ca = "\n".join(engine.facts(FileContents, path=certs.CA_FILE)[host.name] or [])
         keys = opendkim.public_keys(engine)[host.name]
     console.print(f"\naccount [bold]{address}[/] password [bold]{password}[/] "
-                  f"(IMAP {fqdn}:993, SMTP {fqdn}:587, CA {certs.CA_FILE} on the host)")
+                  f"(IMAP {fqdn}:993, SMTP {fqdn}:587, CA {certs.CA_FILE} on the host)",
+                  soft_wrap=True)
     context = mailflow.tls_context(ca)
     message = mailflow.check_message(address, address, "demo")
     del message["Subject"]
@@ -88,5 +89,5 @@ def send_and_read(config: Config) -> bool:
     received = email.message_from_bytes(raw, policy=email.policy.default)
     dkim_ok, why = mailflow.verify_dkim(raw, keys)
     console.print(f"sent on 587 and read over IMAP: [bold]{received['Subject']}[/] "
-                  f"from {received['From']}, DKIM {why}\n")
+                  f"from {received['From']}, DKIM {why}\n", soft_wrap=True)
     return dkim_ok
