@@ -46,5 +46,10 @@ def connect(engine: Engine, host: str | None = None) -> Iterator[psycopg.Connect
         except psycopg.OperationalError as err:
             raise DeployError(f"Could not connect to the mail database on {name}: "
                               f"{str(err).strip().splitlines()[-1]}.") from err
-        with conn:
-            yield conn
+        try:
+            with conn:
+                yield conn
+        except psycopg.Error as err:
+            detail = getattr(getattr(err, "diag", None), "message_primary", None) or str(err)
+            raise DeployError(f"The mail database on {name} refused the change: "
+                              f"{detail.strip().rstrip('.')}.") from err

@@ -36,12 +36,14 @@ def config_file(
     user: str = "root",
     group: str = "root",
     known: FileState | None | str = "unknown",
+    secret: bool = False,
 ):
     """Install `content` at `dest` if it differs; run `validate` first on the new file.
 
     + validate: a shell command with `{path}` where the candidate file goes, e.g.
       `sshd -t -f {path}`. If it fails, the old file stays and the operation fails.
     + known: the file's state from the host snapshot (None: absent); "unknown" reads facts.
+    + secret: the file holds a password; --diff says that it changed, never the content.
     """
     if "{path}" not in (validate or "{path}"):
         raise OperationValueError("validate must contain {path}")
@@ -64,7 +66,9 @@ def config_file(
         yield from meta_cmds
         return
 
-    if host.state.config.DIFF:
+    if host.state.config.DIFF and secret:
+        logger.info("  %s: content with secrets changed (not shown)", dest)
+    elif host.state.config.DIFF:
         old = host.get_fact(FileContents, path=dest) if current else []
         for line in difflib.unified_diff(
             [f"{l}\n" for l in (old or [])], content.splitlines(keepends=True),
@@ -80,8 +84,8 @@ def config_file(
                                 remote_temp_filename=host.get_temp_filename(stage))
         new, q_dest = shlex.quote(dest + NEW_SUFFIX), shlex.quote(dest)
         steps = [f"install -D -m {mode} -o {user} -g {group} {stage} {new}", f"rm -f {stage}"]
-        if validate:
-            steps.append(validate.replace("{path}", new))
+        if validate:  # braces: a validator with `;` must not break the && chain
+            steps.append("{ " + validate.replace("{path}", new) + "; }")
         steps.append(f"mv -f {new} {q_dest}")
         script = " && ".join(steps) + f" || {{ rm -f {stage} {new}; exit 1; }}"
         yield StringCommand("sh", "-c", QuoteString(script))

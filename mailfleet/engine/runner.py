@@ -81,7 +81,7 @@ class HostContext:
             existing = snapshot.parse_secrets(self.snapshot("secrets")).get(name)
             value = existing or token_urlsafe(24)
             self.op(config_file, name=f"Keep the {name} secret", dest=f"{SECRETS_DIR}/{name}",
-                    content=value + "\n", mode="600")
+                    content=value + "\n", mode="600", secret=True)
             self.secrets[name] = (value, existing is None)
         return self.secrets[name]
 

@@ -42,7 +42,7 @@ def deploy(ctx: HostContext) -> None:
         config_file, name="Write Dovecot's database settings", dest=SQL_FILE,
         content=render(f"dovecot/sql-{version}.conf.ext.j2", password=password),
         mode="640" if version == "2.4" else "600",
-        group="dovecot" if version == "2.4" else "root",
+        group="dovecot" if version == "2.4" else "root", secret=True,
     )
     mail = ctx.config.mail
     conf = ctx.op(

@@ -38,10 +38,12 @@ def domain_key(domain: str, selector: str, exists: bool):
         host.noop(f"DKIM key for {domain} exists")
         return
     directory = shlex.quote(f"{KEY_DIR}/{domain}")
-    yield (f"install -d -o opendkim -g opendkim -m 0700 {directory} && "
+    # the snapshot said no key; test again on the host: a key is never overwritten
+    yield (f"[ -s {shlex.quote(private)} ] || {{ "
+           f"install -d -o opendkim -g opendkim -m 0700 {directory} && "
            f"opendkim-genkey -b {KEY_BITS} -h sha256 -d {shlex.quote(domain)} "
            f"-s {shlex.quote(selector)} -D {directory} && "
-           f"chown opendkim:opendkim {directory}/* && chmod 0600 {shlex.quote(private)}")
+           f"chown opendkim:opendkim {directory}/* && chmod 0600 {shlex.quote(private)}; }}")
 
 
 def deploy(ctx: HostContext) -> None:

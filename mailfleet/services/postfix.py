@@ -81,7 +81,7 @@ def deploy(ctx: HostContext) -> None:
         ctx.op(config_file, name=f"Write the {name} map", dest=f"{MAP_DIR}/{name}.cf",
                content=render("postfix/pgsql-map.cf.j2", purpose=purpose, query=query,
                               password=password, path=f"{MAP_DIR}/{name}.cf"),
-               mode="640", group="postfix")
+               mode="640", group="postfix", secret=True)
         for name, (purpose, query) in MAPS.items()
     ]
     master = ctx.op(config_file, name="Write Postfix master.cf", dest="/etc/postfix/master.cf",

@@ -11,11 +11,12 @@ import shlex
 from dataclasses import dataclass
 
 from pyinfra import host
-from pyinfra.api import MaskString, StringCommand, operation
+from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -82,19 +83,31 @@ def database(dbname: str, exists: bool):
     if exists:
         host.noop(f"database {dbname} exists")
         return
-    yield f"{PSQL} -c {shlex.quote(f'CREATE DATABASE {dbname}')}"
+    # checked again on the host: the snapshot is empty when PostgreSQL was down
+    found = psql_query(f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(dbname)}")
+    yield f"{{ {found}; }} | grep -q 1 || {PSQL} -c {shlex.quote(f'CREATE DATABASE {dbname}')}"
 
 
 @operation()
-def role(rolename: str, password: str, exists: bool, set_password: bool = False):
-    """A login role with `password`; an existing role's password is set only when asked
-    (the secret is new), so a no-change deploy stays a no-change deploy."""
+def role(rolename: str, password_file: str, exists: bool, set_password: bool = False):
+    """A login role whose password is in `password_file`; an existing role's password is
+    set only when asked (the secret is new), so a no-change deploy stays one.
+
+    The password goes to psql on its standard input, never on a command line (where
+    `ps` and sudo's log would show it).
+    """
     if exists and not set_password:
         host.noop(f"role {rolename} exists")
         return
-    verb = "ALTER" if exists else "CREATE"
-    yield StringCommand(MaskString(psql_script(
-        f"{verb} ROLE {rolename} LOGIN PASSWORD {sql_literal(password)};\n")))
+
+    def with_password(verb: str) -> str:
+        statement = f"{verb} ROLE {rolename} LOGIN PASSWORD :'pw';"
+        return (f"printf '%s\\n' \"\\\\set pw '$(cat {shlex.quote(password_file)})'\" "
+                f"{shlex.quote(statement)} | {PSQL}")
+
+    found = psql_query(f"SELECT 1 FROM pg_roles WHERE rolname = {sql_literal(rolename)}")
+    when_found = with_password("ALTER") if set_password else "true"
+    yield f"if {{ {found}; }} | grep -q 1; then {when_found}; else {with_password('CREATE')}; fi"
 
 
 @operation()
@@ -104,8 +117,10 @@ def migrate(database: str, version: int):
     if not pending:
         host.noop(f"schema is at version {version}")
         return
-    for migration in pending:
-        yield psql_script(migration.script(), database)
+    current = psql_query("SELECT coalesce(max(version), 0) FROM schema_migrations", database)
+    for migration in pending:  # each checked again on the host before it runs
+        yield (f"v=$({current}); [ \"${{v:-0}}\" -ge {migration.version} ] || "
+               + psql_script(migration.script(), database))
 
 
 def conf_dir(ctx: HostContext) -> str:
@@ -125,8 +140,9 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,
            exists=schema.DATABASE in state.databases)
     for rolename in schema.ROLES:
-        password, fresh = ctx.secret(f"postgres-{rolename}")
-        ctx.op(role, name=f"Create the {rolename} role", rolename=rolename, password=password,
+        _, fresh = ctx.secret(f"postgres-{rolename}")
+        ctx.op(role, name=f"Create the {rolename} role", rolename=rolename,
+               password_file=f"{SECRETS_DIR}/postgres-{rolename}",
                exists=rolename in state.roles, set_password=fresh)
     ctx.op(migrate, name="Migrate the mailfleet schema", database=schema.DATABASE,
            version=state.schema_version)
