@@ -322,3 +322,15 @@ def test_an_alias_delivers_to_its_mailbox_whose_owner_may_send_as_it(node: Node)
     assert node.fetch(bob, subject) is not None, "mail to the alias did not reach its target"
     reply = node.submit(alias, f"alice-{node.name}@{DOMAIN}", login=bob)  # bob sends as sales@
     assert node.fetch(f"alice-{node.name}@{DOMAIN}", reply) is not None
+
+
+def test_deploy_repairs_a_host_whose_postgresql_was_stopped(node: Node):
+    """The snapshot cannot see the database then; every database step checks again."""
+    node.cli.ssh(node.name, "systemctl stop postgresql")
+    report = node.cli.json("deploy", "--limit", node.name)
+    assert report["ok"], report
+    assert "Run postgresql" in report["hosts"][node.name]["changed"]
+    assert node.cli.ssh(node.name, "systemctl is-active postgresql") == "active"
+    assert node.cli.json("deploy", "--limit", node.name)["changes"] == 0
+    checks = node.cli.json("check", "--limit", node.name)
+    assert checks["ok"], [c for c in checks["checks"] if c["status"] != "ok"]
