@@ -102,21 +102,25 @@ class HostContext:
         return add_op(self.state, operation, *args, host=self.host, name=name, **kwargs)[self.host]
 
     def service(self, unit: str, *, restart_when: tuple[OperationMeta | None, ...] = (),
-                reload_when: tuple[OperationMeta | None, ...] = (), enabled: bool = True) -> None:
+                reload_when: tuple[OperationMeta | None, ...] = (),
+                enabled: bool = True) -> OperationMeta | None:
         """Keep a systemd unit enabled and running; restart or reload it when the
-        operations it depends on (its config files, its packages) changed."""
+        operations it depends on (its config files, its packages) changed.
+        Returns the "Run" operation: it changes when the unit had to be started."""
         state = snapshot.parse_units(self.snapshot("units")).get(unit)
         if state is None:
-            self.op(systemd.service, name=f"Run {unit}", service=unit, running=True, enabled=enabled)
+            run = self.op(systemd.service, name=f"Run {unit}", service=unit, running=True,
+                          enabled=enabled)
         else:
-            self.op(unit_running, name=f"Run {unit}", unit=unit, enabled=enabled,
-                    was_active=state[0] == "active", was_enabled=state[1] == "enabled")
+            run = self.op(unit_running, name=f"Run {unit}", unit=unit, enabled=enabled,
+                          was_active=state[0] == "active", was_enabled=state[1] == "enabled")
         if restart_when:
             self.op(systemd.service, name=f"Restart {unit}", service=unit, restarted=True,
                     _if=self.changed(*restart_when))
         if reload_when:
             self.op(systemd.service, name=f"Reload {unit}", service=unit, reloaded=True,
                     _if=self.changed(*reload_when))
+        return run
 
     def changed(self, *metas: OperationMeta | None) -> Callable[[], bool]:
         """A condition for `_if=`: true when any of these operations changes (or would)."""

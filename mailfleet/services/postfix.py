@@ -105,9 +105,12 @@ def deploy(ctx: HostContext) -> None:
     stale = ctx.snapshot("aliases").strip() != "fresh"
     ctx.op(newaliases, name="Rebuild /etc/aliases.db",
            _if=lambda: stale or ctx.changed(aliases)())
-    # master.cf changes (new listeners) need a restart; the rest is read on reload.
+    # master.cf changes (new listeners) need a restart; the rest is read on reload. After
+    # PostgreSQL had to be started, a reload also replaces the proxymap processes, which
+    # otherwise refuse to retry a database host they saw down for 60 s (451 4.3.0).
     ctx.service("postfix", restart_when=(master,),
-                reload_when=(main, *maps, ctx.produced.get("certificate")))
+                reload_when=(main, *maps, ctx.produced.get("certificate"),
+                             ctx.produced.get("postgresql started")))
 
 
 def preseed(ctx: HostContext) -> None:

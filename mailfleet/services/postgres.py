@@ -135,7 +135,7 @@ def deploy(ctx: HostContext) -> None:
         content=render("postgresql/mailfleet.conf.j2"),
         user="postgres", group="postgres",
     )
-    ctx.service("postgresql", restart_when=(tuning,))
+    ctx.produced["postgresql started"] = ctx.service("postgresql", restart_when=(tuning,))
     state = database_state(ctx)
     ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,
            exists=schema.DATABASE in state.databases)
