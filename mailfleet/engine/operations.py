@@ -139,18 +139,19 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
 
 
 @operation()
-def unit_running(unit: str, enabled: bool, was_active: bool, was_enabled: bool):
-    """Start (and enable) a systemd unit, given its state from the host snapshot.
-
-    A unit that was not running may have been installed and started by this very deploy
-    (Debian starts services on install): check again on the host, in one command.
-    """
-    if was_active and (was_enabled or not enabled):
+def unit_running(unit: str, was_active: bool):
+    """Start a systemd unit that the host snapshot saw stopped, unless its package's
+    install has started it since (checked again on the host)."""
+    if was_active or host.get_fact(Command, command=f"systemctl is-active {unit} || true") == "active":
         host.noop(f"{unit} is running")
         return
-    steps = []
-    if enabled and not was_enabled:
-        steps.append(f"{{ systemctl is-enabled -q {unit} || systemctl enable -q {unit}; }}")
-    if not was_active:
-        steps.append(f"{{ systemctl is-active -q {unit} || systemctl start {unit}; }}")
-    yield StringCommand("sh", "-c", QuoteString(" && ".join(steps)))
+    yield StringCommand("systemctl", "start", unit)
+
+
+@operation()
+def unit_enabled(unit: str, was_enabled: bool):
+    """Enable a systemd unit at boot (checked again on the host, like `unit_running`)."""
+    if was_enabled or host.get_fact(Command, command=f"systemctl is-enabled {unit} || true") == "enabled":
+        host.noop(f"{unit} is enabled")
+        return
+    yield StringCommand("systemctl", "enable", unit)

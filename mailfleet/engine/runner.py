@@ -27,7 +27,7 @@ from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import snapshot
-from mailfleet.engine.operations import config_file, unit_running
+from mailfleet.engine.operations import config_file, unit_enabled, unit_running
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.errors import ConfigError, DeployError
 
@@ -112,14 +112,22 @@ class HostContext:
             run = self.op(systemd.service, name=f"Run {unit}", service=unit, running=True,
                           enabled=enabled)
         else:
-            run = self.op(unit_running, name=f"Run {unit}", unit=unit, enabled=enabled,
-                          was_active=state[0] == "active", was_enabled=state[1] == "enabled")
+            if enabled:
+                self.op(unit_enabled, name=f"Enable {unit}", unit=unit,
+                        was_enabled=state[1] == "enabled")
+            run = self.op(unit_running, name=f"Run {unit}", unit=unit,
+                          was_active=state[0] == "active")
+        # A unit this deploy just started already runs the new config; restarting it at
+        # once raced its PID file ("failed because of unavailable resources").
+        started = self.changed(run)
         if restart_when:
+            needed = self.changed(*restart_when)
             self.op(systemd.service, name=f"Restart {unit}", service=unit, restarted=True,
-                    _if=self.changed(*restart_when))
+                    _if=lambda: needed() and not started())
         if reload_when:
+            wanted = self.changed(*reload_when)
             self.op(systemd.service, name=f"Reload {unit}", service=unit, reloaded=True,
-                    _if=self.changed(*reload_when))
+                    _if=lambda: wanted() and not started())
         return run
 
     def changed(self, *metas: OperationMeta | None) -> Callable[[], bool]:
