@@ -74,9 +74,7 @@ def send_and_read(config: Config) -> bool:
                   f"(IMAP {fqdn}:993, SMTP {fqdn}:587, CA {certs.CA_FILE} on the host)",
                   soft_wrap=True)
     context = mailflow.tls_context(ca)
-    message = mailflow.check_message(address, address, "demo")
-    del message["Subject"]
-    message["Subject"] = "Hello from mailfleet demo"
+    message = mailflow.check_message(address, address, "demo", subject="Hello from mailfleet demo")
     message.set_content("This message went through Postfix (587, STARTTLS, AUTH), OpenDKIM, "
                         "LMTP into Dovecot, and was read back over IMAP.\n")
     with tunnel(host, [587, 993]) as ports:

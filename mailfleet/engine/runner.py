@@ -55,7 +55,8 @@ class HostContext:
         return self.config.host_fqdn(self.settings)
 
     def fact(self, fact: Any, **kwargs: Any) -> Any:
-        """A fact read now, while operations are being added (cached per host by pyinfra)."""
+        """A fact read now, while operations are being added (pyinfra does not cache it:
+        prefer a snapshot section for anything read more than once)."""
         return self.host.get_fact(fact, **kwargs)
 
     def snapshot(self, section: str) -> str:

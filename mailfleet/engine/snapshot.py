@@ -85,7 +85,7 @@ class FileState:
 
 def parse_files(text: str) -> dict[str, FileState]:
     """`find -printf '%m %u %g %p'` lines, then `==`, then sha1sum lines."""
-    meta_text, _, sums_text = text.partition("\n==\n") if "\n==\n" in text else (text, "", "")
+    meta_text, _, sums_text = text.partition("\n==\n")
     sums = {}
     for line in sums_text.splitlines():
         digest, _, path = line.partition("  ")

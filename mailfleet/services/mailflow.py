@@ -218,11 +218,12 @@ def verify_dkim(raw: bytes, records: dict[str, str | None]) -> tuple[bool, str]:
     return ok, "signature verifies" if ok else "signature does not verify"
 
 
-def check_message(sender: str, recipient: str, token: str) -> EmailMessage:
+def check_message(sender: str, recipient: str, token: str,
+                  subject: str | None = None) -> EmailMessage:
     message = EmailMessage()
     message["From"] = sender
     message["To"] = recipient
-    message["Subject"] = f"mailfleet check {token}"
+    message["Subject"] = subject or f"mailfleet check {token}"
     message["Date"] = email.utils.format_datetime(datetime.now(timezone.utc))
     message["Message-ID"] = email.utils.make_msgid("check", sender.split("@")[1])
     message.set_content(f"Sent by `mailfleet check` ({token}); deleted again once found.\n")

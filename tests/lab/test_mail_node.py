@@ -45,9 +45,7 @@ class Node:
     def submit(self, sender: str, recipient: str, port: int = 587, login: str | None = None,
                subject: str | None = None, body: str | None = None) -> str:
         subject = subject or f"test {uuid.uuid4().hex[:10]}"
-        message = mailflow.check_message(sender, recipient, subject)
-        del message["Subject"]
-        message["Subject"] = subject
+        message = mailflow.check_message(sender, recipient, subject, subject=subject)
         if body:
             message.set_content(body)
         self.net.run(mailflow.submit, self.address, port, self.fqdn, self.context(),
