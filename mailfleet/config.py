@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import tomlkit
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -58,6 +60,7 @@ class MailSettings(_Strict):
     dkim_selector: str = Field("mail", description="DKIM selector: the key is at SELECTOR._domainkey.")
     message_size_mb: Annotated[int, Field(ge=1, le=500)] = 50
     default_quota_mb: Annotated[int, Field(ge=1)] = 2048
+    min_password_length: Annotated[int, Field(ge=8, le=128)] = 12
     vmail_uid: Annotated[int, Field(ge=1000, le=59999)] = 5000
     vmail_gid: Annotated[int, Field(ge=1000, le=59999)] = 5000
 
@@ -225,6 +228,24 @@ def load(path: Path) -> Config:
         )
     text = path.read_text(encoding="utf-8")
     return parse(text, path)
+
+
+def save(path: Path, text: str) -> Config:
+    """Write a config that mailfleet itself accepts, atomically, keeping the file's mode."""
+    config = parse(text, path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    if path.exists():
+        tmp.chmod(path.stat().st_mode & 0o7777)
+    tmp.replace(path)
+    return config
+
+
+def edit(path: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Config:
+    """Change the file in place with tomlkit: the operator's comments and layout stay."""
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    change(doc)
+    return save(path, tomlkit.dumps(doc))
 
 
 def parse(text: str, path: Path | str = "mailfleet.toml") -> Config:

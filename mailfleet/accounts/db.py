@@ -9,47 +9,55 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import psycopg
-from pyinfra.facts.files import FileContents
 
 from mailfleet.accounts.schema import DATABASE
-from mailfleet.engine import Engine
-from mailfleet.engine.runner import SECRETS_DIR
-from mailfleet.engine.tunnel import tunnel
-from mailfleet.errors import DeployError
+from mailfleet.config import Config, HostSettings
+from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.engine.tunnel import ssh_run, tunnel
+from mailfleet.errors import ConfigError, DeployError
 
 ADMIN_ROLE = "mailfleet_admin"
 PORT = 5432
 
 
-def database_host(engine: Engine) -> str:
-    """The host with the `db` role (the first one, until clusters have more)."""
-    for name, settings in engine.settings.items():
-        if "db" in settings.roles:
-            return name
-    raise DeployError("No selected host has the db role.",
-                      hint='Give one host roles = ["db", ...] in the config.')
+def database_host(config: Config, name: str | None = None, source: Path | None = None) -> HostSettings:
+    """The host whose database the accounts commands change: --host NAME, else the one
+    host with the db role (several independent database hosts need --host)."""
+    if name:
+        return config.select_hosts([name], source)[0]
+    candidates = [h for h in config.select_hosts(None, source) if "db" in h.roles]
+    if not candidates:
+        raise ConfigError(f"No host in {source or 'the config'} has the db role.",
+                          hint='Give one host roles = ["db", ...].')
+    if len(candidates) > 1:
+        raise ConfigError(
+            f"Several hosts have their own mail database ({', '.join(h.name for h in candidates)}).",
+            hint="Name the one to change with --host NAME.")
+    return candidates[0]
 
 
 @contextmanager
-def connect(engine: Engine, host: str | None = None) -> Iterator[psycopg.Connection]:
-    name = host or database_host(engine)
-    secret = engine.facts(FileContents, path=f"{SECRETS_DIR}/postgres-{ADMIN_ROLE}").get(name)
-    if not secret or not secret[0].strip():
-        raise DeployError(f"{name} has no database password for {ADMIN_ROLE} yet.",
+def connect(host: HostSettings) -> Iterator[psycopg.Connection]:
+    """An autocommit connection; callers group changes with `conn.transaction()`."""
+    secret = ssh_run(host, f"cat {SECRETS_DIR}/postgres-{ADMIN_ROLE} 2>/dev/null || true").strip()
+    if not secret:
+        raise DeployError(f"{host.name} has no database password for {ADMIN_ROLE} yet.",
                           hint="Run `mailfleet deploy` first.")
-    with tunnel(engine.settings[name], [PORT]) as ports:
+    with tunnel(host, [PORT]) as ports:
         try:
             conn = psycopg.connect(host="127.0.0.1", port=ports[PORT], dbname=DATABASE,
-                                   user=ADMIN_ROLE, password=secret[0].strip(), connect_timeout=15)
+                                   user=ADMIN_ROLE, password=secret, connect_timeout=15,
+                                   autocommit=True)
         except psycopg.OperationalError as err:
-            raise DeployError(f"Could not connect to the mail database on {name}: "
+            raise DeployError(f"Could not connect to the mail database on {host.name}: "
                               f"{str(err).strip().splitlines()[-1]}.") from err
         try:
             with conn:
                 yield conn
         except psycopg.Error as err:
             detail = getattr(getattr(err, "diag", None), "message_primary", None) or str(err)
-            raise DeployError(f"The mail database on {name} refused the change: "
+            raise DeployError(f"The mail database on {host.name} refused the change: "
                               f"{detail.strip().rstrip('.')}.") from err

@@ -1,57 +1,210 @@
-"""Domain and mailbox changes in the mail database: parameterised SQL, one transaction
-per call (psycopg's `with conn.transaction()`), addresses lower-cased."""
+"""Domain, mailbox and alias changes in the mail database.
+
+Parameterised SQL only; every change runs in one transaction (`conn.transaction()`) that
+first checks what it needs, so a refused change leaves nothing behind. Addresses arrive
+already normalised by `rules`. mailfleet's own health-check mailbox (`system`) is hidden
+from lists and cannot be changed here.
+"""
 
 from __future__ import annotations
 
-import psycopg
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
 
+import psycopg
+from psycopg.rows import dict_row
+
+from mailfleet.accounts import rules
 from mailfleet.accounts.passwords import hash_password
 from mailfleet.errors import UsageError
 
 
-def split_address(address: str) -> tuple[str, str]:
-    address = address.strip().lower()
-    local, _, domain = address.rpartition("@")
-    if not local or "." not in domain:
-        raise UsageError(f"{address!r} is not an email address (like someone@example.org).")
-    return local, domain
+@dataclass(frozen=True)
+class Mailbox:
+    email: str
+    name: str
+    quota_bytes: int | None
+    active: bool
+    created_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "created_at": self.created_at.isoformat(timespec="seconds")}
+
+
+# -- domains ---------------------------------------------------------------------------
+
+def domains(conn: psycopg.Connection) -> list[dict[str, Any]]:
+    """Every domain with its number of mailboxes and aliases."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(
+            "SELECT d.name, d.active, "
+            "(SELECT count(*) FROM mailboxes m WHERE m.domain = d.name AND NOT m.system) AS mailboxes, "
+            "(SELECT count(*) FROM aliases a WHERE a.domain = d.name) AS aliases "
+            "FROM domains d ORDER BY d.name").fetchall()
+
+
+def domain_names(conn: psycopg.Connection) -> set[str]:
+    return {row[0] for row in conn.execute("SELECT name FROM domains")}
 
 
 def add_domain(conn: psycopg.Connection, domain: str) -> bool:
     """True when added, False when it was there already."""
     with conn.transaction():
         cur = conn.execute("INSERT INTO domains (name) VALUES (%s) ON CONFLICT DO NOTHING",
-                           (domain.lower(),))
+                           (domain,))
         return cur.rowcount == 1
+
+
+def remove_domain(conn: psycopg.Connection, domain: str) -> list[str]:
+    """Delete the domain with its mailboxes and aliases; returns the deleted mailboxes."""
+    with conn.transaction():
+        gone = [row[0] for row in conn.execute(
+            "SELECT email FROM mailboxes WHERE domain = %s ORDER BY email", (domain,))]
+        # aliases elsewhere that deliver only into this domain would bounce: drop them too
+        conn.execute("DELETE FROM aliases WHERE destination LIKE %s", (f"%@{domain}",))
+        cur = conn.execute("DELETE FROM domains WHERE name = %s", (domain,))
+        if cur.rowcount != 1:
+            raise UsageError(f"Domain {domain} is not in the mail database.")
+        return gone
+
+
+def require_domain(conn: psycopg.Connection, domain: str) -> None:
+    if not conn.execute("SELECT 1 FROM domains WHERE name = %s", (domain,)).fetchone():
+        raise UsageError(f"Domain {domain} is not served here.",
+                         hint=f"Add it first: mailfleet domain add {domain}")
+
+
+# -- mailboxes -------------------------------------------------------------------------
+
+def mailboxes(conn: psycopg.Connection, domain: str | None = None) -> list[Mailbox]:
+    query = ("SELECT email, name, quota_bytes, active, created_at FROM mailboxes "
+             "WHERE NOT system" + (" AND domain = %s" if domain else "") + " ORDER BY domain, email")
+    return [Mailbox(*row) for row in conn.execute(query, (domain,) if domain else ())]
+
+
+def existing(conn: psycopg.Connection) -> dict[str, bool]:
+    """Every mailbox address → is it mailfleet's own (system) mailbox."""
+    return dict(conn.execute("SELECT email, system FROM mailboxes").fetchall())
+
+
+def _user_mailbox(conn: psycopg.Connection, email: str) -> None:
+    row = conn.execute("SELECT system FROM mailboxes WHERE email = %s FOR UPDATE",
+                       (email,)).fetchone()
+    if row is None:
+        raise UsageError(f"There is no mailbox {email}.", hint="See `mailfleet user list`.")
+    if row[0]:
+        raise UsageError(f"{email} is mailfleet's own health-check mailbox; deploy manages it.")
+
+
+def add_mailbox(conn: psycopg.Connection, email: str, hashed: str, name: str = "",
+                quota_bytes: int | None = None) -> None:
+    with conn.transaction():
+        require_domain(conn, rules.domain_of(email))
+        if conn.execute("SELECT 1 FROM mailboxes WHERE email = %s", (email,)).fetchone():
+            raise UsageError(f"The mailbox {email} exists already.",
+                             hint="Change its password with `mailfleet user passwd`.")
+        if conn.execute("SELECT 1 FROM aliases WHERE source = %s", (email,)).fetchone():
+            raise UsageError(f"{email} is an alias already; remove the alias first.")
+        conn.execute("INSERT INTO mailboxes (email, domain, name, password, quota_bytes) "
+                     "VALUES (%s, %s, %s, %s, %s)",
+                     (email, rules.domain_of(email), name, hashed, quota_bytes))
+
+
+def set_password(conn: psycopg.Connection, email: str, hashed: str) -> None:
+    with conn.transaction():
+        _user_mailbox(conn, email)
+        conn.execute("UPDATE mailboxes SET password = %s, updated_at = now() WHERE email = %s",
+                     (hashed, email))
+
+
+def set_quota(conn: psycopg.Connection, email: str, quota_bytes: int | None) -> None:
+    with conn.transaction():
+        _user_mailbox(conn, email)
+        conn.execute("UPDATE mailboxes SET quota_bytes = %s, updated_at = now() WHERE email = %s",
+                     (quota_bytes, email))
+
+
+def set_active(conn: psycopg.Connection, email: str, active: bool) -> bool:
+    """True when this changed the mailbox."""
+    with conn.transaction():
+        _user_mailbox(conn, email)
+        cur = conn.execute("UPDATE mailboxes SET active = %s, updated_at = now() "
+                           "WHERE email = %s AND active <> %s", (active, email, active))
+        return cur.rowcount == 1
+
+
+def remove_mailbox(conn: psycopg.Connection, email: str) -> list[str]:
+    """Delete the mailbox, and the aliases that delivered only to it (they would bounce);
+    returns those aliases' sources."""
+    with conn.transaction():
+        _user_mailbox(conn, email)
+        gone = [row[0] for row in conn.execute(
+            "DELETE FROM aliases WHERE destination = %s RETURNING source", (email,))]
+        conn.execute("DELETE FROM mailboxes WHERE email = %s", (email,))
+        return sorted(gone)
 
 
 def set_mailbox(conn: psycopg.Connection, address: str, password: str, name: str = "",
                 quota_bytes: int | None = None) -> None:
-    """Create the mailbox, or reset its password, name and quota if it exists."""
-    _, domain = split_address(address)
+    """Create the mailbox, or reset its password, name and quota if it exists (the demo
+    and the tests' fixtures: idempotent, no questions)."""
+    email = rules.address(address)
     with conn.transaction():
-        if not conn.execute("SELECT 1 FROM domains WHERE name = %s", (domain,)).fetchone():
-            raise UsageError(f"Domain {domain} is not served here; add it first.")
+        require_domain(conn, rules.domain_of(email))
         conn.execute(
             "INSERT INTO mailboxes (email, domain, name, password, quota_bytes) "
             "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (email) DO UPDATE SET "
             "password = EXCLUDED.password, name = EXCLUDED.name, "
             "quota_bytes = EXCLUDED.quota_bytes, active = true, updated_at = now()",
-            (address.lower(), domain, name, hash_password(password), quota_bytes),
+            (email, rules.domain_of(email), name, hash_password(password), quota_bytes),
         )
 
 
-def set_quota(conn: psycopg.Connection, address: str, quota_bytes: int | None) -> None:
-    with conn.transaction():
-        cur = conn.execute("UPDATE mailboxes SET quota_bytes = %s, updated_at = now() "
-                           "WHERE email = %s", (quota_bytes, address.lower()))
-        if cur.rowcount != 1:
-            raise UsageError(f"No mailbox {address}.")
+# -- aliases ---------------------------------------------------------------------------
+
+def aliases(conn: psycopg.Connection, domain: str | None = None) -> list[dict[str, Any]]:
+    query = ("SELECT source, destination, active FROM aliases"
+             + (" WHERE domain = %s" if domain else "") + " ORDER BY domain, source, destination")
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, (domain,) if domain else ()).fetchall()
 
 
-def add_alias(conn: psycopg.Connection, source: str, destination: str) -> None:
-    """source: user@domain, or @domain for a catch-all."""
-    domain = source.lower().rpartition("@")[2]
+def add_alias(conn: psycopg.Connection, source: str, destinations: list[str] | str) -> int:
+    """source: user@domain, or @domain for a catch-all; destinations: mailboxes here or
+    any outside address. Returns how many were new."""
+    if isinstance(destinations, str):
+        destinations = [destinations]
+    domain = rules.domain_of(source)
+    added = 0
     with conn.transaction():
-        conn.execute("INSERT INTO aliases (source, domain, destination) VALUES (%s, %s, %s) "
-                     "ON CONFLICT DO NOTHING", (source.lower(), domain, destination.lower()))
+        require_domain(conn, domain)
+        served = domain_names(conn)
+        for target in destinations:
+            if target == source:
+                raise UsageError(f"An alias cannot deliver to itself ({source}).")
+            if rules.domain_of(target) in served and not conn.execute(
+                    "SELECT 1 FROM mailboxes WHERE email = %s AND NOT system "
+                    "UNION SELECT 1 FROM aliases WHERE source = %s", (target, target)).fetchone():
+                raise UsageError(f"{target} is neither a mailbox nor an alias here, so mail "
+                                 f"for {source} would bounce.",
+                                 hint=f"Create it first: mailfleet user add {target}")
+            cur = conn.execute("INSERT INTO aliases (source, domain, destination) "
+                               "VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                               (source, domain, target))
+            added += cur.rowcount
+    return added
+
+
+def remove_alias(conn: psycopg.Connection, source: str, destination: str | None = None) -> int:
+    with conn.transaction():
+        if destination:
+            cur = conn.execute("DELETE FROM aliases WHERE source = %s AND destination = %s",
+                               (source, destination))
+        else:
+            cur = conn.execute("DELETE FROM aliases WHERE source = %s", (source,))
+        if cur.rowcount == 0:
+            raise UsageError(f"There is no alias {source}"
+                             + (f" to {destination}." if destination else "."),
+                             hint="See `mailfleet alias list`.")
+        return cur.rowcount

@@ -65,9 +65,9 @@ def send_and_read(config: Config) -> bool:
     fqdn = config.host_fqdn(host)
     address = f"{DEMO_LOCAL_PART}@{config.mail.domain}"
     password = generate_password()
+    with db.connect(host) as conn:
+        store.set_mailbox(conn, address, password, name="Demo User")
     with Engine(config, [host]) as engine:
-        with db.connect(engine) as conn:
-            store.set_mailbox(conn, address, password, name="Demo User")
         ca = "\n".join(engine.facts(FileContents, path=certs.CA_FILE)[host.name] or [])
         keys = opendkim.public_keys(engine)[host.name]
     console.print(f"\naccount [bold]{address}[/] password [bold]{password}[/] "

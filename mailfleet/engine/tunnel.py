@@ -3,10 +3,13 @@
 `mailfleet check` talks SMTP, IMAP and ManageSieve to the host as a client would, and the
 accounts commands reach PostgreSQL on 127.0.0.1:5432; both go through the same SSH access
 the deploy uses (OpenSSH's `ssh -L`, with the host's key and known_hosts settings).
+`ssh_run` is the same access for the few single commands that need no pyinfra session
+(reading the database password, moving a removed mailbox aside).
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,6 +31,22 @@ def ssh_base(settings: HostSettings) -> list[str]:
         cmd += ["-o", f"UserKnownHostsFile={Path(settings.ssh_known_hosts).expanduser()}",
                 "-o", "StrictHostKeyChecking=yes"]
     return cmd
+
+
+def ssh_run(settings: HostSettings, command: str, timeout: float = 120) -> str:
+    """Run one shell command on the host (through sudo for a non-root SSH user) and
+    return its output; a failure is one sentence naming the host."""
+    if settings.ssh_user != "root":
+        command = f"sudo -n sh -c {shlex.quote(command)}"
+    try:
+        done = subprocess.run([*ssh_base(settings), settings.address, command], text=True,
+                              capture_output=True, stdin=subprocess.DEVNULL, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise DeployError(f"{settings.name} did not answer within {timeout:.0f} s.") from err
+    if done.returncode != 0:
+        detail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        raise DeployError(f"A command failed on {settings.name}: {detail.rstrip('.')}.")
+    return done.stdout
 
 
 @contextmanager

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import tomlkit
 
-from mailfleet.config import parse
+from mailfleet.config import save
 from mailfleet.lab.lab import Lab, LabState
 from mailfleet.templating import render_init
 
@@ -45,10 +45,7 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
         if kept or entries:
             doc["hosts"] = table_array
         text = tomlkit.dumps(doc)
-    parse(text, path)  # never write a config that mailfleet itself would refuse
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    save(path, text)
 
 
 def remove_hosts(path: Path, lab_id: str) -> None:

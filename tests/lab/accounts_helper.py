@@ -14,13 +14,12 @@ from pathlib import Path  # noqa: E402
 
 from mailfleet.accounts import db, store  # noqa: E402
 from mailfleet.config import load  # noqa: E402
-from mailfleet.engine import Engine  # noqa: E402
 
 
 def main() -> None:
     config_path, host, action, *args = sys.argv[1:]
     config = load(Path(config_path))
-    with Engine(config, config.select_hosts([host])) as engine, db.connect(engine, host) as conn:
+    with db.connect(config.select_hosts([host])[0]) as conn:
         if action == "mailbox":
             quota = int(args[2]) if len(args) > 2 else None
             store.set_mailbox(conn, args[0], args[1], quota_bytes=quota)

@@ -54,7 +54,7 @@ def test_disk_parsing():
 
 def test_password_hashes_are_dovecot_argon2id_with_parallelism_1():
     hashed = hash_password("s3cret-Pass")
-    assert hashed.startswith("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$")
+    assert hashed.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$")
     assert verify_password(hashed, "s3cret-Pass")
     assert not verify_password(hashed, "wrong")
     assert not verify_password(hashed.removeprefix("{ARGON2ID}"), "s3cret-Pass")

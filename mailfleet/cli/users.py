@@ -1,0 +1,244 @@
+"""`mailfleet user ...`: mailboxes in the mail database, one at a time or from a CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mailfleet.accounts import bulk, rules, store
+from mailfleet.accounts.passwords import hash_many, hash_password
+from mailfleet.cli.accounts import (
+    HostOption, Json, Yes, confirm, database, disposal, dispose, kick, new_password, parse,
+)
+from mailfleet.cli.output import console, err_console, info, print_json
+from mailfleet.errors import UsageError
+
+app = typer.Typer(help="Mailboxes: add, list, change passwords and quotas, disable, remove, "
+                       "import from CSV.", no_args_is_help=True)
+
+Email = Annotated[str, typer.Argument(metavar="EMAIL", help="The mailbox's address.")]
+PasswordStdin = Annotated[bool, typer.Option(
+    "--password-stdin", help="Read the password from the first line of standard input.")]
+Generate = Annotated[bool, typer.Option(
+    "--generate", help="Generate a strong password and print it once.")]
+
+
+def _show_generated(email: str, password: str, generated: bool) -> None:
+    if generated:
+        console.print(f"password for {email}: [bold]{password}[/] (shown once; hand it over "
+                      "safely)", soft_wrap=True)
+
+
+@app.command("add")
+def add(
+    ctx: typer.Context,
+    email: Email,
+    name: Annotated[str, typer.Option("--name", "-n", help="Display name.")] = "",
+    quota: Annotated[Optional[str], typer.Option(
+        "--quota", "-q", metavar="SIZE", help="Like 500M or 5G [default: mail.default_quota_mb].")] = None,
+    password_stdin: PasswordStdin = False,
+    generate: Generate = False,
+    host: HostOption = None,
+) -> None:
+    """Create a mailbox.
+
+    Asks for the password twice (hidden) in a terminal; otherwise use --password-stdin or
+    --generate. The password is hashed here (ARGON2ID) and only the hash is sent.
+    """
+    email = parse(rules.address, email, "EMAIL")
+    name = parse(rules.display_name, name, "--name")
+    quota_bytes = parse(rules.quota, quota or "", "--quota")
+    with database(ctx, host) as (config, settings, conn):
+        store.require_domain(conn, rules.domain_of(email))
+        if email in store.existing(conn):
+            raise UsageError(f"The mailbox {email} exists already.",
+                             hint=f"Change its password with `mailfleet user passwd {email}`.")
+        password, generated = new_password(email, config, password_stdin, generate)
+        store.add_mailbox(conn, email, hash_password(password), name, quota_bytes)
+    console.print(f"added {email} on {settings.name} (quota "
+                  f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')})")
+    _show_generated(email, password, generated)
+
+
+@app.command("list")
+def list_users(
+    ctx: typer.Context,
+    domain: Annotated[Optional[str], typer.Option("--domain", "-d", help="Only this domain.")] = None,
+    json: Json = False,
+    host: HostOption = None,
+) -> None:
+    """List mailboxes (mailfleet's own health-check mailbox is not shown)."""
+    with database(ctx, host) as (config, _, conn):
+        rows = store.mailboxes(conn, domain.lower() if domain else None)
+    if json:
+        print_json([r.as_dict() for r in rows])
+        return
+    table = Table("address", "name", "quota", "status", "created", box=None, pad_edge=False)
+    default = f"{config.mail.default_quota_mb}M (default)"
+    for r in rows:
+        table.add_row(r.email, r.name, rules.format_size(r.quota_bytes, default),
+                      "active" if r.active else "[yellow]disabled[/]",
+                      r.created_at.strftime("%Y-%m-%d"))
+    console.print(table)
+    console.print(f"{len(rows)} mailbox(es)")
+
+
+@app.command("passwd")
+def passwd(ctx: typer.Context, email: Email, password_stdin: PasswordStdin = False,
+           generate: Generate = False, host: HostOption = None) -> None:
+    """Set a new password; the old one stops working at once."""
+    email = parse(rules.address, email, "EMAIL")
+    with database(ctx, host) as (config, settings, conn):
+        if email not in store.existing(conn):
+            raise UsageError(f"There is no mailbox {email}.", hint="See `mailfleet user list`.")
+        password, generated = new_password(email, config, password_stdin, generate)
+        store.set_password(conn, email, hash_password(password))
+    console.print(f"new password set for {email} on {settings.name}")
+    _show_generated(email, password, generated)
+
+
+@app.command("quota")
+def quota(
+    ctx: typer.Context,
+    email: Email,
+    size: Annotated[str, typer.Argument(metavar="SIZE",
+                                        help='Like 500M, 5G or 1.5GiB; "default" for the config\'s.')],
+    host: HostOption = None,
+) -> None:
+    """Set a mailbox's quota (applies to the next delivery and login)."""
+    email = parse(rules.address, email, "EMAIL")
+    quota_bytes = parse(rules.quota, size, "SIZE")
+    with database(ctx, host) as (config, settings, conn):
+        store.set_quota(conn, email, quota_bytes)
+    console.print(f"quota of {email} on {settings.name}: "
+                  f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')}")
+
+
+def _set_active(ctx: typer.Context, email: str, host: str | None, active: bool) -> None:
+    email = parse(rules.address, email, "EMAIL")
+    with database(ctx, host) as (_, settings, conn):
+        changed = store.set_active(conn, email, active)
+    if not active:
+        kick(settings, email)
+    state = "enabled" if active else "disabled"
+    console.print(f"{email} on {settings.name}: {state}" + ("" if changed else " already"))
+
+
+@app.command("disable")
+def disable(ctx: typer.Context, email: Email, host: HostOption = None) -> None:
+    """Stop a mailbox: no logins, no sending, and mail to it is refused; its mail is kept."""
+    _set_active(ctx, email, host, False)
+
+
+@app.command("enable")
+def enable(ctx: typer.Context, email: Email, host: HostOption = None) -> None:
+    """Undo `user disable`."""
+    _set_active(ctx, email, host, True)
+
+
+@app.command("remove")
+def remove(
+    ctx: typer.Context,
+    email: Email,
+    archive: Annotated[bool, typer.Option(
+        "--archive", help="Pack its mail into /var/backups/mailfleet/mailboxes, then delete it.")] = False,
+    purge: Annotated[bool, typer.Option("--purge", help="Delete its mail.")] = False,
+    yes: Yes = False,
+    host: HostOption = None,
+) -> None:
+    """Remove a mailbox and the aliases that deliver only to it.
+
+    Its mail is kept on the host unless --archive or --purge is given.
+    """
+    email = parse(rules.address, email, "EMAIL")
+    how = disposal(archive, purge)
+    with database(ctx, host) as (_, settings, conn):
+        known = store.existing(conn)
+        if email not in known:
+            raise UsageError(f"There is no mailbox {email}.", hint="See `mailfleet user list`.")
+        if known[email]:
+            raise UsageError(f"{email} is mailfleet's own health-check mailbox; deploy manages it.")
+        fate = {"keep": "its mail will be kept", "archive": "its mail will be archived",
+                "purge": "its mail will be DELETED"}[how]
+        confirm(f"Remove the mailbox {email} on {settings.name} ({fate})?", yes)
+        aliases = store.remove_mailbox(conn, email)
+    kick(settings, email)
+    local, _, domain = email.partition("@")
+    console.print(f"removed {email} from {settings.name}; "
+                  + dispose(settings, domain, local, how), soft_wrap=True)
+    if aliases:
+        console.print(f"also removed the aliases that delivered only to it: {', '.join(aliases)}",
+                      soft_wrap=True)
+
+
+@app.command("import")
+def import_users(
+    ctx: typer.Context,
+    file: Annotated[Path, typer.Argument(metavar="FILE.csv", help="Columns: email, name, "
+                                         "password, quota, aliases (only email is required).")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check every row, change nothing.")] = False,
+    update: Annotated[bool, typer.Option(
+        "--update/--skip-existing",
+        help="Existing users: update name, quota, aliases and (when given) password, or skip them.")] = False,
+    passwords_out: Annotated[Optional[Path], typer.Option(
+        "--passwords-out", metavar="PATH",
+        help="Where generated passwords go (mode 0600) [default: FILE-passwords.csv].")] = None,
+    host: HostOption = None,
+) -> None:
+    """Add many users from a CSV file: all rows or none.
+
+    Every row is checked first (address, domain, duplicates, password policy, quota,
+    aliases) and each problem is reported with its line; then all rows are written in one
+    transaction. Rows without a password get a generated one, written to a new file with
+    mode 0600, never to the terminal. Running the same file again is safe.
+    """
+    rows = bulk.read_rows(file)
+    if not rows:
+        raise UsageError(f"{file} has a header but no users.")
+    out = passwords_out or file.with_name(f"{file.stem}-passwords.csv")
+    with database(ctx, host) as (config, settings, conn):
+        plan = bulk.plan(rows, bulk.Database.read(conn), update, config.mail.min_password_length)
+        if plan.problems:
+            raise UsageError(bulk.describe(plan.problems, file))
+        generated = [r for r in plan.rows if r.generated]
+        if generated and out.exists():
+            raise UsageError(f"{out} exists already; nothing was imported.",
+                             hint="Move it away, or name another file with --passwords-out.")
+        summary = (f"{plan.count('create')} to create, {plan.count('update')} to update, "
+                   f"{plan.count('skip')} existing skipped, {len(generated)} password(s) to generate")
+        if dry_run:
+            console.print(f"{file}: {len(plan.rows)} row(s) are valid: {summary} "
+                          f"(dry run: nothing was changed)", soft_wrap=True)
+            return
+        _hash(plan.writes)
+        if generated:
+            bulk.write_passwords(out, generated)
+        try:
+            bulk.apply(conn, plan.writes)
+        except BaseException:
+            if generated:  # those passwords were never stored
+                out.unlink(missing_ok=True)
+            raise
+    console.print(f"imported {file} on {settings.name}: {plan.count('create')} created, "
+                  f"{plan.count('update')} updated, {plan.count('skip')} existing skipped",
+                  soft_wrap=True)
+    if generated:
+        console.print(f"{len(generated)} generated password(s) are in {out} (mode 0600); hand "
+                      "them over safely and delete the file", soft_wrap=True)
+
+
+def _hash(rows: list[bulk.Row]) -> None:
+    todo = [r for r in rows if r.password is not None]
+    if not todo:
+        return
+    with Progress(TextColumn("hashing passwords"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bar:
+        task = bar.add_task("hash", total=len(todo))
+        hashes = hash_many([r.password or "" for r in todo], lambda n: bar.advance(task, n))
+    for row, hashed in zip(todo, hashes):
+        row.hashed = hashed
+    info(f"hashed {len(todo)} password(s)")
