@@ -13,6 +13,7 @@ import typer
 
 from mailfleet.accounts import db, rules
 from mailfleet.accounts.passwords import generate_password
+from mailfleet.cli.output import err_console
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine.tunnel import ssh_run
@@ -52,20 +53,25 @@ def new_password(email: str, config: Config, stdin: bool, generate: bool) -> tup
         raise UsageError("Use either --password-stdin or --generate, not both.")
     if generate:
         return generate_password(), True
-    if stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif sys.stdin.isatty():
-        password = typer.prompt(f"Password for {email}", hide_input=True,
-                                confirmation_prompt=True)
-    else:
+    minimum = config.mail.min_password_length
+    if not stdin and sys.stdin.isatty():
+        for _ in range(3):
+            password = typer.prompt(f"Password for {email}", hide_input=True,
+                                    confirmation_prompt=True)
+            try:
+                return rules.password(password, email, minimum), False
+            except ValueError as err:
+                err_console.print(f"The {err}; try another (at least {minimum} characters).")
+        raise UsageError("No acceptable password after three tries; nothing was changed.")
+    if not stdin:
         raise UsageError("No password given and no terminal to ask for one.",
                          hint="Pipe it in with --password-stdin, or use --generate.")
     try:
-        return rules.password(password, email, config.mail.min_password_length), False
+        return rules.password(sys.stdin.readline().rstrip("\r\n"), email, minimum), False
     except ValueError as err:
         raise UsageError(f"The {err}; nothing was changed.",
-                         hint=f"Use at least {config.mail.min_password_length} characters, "
-                              "or --generate.") from err
+                         hint=f"Choose another (at least {minimum} characters, not a common "
+                              "one, without the user name), or use --generate.") from err
 
 
 def confirm(question: str, yes: bool) -> None:

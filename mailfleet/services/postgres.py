@@ -152,8 +152,8 @@ def deploy(ctx: HostContext) -> None:
 
 @operation()
 def domains(names: list[str]):
-    """Add these (configured, missing) domains; deploy never removes any (domains added
-    with `mailfleet domain add` are the database's, not the config's)."""
+    """Add these (configured, missing) domains. Deploy never removes one: removing a domain
+    deletes its mailboxes, which only `mailfleet domain remove` does, after asking."""
     if not names:
         host.noop("all configured domains are in the database")
         return

@@ -7,15 +7,20 @@ run has proven nothing.
 from __future__ import annotations
 
 import ctypes
+import imaplib
 import json
 import os
 import subprocess
+import smtplib
 import sys
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from mailfleet.services import mailflow, opendkim
 
 pytestmark = pytest.mark.lab
 
@@ -27,11 +32,13 @@ class Cli:
     lab: str
     config: Path
 
-    def __call__(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    def __call__(self, *args: str, check: bool = True, timeout: float = 900,
+                 input: str | None = None) -> subprocess.CompletedProcess:
+        """Run it; `input` is its standard input (none at all otherwise, as in CI)."""
         env = {**os.environ, "MAILFLEET_LAB": self.lab, "MAILFLEET_CONFIG": str(self.config)}
         result = subprocess.run(
             [sys.executable, "-m", "mailfleet", *args], capture_output=True, text=True, env=env,
-            stdin=subprocess.DEVNULL, timeout=timeout,
+            timeout=timeout, **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
         )
         if check and result.returncode != 0:
             raise AssertionError(
@@ -113,3 +120,108 @@ def two_release_lab(tmp_path_factory):
         down = cli("lab", "down", check=False)
     assert down.returncode == 0, down.stderr
     assert lab_leftovers("mft1") == {"namespaces": [], "processes": [], "mounts": []}
+
+
+# -- the deployed two-release lab, shared by the mail node and accounts tests ------------
+
+NODES = {"n1": ("10.77.0.11", "2.3"), "n2": ("10.77.0.12", "2.4")}
+DOMAIN = "example.test"
+PASSWORD = "Correct-Horse-7-battery"
+
+
+@dataclass
+class Node:
+    cli: Cli
+    net: LabNet
+    name: str
+    address: str
+    dovecot: str
+    ca: str
+    dkim_record: str
+
+    @property
+    def fqdn(self) -> str:
+        return f"{self.name}.{DOMAIN}"
+
+    def context(self):
+        return mailflow.tls_context(self.ca)
+
+    def user(self, local: str, quota: int | None = None) -> str:
+        address = f"{local}-{self.name}@{DOMAIN}"
+        self.cli.account(self.name, "mailbox", address, PASSWORD, *([str(quota)] if quota else []))
+        return address
+
+    def submit(self, sender: str, recipient: str, port: int = 587, login: str | None = None,
+               subject: str | None = None, body: str | None = None,
+               password: str = PASSWORD) -> str:
+        subject = subject or f"test {uuid.uuid4().hex[:10]}"
+        message = mailflow.check_message(sender, recipient, subject, subject=subject)
+        if body:
+            message.set_content(body)
+        self.net.run(mailflow.submit, self.address, port, self.fqdn, self.context(),
+                     login or sender, password, message, implicit_tls=port == 465)
+        return subject
+
+    def fetch(self, user: str, subject: str, wait: float = 30,
+              password: str = PASSWORD) -> bytes | None:
+        return self.net.run(mailflow.fetch, self.address, 993, self.fqdn, self.context(), user,
+                            password, subject, delete=False, wait=wait)
+
+    def imap_login(self, user: str, password: str) -> bool:
+        """Does Dovecot accept this login on 993?"""
+        def attempt() -> bool:
+            imap = mailflow.IMAP4SSLTo(self.address, 993, self.fqdn, self.context())
+            try:
+                imap.login(user, password)
+                return True
+            except imaplib.IMAP4.error:
+                return False
+            finally:
+                imap.shutdown()
+
+        return self.net.run(attempt)
+
+    def rcpt25(self, recipient: str) -> tuple[int, bytes]:
+        """What port 25 answers a stranger for this recipient."""
+        smtp = self.smtp25()
+        try:
+            self.run(smtp.mail, "someone@outside.test")
+            return self.run(smtp.rcpt, recipient)
+        finally:
+            self.run(smtp.quit)
+
+    def smtp25(self) -> smtplib.SMTP:
+        return self.net.run(self._plain_smtp, 25)
+
+    def _plain_smtp(self, port: int) -> smtplib.SMTP:
+        smtp = smtplib.SMTP(self.address, port, timeout=20)
+        smtp.ehlo("client.outside.test")
+        return smtp
+
+    def run(self, fn, *args):
+        return self.net.run(fn, *args)
+
+
+@pytest.fixture(scope="module")
+def deployed(two_release_lab: Cli) -> Cli:
+    report = two_release_lab.json("deploy")
+    assert report["ok"], report
+    return two_release_lab
+
+
+@pytest.fixture(scope="module")
+def lab_net(deployed: Cli):
+    net = LabNet(deployed.lab)
+    yield net
+    net.close()
+
+
+@pytest.fixture(scope="module", params=list(NODES), ids=[f"{n}-dovecot{v}" for n, (_, v) in NODES.items()])
+def node(request, deployed: Cli, lab_net: LabNet) -> Node:
+    name = request.param
+    address, dovecot = NODES[name]
+    ca = deployed.ssh(name, "cat /etc/mailfleet/tls/ca.crt")
+    record = opendkim.public_key_record(deployed.ssh(name, f"cat /etc/dkimkeys/{DOMAIN}/mail.txt"))
+    assert record and record.startswith("v=DKIM1")
+    assert deployed.ssh(name, "dovecot --version").startswith(dovecot)
+    return Node(deployed, lab_net, name, address, dovecot, ca, record)

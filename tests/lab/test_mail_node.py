@@ -8,90 +8,11 @@ import imaplib
 import smtplib
 import time
 import uuid
-from dataclasses import dataclass
 
 import pytest
-from conftest import Cli, LabNet
+from conftest import DOMAIN, NODES, PASSWORD, Cli, Node
 
-from mailfleet.services import mailflow, opendkim
-
-NODES = {"n1": ("10.77.0.11", "2.3"), "n2": ("10.77.0.12", "2.4")}
-DOMAIN = "example.test"
-PASSWORD = "Correct-Horse-7-battery"
-
-
-@dataclass
-class Node:
-    cli: Cli
-    net: LabNet
-    name: str
-    address: str
-    dovecot: str
-    ca: str
-    dkim_record: str
-
-    @property
-    def fqdn(self) -> str:
-        return f"{self.name}.{DOMAIN}"
-
-    def context(self):
-        return mailflow.tls_context(self.ca)
-
-    def user(self, local: str, quota: int | None = None) -> str:
-        address = f"{local}-{self.name}@{DOMAIN}"
-        self.cli.account(self.name, "mailbox", address, PASSWORD, *([str(quota)] if quota else []))
-        return address
-
-    def submit(self, sender: str, recipient: str, port: int = 587, login: str | None = None,
-               subject: str | None = None, body: str | None = None) -> str:
-        subject = subject or f"test {uuid.uuid4().hex[:10]}"
-        message = mailflow.check_message(sender, recipient, subject, subject=subject)
-        if body:
-            message.set_content(body)
-        self.net.run(mailflow.submit, self.address, port, self.fqdn, self.context(),
-                     login or sender, PASSWORD, message, implicit_tls=port == 465)
-        return subject
-
-    def fetch(self, user: str, subject: str, wait: float = 30) -> bytes | None:
-        return self.net.run(mailflow.fetch, self.address, 993, self.fqdn, self.context(), user,
-                            PASSWORD, subject, delete=False, wait=wait)
-
-    def smtp25(self) -> smtplib.SMTP:
-        return self.net.run(self._plain_smtp, 25)
-
-    def _plain_smtp(self, port: int) -> smtplib.SMTP:
-        smtp = smtplib.SMTP(self.address, port, timeout=20)
-        smtp.ehlo("client.outside.test")
-        return smtp
-
-    def run(self, fn, *args):
-        return self.net.run(fn, *args)
-
-
-@pytest.fixture(scope="module")
-def deployed(two_release_lab: Cli) -> Cli:
-    report = two_release_lab.json("deploy")
-    assert report["ok"], report
-    return two_release_lab
-
-
-@pytest.fixture(scope="module")
-def lab_net(deployed: Cli):
-    net = LabNet(deployed.lab)
-    yield net
-    net.close()
-
-
-@pytest.fixture(scope="module", params=list(NODES), ids=[f"{n}-dovecot{v}" for n, (_, v) in NODES.items()])
-def node(request, deployed: Cli, lab_net: LabNet) -> Node:
-    name = request.param
-    address, dovecot = NODES[name]
-    ca = deployed.ssh(name, "cat /etc/mailfleet/tls/ca.crt")
-    record = opendkim.public_key_record(deployed.ssh(name, f"cat /etc/dkimkeys/{DOMAIN}/mail.txt"))
-    assert record and record.startswith("v=DKIM1")
-    assert deployed.ssh(name, "dovecot --version").startswith(dovecot)
-    return Node(deployed, lab_net, name, address, dovecot, ca, record)
-
+from mailfleet.services import mailflow
 
 def test_submission_on_587_and_465_is_read_back_over_imap_with_valid_dkim(node: Node):
     alice, bob = node.user("alice"), node.user("bob")

@@ -130,7 +130,7 @@ def test_bom_crlf_quoted_commas_and_utf8_names(tmp_path):
 
 
 def test_a_quoted_line_break_keeps_the_following_line_numbers_right(tmp_path):
-    text = (f'email,name\r\nann@example.org,"Ann\r\nSecond line"\r\nbo b@example.org,Bob\r\n')
+    text = ('email,name\r\nann@example.org,"Ann\r\nSecond line"\r\nbo b@example.org,Bob\r\n')
     plan = bulk.plan(bulk.read_rows(write(tmp_path, text)), DB, False, 12)
     assert plan.problems[0] == "line 2: name contains control characters"
     assert plan.problems[1].startswith("line 4: email 'bo b@example.org'")
@@ -202,3 +202,18 @@ def test_generated_passwords_file_is_private_and_new(tmp_path):
     assert out.read_text().splitlines() == ["email,password", "a@example.org,s3cret-generated-1"]
     with pytest.raises(FileExistsError):
         bulk.write_passwords(out, rows)
+
+
+def test_the_guides_in_docs_match_what_mailfleet_guide_prints_for_the_example():
+    from mailfleet.cli.guide import render_guide
+    from mailfleet.config import parse
+    from mailfleet.templating import render_init
+
+    config = parse(render_init("example.org", "mail.example.org"))
+    docs = Path(__file__).parents[2] / "docs"
+    for name, file in (("clients", "mail-clients.md"), ("import", "bulk-import.md")):
+        assert (docs / file).read_text() == render_guide(name, config, for_docs=True), (
+            f"docs/{file} is stale: regenerate it with render_guide({name!r}, …, for_docs=True)")
+    mine = render_guide("clients", config.model_copy(update={"mail": config.mail.model_copy(
+        update={"hostname": "mx.family.test"})}))
+    assert "`mx.family.test`" in mine and "example install" not in mine
