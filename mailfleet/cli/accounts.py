@@ -28,6 +28,10 @@ HostOption = Annotated[
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 ARCHIVE_DIR = "/var/backups/mailfleet/mailboxes"
+Archive = Annotated[bool, typer.Option(
+    "--archive", help=f"Pack its mail into {ARCHIVE_DIR}, then delete it.")]
+Purge = Annotated[bool, typer.Option("--purge", help="Delete its mail.")]
+FATE = {"keep": "kept", "archive": "archived", "purge": "DELETED"}
 
 
 @contextmanager

@@ -18,7 +18,8 @@ from rich.table import Table
 from mailfleet import config as config_mod
 from mailfleet.accounts import db, store
 from mailfleet.cli.accounts import (
-    HostOption, Json, Yes, confirm, database, disposal, dispose, kick, parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose, kick,
+    parse,
 )
 from mailfleet.cli.deploy import _render_report, run_deploy
 from mailfleet.cli.output import console, info, print_json
@@ -106,9 +107,8 @@ def list_domains(ctx: typer.Context, json: Json = False, host: HostOption = None
 def remove(
     ctx: typer.Context,
     domain: Domain,
-    archive: Annotated[bool, typer.Option(
-        "--archive", help="Pack its mail into /var/backups/mailfleet/mailboxes, then delete it.")] = False,
-    purge: Annotated[bool, typer.Option("--purge", help="Delete its mail.")] = False,
+    archive: Archive = False,
+    purge: Purge = False,
     yes: Yes = False,
 ) -> None:
     """Stop serving a domain on every host: its mailboxes and aliases are removed and its
@@ -134,9 +134,8 @@ def remove(
     if not found and domain not in config.mail.domains:
         raise UsageError(f"{domain} is neither in {g.config_path} nor in any mail database.")
     users = sum(found.values())
-    fate = {"keep": "kept", "archive": "archived", "purge": "DELETED"}[how]
     confirm(f"Remove {domain} with its {users} mailbox(es) and their aliases "
-            f"(their mail will be {fate})?", yes)
+            f"(their mail will be {FATE[how]})?", yes)
     for host in hosts:
         if host.name in found:
             with db.connect(host) as conn:

@@ -12,7 +12,8 @@ from rich.table import Table
 from mailfleet.accounts import bulk, rules, store
 from mailfleet.accounts.passwords import hash_many, hash_password
 from mailfleet.cli.accounts import (
-    HostOption, Json, Yes, confirm, database, disposal, dispose, kick, new_password, parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose, kick,
+    new_password, parse,
 )
 from mailfleet.cli.output import console, err_console, info, print_json
 from mailfleet.errors import UsageError
@@ -144,9 +145,8 @@ def enable(ctx: typer.Context, email: Email, host: HostOption = None) -> None:
 def remove(
     ctx: typer.Context,
     email: Email,
-    archive: Annotated[bool, typer.Option(
-        "--archive", help="Pack its mail into /var/backups/mailfleet/mailboxes, then delete it.")] = False,
-    purge: Annotated[bool, typer.Option("--purge", help="Delete its mail.")] = False,
+    archive: Archive = False,
+    purge: Purge = False,
     yes: Yes = False,
     host: HostOption = None,
 ) -> None:
@@ -162,9 +162,8 @@ def remove(
             raise UsageError(f"There is no mailbox {email}.", hint="See `mailfleet user list`.")
         if known[email]:
             raise UsageError(f"{email} is mailfleet's own health-check mailbox; deploy manages it.")
-        fate = {"keep": "its mail will be kept", "archive": "its mail will be archived",
-                "purge": "its mail will be DELETED"}[how]
-        confirm(f"Remove the mailbox {email} on {settings.name} ({fate})?", yes)
+        confirm(f"Remove the mailbox {email} on {settings.name} (its mail will be "
+                f"{FATE[how]})?", yes)
         aliases = store.remove_mailbox(conn, email)
     kick(settings, email)
     local, _, domain = email.partition("@")
