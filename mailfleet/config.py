@@ -6,6 +6,7 @@ a config that is wrong must be fixed by a person reading one sentence.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -89,7 +90,16 @@ class MailSettings(_Strict):
 
 class AdminSettings(_Strict):
     user: str = "mfadmin"
-    ssh_key: str | None = Field(None, description="Public key (or its file) for the admin user.")
+    uid: Annotated[int, Field(ge=1000, le=59999)] = 1000
+    ssh_key: str | None = Field(
+        None, description="Public key (or its .pub file) for the admin user; default: the "
+                          "public half of each host's ssh_key.")
+    remove_users: list[str] = Field(
+        default_factory=lambda: ["linuxuser"],
+        description="Provider default users to delete (never the one mailfleet connects as).")
+    sshd_settings: list[str] = Field(
+        default_factory=list,
+        description="Extra sshd_config lines after mailfleet's own (which they cannot loosen).")
 
     @field_validator("user")
     @classmethod
@@ -97,6 +107,53 @@ class AdminSettings(_Strict):
         if value == "root" or not UNIX_USER_RE.match(value):
             raise ValueError(f"{value!r} is not a usable admin user name (lower case, not root)")
         return value
+
+    @field_validator("remove_users")
+    @classmethod
+    def _check_removals(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if value == "root" or not UNIX_USER_RE.match(value):
+                raise ValueError(f"{value!r} cannot be removed (not a user name, or root)")
+        return values
+
+    @field_validator("sshd_settings")
+    @classmethod
+    def _check_sshd_lines(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*\s+\S.*", value.strip()) or "\n" in value:
+                raise ValueError(f"{value!r} is not one sshd_config line (Keyword value)")
+        return [v.strip() for v in values]
+
+    @model_validator(mode="after")
+    def _admin_is_kept(self) -> AdminSettings:
+        if self.user in self.remove_users:
+            raise ValueError(f"remove_users lists the admin user {self.user!r} itself")
+        return self
+
+
+class Fail2banSettings(_Strict):
+    bantime: str = Field("1h", description="How long an address stays banned (fail2ban time).")
+    findtime: str = Field("10m", description="Window in which failures are counted.")
+    maxretry: Annotated[int, Field(ge=1, le=100)] = 5
+    ignore: list[str] = Field(default_factory=list,
+                              description="Your own addresses or networks: never banned.")
+
+    @field_validator("bantime", "findtime")
+    @classmethod
+    def _check_time(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+[smhdw]?", value.strip()):
+            raise ValueError(f"{value!r} is not a duration like 600, 10m, 1h or 1d")
+        return value.strip()
+
+    @field_validator("ignore")
+    @classmethod
+    def _check_networks(cls, values: list[str]) -> list[str]:
+        for value in values:
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network") from None
+        return values
 
 
 class FeatureSettings(_Strict):
@@ -175,6 +232,7 @@ class Config(_Strict):
     mail: MailSettings
     admin: AdminSettings = Field(default_factory=AdminSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
+    fail2ban: Fail2banSettings = Field(default_factory=Fail2banSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

@@ -23,7 +23,8 @@ def render(name: str, **values: Any) -> str:
     return _env.get_template(name).render(**values)
 
 
-def render_init(domain: str, hostname: str, hosts: list[dict] | None = None) -> str:
+def render_init(domain: str, hostname: str, hosts: list[dict] | None = None,
+                fail2ban_ignore: list[str] | None = None) -> str:
     defaults = {"ssh_port": 22, "ssh_user": "root", "ssh_key": None, "ssh_known_hosts": None,
                 "fqdn": None, "roles": ["mail", "db", "web"], "lab": None}
     return render(
@@ -31,4 +32,5 @@ def render_init(domain: str, hostname: str, hosts: list[dict] | None = None) -> 
         domain=domain,
         hostname=hostname,
         hosts=[{**defaults, **h} for h in (hosts or [])],
+        fail2ban_ignore=fail2ban_ignore or [],
     )

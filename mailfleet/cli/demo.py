@@ -48,6 +48,7 @@ def demo(
     config = g.load()
     report = run_deploy(g, config, None)
     _render_report(report)
+    config = g.load()  # deploy switched the host to its admin user
     mail_ok = report.ok and send_and_read(config)
     results = run_checks(g, config, None)
     render_checks(results)

@@ -9,7 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mailfleet import services
-from mailfleet.cli.output import console, print_json
+from mailfleet import config as config_mod
+from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
@@ -49,21 +50,48 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
     hosts = config.select_hosts(limit, g.config_path)
     with Engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
         if quiet or check:
-            return engine.deploy(services.DEPLOY_STEPS)
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("{task.fields[op]}"), console=console, transient=True, auto_refresh=False,
-        ) as bar:
-            tasks: dict[str, int] = {}
+            report = engine.deploy(services.DEPLOY_STEPS)
+        else:
+            report = _deploy_with_progress(engine)
+    if not check:
+        switch_to_admin(g, config, report)
+    return report
 
-            def on_event(kind: str, host: str, op: str) -> None:
-                if host not in tasks:
-                    total = engine.operation_count(next(h for h in engine.hosts() if h.name == host))
-                    tasks[host] = bar.add_task(host, total=total, op="")
-                bar.update(tasks[host], advance=1, op=("[red]failed: " if kind == "error" else "") + op)
-                bar.refresh()
 
-            return engine.deploy(services.DEPLOY_STEPS, on_event)
+def _deploy_with_progress(engine: Engine) -> DeployReport:
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[op]}"), console=console, transient=True, auto_refresh=False,
+    ) as bar:
+        tasks: dict[str, int] = {}
+
+        def on_event(kind: str, host: str, op: str) -> None:
+            if host not in tasks:
+                total = engine.operation_count(next(h for h in engine.hosts() if h.name == host))
+                tasks[host] = bar.add_task(host, total=total, op="")
+            bar.update(tasks[host], advance=1, op=("[red]failed: " if kind == "error" else "") + op)
+            bar.refresh()
+
+        return engine.deploy(services.DEPLOY_STEPS, on_event)
+
+
+def switch_to_admin(g: Globals, config: Config, report: DeployReport) -> None:
+    """After a deploy, root and other users cannot log in over SSH: the hosts that took it
+    are reached as the admin user from now on (written into mailfleet.toml)."""
+    admin = config.admin.user
+    moved = [h.name for h in config.hosts if h.name in report.hosts and h.ssh_user != admin
+             and not report.hosts[h.name].failed and not report.hosts[h.name].error]
+    if not moved:
+        return
+
+    def change(doc) -> None:
+        for table in doc.get("hosts", []):
+            if table.get("name") in moved:
+                table["ssh_user"] = admin
+
+    config_mod.edit(g.config_path, change)
+    info(f"{', '.join(moved)}: SSH now admits only {admin} (key only, sudo); "
+         f"{g.config_path} updated to log in as {admin}")
 
 
 def _render_report(report: DeployReport) -> None:
@@ -71,6 +99,8 @@ def _render_report(report: DeployReport) -> None:
     for name, host in report.hosts.items():
         if host.error or host.failed:
             console.print(f"[bold red]{name}[/]: failed at {', '.join(host.failed) or host.error}")
+            if host.failed and host.error:
+                console.print(f"  {host.error}", soft_wrap=True)
         elif host.changed:
             console.print(f"[bold]{name}[/]: {len(host.changed)} {verb} "
                           f"({host.operations} operations)")

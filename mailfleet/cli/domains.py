@@ -76,7 +76,7 @@ def add(ctx: typer.Context, domain: Domain) -> None:
         _write_domains(ctx, domains)
     console.print(f"{domain} is served (written to {g.config_path})")
     selector = config.mail.dkim_selector
-    for host in config.hosts:
+    for host in g.load().hosts:  # as deploy left them (it may have switched the SSH user)
         record = opendkim.public_key_record(ssh_run(
             host, f"cat {shlex.quote(opendkim.key_path(domain, selector, 'txt'))}"))
         console.print(f"publish on {host.name}'s DNS: {selector}._domainkey.{domain} TXT "

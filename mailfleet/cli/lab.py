@@ -133,9 +133,23 @@ def ssh(
     """Root shell on a lab node.
 
     Or run one command: mailfleet lab ssh n1 -- hostname -f (the node's shell parses it).
+    Logs in as the node's ssh_user from the config (after deploy: the admin user, with sudo).
     """
-    cmd = _lab(ctx).ssh_command(node, command)
+    lab = _lab(ctx)
+    cmd = lab.ssh_command(node, command, _ssh_user(ctx, lab.paths.id, node))
     raise typer.Exit(subprocess.call(cmd))
+
+
+def _ssh_user(ctx: typer.Context, lab_id: str, node: str) -> str:
+    path = globals_of(ctx).config_path
+    try:
+        config = load(path) if path.exists() else None
+    except ConfigError:
+        config = None
+    for host in config.hosts if config else []:
+        if host.name == node and host.lab == lab_id:
+            return host.ssh_user
+    return "root"
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

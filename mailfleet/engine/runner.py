@@ -27,7 +27,7 @@ from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import snapshot
-from mailfleet.engine.operations import config_file, unit_enabled, unit_running
+from mailfleet.engine.operations import UPLOAD_DIR, config_file, unit_enabled, unit_running
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.errors import ConfigError, DeployError
 
@@ -212,6 +212,15 @@ class _ConnectErrors(BaseStateCallback):
         self.reasons[host.name] = text or type(error).__name__
 
 
+# Why an operation failed, in a sentence, from code that runs during execution (python.call
+# callbacks): pyinfra itself only logs "executed 0 commands".
+_REASONS: dict[str, list[str]] = {}
+
+
+def explain_failure(host_name: str, message: str) -> None:
+    _REASONS.setdefault(host_name, []).append(message)
+
+
 def _op_name(state: State, op_hash: str) -> str:
     names = state.get_op_meta(op_hash).names
     return sorted(names)[0] if names else op_hash
@@ -250,7 +259,8 @@ class Engine:
         self.config = config
         self.settings = {h.name: h for h in hosts}
         self.check = check
-        pyinfra_config = PyinfraConfig(DIFF=diff, CONNECT_TIMEOUT=15)
+        # sudo uploads are staged in the SSH user's own 0700 directory (see system.deploy)
+        pyinfra_config = PyinfraConfig(DIFF=diff, CONNECT_TIMEOUT=15, TEMP_DIR=UPLOAD_DIR)
         self.state = State(build_inventory(hosts), pyinfra_config, check_for_changes=check)
         self._log_handler = _quiet_pyinfra(verbose or diff)
 
@@ -329,6 +339,8 @@ class Engine:
                     report.changed.append(name)
             if host in self.state.failed_hosts and not report.failed:
                 report.error = "failed"
+            if _REASONS.get(host.name):
+                report.error = " ".join(_REASONS.pop(host.name))
             reports[host.name] = report
         return DeployReport(check=self.check, hosts=reports)
 
@@ -340,7 +352,9 @@ def _quiet_pyinfra(verbose: bool) -> logging.Handler:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if verbose else logging.ERROR)
-    if not verbose:  # connection failures are reported once, as a DeployError
-        handler.addFilter(lambda record: "Could not connect" not in record.getMessage())
+    if not verbose:  # connection failures are reported once, as a DeployError; a failed
+        # callback says why itself (explain_failure), not "executed 0 commands"
+        handler.addFilter(lambda record: "Could not connect" not in record.getMessage()
+                          and "executed 0 commands" not in record.getMessage())
     logger.propagate = False
     return handler

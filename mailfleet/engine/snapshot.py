@@ -20,7 +20,9 @@ _MARK = "@@mailfleet-section"
 # list does not exist. Paths elsewhere are read with pyinfra's facts as usual.
 MANAGED_PATHS = ("/etc/mailfleet", "/etc/postfix", "/etc/dovecot", "/etc/opendkim",
                  "/etc/opendkim.conf", "/etc/mailname", "/etc/aliases", "/etc/postgresql",
-                 "/usr/local/lib/mailfleet", "/etc/systemd/system/opendkim.service.d")
+                 "/usr/local/lib/mailfleet", "/etc/systemd/system/opendkim.service.d",
+                 "/etc/ssh/sshd_config.d", "/etc/sudoers.d", "/etc/sysctl.d/60-mailfleet.conf",
+                 "/etc/apt/apt.conf.d/20auto-upgrades", "/etc/fail2ban/jail.d")
 SECRETS_DIR = "/etc/mailfleet/secrets"
 
 

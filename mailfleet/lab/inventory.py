@@ -7,6 +7,7 @@ from pathlib import Path
 import tomlkit
 
 from mailfleet.config import save
+from mailfleet.lab import network
 from mailfleet.lab.lab import Lab, LabState
 from mailfleet.templating import render_init
 
@@ -32,7 +33,9 @@ def host_entries(lab: Lab, state: LabState) -> list[dict]:
 def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
     """Replace this lab's [[hosts]] in `path` by `entries`; create the file if it is missing."""
     if not path.exists():
-        text = render_init(LAB_DOMAIN, f"mail.{LAB_DOMAIN}", entries)
+        # this machine is the lab's operator: its failed test logins must not ban it
+        text = render_init(LAB_DOMAIN, f"mail.{LAB_DOMAIN}", entries,
+                           fail2ban_ignore=[network.GATEWAY])
     else:
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
         hosts = doc.get("hosts")

@@ -10,6 +10,7 @@ state directory in their command lines, never by guessing.
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +34,10 @@ from mailfleet.lab.system import (
 PROXY_PORT_IN_LAB = 3142
 BOOT_TIMEOUT = 90.0
 MAX_NODES = 9
+# A fresh VPS: root and the provider's default user log in with this password.
+VPS_USER = "linuxuser"
+VPS_USER_UID = 1000
+VPS_PASSWORD = "lab-vps-password"
 
 
 @dataclass
@@ -114,17 +119,23 @@ class Lab:
         names = ", ".join(n.name for n in state.nodes)
         raise UsageError(f"No lab node named {name!r} (nodes: {names}).")
 
-    def ssh_command(self, name: str, command: list[str] | None = None) -> list[str]:
+    def ssh_command(self, name: str, command: list[str] | None = None,
+                    user: str = "root") -> list[str]:
+        """Root on the node: directly, or through sudo once deploy made `user` the only
+        login."""
         node = self.node(name)
         cmd = [
             "ssh", "-i", str(self.paths.ssh_key), "-p", str(node.ssh_port),
             "-o", f"UserKnownHostsFile={self.paths.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
-            "-o", "LogLevel=ERROR", "root@127.0.0.1",
+            "-o", "LogLevel=ERROR", f"{user}@127.0.0.1",
         ]
-        if command:
-            cmd += ["--", " ".join(command)]  # like ssh: the remote shell parses it
-        return cmd
+        line = " ".join(command or [])  # like ssh: the remote shell parses it
+        if user == "root":
+            return cmd + (["--", line] if line else [])
+        if line:
+            return cmd + ["--", f"sudo -n sh -c {shlex.quote(line)}"]
+        return [*cmd[:1], "-t", *cmd[1:], "--", "sudo -n -i"]
 
     def exec_command(self, command: list[str]) -> list[str]:
         """A local program run inside the lab network (it reaches nodes by their addresses)."""
@@ -274,6 +285,19 @@ class Lab:
         (root / "etc/apt/apt.conf.d/01mailfleet-lab-proxy").write_text(
             f'Acquire::http::Proxy "http://{network.GATEWAY}:{PROXY_PORT_IN_LAB}";\n'
         )
+        self._look_like_a_fresh_vps(root)
+
+    @staticmethod
+    def _look_like_a_fresh_vps(root: Path) -> None:
+        """What a VPS provider hands over: root with a password and a key, a default user
+        with sudo (Vultr's linuxuser, uid 1000) and password logins allowed over SSH, the way
+        cloud-init's 50-cloud-init.conf allows them. Deploy must take all that away."""
+        hashed = run(["openssl", "passwd", "-6", "-stdin"], input=VPS_PASSWORD).stdout.strip()
+        run(["useradd", "--root", str(root), "-m", "-u", str(VPS_USER_UID), "-s", "/bin/bash",
+             "-G", "sudo", "-p", hashed, VPS_USER])
+        run(["usermod", "--root", str(root), "-p", hashed, "root"])
+        (root / "etc/ssh/sshd_config.d/50-cloud-init.conf").write_text(
+            "PasswordAuthentication yes\nPermitRootLogin yes\n")
 
     def _write_known_hosts(self, state: LabState) -> None:
         lines = []

@@ -10,13 +10,18 @@ from pyinfra.operations import apt
 from mailfleet.config import Config
 from mailfleet.engine import HostContext
 from mailfleet.services import (
+    admin,
     certs,
     dovecot,
+    fail2ban,
+    firewall,
+    hardening,
     mailflow,
     mailstore,
     opendkim,
     postfix,
     postgres,
+    sshd,
     system,
     units,
 )
@@ -24,8 +29,11 @@ from mailfleet.services import (
 
 def packages(config: Config | None) -> list[str]:
     """Every Debian package `deploy` installs for this config (lab images preinstall them)."""
-    return sorted({*system.BASE_PACKAGES, *certs.PACKAGES, *postgres.PACKAGES,
-                   *postfix.PACKAGES, *dovecot.PACKAGES, *opendkim.PACKAGES})
+    wanted = {*system.BASE_PACKAGES, *hardening.PACKAGES, *fail2ban.PACKAGES, *certs.PACKAGES,
+              *postgres.PACKAGES, *postfix.PACKAGES, *dovecot.PACKAGES, *opendkim.PACKAGES}
+    if config is None or config.features.firewall:
+        wanted.update(firewall.PACKAGES)
+    return sorted(wanted)
 
 
 def install(ctx: HostContext) -> None:
@@ -38,6 +46,9 @@ def install(ctx: HostContext) -> None:
 DEPLOY_STEPS = [
     system.deploy,
     install,
+    hardening.deploy,
+    admin.deploy,
+    sshd.deploy,
     mailstore.deploy,
     certs.deploy,
     postgres.deploy,
@@ -45,9 +56,16 @@ DEPLOY_STEPS = [
     dovecot.deploy,
     postfix.deploy,
     mailflow.deploy,
+    firewall.deploy,
+    fail2ban.deploy,
 ]
 CHECKS = [
     system.checks,
+    admin.checks,
+    sshd.checks,
+    hardening.checks,
+    firewall.checks,
+    fail2ban.checks,
     units.checks,
     certs.checks,
     postgres.checks,

@@ -7,7 +7,7 @@ from pyinfra.facts.server import Hostname
 from pyinfra.operations import apt, files, server
 
 from mailfleet.engine import Engine, HostContext, config_file
-from mailfleet.engine.operations import STAGING_DIR
+from mailfleet.engine.operations import STAGING_DIR, UPLOAD_DIR
 from mailfleet.services.checks import CheckResult, expect
 from mailfleet.templating import render
 
@@ -20,6 +20,9 @@ def deploy(ctx: HostContext) -> None:
     # first: config_file stages uploads here (root only)
     ctx.op(files.directory, name="Create mailfleet's staging directory", path=STAGING_DIR,
            mode="700")
+    if ctx.settings.ssh_user != "root":  # sudo uploads arrive here first (UPLOAD_DIR)
+        ctx.op(files.directory, name="Create the SSH user's upload directory", path=UPLOAD_DIR,
+               user=ctx.settings.ssh_user, mode="700")
     fqdn = ctx.fqdn
     short = fqdn.split(".", 1)[0]
     ctx.op(server.hostname, name="Set the host name", hostname=fqdn)

@@ -1,0 +1,51 @@
+"""fail2ban: addresses that keep failing to log in (SSH, SMTP AUTH, IMAP, ManageSieve) are
+banned for a while. Settings come from [fail2ban] in mailfleet.toml; the operator's own
+networks (`ignore`) are never banned.
+"""
+
+from __future__ import annotations
+
+from pyinfra.facts.server import Command
+
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.services import firewall
+from mailfleet.services.checks import CheckResult
+from mailfleet.templating import render
+
+# python3-systemd: the journal backend (a Recommends, and deploy installs no Recommends)
+PACKAGES = ["fail2ban", "python3-systemd", "iptables"]
+JAIL_FILE = "/etc/fail2ban/jail.d/mailfleet.local"
+JAILS = ("sshd", "postfix", "dovecot")
+snapshot.register_unit("fail2ban")
+
+
+def deploy(ctx: HostContext) -> None:
+    settings = ctx.config.fail2ban
+    *_, ssh_ports = firewall.parse(ctx.snapshot("firewall"))
+    jails = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
+                   content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
+                                  findtime=settings.findtime, maxretry=settings.maxretry,
+                                  ignore=settings.ignore,
+                                  ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
+    ctx.service("fail2ban", restart_when=(jails,))
+
+
+def parse_jails(text: str) -> list[str]:
+    """The jail names from `fail2ban-client status`."""
+    for line in text.splitlines():
+        if "Jail list:" in line:
+            return [j.strip() for j in line.split(":", 1)[1].split(",") if j.strip()]
+    return []
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    results = []
+    for name, text in engine.facts(Command, command="fail2ban-client status 2>&1").items():
+        running = parse_jails(text or "")
+        missing = [j for j in JAILS if j not in running]
+        results.append(CheckResult(
+            name, "fail2ban jails", "fail" if missing else "ok",
+            f"missing: {', '.join(missing)} (running: {', '.join(running) or 'none'})" if missing
+            else f"running: {', '.join(running)}", "run `mailfleet deploy`; see "
+            "`journalctl -u fail2ban`"))
+    return results

@@ -1,0 +1,107 @@
+"""The host firewall (UFW): incoming traffic denied except the ports the deployed services
+listen on publicly, derived from the services' own port lists (units.UNITS), plus the port
+sshd really listens on. Rules mailfleet did not ask for are removed, so what is open is
+exactly what `check` expects.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+
+from mailfleet.engine import Engine, HostContext, snapshot
+from mailfleet.services import units
+from mailfleet.services.checks import CheckResult
+
+PACKAGES = ["ufw"]
+_STATE = ("ufw status 2>/dev/null | head -n 1; ufw show added 2>/dev/null | grep '^ufw '; "
+          "grep -E '^DEFAULT_(INPUT|OUTPUT)_POLICY=' /etc/default/ufw 2>/dev/null; "
+          "sshd -T 2>/dev/null | grep -i '^port '")
+snapshot.register("firewall", _STATE)
+
+
+def public_ports(ssh_ports: set[int]) -> dict[int, str]:
+    """{port: what} every deployed service needs reachable from outside."""
+    wanted = {port: "ssh" for port in ssh_ports}
+    for unit, ports in units.UNITS.items():
+        for port, what in ports.items():
+            if port not in units.LOCAL_ONLY:
+                wanted[port] = what
+    return dict(sorted(wanted.items()))
+
+
+def parse(text: str) -> tuple[bool, list[str], dict[str, str], set[int]]:
+    """(active, added rules like "allow 25/tcp", default policies, sshd ports)."""
+    active = False
+    rules: list[str] = []
+    policies: dict[str, str] = {}
+    ssh_ports: set[int] = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("Status:"):
+            active = line.split()[-1] == "active"
+        elif line.startswith("ufw "):
+            rules.append(line[4:].split(" comment ")[0].strip())
+        elif line.startswith("DEFAULT_"):
+            key, _, value = line.partition("=")
+            policies[key] = value.strip('"')
+        elif line.lower().startswith("port ") and line.split()[-1].isdigit():
+            ssh_ports.add(int(line.split()[-1]))
+    return active, rules, policies, ssh_ports or {22}
+
+
+def rule(port: int) -> str:
+    return f"allow {port}/tcp"
+
+
+@operation()
+def firewall(wanted: dict[int, str], active: bool, rules: list[str], policies: dict[str, str]):
+    """Allow the wanted ports first (never lock out SSH), drop other rules, deny the rest."""
+    commands = [f"ufw {rule(port)} comment 'mailfleet: {what}'"
+                for port, what in wanted.items() if rule(port) not in rules]
+    keep = {rule(port) for port in wanted}
+    commands += [f"ufw --force delete {extra}" for extra in rules if extra not in keep]
+    if policies.get("DEFAULT_INPUT_POLICY") != "DROP":
+        commands.append("ufw default deny incoming")
+    if policies.get("DEFAULT_OUTPUT_POLICY") != "ACCEPT":
+        commands.append("ufw default allow outgoing")
+    if not active:
+        commands.append("ufw --force enable")
+    if not commands:
+        host.noop("the firewall allows exactly the services' ports")
+        return
+    yield from commands
+
+
+def deploy(ctx: HostContext) -> None:
+    if not ctx.config.features.firewall:
+        return
+    active, rules, policies, ssh_ports = parse(ctx.snapshot("firewall"))
+    wanted = public_ports(ssh_ports)
+    ctx.op(firewall, name="Allow only the services' ports in the firewall (" +
+           ", ".join(str(p) for p in wanted) + ")",
+           wanted=wanted, active=active, rules=rules, policies=policies)
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    if not engine.config.features.firewall:
+        return []
+    results = []
+    for name, text in engine.facts(Command, command=_STATE).items():
+        active, rules, policies, ssh_ports = parse(text or "")
+        wanted = {rule(p) for p in public_ports(ssh_ports)}
+        fix = "run `mailfleet deploy`"
+        if not active:
+            results.append(CheckResult(name, "firewall", "fail", "UFW is not active", fix))
+            continue
+        extra, missing = set(rules) - wanted, wanted - set(rules)
+        deny = policies.get("DEFAULT_INPUT_POLICY") == "DROP"
+        ok = not extra and not missing and deny
+        ports = ", ".join(sorted((r.split()[1] for r in wanted), key=lambda p: int(p.split("/")[0])))
+        results.append(CheckResult(
+            name, "firewall", "ok" if ok else "fail",
+            f"active, incoming denied except {ports}" if ok else
+            f"extra rules: {sorted(extra) or 'none'}, missing: {sorted(missing) or 'none'}, "
+            f"incoming policy {policies.get('DEFAULT_INPUT_POLICY', 'unknown')}", fix))
+    return results

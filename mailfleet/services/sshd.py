@@ -1,0 +1,145 @@
+"""The SSH server: keys only, no root, only the admin user, modern algorithms.
+
+The one change that can lock the operator out, so it is applied in steps: the candidate is
+checked with `sshd -t` against the real main config before it replaces the old drop-in;
+after the reload mailfleet opens a *new* SSH connection as the admin user with the new
+settings, and if that fails it puts the previous drop-in back over the connection it still
+has. Only then is the deploy allowed on, and at its end mailfleet.toml is switched to log
+in as the admin user (root cannot log in any more).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import python
+
+from mailfleet.config import HostSettings
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine.runner import explain_failure
+from mailfleet.engine.snapshot import FileState
+from mailfleet.engine.tunnel import ssh_base
+from mailfleet.errors import DeployError
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.platform import platform
+from mailfleet.templating import render
+
+DROPIN = "/etc/ssh/sshd_config.d/00-mailfleet.conf"
+PREVIOUS = DROPIN + ".mailfleet-prev"
+KEX = {
+    12: "sntrup761x25519-sha512@openssh.com,curve25519-sha256,curve25519-sha256@libssh.org",
+    13: "mlkem768x25519-sha256,sntrup761x25519-sha512@openssh.com,curve25519-sha256,"
+        "curve25519-sha256@libssh.org",
+}
+OPENSSH = {12: "9.2", 13: "10.0"}
+snapshot.register_unit("ssh")
+# The candidate, read before everything else, tested against the real sshd_config.
+_VALIDATE = (
+    "( d=$(mktemp -d) && "
+    "sed 's#^Include /etc/ssh/sshd_config.d/\\*.conf#Include {path}\\n&#' /etc/ssh/sshd_config "
+    "> \"$d/sshd_config\" && sshd -t -f \"$d/sshd_config\"; rc=$?; rm -rf \"$d\"; exit $rc )"
+)
+
+
+def settings(ctx: HostContext) -> str:
+    debian = platform(ctx).debian
+    return render("ssh/mailfleet.conf.j2", admin=ctx.config.admin.user, kex=KEX[debian],
+                  openssh=OPENSSH[debian], extra=ctx.config.admin.sshd_settings)
+
+
+@operation()
+def keep_previous():
+    """Copy the current drop-in aside (or note that there was none) for a rollback."""
+    yield f"cp -p {DROPIN} {PREVIOUS} 2>/dev/null || rm -f {PREVIOUS}"
+
+
+def admin_login_works(settings: HostSettings, admin: str) -> tuple[bool, str]:
+    """A brand-new SSH connection as the admin user, with sudo: what the next deploy needs."""
+    as_admin = settings.model_copy(update={"ssh_user": admin})
+    done = subprocess.run([*ssh_base(as_admin), settings.address, "sudo -n true"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    return done.returncode == 0, (done.stderr.strip().splitlines() or ["no output"])[-1]
+
+
+def _verify_or_roll_back(settings: HostSettings, admin: str) -> None:
+    sudo = settings.ssh_user != "root"  # callbacks do not get the host's sudo setting
+    ok, why = admin_login_works(settings, admin)
+    if ok:
+        host.run_shell_command(f"rm -f {PREVIOUS}", _sudo=sudo)
+        return
+    host.run_shell_command(
+        f"if [ -f {PREVIOUS} ]; then mv -f {PREVIOUS} {DROPIN}; else rm -f {DROPIN}; fi; "
+        "systemctl reload ssh", _sudo=sudo)
+    message = (f"The admin user {admin} could not log in over SSH with the new settings "
+               f"({why}); the previous SSH settings were put back.")
+    explain_failure(settings.name, message)
+    raise DeployError(message)
+
+
+def deploy(ctx: HostContext) -> None:
+    content = settings(ctx)
+    known = ctx.file_state(DROPIN)
+    changing = not (isinstance(known, FileState)
+                    and known.sha1 == hashlib.sha1(content.encode()).hexdigest())
+    if changing:
+        ctx.op(keep_previous, name="Keep the current SSH settings for a rollback")
+    written = ctx.op(config_file, name=f"Write the SSH server settings {DROPIN}", dest=DROPIN,
+                     content=content, validate=_VALIDATE)
+    ctx.service("ssh", reload_when=(written,))
+    if changing and not ctx.check:
+        ctx.op(python.call, name=f"Log in as {ctx.config.admin.user} with the new SSH settings "
+                                 "(rolled back if it fails)",
+               function=_verify_or_roll_back, settings=ctx.settings, admin=ctx.config.admin.user)
+
+
+_EFFECTIVE = "sshd -T -C user=root,host=check,addr=192.0.2.1 2>/dev/null | grep -Ei " \
+             "'^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|allowusers) '"
+
+
+def parse_effective(text: str) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            found[key.lower()] = (found[key.lower()] + " " + value) if key.lower() in found else value
+    return found
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    admin = engine.config.admin.user
+    fix = "run `mailfleet deploy`"
+    results = []
+    for name, text in engine.facts(Command, command=_EFFECTIVE).items():
+        found = parse_effective(text or "")
+        ok = (found.get("permitrootlogin") == "no" and found.get("passwordauthentication") == "no"
+              and found.get("kbdinteractiveauthentication") == "no"
+              and found.get("allowusers") == admin)
+        results.append(CheckResult(
+            name, "SSH settings", "ok" if ok else "fail",
+            f"keys only, no root, only {admin}" if ok else
+            "effective: " + ", ".join(f"{k} {v}" for k, v in sorted(found.items())), fix))
+    for name, settings in engine.settings.items():
+        results.append(_probe_root(name, settings, fix))
+    return results
+
+
+def _probe_root(name: str, settings: HostSettings, fix: str) -> CheckResult:
+    """From outside, as an attacker would: can root log in, and which methods are offered?"""
+    as_root = settings.model_copy(update={"ssh_user": "root"})
+    done = subprocess.run([*ssh_base(as_root), "-o", "PreferredAuthentications=publickey,password",
+                           "-o", "NumberOfPasswordPrompts=0", settings.address, "true"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    offered = done.stderr.rpartition("Permission denied (")[2].partition(")")[0]
+    if done.returncode == 0:
+        return CheckResult(name, "root login refused", "fail", "root logged in over SSH", fix)
+    if offered != "publickey":
+        return CheckResult(name, "root login refused", "fail",
+                           f"root refused, but the server offers: {offered or done.stderr.strip()}",
+                           fix)
+    return CheckResult(name, "root login refused", "ok",
+                       "root refused; only public keys offered (no passwords)")
+
