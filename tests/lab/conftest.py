@@ -225,3 +225,38 @@ def node(request, deployed: Cli, lab_net: LabNet) -> Node:
     assert record and record.startswith("v=DKIM1")
     assert deployed.ssh(name, "dovecot --version").startswith(dovecot)
     return Node(deployed, lab_net, name, address, dovecot, ca, record)
+
+
+# -- logging in to lab nodes the way an outsider would ------------------------------------
+
+def ssh_port(cli: Cli, node: str) -> int:
+    status = cli.json("lab", "status")
+    return next(int(str(n["ssh"]).rpartition(":")[2]) for n in status["nodes"] if n["name"] == node)
+
+
+def password_login(cli: Cli, node: str, user: str, password: str) -> bool:
+    """Does sshd accept this user with this password? (paramiko, no keys, no agent)"""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect("127.0.0.1", ssh_port(cli, node), username=user, password=password,
+                       look_for_keys=False, allow_agent=False, timeout=15, auth_timeout=15)
+        return True
+    except (paramiko.AuthenticationException, paramiko.SSHException):
+        return False
+    finally:
+        client.close()
+
+
+def key_login(cli: Cli, node: str, user: str, command: str = "true") -> subprocess.CompletedProcess:
+    """ssh USER@node with the lab's key, as the operator would."""
+    from mailfleet.lab.paths import LabPaths
+
+    paths = LabPaths(cli.lab)
+    return subprocess.run(
+        ["ssh", "-i", str(paths.ssh_key), "-p", str(ssh_port(cli, node)), "-o", "BatchMode=yes",
+         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={paths.known_hosts}",
+         "-o", "StrictHostKeyChecking=yes", f"{user}@127.0.0.1", command],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)

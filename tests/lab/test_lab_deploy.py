@@ -5,7 +5,9 @@ from __future__ import annotations
 import signal
 import os
 
-from conftest import Cli, lab_leftovers
+from conftest import Cli, key_login, lab_leftovers, password_login
+
+from mailfleet.lab.lab import VPS_PASSWORD, VPS_USER
 
 from mailfleet.config import load
 
@@ -44,8 +46,25 @@ def test_deploy_check_then_deploy_then_zero_changes(two_release_lab: Cli):
     assert "Set the host name" in dry["hosts"]["n1"]["changed"]
     assert cli.ssh("n1", "hostname") == "n1", "--check must not change anything"
 
+    # a fresh VPS: root logs in with a key or a password, and so does the provider's user
+    for name in ("n1", "n2"):
+        assert key_login(cli, name, "root").returncode == 0
+        assert password_login(cli, name, "root", VPS_PASSWORD)
+        assert password_login(cli, name, VPS_USER, VPS_PASSWORD)
+
     first = cli.json("deploy")
     assert first["ok"] is True, first
+    # one login left: the admin user, with its key; mailfleet itself now logs in as it
+    assert {h.name: h.ssh_user for h in load(cli.config).hosts} == {"n1": "mfadmin", "n2": "mfadmin"}
+    for name in ("n1", "n2"):
+        refused = key_login(cli, name, "root")
+        assert refused.returncode != 0 and "Permission denied (publickey)" in refused.stderr
+        for user in ("root", VPS_USER, "mfadmin"):
+            assert not password_login(cli, name, user, VPS_PASSWORD), f"{user} logged in with a password"
+        admin = key_login(cli, name, "mfadmin", "sudo -n true && id -un && id -u")
+        assert admin.returncode == 0 and admin.stdout.split() == ["mfadmin", "1000"], admin
+        assert cli.ssh(name, f"getent passwd {VPS_USER} || echo gone") == "gone"
+        assert cli.ssh(name, "ls /home") == "mfadmin"
     for name in ("n1", "n2"):
         assert first["hosts"][name]["changes"] > 0
         assert first["hosts"][name]["failed"] == []

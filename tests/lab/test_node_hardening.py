@@ -1,0 +1,124 @@
+"""The hardened host on Debian 12 and 13, seen from another lab host: the firewall lets
+through exactly the services' ports, fail2ban bans a host that keeps failing SMTP AUTH, and a
+deploy with an SSH setting that would lock the admin out is rolled back."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import tomlkit
+from conftest import NODES, Cli, key_login
+
+from mailfleet.services import firewall, units
+
+OTHER = {"n1": "n2", "n2": "n1"}  # the lab host that plays the outside world
+OPEN = set(firewall.public_ports({22}))
+PROBE = "for p in {ports}; do timeout 3 bash -c \"echo > /dev/tcp/{address}/$p\" 2>/dev/null " \
+        "&& echo \"$p open\" || echo \"$p closed\"; done"
+
+
+@pytest.fixture(scope="module", params=list(NODES), ids=[f"{n}-debian{12 if n == 'n1' else 13}" for n in NODES])
+def target(request, deployed: Cli) -> str:
+    return request.param
+
+
+def probe(cli: Cli, source: str, address: str, ports: list[int]) -> dict[int, bool]:
+    out = cli.ssh(source, PROBE.format(ports=" ".join(map(str, ports)), address=address))
+    return {int(p): state == "open" for p, state in (line.split() for line in out.splitlines())}
+
+
+def test_only_the_services_ports_are_open_from_another_host(deployed: Cli, target: str):
+    address = NODES[target][0]
+    assert OPEN == {22, 25, 143, 465, 587, 993, 4190}
+    # something listening on every address, but not a service mailfleet opened
+    deployed.ssh(target, "systemd-run --unit=mftest-listen python3 -m http.server 8080 "
+                         "--bind 0.0.0.0 >/dev/null 2>&1")
+    try:
+        assert deployed.ssh(target, "timeout 10 bash -c 'until echo > /dev/tcp/127.0.0.1/8080; "
+                                    "do sleep 0.2; done' 2>/dev/null && echo up") == "up"
+        seen = probe(deployed, OTHER[target], address,
+                     sorted(OPEN | {8080, 80, 443, 5432, 8891, 12340, 110, 995, 2000}))
+    finally:
+        deployed.ssh(target, "systemctl stop mftest-listen")
+    assert {p for p, is_open in seen.items() if is_open} == OPEN, seen
+    status = deployed.ssh(target, "ufw status verbose")
+    assert "Status: active" in status and "deny (incoming)" in status
+    assert units.LOCAL_ONLY.isdisjoint(OPEN)
+
+
+def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: Cli, target: str):
+    source, address = OTHER[target], NODES[target][0]
+    source_address = NODES[source][0]
+    attack = (
+        "import smtplib, ssl\n"
+        "ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE\n"
+        "for i in range(8):\n"
+        "    try:\n"
+        f"        s = smtplib.SMTP('{address}', 587, timeout=10); s.starttls(context=ctx); s.ehlo()\n"
+        "        s.login('nobody@example.test', 'wrong-%d' % i)\n"
+        "    except smtplib.SMTPAuthenticationError:\n"
+        "        print('refused')\n"
+        "    except OSError as e:\n"
+        "        print('blocked', type(e).__name__)\n"
+        "        break\n"
+    )
+    try:
+        out = deployed.ssh(source, f"python3 -c {json.dumps(attack)}")
+        assert out.count("refused") >= 5, out  # maxretry = 5
+        banned = False
+        for _ in range(30):
+            answer = deployed.ssh(source, f"timeout 5 bash -c 'echo > /dev/tcp/{address}/587' "
+                                          "2>&1 && echo open || true")
+            if "Connection refused" in answer:
+                banned = True
+                break
+            time.sleep(1)
+        assert banned, f"{source} was not banned: {answer}"
+        jail = deployed.ssh(target, "fail2ban-client status postfix")
+        assert source_address in jail, jail
+        # the lab's own address (the operator) is never banned, and can still connect
+        assert "10.77.0.1" not in jail
+    finally:
+        deployed.ssh(target, f"fail2ban-client unban {source_address} >/dev/null 2>&1 || true")
+    assert deployed.ssh(source, f"timeout 5 bash -c 'echo > /dev/tcp/{address}/587' && echo open") == "open"
+
+
+def _set_sshd_settings(cli: Cli, lines: list[str]) -> None:
+    doc = tomlkit.parse(cli.config.read_text())
+    doc["admin"]["sshd_settings"] = lines
+    cli.config.write_text(tomlkit.dumps(doc))
+
+
+@pytest.mark.parametrize("setting, why", [
+    ("DenyUsers mfadmin", "could not log in over SSH with the new settings"),
+    ("NoSuchOption yes", "Bad configuration option"),
+])
+def test_a_deploy_that_would_lock_the_admin_out_is_rolled_back(deployed: Cli, target: str,
+                                                               setting: str, why: str):
+    dropin = "/etc/ssh/sshd_config.d/00-mailfleet.conf"
+    before = deployed.ssh(target, f"sha1sum {dropin}")
+    _set_sshd_settings(deployed, [setting])
+    try:
+        result = deployed("deploy", "--limit", target, check=False)
+        assert result.returncode == 1, result.stdout
+        assert why in result.stdout + result.stderr, result.stdout + result.stderr
+        assert "SSH" in result.stdout
+        # still reachable as the admin, with the old settings in place
+        assert key_login(deployed, target, "mfadmin", "sudo -n true").returncode == 0
+        assert deployed.ssh(target, f"sha1sum {dropin}") == before
+        assert setting.split()[0] not in deployed.ssh(target, f"cat {dropin}")
+    finally:
+        _set_sshd_settings(deployed, [])
+    again = deployed.json("deploy", "--limit", target)
+    assert again["ok"] and again["changes"] == 0, again
+
+
+def test_check_reports_the_hardening(deployed: Cli):
+    checks = {(c["host"], c["name"]): c for c in deployed.json("check")["checks"]}
+    for host in NODES:
+        for name in ("admin user", "provider users", "SSH settings", "root login refused",
+                     "firewall", "fail2ban jails", "security updates"):
+            assert checks[(host, name)]["status"] == "ok", checks[(host, name)]
+        assert checks[(host, "kernel settings")]["status"] in ("ok", "warn")
