@@ -57,7 +57,8 @@ def command() -> str:
         sections["units"] = (f"for u in {' '.join(_UNITS)}; do echo \"$u $(systemctl is-active $u) "
                              f"$(systemctl is-enabled $u)\"; done")
     for name, snippet in sections.items():
-        parts.append(f"echo '{_MARK} {name}'; ( {snippet} ) 2>/dev/null")
+        # a snippet whose output lacks a final newline must not swallow the next marker
+        parts.append(f"echo; echo '{_MARK} {name}'; ( {snippet} ) 2>/dev/null")
     return "; ".join(parts) + "; true"
 
 
@@ -68,12 +69,12 @@ def split(output: str) -> dict[str, str]:
     for line in output.splitlines():
         if line.startswith(_MARK + " "):
             if name:
-                sections[name] = "\n".join(lines)
+                sections[name] = "\n".join(lines).rstrip("\n")
             name, lines = line.split(" ", 1)[1].strip(), []
         else:
             lines.append(line)
     if name:
-        sections[name] = "\n".join(lines)
+        sections[name] = "\n".join(lines).rstrip("\n")
     return sections
 
 
