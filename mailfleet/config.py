@@ -88,6 +88,12 @@ class MailSettings(_Strict):
         return [_domain(v) for v in values]
 
 
+def _user_name(value: str, reason: str) -> str:
+    if value == "root" or not UNIX_USER_RE.match(value):
+        raise ValueError(f"{value!r} {reason}")
+    return value
+
+
 class AdminSettings(_Strict):
     user: str = "mfadmin"
     uid: Annotated[int, Field(ge=1000, le=59999)] = 1000
@@ -104,17 +110,12 @@ class AdminSettings(_Strict):
     @field_validator("user")
     @classmethod
     def _check_user(cls, value: str) -> str:
-        if value == "root" or not UNIX_USER_RE.match(value):
-            raise ValueError(f"{value!r} is not a usable admin user name (lower case, not root)")
-        return value
+        return _user_name(value, "is not a usable admin user name (lower case, not root)")
 
     @field_validator("remove_users")
     @classmethod
     def _check_removals(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if value == "root" or not UNIX_USER_RE.match(value):
-                raise ValueError(f"{value!r} cannot be removed (not a user name, or root)")
-        return values
+        return [_user_name(v, "cannot be removed (not a user name, or root)") for v in values]
 
     @field_validator("sshd_settings")
     @classmethod
