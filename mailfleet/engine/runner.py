@@ -66,8 +66,11 @@ class HostContext:
         return self._snapshot.get(section, "")
 
     def file_state(self, path: str) -> FileState | None | str:
-        """The file's state before the deploy: from the snapshot, or "unknown"."""
+        """The file's state before the deploy: from the snapshot, or "unknown" (which also
+        makes config_file upload without the staging directory, until one exists)."""
         if not snapshot.managed(path):
+            return "unknown"
+        if "staging" not in self.produced and self.snapshot("staging") != "present":
             return "unknown"
         if self._files is None:
             self._files = snapshot.parse_files(self.snapshot("files"))
