@@ -4,7 +4,7 @@ deploy with an SSH setting that would lock the admin out is rolled back."""
 
 from __future__ import annotations
 
-import json
+import base64
 import time
 
 import pytest
@@ -65,7 +65,8 @@ def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: 
         "        break\n"
     )
     try:
-        out = deployed.ssh(source, f"python3 -c {json.dumps(attack)}")
+        script = base64.b64encode(attack.encode()).decode()
+        out = deployed.ssh(source, f"echo {script} | base64 -d | python3")
         assert out.count("refused") >= 5, out  # maxretry = 5
         banned = False
         for _ in range(30):
