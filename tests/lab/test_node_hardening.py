@@ -68,8 +68,9 @@ def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: 
         script = base64.b64encode(attack.encode()).decode()
         out = deployed.ssh(source, f"echo {script} | base64 -d | python3")
         # smtplib tries every offered mechanism (PLAIN, then LOGIN): each attempt is two
-        # failures, so maxretry = 5 bans during the third attempt
-        assert 2 <= out.count("refused") <= 5, out
+        # failures, so maxretry = 5 bans by the third attempt at the latest (sooner when this
+        # host's port probes, counted by the aggressive postfix filter, came first)
+        assert 1 <= out.count("refused") <= 3 and "blocked" in out, out
         banned = False
         for _ in range(30):
             answer = deployed.ssh(source, f"timeout 5 bash -c 'echo > /dev/tcp/{address}/587' "
