@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from mailfleet.accounts import rules
+from mailfleet.accounts import rules, store
 from mailfleet.accounts.passwords import generate_password
 from mailfleet.errors import UsageError
 
@@ -68,9 +68,7 @@ class Database:
         aliases: dict[str, set[str]] = {}
         for source, destination in conn.execute("SELECT source, destination FROM aliases"):
             aliases.setdefault(source, set()).add(destination)
-        domains = {row[0] for row in conn.execute("SELECT name FROM domains")}
-        mailboxes = dict(conn.execute("SELECT email, system FROM mailboxes").fetchall())
-        return cls(domains, mailboxes, aliases)
+        return cls(store.domain_names(conn), store.existing(conn), aliases)
 
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:

@@ -88,7 +88,9 @@ def existing(conn: psycopg.Connection) -> dict[str, bool]:
     return dict(conn.execute("SELECT email, system FROM mailboxes").fetchall())
 
 
-def _user_mailbox(conn: psycopg.Connection, email: str) -> None:
+def require_user_mailbox(conn: psycopg.Connection, email: str) -> None:
+    """A user's mailbox that exists (the commands check before asking for a password or a
+    confirmation; the changes check again in their transaction)."""
     row = conn.execute("SELECT system FROM mailboxes WHERE email = %s FOR UPDATE",
                        (email,)).fetchone()
     if row is None:
@@ -97,15 +99,21 @@ def _user_mailbox(conn: psycopg.Connection, email: str) -> None:
         raise UsageError(f"{email} is mailfleet's own health-check mailbox; deploy manages it.")
 
 
+def require_new_mailbox(conn: psycopg.Connection, email: str) -> None:
+    """An address that may become a mailbox: its domain is served, it is neither a mailbox
+    nor an alias yet."""
+    require_domain(conn, rules.domain_of(email))
+    if conn.execute("SELECT 1 FROM mailboxes WHERE email = %s", (email,)).fetchone():
+        raise UsageError(f"The mailbox {email} exists already.",
+                         hint=f"Change its password with `mailfleet user passwd {email}`.")
+    if conn.execute("SELECT 1 FROM aliases WHERE source = %s", (email,)).fetchone():
+        raise UsageError(f"{email} is an alias already; remove the alias first.")
+
+
 def add_mailbox(conn: psycopg.Connection, email: str, hashed: str, name: str = "",
                 quota_bytes: int | None = None) -> None:
     with conn.transaction():
-        require_domain(conn, rules.domain_of(email))
-        if conn.execute("SELECT 1 FROM mailboxes WHERE email = %s", (email,)).fetchone():
-            raise UsageError(f"The mailbox {email} exists already.",
-                             hint="Change its password with `mailfleet user passwd`.")
-        if conn.execute("SELECT 1 FROM aliases WHERE source = %s", (email,)).fetchone():
-            raise UsageError(f"{email} is an alias already; remove the alias first.")
+        require_new_mailbox(conn, email)
         conn.execute("INSERT INTO mailboxes (email, domain, name, password, quota_bytes) "
                      "VALUES (%s, %s, %s, %s, %s)",
                      (email, rules.domain_of(email), name, hashed, quota_bytes))
@@ -113,14 +121,14 @@ def add_mailbox(conn: psycopg.Connection, email: str, hashed: str, name: str = "
 
 def set_password(conn: psycopg.Connection, email: str, hashed: str) -> None:
     with conn.transaction():
-        _user_mailbox(conn, email)
+        require_user_mailbox(conn, email)
         conn.execute("UPDATE mailboxes SET password = %s, updated_at = now() WHERE email = %s",
                      (hashed, email))
 
 
 def set_quota(conn: psycopg.Connection, email: str, quota_bytes: int | None) -> None:
     with conn.transaction():
-        _user_mailbox(conn, email)
+        require_user_mailbox(conn, email)
         conn.execute("UPDATE mailboxes SET quota_bytes = %s, updated_at = now() WHERE email = %s",
                      (quota_bytes, email))
 
@@ -128,7 +136,7 @@ def set_quota(conn: psycopg.Connection, email: str, quota_bytes: int | None) -> 
 def set_active(conn: psycopg.Connection, email: str, active: bool) -> bool:
     """True when this changed the mailbox."""
     with conn.transaction():
-        _user_mailbox(conn, email)
+        require_user_mailbox(conn, email)
         cur = conn.execute("UPDATE mailboxes SET active = %s, updated_at = now() "
                            "WHERE email = %s AND active <> %s", (active, email, active))
         return cur.rowcount == 1
@@ -138,7 +146,7 @@ def remove_mailbox(conn: psycopg.Connection, email: str) -> list[str]:
     """Delete the mailbox, and the aliases that delivered only to it (they would bounce);
     returns those aliases' sources."""
     with conn.transaction():
-        _user_mailbox(conn, email)
+        require_user_mailbox(conn, email)
         gone = [row[0] for row in conn.execute(
             "DELETE FROM aliases WHERE destination = %s RETURNING source", (email,))]
         conn.execute("DELETE FROM mailboxes WHERE email = %s", (email,))

@@ -9,8 +9,10 @@ config like `mailfleet deploy`; the file is only rewritten once the hosts took i
 from __future__ import annotations
 
 import shlex
+from contextlib import ExitStack
 from typing import Annotated
 
+import psycopg
 import tomlkit
 import typer
 from rich.table import Table
@@ -24,7 +26,7 @@ from mailfleet.cli.accounts import (
 from mailfleet.cli.deploy import _render_report, run_deploy
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
-from mailfleet.config import Config
+from mailfleet.config import Config, HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import DeployError, UsageError
 from mailfleet.services import opendkim
@@ -125,21 +127,20 @@ def remove(
         raise UsageError(f"{domain} is the primary domain (mail.domain in {g.config_path}); "
                          "it cannot be removed.")
     hosts = [h for h in config.select_hosts(None, g.config_path) if "db" in h.roles]
-    found: dict[str, int] = {}
-    for host in hosts:
-        with db.connect(host) as conn:
+    with ExitStack() as stack:  # one connection per database, kept across the question
+        found: list[tuple[HostSettings, psycopg.Connection, int]] = []
+        for host in hosts:
+            conn = stack.enter_context(db.connect(host))
             row = next((r for r in store.domains(conn) if r["name"] == domain), None)
             if row:
-                found[host.name] = row["mailboxes"]
-    if not found and domain not in config.mail.domains:
-        raise UsageError(f"{domain} is neither in {g.config_path} nor in any mail database.")
-    users = sum(found.values())
-    confirm(f"Remove {domain} with its {users} mailbox(es) and their aliases "
-            f"(their mail will be {FATE[how]})?", yes)
-    for host in hosts:
-        if host.name in found:
-            with db.connect(host) as conn:
-                gone = store.remove_domain(conn, domain)
+                found.append((host, conn, row["mailboxes"]))
+        if not found and domain not in config.mail.domains:
+            raise UsageError(f"{domain} is neither in {g.config_path} nor in any mail database.")
+        users = sum(count for *_, count in found)
+        confirm(f"Remove {domain} with its {users} mailbox(es) and their aliases "
+                f"(their mail will be {FATE[how]})?", yes)
+        for host, conn, _ in found:
+            gone = store.remove_domain(conn, domain)
             kick(host, f"*@{domain}")
             console.print(f"removed {domain} and {len(gone)} mailbox(es) from {host.name}; "
                           + dispose(host, domain, None, how), soft_wrap=True)

@@ -54,10 +54,7 @@ def add(
     name = parse(rules.display_name, name, "--name")
     quota_bytes = parse(rules.quota, quota or "", "--quota")
     with database(ctx, host) as (config, settings, conn):
-        store.require_domain(conn, rules.domain_of(email))
-        if email in store.existing(conn):
-            raise UsageError(f"The mailbox {email} exists already.",
-                             hint=f"Change its password with `mailfleet user passwd {email}`.")
+        store.require_new_mailbox(conn, email)  # before asking for a password
         password, generated = new_password(email, config, password_stdin, generate)
         store.add_mailbox(conn, email, hash_password(password), name, quota_bytes)
     console.print(f"added {email} on {settings.name} (quota "
@@ -94,8 +91,7 @@ def passwd(ctx: typer.Context, email: Email, password_stdin: PasswordStdin = Fal
     """Set a new password; the old one stops working at once."""
     email = parse(rules.address, email, "EMAIL")
     with database(ctx, host) as (config, settings, conn):
-        if email not in store.existing(conn):
-            raise UsageError(f"There is no mailbox {email}.", hint="See `mailfleet user list`.")
+        store.require_user_mailbox(conn, email)  # before asking for a password
         password, generated = new_password(email, config, password_stdin, generate)
         store.set_password(conn, email, hash_password(password))
     console.print(f"new password set for {email} on {settings.name}")
@@ -157,11 +153,7 @@ def remove(
     email = parse(rules.address, email, "EMAIL")
     how = disposal(archive, purge)
     with database(ctx, host) as (_, settings, conn):
-        known = store.existing(conn)
-        if email not in known:
-            raise UsageError(f"There is no mailbox {email}.", hint="See `mailfleet user list`.")
-        if known[email]:
-            raise UsageError(f"{email} is mailfleet's own health-check mailbox; deploy manages it.")
+        store.require_user_mailbox(conn, email)  # before asking for confirmation
         confirm(f"Remove the mailbox {email} on {settings.name} (its mail will be "
                 f"{FATE[how]})?", yes)
         aliases = store.remove_mailbox(conn, email)
