@@ -199,6 +199,11 @@ class HostSettings(_Strict):
     roles: list[Role] = Field(default_factory=lambda: ["mail", "db", "web"])
     lab: str | None = Field(None, description="Set by `mailfleet lab up` on the hosts it made.")
 
+    @property
+    def sudo(self) -> bool:
+        """mailfleet runs its commands through sudo when it logs in as anyone but root."""
+        return self.ssh_user != "root"
+
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:

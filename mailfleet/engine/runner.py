@@ -238,7 +238,7 @@ def build_inventory(hosts: Iterable[HostSettings]) -> Inventory:
             "ssh_port": h.ssh_port,
             "ssh_user": h.ssh_user,
             "ssh_connect_retries": 2,
-            "_sudo": h.ssh_user != "root",
+            "_sudo": h.sudo,
         }
         if h.ssh_key:
             key = Path(h.ssh_key).expanduser()

@@ -36,7 +36,7 @@ def ssh_base(settings: HostSettings) -> list[str]:
 def ssh_run(settings: HostSettings, command: str, timeout: float = 120) -> str:
     """Run one shell command on the host (through sudo for a non-root SSH user) and
     return its output; a failure is one sentence naming the host."""
-    if settings.ssh_user != "root":
+    if settings.sudo:
         command = f"sudo -n sh -c {shlex.quote(command)}"
     try:
         done = subprocess.run([*ssh_base(settings), settings.address, command], text=True,

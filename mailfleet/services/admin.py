@@ -25,7 +25,8 @@ from mailfleet.templating import render
 SUDOERS = "/etc/sudoers.d/mailfleet"
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 
-snapshot.register("users", "getent passwd | cut -d: -f1,3,7")
+_USERS = "getent passwd | cut -d: -f1,3,7"
+snapshot.register("users", _USERS)
 
 
 def public_keys(config: Config, settings: HostSettings) -> list[str]:
@@ -59,7 +60,7 @@ def _read_key(path: Path, source: str) -> str:
 
 
 def parse_users(text: str) -> dict[str, tuple[int, str]]:
-    """{name: (uid, shell)} from `getent passwd | cut -d: -f1,3,7`."""
+    """{name: (uid, shell)} from `_USERS`."""
     users = {}
     for line in text.splitlines():
         parts = line.strip().split(":")
@@ -94,7 +95,7 @@ def deploy(ctx: HostContext) -> None:
            home=f"/home/{admin.user}", create_home=True, public_keys=keys, delete_keys=True)
     ctx.op(config_file, name="Write the sudo rule for the admin group", dest=SUDOERS,
            content=render("admin/sudoers.j2"), mode="440", validate="visudo -cf {path}")
-    if ctx.settings.ssh_user == "root":  # where the next deploys, as the admin, stage uploads
+    if not ctx.settings.sudo:  # where the next deploys, as the admin, stage uploads
         ctx.op(files.directory, name="Create the admin's upload directory", path=UPLOAD_DIR,
                user=admin.user, group=admin.user, mode="700")
 
@@ -103,7 +104,7 @@ def checks(engine: Engine) -> list[CheckResult]:
     admin = engine.config.admin
     command = (f"id -nG {shlex.quote(admin.user)} 2>/dev/null | tr ' ' '\\n' | grep -qx sudo "
                f"&& echo sudo; visudo -cf {SUDOERS} >/dev/null 2>&1 && echo sudoers; "
-               "getent passwd | cut -d: -f1,3,7")
+               f"{_USERS}")
     results = []
     for name, text in engine.facts(Command, command=command).items():
         text = text or ""

@@ -66,14 +66,14 @@ def admin_login_works(settings: HostSettings, admin: str) -> tuple[bool, str]:
 
 
 def _verify_or_roll_back(settings: HostSettings, admin: str) -> None:
-    sudo = settings.ssh_user != "root"  # callbacks do not get the host's sudo setting
+    # (callbacks do not get the host's sudo setting: pass it)
     ok, why = admin_login_works(settings, admin)
     if ok:
-        host.run_shell_command(f"rm -f {PREVIOUS}", _sudo=sudo)
+        host.run_shell_command(f"rm -f {PREVIOUS}", _sudo=settings.sudo)
         return
     host.run_shell_command(
         f"if [ -f {PREVIOUS} ]; then mv -f {PREVIOUS} {DROPIN}; else rm -f {DROPIN}; fi; "
-        "systemctl reload ssh", _sudo=sudo)
+        "systemctl reload ssh", _sudo=settings.sudo)
     message = (f"The admin user {admin} could not log in over SSH with the new settings "
                f"({why}); the previous SSH settings were put back.")
     explain_failure(settings.name, message)

@@ -20,7 +20,7 @@ def deploy(ctx: HostContext) -> None:
     # first: config_file stages uploads here (root only)
     ctx.produced["staging"] = ctx.op(files.directory, name="Create mailfleet's staging directory",
                                      path=STAGING_DIR, mode="700")
-    if ctx.settings.ssh_user != "root":  # sudo uploads arrive here first (UPLOAD_DIR)
+    if ctx.settings.sudo:  # sudo uploads arrive here first (UPLOAD_DIR)
         ctx.op(files.directory, name="Create the SSH user's upload directory", path=UPLOAD_DIR,
                user=ctx.settings.ssh_user, mode="700")
     fqdn = ctx.fqdn
