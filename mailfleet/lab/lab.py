@@ -119,17 +119,23 @@ class Lab:
         names = ", ".join(n.name for n in state.nodes)
         raise UsageError(f"No lab node named {name!r} (nodes: {names}).")
 
-    def ssh_command(self, name: str, command: list[str] | None = None,
-                    user: str = "root") -> list[str]:
-        """Root on the node: directly, or through sudo once deploy made `user` the only
-        login."""
+    def ssh_login(self, name: str, user: str = "root") -> list[str]:
+        """`ssh` as `user` on the node with the lab's key and host keys, up to the
+        destination: add `-- COMMAND` to run something."""
         node = self.node(name)
-        cmd = [
-            "ssh", "-i", str(self.paths.ssh_key), "-p", str(node.ssh_port),
+        return [
+            "ssh", "-i", str(self.paths.ssh_key), "-o", "IdentitiesOnly=yes",
+            "-p", str(node.ssh_port),
             "-o", f"UserKnownHostsFile={self.paths.known_hosts}",
             "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR", f"{user}@127.0.0.1",
         ]
+
+    def ssh_command(self, name: str, command: list[str] | None = None,
+                    user: str = "root") -> list[str]:
+        """Root on the node: directly, or through sudo once deploy made `user` the only
+        login."""
+        cmd = self.ssh_login(name, user)
         line = " ".join(command or [])  # like ssh: the remote shell parses it
         if user == "root":
             return cmd + (["--", line] if line else [])

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mailfleet.lab.lab import Lab
 from mailfleet.services import mailflow, opendkim
 
 pytestmark = pytest.mark.lab
@@ -229,11 +230,6 @@ def node(request, deployed: Cli, lab_net: LabNet) -> Node:
 
 # -- logging in to lab nodes the way an outsider would ------------------------------------
 
-def ssh_port(cli: Cli, node: str) -> int:
-    status = cli.json("lab", "status")
-    return next(int(str(n["ssh"]).rpartition(":")[2]) for n in status["nodes"] if n["name"] == node)
-
-
 def password_login(cli: Cli, node: str, user: str, password: str) -> bool:
     """Does sshd accept this user with this password? (paramiko, no keys, no agent)"""
     import paramiko
@@ -241,7 +237,8 @@ def password_login(cli: Cli, node: str, user: str, password: str) -> bool:
     client = paramiko.SSHClient()
     client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
     try:
-        client.connect("127.0.0.1", ssh_port(cli, node), username=user, password=password,
+        port = Lab(cli.lab).node(node).ssh_port
+        client.connect("127.0.0.1", port, username=user, password=password,
                        look_for_keys=False, allow_agent=False, timeout=15, auth_timeout=15)
         return True
     except (paramiko.AuthenticationException, paramiko.SSHException):
@@ -251,12 +248,6 @@ def password_login(cli: Cli, node: str, user: str, password: str) -> bool:
 
 
 def key_login(cli: Cli, node: str, user: str, command: str = "true") -> subprocess.CompletedProcess:
-    """ssh USER@node with the lab's key, as the operator would."""
-    from mailfleet.lab.paths import LabPaths
-
-    paths = LabPaths(cli.lab)
-    return subprocess.run(
-        ["ssh", "-i", str(paths.ssh_key), "-p", str(ssh_port(cli, node)), "-o", "BatchMode=yes",
-         "-o", "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={paths.known_hosts}",
-         "-o", "StrictHostKeyChecking=yes", f"{user}@127.0.0.1", command],
-        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    """ssh USER@node with the lab's key, as the operator would (COMMAND as it is, no sudo)."""
+    return subprocess.run([*Lab(cli.lab).ssh_login(node, user), "--", command],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
