@@ -188,10 +188,106 @@ class FeatureSettings(_Strict):
         return self
 
 
+def _ip(value: str | None, version: int) -> str | None:
+    if value is None:
+        return None
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IPv{version} address") from None
+    if address.version != version:
+        raise ValueError(f"{value!r} is not an IPv{version} address")
+    return str(address)
+
+
+DMARC_POLICIES = ("none", "quarantine", "reject")
+
+
+class DnsZone(_Strict):
+    """A zone mailfleet may change with RFC 2136 updates signed by a TSIG key."""
+
+    zone: str = Field(description="Zone name, like example.org (or 2.0.192.in-addr.arpa).")
+    server: str = Field(description="IP address of the zone's primary server.")
+    port: Annotated[int, Field(ge=1, le=65535)] = 53
+    tsig_key_file: str = Field(description="The TSIG key, as `tsig-keygen` writes it (BIND syntax).")
+
+    @field_validator("zone")
+    @classmethod
+    def _check_zone(cls, value: str) -> str:
+        return _domain(value)
+
+    @field_validator("server")
+    @classmethod
+    def _check_server(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address (RFC 2136 updates go to the "
+                             "primary server's address)") from None
+
+
+class DnsSettings(_Strict):
+    check: bool = Field(True, description="Include the DNS checks in `mailfleet check`.")
+    resolvers: list[str] = Field(
+        default_factory=list,
+        description="Where `dns check` asks (IP or IP:PORT); default: this machine's resolver.")
+    tcp: bool = Field(False, description="Ask the resolvers over TCP.")
+    ttl: Annotated[int, Field(ge=60, le=86400)] = 3600
+    dmarc_policy: Literal["none", "quarantine", "reject"] = "quarantine"
+    dmarc_rua: str | None = Field(None, description="Where DMARC reports go; default postmaster@DOMAIN.")
+    mta_sts_mode: Literal["enforce", "testing", "none"] = "testing"
+    tlsrpt_rua: str | None = Field(None, description="Where TLS reports go; default postmaster@DOMAIN.")
+    caa_issuers: list[str] = Field(default_factory=lambda: ["letsencrypt.org"])
+    zones: list[DnsZone] = Field(default_factory=list)
+
+    @field_validator("resolvers")
+    @classmethod
+    def _check_resolvers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            resolver_address(value)
+        return values
+
+    @field_validator("dmarc_rua", "tlsrpt_rua")
+    @classmethod
+    def _check_mailbox(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().removeprefix("mailto:")
+        local, _, domain = value.rpartition("@")
+        if not local or not DOMAIN_RE.match(domain.lower()):
+            raise ValueError(f"{value!r} is not a mail address (like dmarc@example.org)")
+        return value
+
+    @field_validator("caa_issuers")
+    @classmethod
+    def _check_issuers(cls, values: list[str]) -> list[str]:
+        return [_domain(v) for v in values]
+
+
+def resolver_address(value: str) -> tuple[str, int]:
+    """"IP" or "IP:PORT" ("[v6]:PORT" for IPv6) as (ip, port)."""
+    host, port = value, 53
+    match = re.fullmatch(r"\[(.+)\]:(\d+)|([^:]+):(\d+)", value)
+    if match:
+        host = match.group(1) or match.group(3)
+        port = int(match.group(2) or match.group(4))
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a resolver address (IP or IP:PORT)") from None
+    if not 1 <= port <= 65535:
+        raise ValueError(f"{value!r} has no valid port")
+    return host, port
+
+
 class HostSettings(_Strict):
     name: str = Field(description="Short name used on the command line (--limit NAME).")
     address: str = Field(description="Address or DNS name mailfleet connects to over SSH.")
     fqdn: str | None = Field(None, description="Host name to set; default: mail.hostname.")
+    ipv4: str | None = Field(None, description="Public IPv4 address for DNS (A, SPF, PTR); "
+                                               "default: address, when it is one.")
+    ipv6: str | None = Field(None, description="Public IPv6 address for DNS (AAAA, SPF, PTR); "
+                                               "default: address, when it is one.")
     ssh_user: str = "root"
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     ssh_key: str | None = None
@@ -213,6 +309,28 @@ class HostSettings(_Strict):
                 "starting with a letter)"
             )
         return value
+
+    @field_validator("ipv4")
+    @classmethod
+    def _check_ipv4(cls, value: str | None) -> str | None:
+        return _ip(value, 4)
+
+    @field_validator("ipv6")
+    @classmethod
+    def _check_ipv6(cls, value: str | None) -> str | None:
+        return _ip(value, 6)
+
+    def public_address(self, version: int) -> str | None:
+        """The address the world reaches this host at, as DNS must name it."""
+        given = self.ipv4 if version == 4 else self.ipv6
+        if given:
+            return given
+        try:
+            address = ipaddress.ip_address(self.address)
+        except ValueError:
+            return None
+        usable = not (address.is_loopback or address.is_link_local or address.is_unspecified)
+        return str(address) if address.version == version and usable else None
 
     @field_validator("fqdn")
     @classmethod
@@ -239,6 +357,7 @@ class Config(_Strict):
     admin: AdminSettings = Field(default_factory=AdminSettings)
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     fail2ban: Fail2banSettings = Field(default_factory=Fail2banSettings)
+    dns: DnsSettings = Field(default_factory=DnsSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -249,6 +368,9 @@ class Config(_Strict):
                 raise ValueError(f"host name {host.name!r} is used twice in [[hosts]]")
             seen.add(host.name)
         return self
+
+    def hosts_with(self, role: str) -> list[HostSettings]:
+        return [h for h in self.hosts if role in h.roles]
 
     def host_fqdn(self, host: HostSettings) -> str:
         """A host's name: its own fqdn, else the mail hostname (the usual one-host setup)."""

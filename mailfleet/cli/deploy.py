@@ -9,6 +9,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from mailfleet import services
+from mailfleet.dns import health as dns_health
 from mailfleet import config as config_mod
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
@@ -132,7 +133,8 @@ def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
 def run_checks(g: Globals, config: Config, limit: list[str] | None) -> list[CheckResult]:
     hosts = config.select_hosts(limit, g.config_path)
     with Engine(config, hosts, verbose=g.verbose) as engine:
-        return [result for check_fn in services.CHECKS for result in check_fn(engine)]
+        return [result for check_fn in [*services.CHECKS, dns_health.checks]
+                for result in check_fn(engine)]
 
 
 def render_checks(results: list[CheckResult]) -> None:

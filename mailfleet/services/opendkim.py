@@ -11,6 +11,7 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
+from mailfleet.config import Config
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
@@ -79,18 +80,24 @@ def public_key_record(text: str) -> str | None:
     return record.replace(";", "; ").strip() if "p=" in record else None
 
 
+def print_keys_command(config: Config) -> str:
+    """A shell command printing each domain's public key file under a '== DOMAIN' line."""
+    selector = config.mail.dkim_selector
+    return "; ".join(
+        f"echo '== {d}'; cat {shlex.quote(key_path(d, selector, 'txt'))} 2>/dev/null"
+        for d in config.mail.all_domains) + "; true"
+
+
 def public_keys(engine: Engine) -> dict[str, dict[str, str | None]]:
     """{host: {domain: TXT record value}} read from each host's key files."""
-    selector = engine.config.mail.dkim_selector
-    domains = engine.config.mail.all_domains
-    command = "; ".join(
-        f"echo '== {d}'; cat {shlex.quote(key_path(d, selector, 'txt'))} 2>/dev/null" for d in domains
-    )
-    found: dict[str, dict[str, str | None]] = {}
-    for name, text in engine.facts(Command, command=command).items():
-        parts = re.split(r"^== (\S+)$", text or "", flags=re.M)[1:]
-        found[name] = {d: public_key_record(body) for d, body in zip(parts[::2], parts[1::2])}
-    return found
+    return {name: parse_public_keys(text or "") for name, text in
+            engine.facts(Command, command=print_keys_command(engine.config)).items()}
+
+
+def parse_public_keys(text: str) -> dict[str, str | None]:
+    """{domain: TXT value} from key files printed one after another under '== DOMAIN' lines."""
+    parts = re.split(r"^== (\S+)$", text, flags=re.M)[1:]
+    return {d: public_key_record(body) for d, body in zip(parts[::2], parts[1::2])}
 
 
 def checks(engine: Engine) -> list[CheckResult]:
