@@ -47,7 +47,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _domain(value: str) -> str:
+def domain_name(value: str) -> str:
     value = value.strip().lower().rstrip(".")
     if not DOMAIN_RE.match(value):
         raise ValueError(f"{value!r} is not a valid domain name (like example.org)")
@@ -79,13 +79,13 @@ class MailSettings(_Strict):
 
     @field_validator("domain", "hostname")
     @classmethod
-    def _check_domain(cls, value: str) -> str:
-        return _domain(value)
+    def _checkdomain_name(cls, value: str) -> str:
+        return domain_name(value)
 
     @field_validator("domains")
     @classmethod
     def _check_domains(cls, values: list[str]) -> list[str]:
-        return [_domain(v) for v in values]
+        return [domain_name(v) for v in values]
 
 
 def _user_name(value: str, reason: str) -> str:
@@ -214,7 +214,7 @@ class DnsZone(_Strict):
     @field_validator("zone")
     @classmethod
     def _check_zone(cls, value: str) -> str:
-        return _domain(value)
+        return domain_name(value)
 
     @field_validator("server")
     @classmethod
@@ -261,7 +261,7 @@ class DnsSettings(_Strict):
     @field_validator("caa_issuers")
     @classmethod
     def _check_issuers(cls, values: list[str]) -> list[str]:
-        return [_domain(v) for v in values]
+        return [domain_name(v) for v in values]
 
 
 def resolver_address(value: str) -> tuple[str, int]:
@@ -335,7 +335,7 @@ class HostSettings(_Strict):
     @field_validator("fqdn")
     @classmethod
     def _check_fqdn(cls, value: str | None) -> str | None:
-        return None if value is None else _domain(value)
+        return None if value is None else domain_name(value)
 
     @field_validator("address")
     @classmethod

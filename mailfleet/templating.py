@@ -24,13 +24,14 @@ def render(name: str, **values: Any) -> str:
 
 
 def render_init(domain: str, hostname: str, hosts: list[dict] | None = None,
-                fail2ban_ignore: list[str] | None = None) -> str:
+                fail2ban_ignore: list[str] | None = None, dns_check: bool = True) -> str:
     defaults = {"ssh_port": 22, "ssh_user": "root", "ssh_key": None, "ssh_known_hosts": None,
-                "fqdn": None, "roles": ["mail", "db", "web"], "lab": None}
+                "fqdn": None, "ipv4": None, "roles": ["mail", "db", "web"], "lab": None}
     return render(
         "mailfleet.toml.j2",
         domain=domain,
         hostname=hostname,
         hosts=[{**defaults, **h} for h in (hosts or [])],
         fail2ban_ignore=fail2ban_ignore or [],
+        dns_check=dns_check,
     )

@@ -159,7 +159,7 @@ def publish(
                     "not_covered": [r.as_dict() for r in uncovered]})
     else:
         for zone_plan in plans:
-            verb = "would send" if dry_run else "sent"
+            verb = "to send (dry run)" if dry_run else "sent"
             count = len(zone_plan.changes)
             console.print(f"[bold]{zone_plan.zone.zone}[/]: "
                           + (f"{count} change(s) {verb}" if count else "no changes"))

@@ -12,9 +12,11 @@ from rich.table import Table
 from mailfleet import services
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
+from mailfleet import config as config_mod
 from mailfleet.config import load
-from mailfleet.errors import ConfigError, MailfleetError
-from mailfleet.lab.inventory import host_entries, remove_hosts, write_hosts
+from mailfleet.errors import ConfigError, MailfleetError, UsageError
+from mailfleet.lab import dns as lab_dns
+from mailfleet.lab.inventory import host_entries, remove_hosts, write_dns, write_hosts
 from mailfleet.lab.lab import Lab
 from mailfleet.lab.paths import DEFAULT_RELEASE
 
@@ -150,6 +152,37 @@ def _ssh_user(ctx: typer.Context, lab_id: str, node: str) -> str:
         if host.name == node and host.lab == lab_id:
             return host.ssh_user
     return "root"
+
+
+@app.command("dns")
+def dns(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="The node to run the DNS server on, e.g. n3.")],
+    zone: Annotated[Optional[list[str]], typer.Option(
+        "--zone", "-z", metavar="ZONE",
+        help="A zone to serve; repeat [default: the config's mail domains].")] = None,
+) -> None:
+    """Give the lab a DNS server: BIND on NODE, every node resolving through it.
+
+    Serves the zones (and the lab's reverse zone) with TSIG-signed updates allowed, and writes
+    [dns] into the config so `dns check` asks it and `dns publish` updates it.
+    """
+    lab = _lab(ctx)
+    path = globals_of(ctx).config_path
+    config = load(path)
+    zones = [_zone(z) for z in zone] if zone else config.mail.all_domains
+    users = {h.name: h.ssh_user for h in config.hosts if h.lab == lab.paths.id}
+    served = lab_dns.setup(lab, node, zones, users)
+    write_dns(path, served)
+    info(f"{node} ({served.address}) serves {', '.join(served.zones)}; every node resolves "
+         f"through it; [dns] in {path} points at it (127.0.0.1:{served.port})")
+
+
+def _zone(value: str) -> str:
+    try:
+        return config_mod.domain_name(value)
+    except ValueError as err:
+        raise UsageError(f"--zone: {err}.") from None
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -127,8 +127,8 @@ def _changes(wanted: list[Record], answer: Answer) -> list[Change]:
         return [Change("add", name, type_, r.value, ttl) for r in wanted if _norm(r.value) not in have]
     if have == {_norm(r.value) for r in wanted}:
         return []
-    return [Change("delete", name, type_, None)] + [
-        Change("add", name, type_, r.value, ttl) for r in wanted]
+    clear = [Change("delete", name, type_, None)] if found else []
+    return clear + [Change("add", name, type_, r.value, ttl) for r in wanted]
 
 
 def _norm(value: str) -> str:

@@ -175,14 +175,17 @@ def generate(config: Config, dkim: dict[str, str | None]) -> list[Record]:
             "Thunderbird finds the server settings here")
         add(domain, f"autodiscover.{domain}", "CNAME", f"{web[0]}.", "optional",
             "Outlook finds the server settings here")
-        for service, priority, port, host_name in (
-            ("_submissions._tcp", 0, 465, main), ("_submission._tcp", 10, 587, main),
-            ("_imaps._tcp", 0, 993, main), ("_imap._tcp", 10, 143, main),
-            ("_sieve._tcp", 0, 4190, main), ("_autodiscover._tcp", 0, 443, web[0]),
+        for service, priority, port, host_name, source in (
+            ("_submissions._tcp", 0, 465, main, "RFC 6186/8314"),
+            ("_submission._tcp", 10, 587, main, "RFC 6186"),
+            ("_imaps._tcp", 0, 993, main, "RFC 6186/8314"),
+            ("_imap._tcp", 10, 143, main, "RFC 6186"),
+            ("_sieve._tcp", 0, 4190, main, "ManageSieve, RFC 5804"),
+            ("_autodiscover._tcp", 0, 443, web[0], "Outlook"),
         ):
             add(domain, f"{service}.{domain}", "SRV", f"{priority} 1 {port} {host_name}.",
                 "optional", f"clients find {service.split('.')[0][1:]} on {host_name}:{port} "
-                "(RFC 6186)")
+                f"({source})")
     return _unique(records)
 
 

@@ -8,6 +8,7 @@ import tomlkit
 
 from mailfleet.config import save
 from mailfleet.lab import network
+from mailfleet.lab.dns import LabDns
 from mailfleet.lab.lab import Lab, LabState
 from mailfleet.templating import render_init
 
@@ -19,6 +20,7 @@ def host_entries(lab: Lab, state: LabState) -> list[dict]:
         {
             "name": node.name,
             "address": "127.0.0.1",
+            "ipv4": node.address,
             "ssh_port": node.ssh_port,
             "ssh_user": "root",
             "ssh_key": str(lab.paths.ssh_key),
@@ -33,9 +35,10 @@ def host_entries(lab: Lab, state: LabState) -> list[dict]:
 def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
     """Replace this lab's [[hosts]] in `path` by `entries`; create the file if it is missing."""
     if not path.exists():
-        # this machine is the lab's operator: its failed test logins must not ban it
+        # this machine is the lab's operator: its failed test logins must not ban it;
+        # the lab has no DNS until `lab dns` gives it one
         text = render_init(LAB_DOMAIN, f"mail.{LAB_DOMAIN}", entries,
-                           fail2ban_ignore=[network.GATEWAY])
+                           fail2ban_ignore=[network.GATEWAY], dns_check=False)
     else:
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
         hosts = doc.get("hosts")
@@ -54,3 +57,22 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
 def remove_hosts(path: Path, lab_id: str) -> None:
     if path.exists():
         write_hosts(path, lab_id, [])
+
+
+def write_dns(path: Path, dns: LabDns) -> None:
+    """Point [dns] at the lab's DNS server: checks ask it, publishing updates its zones."""
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    table = doc.get("dns")
+    if table is None:
+        table = tomlkit.table()
+        doc["dns"] = table
+    forward = f"127.0.0.1:{dns.port}"
+    table["check"] = True
+    table["resolvers"] = [forward]
+    table["tcp"] = True  # the loopback forward carries TCP only
+    zones = tomlkit.aot()
+    for zone in dns.zones:
+        zones.append({"zone": zone, "server": "127.0.0.1", "port": dns.port,
+                      "tsig_key_file": str(dns.key_file)})
+    table["zones"] = zones
+    save(path, tomlkit.dumps(doc))

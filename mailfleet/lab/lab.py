@@ -19,7 +19,7 @@ from pathlib import Path
 from mailfleet.errors import LabError, UsageError
 from mailfleet.lab import images, network
 from mailfleet.lab.paths import DEFAULT_RELEASE, RELEASES, LabPaths, lab_id
-from mailfleet.netutil import free_port
+from mailfleet.netutil import free_port, port_open, wait_until
 from mailfleet.lab.system import (
     alive,
     ensure_machine_tools,
@@ -61,6 +61,7 @@ class LabState:
     proxy_port: int = 0
     helpers: list[int] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
+    forwards: dict[str, int] = field(default_factory=dict)  # "n3:53" -> loopback port
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -265,18 +266,35 @@ class Lab:
             log,
             env={"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
         )
-        sock = paths.socket(f"{node.name}-ssh")
+        state.nodes.append(node)
+        self._forward(state, node, 22, node.ssh_port)
+        return started
+
+    def _forward(self, state: LabState, node: Node, remote: int, local: int) -> None:
+        """127.0.0.1:local → node:remote (TCP), through a unix socket into the lab network."""
+        paths = self.paths
+        sock = paths.socket(f"{node.name}-{remote}")
         helpers_log = paths.state_dir / "helpers.log"
         state.helpers.append(spawn(
             ["ip", "netns", "exec", paths.bridge_ns, "socat",
-             f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600", f"TCP:{node.address}:22"],
+             f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600", f"TCP:{node.address}:{remote}"],
             helpers_log))
         state.helpers.append(spawn(
-            ["socat", f"TCP-LISTEN:{node.ssh_port},bind=127.0.0.1,reuseaddr,fork",
+            ["socat", f"TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork",
              f"UNIX-CONNECT:{sock}"], helpers_log))
-        state.nodes.append(node)
         self._save(state)
-        return started
+
+    def forward(self, name: str, remote: int) -> int:
+        """A loopback port reaching `remote` on lab node `name`; made once, kept until down."""
+        state = self.running_state()
+        key = f"{name}:{remote}"
+        if key not in state.forwards:
+            node = next(n for n in state.nodes if n.name == name)
+            state.forwards[key] = free_port()
+            self._forward(state, node, remote, state.forwards[key])
+            if not wait_until(lambda: port_open(state.forwards[key]), 10):
+                raise LabError(f"The forward to {name}:{remote} did not start.")
+        return state.forwards[key]
 
     def _personalise(self, root: Path, node: Node, plan: list[Node]) -> None:
         """What makes a copy of the image this node: host keys, admin key, name, apt proxy."""
