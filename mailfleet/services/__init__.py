@@ -19,6 +19,7 @@ from mailfleet.services import (
     mailflow,
     mailstore,
     opendkim,
+    opendmarc,
     postfix,
     postgres,
     sshd,
@@ -30,7 +31,8 @@ from mailfleet.services import (
 def packages(config: Config | None) -> list[str]:
     """Every Debian package `deploy` installs for this config (lab images preinstall them)."""
     wanted = {*system.BASE_PACKAGES, *hardening.PACKAGES, *fail2ban.PACKAGES, *certs.PACKAGES,
-              *postgres.PACKAGES, *postfix.PACKAGES, *dovecot.PACKAGES, *opendkim.PACKAGES}
+              *postgres.PACKAGES, *postfix.PACKAGES, *dovecot.PACKAGES, *opendkim.PACKAGES,
+              *opendmarc.PACKAGES}
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
     return sorted(wanted)
@@ -53,6 +55,7 @@ DEPLOY_STEPS = [
     certs.deploy,
     postgres.deploy,
     opendkim.deploy,
+    opendmarc.deploy,
     dovecot.deploy,
     postfix.deploy,
     mailflow.deploy,

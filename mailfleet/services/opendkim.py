@@ -13,6 +13,7 @@ from pyinfra.operations import systemd
 
 from mailfleet.config import Config
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.services import system
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
 from mailfleet.templating import render
@@ -50,7 +51,8 @@ def domain_key(domain: str, selector: str, exists: bool):
 def deploy(ctx: HostContext) -> None:
     mail = ctx.config.mail
     values = dict(domains=mail.all_domains, selector=mail.dkim_selector, key_dir=KEY_DIR,
-                  port=OPENDKIM_PORT)
+                  port=OPENDKIM_PORT, nameservers=system.resolvers(ctx), fqdn=ctx.fqdn,
+                  special_zones=sorted({d.rsplit(".", 1)[1] for d in mail.all_domains} & {"test"}))
     existing = set(ctx.snapshot("dkim").split())
     keys = [ctx.op(domain_key, name=f"Make the DKIM key of {domain}", domain=domain,
                    selector=mail.dkim_selector,
@@ -64,6 +66,7 @@ def deploy(ctx: HostContext) -> None:
             ("/etc/opendkim/signing.table", "signing.table.j2"),
             ("/etc/opendkim/internal.hosts", "internal.hosts.j2"),
             ("/etc/opendkim.conf", "opendkim.conf.j2"),
+            ("/etc/opendkim/unbound.conf", "unbound.conf.j2"),
         )
     ]
     unit = ctx.op(config_file, name="Run OpenDKIM in the foreground under systemd",

@@ -20,6 +20,7 @@ from mailfleet.templating import render
 PACKAGES = ["postfix", "postfix-pgsql"]
 QUOTA_STATUS_PORT = 12340
 OPENDKIM_PORT = 8891
+OPENDMARC_PORT = 8893
 MAP_DIR = "/etc/postfix/pgsql"
 PORTS = {25: "smtp", 587: "submission", 465: "submissions"}
 
@@ -85,7 +86,8 @@ def deploy(ctx: HostContext) -> None:
         for name, (purpose, query) in MAPS.items()
     ]
     master = ctx.op(config_file, name="Write Postfix master.cf", dest="/etc/postfix/master.cf",
-                    content=render("postfix/master.cf.j2", quota_status_port=QUOTA_STATUS_PORT),
+                    content=render("postfix/master.cf.j2", quota_status_port=QUOTA_STATUS_PORT,
+                                   opendkim_port=OPENDKIM_PORT),
                     validate=_validate("master.cf"))
     main = ctx.op(
         config_file, name="Write Postfix main.cf", dest="/etc/postfix/main.cf",
@@ -94,6 +96,7 @@ def deploy(ctx: HostContext) -> None:
             compatibility_level=release.postfix_compatibility,
             message_size_bytes=ctx.config.mail.message_size_mb * 1024 * 1024,
             quota_status_port=QUOTA_STATUS_PORT, opendkim_port=OPENDKIM_PORT,
+            opendmarc_port=OPENDMARC_PORT,
             key_file=certs.KEY_FILE, cert_file=certs.CERT_FILE,
         ),
         validate=_validate("main.cf"),

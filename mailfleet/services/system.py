@@ -6,7 +6,7 @@ from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Hostname
 from pyinfra.operations import apt, files, server
 
-from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.operations import STAGING_DIR, UPLOAD_DIR
 from mailfleet.services.checks import CheckResult, expect
 from mailfleet.templating import render
@@ -14,6 +14,15 @@ from mailfleet.templating import render
 BASE_PACKAGES = ["ca-certificates", "curl", "sudo", "less", "procps", "iproute2"]
 # A mail server wants fresh package lists, but not an `apt-get update` on every deploy.
 APT_CACHE_SECONDS = 6 * 3600
+
+
+snapshot.register("resolvers", "awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf 2>/dev/null")
+
+
+def resolvers(ctx: HostContext) -> list[str]:
+    """The host's DNS resolvers (resolv.conf): the milters, built with their own resolver
+    library, are told to use them instead of recursing from the root servers themselves."""
+    return ctx.snapshot("resolvers").split()
 
 
 def deploy(ctx: HostContext) -> None:

@@ -16,8 +16,9 @@ UNITS: dict[str, dict[int, str]] = {
     "dovecot": {**{port: f"Dovecot {name}" for port, name in dovecot.PORTS.items()},
                 postfix.QUOTA_STATUS_PORT: "Dovecot quota-status (localhost)"},
     "opendkim": {postfix.OPENDKIM_PORT: "OpenDKIM milter (localhost)"},
+    "opendmarc": {postfix.OPENDMARC_PORT: "OpenDMARC milter (localhost)"},
 }
-LOCAL_ONLY = {5432, postfix.QUOTA_STATUS_PORT, postfix.OPENDKIM_PORT}
+LOCAL_ONLY = {5432, postfix.QUOTA_STATUS_PORT, postfix.OPENDKIM_PORT, postfix.OPENDMARC_PORT}
 _COMMAND = f"systemctl is-active {' '.join(UNITS)}; echo ==; ss -Hltn"
 
 

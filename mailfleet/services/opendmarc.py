@@ -1,0 +1,27 @@
+"""OpenDMARC: the receiving side of SPF and DMARC. Mail arriving on port 25 gets SPF checked
+(libspf2) and the From: domain's DMARC policy applied with OpenDKIM's verdict; p=reject is
+refused at the end of DATA. Results land in Authentication-Results headers.
+
+Only port 25 passes through it (master.cf gives 587/465 OpenDKIM alone): the host's own
+users send from anywhere, and their mail is signed, not judged.
+"""
+
+from __future__ import annotations
+
+from mailfleet.engine import HostContext, config_file, snapshot
+from mailfleet.services.postfix import OPENDMARC_PORT
+from mailfleet.templating import render
+
+PACKAGES = ["opendmarc", "publicsuffix"]
+
+snapshot.register_unit("opendmarc")
+
+
+def deploy(ctx: HostContext) -> None:
+    files = [
+        ctx.op(config_file, name=f"Write OpenDMARC {dest}", dest=dest,
+               content=render(f"opendmarc/{template}", port=OPENDMARC_PORT, fqdn=ctx.fqdn))
+        for dest, template in (("/etc/opendmarc/ignore.hosts", "ignore.hosts.j2"),
+                               ("/etc/opendmarc.conf", "opendmarc.conf.j2"))
+    ]
+    ctx.service("opendmarc", restart_when=files)
