@@ -42,7 +42,7 @@ def _script(zones: list[str]) -> str:
     lines = [
         "set -eu", "export DEBIAN_FRONTEND=noninteractive",
         "command -v named >/dev/null || apt-get install -y -q --no-install-recommends "
-        "bind9 bind9-utils >/dev/null",
+        "bind9 bind9-utils bind9-dnsutils >/dev/null",
         f"[ -s {KEY_FILE} ] || tsig-keygen -a hmac-sha256 {KEY_NAME} > {KEY_FILE}",
         f"chown root:bind {KEY_FILE}; chmod 0640 {KEY_FILE}",
     ]

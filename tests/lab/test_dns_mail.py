@@ -1,0 +1,260 @@
+"""DNS in the lab: two installs for two domains (a.test on Debian 12, b.test on Debian 13),
+BIND on a third node as the lab's DNS. `dns publish` fills the zones, `dns check` finds them
+correct, mail from A reaches B through B's MX with SPF, DKIM and DMARC passing, and a message
+forged as A from the third node is refused by B's DMARC check."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import json
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import dns.query
+import dns.tsigkeyring
+import dns.update
+import pytest
+import tomlkit
+
+from mailfleet.dns.publish import read_key
+from mailfleet.services import mailflow
+from tests.lab.conftest import PASSWORD, Cli, LabNet, lab_leftovers
+
+LAB = "mft3"
+ADDRESSES = {"n1": "10.77.0.11", "n2": "10.77.0.12", "n3": "10.77.0.13"}
+
+
+@dataclass
+class Install:
+    cli: Cli
+    domain: str
+    node: str
+
+    @property
+    def fqdn(self) -> str:
+        return f"mail.{self.domain}"
+
+    @property
+    def address(self) -> str:
+        return ADDRESSES[self.node]
+
+
+def _split(lab_config: Path, path: Path, domain: str, node: str) -> Cli:
+    """A config of its own for one domain on one node, sharing the lab's [dns]."""
+    doc = tomlkit.parse(lab_config.read_text())
+    doc["mail"]["domain"] = domain
+    doc["mail"]["hostname"] = f"mail.{domain}"
+    doc["dns"]["dmarc_policy"] = "reject"
+    hosts = tomlkit.aot()
+    for host in doc["hosts"]:
+        if host["name"] == node:
+            hosts.append(host)
+    doc["hosts"] = hosts
+    path.write_text(tomlkit.dumps(doc))
+    return Cli(LAB, path)
+
+
+@pytest.fixture(scope="module")
+def installs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("dnslab")
+    lab = Cli(LAB, base / "lab.toml")
+    try:
+        lab("lab", "up", "--release", "bookworm", "--release", "trixie", "--release", "trixie",
+            timeout=900)
+        served = lab("lab", "dns", "n3", "--zone", "a.test", "--zone", "b.test")
+        assert "n3 (10.77.0.13) serves a.test, b.test, 0.77.10.in-addr.arpa" in served.stderr
+        a = Install(_split(lab.config, base / "a.toml", "a.test", "n1"), "a.test", "n1")
+        b = Install(_split(lab.config, base / "b.toml", "b.test", "n2"), "b.test", "n2")
+        with ThreadPoolExecutor(2) as pool:
+            reports = list(pool.map(lambda i: i.cli.json("deploy"), (a, b)))
+        assert all(r["ok"] for r in reports), reports
+        yield a, b, lab
+    finally:
+        down = lab("lab", "down", check=False)
+    assert down.returncode == 0, down.stderr
+    assert lab_leftovers(LAB) == {"namespaces": [], "processes": [], "mounts": []}
+
+
+@pytest.fixture(scope="module")
+def published(installs):
+    """Both domains' records published (after the first test has seen them missing)."""
+    a, b, _ = installs
+    before = a.cli("dns", "check", "--json", check=False)
+    assert before.returncode == 1
+    dry = a.cli("dns", "publish", "--dry-run", "--json")
+    for install in (a, b):
+        install.cli("dns", "publish")
+    return installs, json.loads(before.stdout), json.loads(dry.stdout)
+
+
+@pytest.fixture(scope="module")
+def net(installs):
+    lab_net = LabNet(LAB)
+    yield lab_net
+    lab_net.close()
+
+
+def test_records_are_published_once_and_then_check_correct(published):
+    (a, b, _), before, dry = published
+    missing = {(f["kind"], f["name"]) for f in before["findings"] if f["status"] == "missing"}
+    assert {("MX", "a.test"), ("SPF", "a.test"), ("DKIM", "mail._domainkey.a.test"),
+            ("DMARC", "_dmarc.a.test"), ("A", "mail.a.test")} <= missing
+    # the dry run listed the changes and sent none (the real publish then sent them)
+    changes = {z["zone"]: z["changes"] for z in dry["zones"]}
+    assert "+ a.test. 3600 MX 10 mail.a.test." in changes["a.test"]
+    assert any(c.startswith("+ mail._domainkey.a.test. 3600 TXT \"v=DKIM1;") and '" "' in c
+               for c in changes["a.test"]), "the DKIM key is split into 255-byte strings"
+    assert "+ 11.0.77.10.in-addr.arpa. 3600 PTR mail.a.test." in changes["0.77.10.in-addr.arpa"]
+    for install in (a, b):
+        again = install.cli("dns", "publish", "--json").stdout
+        assert all(z["changes"] == [] for z in json.loads(again)["zones"]), again
+        report = install.cli.json("dns", "check")
+        assert report["ok"], report
+        assert all(f["status"] == "ok" for f in report["findings"]), report
+        assert len(report["findings"]) == 19
+        # and `mailfleet check` looks DNS up too, along with the whole mail node
+        health = install.cli("check", "--json", check=False)
+        results = json.loads(health.stdout)["checks"]
+        dns_checks = [c for c in results if c["host"] == "dns"]
+        assert len(dns_checks) == 19 and all(c["status"] == "ok" for c in dns_checks)
+        assert health.returncode == 0, [c for c in results if c["status"] != "ok"]
+
+
+def _ca(install: Install) -> str:
+    return install.cli.ssh(install.node, "cat /etc/mailfleet/tls/ca.crt")
+
+
+def _add_user(install: Install, local: str) -> str:
+    address = f"{local}@{install.domain}"
+    install.cli("user", "add", address, "--password-stdin", input=PASSWORD + "\n")
+    return address
+
+
+def test_mail_from_a_reaches_b_through_its_mx_with_spf_dkim_dmarc_pass(published, net):
+    (a, b, _), _, _ = published
+    alice, bob = _add_user(a, "alice"), _add_user(b, "bob")
+    subject = f"dns {uuid.uuid4().hex[:8]}"
+    message = mailflow.check_message(alice, bob, subject, subject=subject)
+    net.run(mailflow.submit, a.address, 587, a.fqdn, mailflow.tls_context(_ca(a)), alice,
+            PASSWORD, message)
+    raw = net.run(mailflow.fetch, b.address, 993, b.fqdn, mailflow.tls_context(_ca(b)), bob,
+                  PASSWORD, subject, delete=False, wait=60)
+    assert raw, "the mail did not arrive at b.test"
+    received = email.message_from_bytes(raw, policy=email.policy.default)
+    results = " ".join(" ".join(str(h).split()) for h in received.get_all("Authentication-Results"))
+    assert "mail.b.test; spf=pass smtp.mailfrom=a.test" in results, results
+    assert "dkim=pass" in results and "header.d=a.test" in results, results
+    assert "dmarc=pass (p=reject dis=none) header.from=a.test" in results, results
+    # A's Postfix found B by its MX record in the lab DNS, not by a shortcut
+    log = a.cli.ssh(a.node, "journalctl -u postfix* --no-pager -o cat | grep 'to=<bob@b.test>'")
+    assert "relay=mail.b.test[10.77.0.12]:25" in log and "status=sent" in log, log
+
+
+FORGE = """\
+import smtplib
+from email.message import EmailMessage
+m = EmailMessage()
+m["From"], m["To"], m["Subject"] = "ceo@a.test", "{to}", "{subject}"
+m.set_content("Please pay the attached invoice today.")
+s = smtplib.SMTP("mail.b.test", 25, timeout=30)
+s.ehlo("n3.lab.test")
+try:
+    s.send_message(m)
+    print("accepted")
+except smtplib.SMTPDataError as err:
+    print(err.smtp_code, err.smtp_error.decode())
+"""
+
+
+def test_mail_forged_as_a_from_a_third_host_is_refused_by_dmarc(published, net):
+    (a, b, lab), _, _ = published
+    bob = f"bob@{b.domain}"
+    if not b.cli("user", "list", "--json").stdout.count(bob):
+        _add_user(b, "bob")
+    subject = f"forged {uuid.uuid4().hex[:8]}"
+    script = FORGE.format(to=bob, subject=subject)
+    answer = lab.ssh("n3", f"python3 -c {json.dumps(script)}")
+    assert answer == "550 5.7.1 rejected by DMARC policy for a.test", answer
+    assert net.run(mailflow.fetch, b.address, 993, b.fqdn, mailflow.tls_context(_ca(b)), bob,
+                   PASSWORD, subject, delete=False, wait=3) is None
+
+
+def _by_hand(install: Install, change) -> None:
+    """Change zone a.test behind mailfleet's back, as another admin would (TSIG-signed)."""
+    config = tomlkit.parse(install.cli.config.read_text())
+    zone = next(z for z in config["dns"]["zones"] if z["zone"] == install.domain)
+    key = read_key(zone["tsig_key_file"])
+    update = dns.update.UpdateMessage(
+        install.domain, keyring=dns.tsigkeyring.from_text({key.name: (key.algorithm, key.secret)}),
+        keyname=key.name)
+    change(update)
+    response = dns.query.tcp(update, "127.0.0.1", port=int(zone["port"]), timeout=10)
+    assert response.rcode() == 0
+
+
+def test_a_record_changed_by_hand_is_reported_then_repaired(published):
+    (a, _, _), _, _ = published
+
+    def sabotage(update):
+        update.replace("_dmarc.a.test.", 300, "TXT", '"v=DMARC1; p=none"')
+        update.add("a.test.", 300, "TXT", '"v=spf1 +all"')  # a second, dangerous SPF record
+        update.add("a.test.", 300, "TXT", '"site-verification=123"')  # someone else's
+
+    _by_hand(a, sabotage)
+    result = a.cli("dns", "check", "--json", check=False)
+    assert result.returncode == 1
+    findings = {(f["kind"], f["name"]): f for f in json.loads(result.stdout)["findings"]}
+    dmarc = findings[("DMARC", "_dmarc.a.test")]
+    assert dmarc["status"] == "wrong" and "p=none" in dmarc["message"]
+    assert "p=reject" in dmarc["fix"]
+    spf = findings[("SPF", "a.test")]
+    assert spf["status"] == "wrong" and "2 SPF records" in spf["message"]
+
+    repaired = a.cli("dns", "publish").stdout
+    assert "a.test: 3 change(s) sent" in repaired, repaired  # -DMARC +DMARC -SPF
+    assert a.cli.json("dns", "check")["ok"]
+    # the TXT record mailfleet does not own is still there
+    txt = a.cli.ssh("n3", "dig +short @127.0.0.1 a.test TXT")
+    assert '"site-verification=123"' in txt, txt
+
+
+def _with_key(install: Install, tmp_path: Path, key_text: str) -> Cli:
+    key = tmp_path / f"{uuid.uuid4().hex[:6]}.key"
+    key.write_text(key_text)
+    doc = tomlkit.parse(install.cli.config.read_text())
+    for zone in doc["dns"]["zones"]:
+        zone["tsig_key_file"] = str(key)
+    path = tmp_path / f"{key.stem}.toml"
+    path.write_text(tomlkit.dumps(doc))
+    return Cli(LAB, path)
+
+
+def test_bad_or_unknown_tsig_key_changes_nothing(published, tmp_path):
+    (a, _, _), _, _ = published
+    garbage = _with_key(a, tmp_path, "not a key\n")
+    result = garbage("dns", "publish", check=False)
+    assert result.returncode == 2
+    assert "is not a TSIG key file" in result.stderr and "Traceback" not in result.stderr
+    assert not result.stdout.strip()
+
+    _by_hand(a, lambda update: update.delete("_smtp._tls.a.test.", "TXT"))
+    intruder = _with_key(a, tmp_path, 'key "intruder" {\n\talgorithm hmac-sha256;\n'
+                                      '\tsecret "c2VjcmV0c2VjcmV0c2VjcmV0";\n};\n')
+    result = intruder("dns", "publish", check=False)
+    assert result.returncode == 1, result
+    assert "a.test" in result.stderr and "Traceback" not in result.stderr
+    findings = json.loads(a.cli("dns", "check", "--json", check=False).stdout)["findings"]
+    (tlsrpt,) = [f for f in findings if f["kind"] == "TLS-RPT"]
+    assert tlsrpt["status"] == "missing"  # the refused update changed nothing
+    assert "a.test: 1 change(s) sent" in a.cli("dns", "publish").stdout
+    assert a.cli.json("dns", "check")["ok"]
+
+
+def test_second_deploy_changes_nothing(installs):
+    a, b, _ = installs
+    for install in (a, b):
+        report = install.cli.json("deploy")
+        assert report["ok"] and report["changes"] == 0, report
