@@ -81,7 +81,7 @@ def setup(lab: Lab, node: str, zones: list[str], users: dict[str, str]) -> LabDn
     resolver = (f"printf 'nameserver {dns_node.address}\\noptions timeout:2 attempts:2\\n' "
                 "> /etc/resolv.conf\n"
                 # Postfix copies resolv.conf into its chroot when it starts
-                "systemctl try-restart postfix\n")
+                "if systemctl -q is-active postfix; then systemctl restart postfix; fi\n")
     for other in state.nodes:
         _run(lab, other.name, users.get(other.name, "root"), resolver, timeout=60)
     return LabDns(node, dns_node.address, lab.forward(node, 53), zones, key_file)
