@@ -65,6 +65,9 @@ def installs(tmp_path_factory):
         lab("lab", "up", "--release", "bookworm", "--release", "trixie", "--release", "trixie",
             timeout=900)
         served = lab("lab", "dns", "n3", "--zone", "a.test", "--zone", "b.test")
+        # n3 also plays a stranger's mail server: it needs a client to forge with
+        lab("lab", "ssh", "n3", "--", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
+            "--no-install-recommends python3 >/dev/null")
         assert "n3 (10.77.0.13) serves a.test, b.test, 0.77.10.in-addr.arpa" in served.stderr
         a = Install(_split(lab.config, base / "a.toml", "a.test", "n1"), "a.test", "n1")
         b = Install(_split(lab.config, base / "b.toml", "b.test", "n2"), "b.test", "n2")
