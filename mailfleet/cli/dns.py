@@ -12,7 +12,7 @@ from rich.table import Table
 from mailfleet.cli.deploy import Json
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
-from mailfleet.config import Config
+from mailfleet.config import Config, domain_name
 from mailfleet.dns import publish as publish_mod
 from mailfleet.dns import records as records_mod
 from mailfleet.dns.check import check as check_records
@@ -38,12 +38,18 @@ def dkim_keys(config: Config) -> dict[str, str | None]:
     return keys
 
 
-def wanted_records(ctx: typer.Context) -> tuple[Config, list[records_mod.Record]]:
-    config = globals_of(ctx).load()
+def wanted_records(ctx: typer.Context, config: Config | None = None,
+                   ) -> tuple[Config, list[records_mod.Record]]:
+    """The config's records; its mistakes are found before any host is asked for a key."""
+    path = globals_of(ctx).config_path
+    config = config or globals_of(ctx).load()
+    config.select_hosts(None, path)
     try:
+        if not records_mod.mail_hosts(config):
+            raise ConfigError(f"{path}: no host has the mail role, so there is no MX to name.")
         return config, records_mod.generate(config, dkim_keys(config))
     except records_mod.MissingAddress as err:
-        raise ConfigError(f"{globals_of(ctx).config_path}: {err}.") from err
+        raise ConfigError(f"{path}: {err}.") from err
 
 
 @app.command("records")
@@ -108,9 +114,10 @@ def check(
     """
     if (zone_file is None) != (zone is None):
         raise UsageError("--zone-file and --zone go together: the file and its origin.")
-    config, wanted = wanted_records(ctx)
-    lookup: Lookup = (ZoneFileLookup(zone_file, zone) if zone_file and zone
+    config = globals_of(ctx).load()
+    lookup: Lookup = (ZoneFileLookup(zone_file, _zone_name(zone)) if zone_file and zone
                       else ResolverLookup(config.dns.resolvers, config.dns.tcp))
+    config, wanted = wanted_records(ctx, config)
     findings = check_records(wanted, lookup)
     failed = any(f.problem and f.level == "required" for f in findings)
     if json:
@@ -129,6 +136,13 @@ def check(
     raise typer.Exit(1 if failed else 0)
 
 
+def _zone_name(value: str) -> str:
+    try:
+        return domain_name(value)
+    except ValueError as err:
+        raise UsageError(f"--zone: {err}.") from None
+
+
 @app.command("publish")
 def publish(
     ctx: typer.Context,
@@ -139,7 +153,7 @@ def publish(
 
     Records of names no configured zone holds (often the PTR) are listed for you to set.
     """
-    config, wanted = wanted_records(ctx)
+    config = globals_of(ctx).load()
     if not config.dns.zones:
         raise ConfigError(
             f"{globals_of(ctx).config_path} has no [[dns.zones]]: mailfleet does not know where "
@@ -147,6 +161,7 @@ def publish(
                                 "records of `mailfleet dns records` by hand.")
     for zone in config.dns.zones:
         publish_mod.read_key(zone.tsig_key_file)  # a bad key file before any change
+    config, wanted = wanted_records(ctx, config)
     plans, uncovered = publish_mod.plan(wanted, config.dns.zones)
     if not dry_run:
         for zone_plan in plans:

@@ -179,7 +179,7 @@ def test_mail_forged_as_a_from_a_third_host_is_refused_by_dmarc(published, net):
         _add_user(b, "bob")
     subject = f"forged {uuid.uuid4().hex[:8]}"
     script = FORGE.format(to=bob, subject=subject)
-    answer = lab.ssh("n3", f"python3 -c {json.dumps(script)}")
+    answer = lab("lab", "ssh", "n3", "--", "python3", "-", input=script).stdout.strip()
     assert answer == "550 5.7.1 rejected by DMARC policy for a.test", answer
     assert net.run(mailflow.fetch, b.address, 993, b.fqdn, mailflow.tls_context(_ca(b)), bob,
                    PASSWORD, subject, delete=False, wait=3) is None

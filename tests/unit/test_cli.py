@@ -110,3 +110,41 @@ def test_unreachable_host_is_one_sentence_and_exit_1(tmp_path):
             "error: Could not connect over SSH to mx1 (127.0.0.1:1): Unable to connect to port 1"
         ), result.stderr
         assert "Traceback" not in result.stderr
+
+
+DNS_CONFIG = """\
+[mail]
+domain = "example.org"
+hostname = "mail.example.org"
+
+[[hosts]]
+name = "mx1"
+address = "{address}"
+ssh_port = 1
+"""
+
+
+@pytest.mark.parametrize("args, address, message", [
+    (("dns", "records", "--format", "xml"), "203.0.113.10", "--format must be zone, json or table"),
+    (("dns", "check", "--zone-file", "x.zone"), "203.0.113.10", "--zone-file and --zone go together"),
+    (("dns", "check", "--zone-file", "x.zone", "--zone", "example.org"), "203.0.113.10",
+     "Cannot read zone file x.zone"),
+    (("dns", "publish"), "203.0.113.10", "mailfleet.toml has no [[dns.zones]]"),
+    (("dns", "records"), "127.0.0.1",
+     "mailfleet.toml: hosts[0] (mx1): no public address is known for the DNS records"),
+])
+def test_dns_bad_input_is_exit_2_before_any_host_is_asked(tmp_path, args, address, message):
+    (tmp_path / "mailfleet.toml").write_text(DNS_CONFIG.format(address=address))
+    result = mailfleet(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not result.stdout
+
+
+def test_dns_publish_names_an_unreadable_key_file(tmp_path):
+    (tmp_path / "mailfleet.toml").write_text(
+        DNS_CONFIG.format(address="203.0.113.10")
+        + '\n[[dns.zones]]\nzone = "example.org"\nserver = "192.0.2.53"\ntsig_key_file = "nope.key"\n')
+    result = mailfleet("dns", "publish", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Cannot read the TSIG key file nope.key" in result.stderr
