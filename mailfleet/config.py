@@ -280,6 +280,25 @@ def resolver_address(value: str) -> tuple[str, int]:
     return host, port
 
 
+class WebSettings(_Strict):
+    webmail_path: str = Field("/", description="Where webmail is served on https://HOSTNAME.")
+    title: str = Field("Webmail", description="The name on the webmail login page.")
+
+    @field_validator("webmail_path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        if not re.fullmatch(r"/([a-z0-9_-]+/?)*", value):
+            raise ValueError(f"{value!r} is not a URL path like / or /webmail")
+        return "/" + value.strip("/") if value != "/" else "/"
+
+    @field_validator("title")
+    @classmethod
+    def _check_title(cls, value: str) -> str:
+        if not value.strip() or any(c in value for c in "'\\<>\n"):
+            raise ValueError(f"{value!r} cannot be a title (no quotes, backslashes or <>)")
+        return value.strip()
+
+
 class HostSettings(_Strict):
     name: str = Field(description="Short name used on the command line (--limit NAME).")
     address: str = Field(description="Address or DNS name mailfleet connects to over SSH.")
@@ -358,6 +377,7 @@ class Config(_Strict):
     features: FeatureSettings = Field(default_factory=FeatureSettings)
     fail2ban: Fail2banSettings = Field(default_factory=Fail2banSettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

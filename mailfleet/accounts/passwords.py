@@ -17,7 +17,18 @@ from collections.abc import Callable
 from argon2 import PasswordHasher
 
 SCHEME = "ARGON2ID"
-_hasher = PasswordHasher(time_cost=2, memory_cost=19456, parallelism=1)
+
+
+class PARAMETERS:
+    """Also what Roundcube's password plugin hashes with (templates/roundcube/)."""
+
+    memory_kib = 19456
+    time_cost = 2
+    parallelism = 1
+
+
+_hasher = PasswordHasher(time_cost=PARAMETERS.time_cost, memory_cost=PARAMETERS.memory_kib,
+                         parallelism=PARAMETERS.parallelism)
 
 
 def hash_many(passwords: list[str], progress: Callable[[int], None] | None = None) -> list[str]:

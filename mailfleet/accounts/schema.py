@@ -12,8 +12,9 @@ from pathlib import Path
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 DATABASE = "mailfleet"
-# Least privilege: Postfix and Dovecot read, the admin role changes accounts, postgres owns.
-ROLES = ("mailfleet_postfix", "mailfleet_dovecot", "mailfleet_admin")
+# Least privilege: Postfix and Dovecot read, the admin role changes accounts, webmail
+# changes passwords (mailfleet_password), postgres owns.
+ROLES = ("mailfleet_postfix", "mailfleet_dovecot", "mailfleet_admin", "mailfleet_password")
 
 BOOTSTRAP = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version     integer PRIMARY KEY,

@@ -18,10 +18,12 @@ from mailfleet.services import (
     hardening,
     mailflow,
     mailstore,
+    nginx,
     opendkim,
     opendmarc,
     postfix,
     postgres,
+    roundcube,
     sshd,
     system,
     units,
@@ -35,12 +37,16 @@ def packages(config: Config | None) -> list[str]:
               *opendmarc.PACKAGES}
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
+    wanted.update(nginx.PACKAGES)
+    if config is None or config.features.webmail == "roundcube":
+        wanted.update(roundcube.PACKAGES)
     return sorted(wanted)
 
 
 def install(ctx: HostContext) -> None:
     """All packages in one apt run (one dpkg pass is much faster than one per service)."""
     postfix.preseed(ctx)
+    roundcube.preseed(ctx)
     ctx.op(apt.packages, name="Install the mail system's packages",
            packages=packages(ctx.config), no_recommends=True)
 
@@ -59,6 +65,8 @@ DEPLOY_STEPS = [
     dovecot.deploy,
     postfix.deploy,
     mailflow.deploy,
+    roundcube.deploy,
+    nginx.deploy,
     firewall.deploy,
     fail2ban.deploy,
 ]
@@ -76,4 +84,6 @@ CHECKS = [
     opendkim.checks,
     mailstore.checks,
     mailflow.checks,
+    nginx.checks,
+    roundcube.checks,
 ]

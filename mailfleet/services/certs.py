@@ -34,9 +34,21 @@ _INSPECT = (
 )
 
 
+def web_names(config: Config) -> list[str]:
+    """Names the web server answers besides the host's own: autoconfig and autodiscover of
+    every domain (what clients look up), and mta-sts when MTA-STS is on."""
+    names = []
+    for domain in config.mail.all_domains:
+        names += [f"autoconfig.{domain}", f"autodiscover.{domain}"]
+        if config.dns.mta_sts_mode != "none":
+            names.append(f"mta-sts.{domain}")
+    return names
+
+
 def certificate_names(config: Config, fqdn: str) -> list[str]:
-    """The names the host certificate covers: the host itself and the mail host name."""
-    return list(dict.fromkeys([fqdn, config.mail.hostname]))
+    """The names the host certificate covers: the host itself, the mail host name, and the
+    names its web server answers for (autoconfig, autodiscover, mta-sts of each domain)."""
+    return list(dict.fromkeys([fqdn, config.mail.hostname, *web_names(config)]))
 
 
 def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:

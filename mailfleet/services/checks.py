@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -35,3 +36,10 @@ def all_passed(results: list[CheckResult]) -> bool:
 def score(results: list[CheckResult]) -> tuple[int, int]:
     """(checks that did not fail, all checks): the seed's "Health Score 9/9"."""
     return sum(r.status != "fail" for r in results), len(results)
+
+
+def https_count(path: str, pattern: str) -> str:
+    """A shell command counting `pattern` in a page of the host, fetched over HTTPS by the
+    host's own name, as a browser would (`grep -c`: 0 when absent)."""
+    return ('n=$(hostname -f); curl -sk --max-time 10 --resolve "$n:443:127.0.0.1" '
+            f'"https://$n{path}" | grep -c {shlex.quote(pattern)}')

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
-from mailfleet.services import firewall
+from mailfleet.services import firewall, roundcube
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
@@ -16,6 +16,12 @@ from mailfleet.templating import render
 PACKAGES = ["fail2ban", "python3-systemd", "iptables"]
 JAIL_FILE = "/etc/fail2ban/jail.d/mailfleet.local"
 JAILS = ("sshd", "postfix", "dovecot")
+WEBMAIL_JAIL = "roundcube-auth"
+
+
+def jails(config, roles: list[str]) -> list[str]:
+    webmail = config.features.webmail == "roundcube" and "web" in roles
+    return [*JAILS, *([WEBMAIL_JAIL] if webmail else [])]
 snapshot.register_unit("fail2ban")
 
 
@@ -25,7 +31,7 @@ def deploy(ctx: HostContext) -> None:
     jails = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
-                                  ignore=settings.ignore,
+                                  ignore=settings.ignore, roundcube=roundcube.enabled(ctx),
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
     ctx.service("fail2ban", restart_when=(jails,))
 
@@ -42,7 +48,8 @@ def checks(engine: Engine) -> list[CheckResult]:
     results = []
     for name, text in engine.facts(Command, command="fail2ban-client status 2>&1").items():
         running = parse_jails(text or "")
-        missing = [j for j in JAILS if j not in running]
+        wanted = jails(engine.config, engine.settings[name].roles)
+        missing = [j for j in wanted if j not in running]
         results.append(CheckResult(
             name, "fail2ban jails", "fail" if missing else "ok",
             f"missing: {', '.join(missing)} (running: {', '.join(running) or 'none'})" if missing

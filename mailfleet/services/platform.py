@@ -20,11 +20,13 @@ class Platform:
     dovecot: str  # "2.3" or "2.4": picks the template set
     postgresql: str  # major version, as in /etc/postgresql/VERSION/main
     postfix_compatibility: str  # the newest compatibility_level this Postfix knows
+    php: str  # php-fpm's version: its unit, socket and /etc/php/VERSION
+    nginx_http2_on: bool  # nginx 1.25.1+ spells HTTP/2 `http2 on;`, older ones `listen ... http2`
 
 
 SUPPORTED = {
-    12: Platform(12, "bookworm", "2.3", "15", "3.6"),
-    13: Platform(13, "trixie", "2.4", "17", "3.9"),
+    12: Platform(12, "bookworm", "2.3", "15", "3.6", "8.2", False),
+    13: Platform(13, "trixie", "2.4", "17", "3.9", "8.4", True),
 }
 
 

@@ -78,14 +78,15 @@ def database_state(ctx: HostContext) -> DatabaseState:
 
 
 @operation()
-def database(dbname: str, exists: bool):
-    """Create database `dbname` (owned by postgres) if it does not exist."""
+def database(dbname: str, exists: bool, owner: str = "postgres"):
+    """Create database `dbname` if it does not exist."""
     if exists:
         host.noop(f"database {dbname} exists")
         return
     # checked again on the host: the snapshot is empty when PostgreSQL was down
     found = psql_query(f"SELECT 1 FROM pg_database WHERE datname = {sql_literal(dbname)}")
-    yield f"{{ {found}; }} | grep -q 1 || {PSQL} -c {shlex.quote(f'CREATE DATABASE {dbname}')}"
+    create = f"CREATE DATABASE {dbname} OWNER {owner}"
+    yield f"{{ {found}; }} | grep -q 1 || {PSQL} -c {shlex.quote(create)}"
 
 
 @operation()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine
-from mailfleet.services import dovecot, postfix
+from mailfleet.services import dovecot, nginx, postfix
 from mailfleet.services.checks import CheckResult
 
 # unit -> {port: what listens there}; loopback-only services are checked on 127.0.0.1
@@ -17,6 +17,7 @@ UNITS: dict[str, dict[int, str]] = {
                 postfix.QUOTA_STATUS_PORT: "Dovecot quota-status (localhost)"},
     "opendkim": {postfix.OPENDKIM_PORT: "OpenDKIM milter (localhost)"},
     "opendmarc": {postfix.OPENDMARC_PORT: "OpenDMARC milter (localhost)"},
+    "nginx": nginx.PORTS,
 }
 LOCAL_ONLY = {5432, postfix.QUOTA_STATUS_PORT, postfix.OPENDKIM_PORT, postfix.OPENDMARC_PORT}
 _COMMAND = f"systemctl is-active {' '.join(UNITS)}; echo ==; ss -Hltn"

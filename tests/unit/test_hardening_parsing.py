@@ -26,8 +26,8 @@ def test_firewall_state_and_wanted_ports():
     assert policies == {"DEFAULT_INPUT_POLICY": "DROP", "DEFAULT_OUTPUT_POLICY": "ACCEPT"}
     assert ssh_ports == {22, 2222}
     wanted = firewall.public_ports(ssh_ports)
-    assert set(wanted) == {22, 2222, 25, 465, 587, 143, 993, 4190}
-    assert not {5432, 8891, 12340} & set(wanted)  # localhost-only services stay closed
+    assert set(wanted) == {22, 2222, 25, 465, 587, 143, 993, 4190, 80, 443}
+    assert not {5432, 8891, 8893, 12340} & set(wanted)  # localhost-only services stay closed
     assert firewall.parse("Status: inactive\n") == (False, [], {}, {22})
 
 

@@ -1,0 +1,136 @@
+"""Roundcube from Debian's packages: its own PostgreSQL database and role, IMAP/SMTP/Sieve
+over TLS to this host, the ManageSieve and password plugins, PHP-FPM on demand.
+
+Debian's dbconfig-common is kept out (it needs PostgreSQL running in the middle of the one
+apt run): mailfleet makes the database, loads Roundcube's schema once and runs its
+`updatedb.sh` when the package version changes.
+"""
+
+from __future__ import annotations
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import files
+
+from mailfleet.accounts import passwords
+from mailfleet.engine import Engine, HostContext, config_file, debconf, snapshot
+from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.services import certs, postgres
+from mailfleet.services.checks import CheckResult, https_count
+from mailfleet.services.platform import platform
+from mailfleet.templating import render
+
+# php-fpm named explicitly: otherwise roundcube-core's dependency pulls in Apache + mod_php
+PACKAGES = ["php-fpm", "roundcube-core", "roundcube-pgsql", "roundcube-plugins"]
+ROOT = "/var/lib/roundcube/public_html"
+DATABASE = "roundcube"
+ROLE = "mailfleet_roundcube"
+STAMP = "/var/lib/mailfleet/roundcube-schema-version"
+SQL_DIR = "/usr/share/roundcube/SQL"
+
+snapshot.register("roundcube", "; ".join([
+    "printf 'installed '; dpkg-query -W -f='${Version}' roundcube-core 2>/dev/null; echo",
+    "printf 'schema '; " + postgres.psql_query(
+        "SELECT value FROM system WHERE name = 'roundcube-version'", DATABASE) + " 2>/dev/null; echo",
+    f"printf 'stamp '; cat {STAMP} 2>/dev/null; echo",
+]))
+
+
+def enabled(ctx: HostContext) -> bool:
+    return ctx.config.features.webmail == "roundcube" and "web" in ctx.settings.roles
+
+
+def php_socket(ctx: HostContext) -> str:
+    return f"/run/php/php{platform(ctx).php}-fpm-roundcube.sock"
+
+
+def preseed(ctx: HostContext) -> None:
+    if enabled(ctx):
+        ctx.op(debconf, name="Preseed Roundcube (no dbconfig-common)", package="roundcube-core",
+               answers={"roundcube/dbconfig-install": ("boolean", False)})
+
+
+@operation()
+def schema(installed: str, loaded: str, stamp: str):
+    """Roundcube's tables: loaded once (as its role, so it owns them), upgraded by
+    Roundcube's own updatedb.sh after a package upgrade."""
+    if loaded and stamp == installed:
+        host.noop(f"Roundcube schema {loaded} matches roundcube-core {installed}")
+        return
+    write_stamp = f"dpkg-query -W -f='${{Version}}' roundcube-core > {STAMP}"
+    if not loaded:
+        yield (f"{postgres.PSQL} -d {DATABASE} --single-transaction -c 'SET ROLE {ROLE}' "
+               f"-f {SQL_DIR}/postgres.initial.sql && {write_stamp}")
+    else:
+        yield (f"runuser -u www-data -- /usr/share/roundcube/bin/updatedb.sh --package=roundcube "
+               f"--dir={SQL_DIR} && {write_stamp}")
+
+
+def deploy(ctx: HostContext) -> None:
+    if not enabled(ctx):
+        return
+    config = ctx.config
+    state = dict(line.partition(" ")[::2] for line in ctx.snapshot("roundcube").splitlines())
+    db_state = postgres.database_state(ctx)
+    db_password, fresh = ctx.secret(f"postgres-{ROLE}")
+    ctx.op(postgres.role, name=f"Create the {ROLE} role", rolename=ROLE,
+           password_file=f"{SECRETS_DIR}/postgres-{ROLE}", exists=ROLE in db_state.roles,
+           set_password=fresh)
+    ctx.op(postgres.database, name="Create the roundcube database", dbname=DATABASE,
+           exists=DATABASE in db_state.databases, owner=ROLE)
+    ctx.op(schema, name="Load or upgrade Roundcube's schema", installed=state.get("installed", ""),
+           loaded=state.get("schema", "").strip(), stamp=state.get("stamp", "").strip())
+
+    password_role_password, _ = ctx.secret("postgres-mailfleet_password")
+    des_key, _ = ctx.secret("roundcube-des-key")
+    common = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, upload_mb=config.mail.message_size_mb)
+    php_files = {
+        "/etc/roundcube/config.inc.php": render(
+            "roundcube/config.inc.php.j2", **common, db_user=ROLE, db_password=db_password,
+            db_name=DATABASE, des_key=des_key[:24], title=config.web.title),
+        "/etc/roundcube/plugins/managesieve/config.inc.php": render(
+            "roundcube/managesieve.inc.php.j2", **common),
+        "/etc/roundcube/plugins/password/config.inc.php": render(
+            "roundcube/password.inc.php.j2", db_user="mailfleet_password",
+            db_password=password_role_password, db_name="mailfleet",
+            argon2=passwords.PARAMETERS, min_length=config.mail.min_password_length),
+    }
+    for dest, content in php_files.items():
+        ctx.op(config_file, name=f"Write {dest}", dest=dest, content=content, mode="640",
+               group="www-data", secret=True)
+
+    release = platform(ctx)
+    pool_dir = f"/etc/php/{release.php}/fpm/pool.d"
+    pool = ctx.op(config_file, name="Write the Roundcube PHP-FPM pool", dest=f"{pool_dir}/roundcube.conf",
+                  content=render("roundcube/php-fpm-pool.conf.j2", socket=php_socket(ctx),
+                                 max_children=4, upload_mb=config.mail.message_size_mb + 5))
+    www = ctx.op(files.file, name="Remove PHP-FPM's default pool", path=f"{pool_dir}/www.conf",
+                 present=False)
+    ctx.service(f"php{release.php}-fpm", restart_when=(pool, www))
+
+
+LOGIN_MARK = "rcmloginuser"
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    """PHP-FPM runs and the login page renders (PHP, database and config all work)."""
+    if engine.config.features.webmail != "roundcube":
+        return []
+    path = engine.config.web.webmail_path.rstrip("/") + "/"
+    command = "systemctl is-active 'php*-fpm.service'; " + https_count(path, LOGIN_MARK)
+    results = []
+    for name, text in engine.facts(Command, command=command).items():
+        if "web" not in engine.settings[name].roles:
+            continue
+        lines = (text or "").split()
+        fpm = lines[0] if lines else "unknown"
+        results.append(CheckResult(name, "php-fpm running", "ok" if fpm == "active" else "fail",
+                                   fpm, "see `journalctl -u 'php*-fpm'` on the host"))
+        ok = lines[-1:] != ["0"] and len(lines) > 1
+        results.append(CheckResult(
+            name, "webmail login page", "ok" if ok else "fail",
+            f"Roundcube at https://{engine.config.host_fqdn(engine.settings[name])}{path}"
+            + ("" if ok else " shows no login form"),
+            "see `journalctl -t roundcube` and the nginx error log"))
+    return results
