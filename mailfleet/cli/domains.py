@@ -36,7 +36,7 @@ Domain = Annotated[str, typer.Argument(metavar="DOMAIN", help="Like example.org.
 
 
 def _domain(value: str) -> str:
-    return parse(config_mod._domain, value, "DOMAIN")
+    return parse(config_mod.domain_name, value, "DOMAIN")
 
 
 def _with_domains(config: Config, domains: list[str]) -> Config:

@@ -1,0 +1,106 @@
+"""Roundcube driven in Debian's headless Chromium, the way a person uses it (page object).
+
+Chromium comes from apt (/usr/bin/chromium), driven by playwright; playwright never
+downloads a browser here.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+from playwright.sync_api import Page, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run"]
+TIMEOUT_MS = 30_000
+
+
+@contextmanager
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Roundcube:
+    """One user's session. The lab host's certificate is from its own CA: HTTPS errors are
+    ignored here (the test checks the certificate elsewhere)."""
+
+    def __init__(self, chromium, url: str, shots: Path) -> None:
+        self.context = chromium.new_context(ignore_https_errors=True,
+                                            viewport={"width": 1280, "height": 800})
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.page: Page = self.context.new_page()
+        self.url = url.rstrip("/") + "/"
+        self.shots = shots
+
+    def close(self) -> None:
+        self.context.close()
+
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    def login(self, user: str, password: str) -> bool:
+        """True when the mailbox opens; False when Roundcube refuses the login."""
+        page = self.page
+        page.goto(self.url)
+        page.fill("#rcmloginuser", user)
+        page.fill("#rcmloginpwd", password)
+        page.click("#rcmloginsubmit")
+        page.wait_for_load_state("networkidle")
+        if "_task=mail" in page.url:
+            page.wait_for_selector("#messagelist", state="attached")
+            return True
+        return False
+
+    def inbox_subjects(self) -> list[str]:
+        page = self.page
+        page.goto(self.url + "?_task=mail&_mbox=INBOX")
+        page.wait_for_selector("#messagelist", state="attached")
+        page.wait_for_load_state("networkidle")
+        return [s.strip() for s in page.locator("#messagelist span.subject a").all_inner_texts()]
+
+    def send(self, to: str, subject: str, body: str) -> None:
+        page = self.page
+        page.goto(self.url + "?_task=mail&_action=compose")
+        page.wait_for_selector("#compose-subject")
+        page.locator("#compose_to input[type=text]").fill(to)
+        page.fill("#compose-subject", subject)
+        page.fill("#composebody", body)
+        page.click("button.send")
+        page.wait_for_selector("text=Message sent successfully")
+        page.wait_for_load_state("networkidle")  # Roundcube moves on to the mail list
+
+    def add_filter(self, name: str, sender: str, folder: str) -> None:
+        """Settings → Filters → Create: mail from `sender` goes to `folder`."""
+        page = self.page
+        page.goto(self.url + "?_task=settings&_action=plugin.managesieve")
+        page.wait_for_load_state("networkidle")
+        page.click("a.create")
+        form = page.frame_locator("#filter-box")
+        form.locator("#_name").fill(name)
+        form.locator("#header0").select_option("from")
+        form.locator("#rule_op0").select_option("contains")
+        form.locator("input[name='_rule_target[0][]']").fill(sender)
+        form.locator("#action_type0").select_option("fileinto")
+        form.locator("#action_mailbox0").select_option(folder)
+        self.shot("filter-form")
+        form.locator("button.submit").click()
+        page.locator("#filterslist").get_by_text(name, exact=True).wait_for()
+        page.wait_for_load_state("networkidle")
+
+    def change_password(self, current: str, new: str) -> None:
+        page = self.page
+        page.goto(self.url + "?_task=settings&_action=plugin.password")
+        page.fill("#curpasswd", current)
+        page.fill("#newpasswd", new)
+        page.fill("#confpasswd", new)
+        page.click("button.submit")
+        page.wait_for_selector("text=Successfully saved")
