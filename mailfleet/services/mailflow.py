@@ -174,14 +174,14 @@ def submit(address: str, port: int, server_name: str, context: ssl.SSLContext, u
 
 def fetch(address: str, port: int, server_name: str, context: ssl.SSLContext, user: str,
           password: str, subject: str, delete: bool = True,
-          wait: float = DELIVERY_SECONDS) -> bytes | None:
-    """The raw message with this subject in the user's INBOX (waiting for delivery)."""
+          wait: float = DELIVERY_SECONDS, mailbox: str = "INBOX") -> bytes | None:
+    """The raw message with this subject in the user's mailbox (waiting for delivery)."""
     imap = IMAP4SSLTo(address, port, server_name, context)
     try:
         imap.login(user, password)
         deadline = time.monotonic() + wait
         while True:
-            imap.select("INBOX")
+            imap.select(f'"{mailbox}"')
             _, data = imap.search(None, "SUBJECT", f'"{subject}"')
             ids = data[0].split()
             if ids:

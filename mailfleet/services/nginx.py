@@ -37,11 +37,13 @@ def deploy(ctx: HostContext) -> None:
     config, fqdn = ctx.config, ctx.fqdn
     ctx.op(files.directory, name="Create the web root", path=ACME_ROOT, mode="755")
     mx = [h.fqdn for h in mail_hosts(config)] if config.hosts_with("mail") else [fqdn]
+    # clients are sent to this host when it serves mail, else to the first mail host
+    server = fqdn if "mail" in ctx.settings.roles else mx[0]
     static = {
         "config-v1.1.xml": render("web/config-v1.1.xml.j2", domain=config.mail.domain,
-                                  domains=config.mail.all_domains, fqdn=config.mail.hostname,
+                                  domains=config.mail.all_domains, fqdn=server,
                                   title=config.web.title),
-        "autodiscover.xml": render("web/autodiscover.xml.j2", fqdn=config.mail.hostname),
+        "autodiscover.xml": render("web/autodiscover.xml.j2", fqdn=server),
         "mta-sts.txt": mta_sts_policy(config.dns.mta_sts_mode, mx),
     }
     pages = [ctx.op(config_file, name=f"Write {WEB_ROOT}/{name}", dest=f"{WEB_ROOT}/{name}",

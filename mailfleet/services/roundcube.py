@@ -21,8 +21,10 @@ from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
 
-# php-fpm named explicitly: otherwise roundcube-core's dependency pulls in Apache + mod_php
-PACKAGES = ["php-fpm", "roundcube-core", "roundcube-pgsql", "roundcube-plugins"]
+# php-fpm named explicitly: otherwise roundcube-core's dependency pulls in Apache + mod_php;
+# php-zip for the zipdownload plugin, php-gd for image thumbnails (both only recommended)
+PACKAGES = ["php-fpm", "php-zip", "php-gd", "roundcube-core", "roundcube-pgsql",
+            "roundcube-plugins"]
 ROOT = "/var/lib/roundcube/public_html"
 DATABASE = "roundcube"
 ROLE = "mailfleet_roundcube"

@@ -25,6 +25,13 @@ from mailfleet.services import mailflow, opendkim
 
 pytestmark = pytest.mark.lab
 
+# Lab names used by the tests: mft1, mft2, ... (another prefix lets a second run go on beside)
+LAB_PREFIX = os.environ.get("MAILFLEET_TEST_LABS", "mft")
+
+
+def lab_name(number: int) -> str:
+    return f"{LAB_PREFIX}{number}"
+
 
 @dataclass
 class Cli:
@@ -113,14 +120,14 @@ def lab_leftovers(lab: str) -> dict[str, list[str]]:
 @pytest.fixture(scope="session")
 def two_release_lab(tmp_path_factory):
     """One Debian 12 node (n1) and one Debian 13 node (n2); always torn down."""
-    cli = Cli("mft1", tmp_path_factory.mktemp("lab") / "mailfleet.toml")
+    cli = Cli(lab_name(1), tmp_path_factory.mktemp("lab") / "mailfleet.toml")
     try:
         cli("lab", "up", "--release", "bookworm", "--release", "trixie", timeout=600)
         yield cli
     finally:
         down = cli("lab", "down", check=False)
     assert down.returncode == 0, down.stderr
-    assert lab_leftovers("mft1") == {"namespaces": [], "processes": [], "mounts": []}
+    assert lab_leftovers(lab_name(1)) == {"namespaces": [], "processes": [], "mounts": []}
 
 
 # -- the deployed two-release lab, shared by the mail node and accounts tests ------------
@@ -164,9 +171,21 @@ class Node:
         return subject
 
     def fetch(self, user: str, subject: str, wait: float = 30,
-              password: str = PASSWORD) -> bytes | None:
+              password: str = PASSWORD, mailbox: str = "INBOX") -> bytes | None:
         return self.net.run(mailflow.fetch, self.address, 993, self.fqdn, self.context(), user,
-                            password, subject, delete=False, wait=wait)
+                            password, subject, delete=False, wait=wait, mailbox=mailbox)
+
+    def create_folder(self, user: str, folder: str, password: str = PASSWORD) -> None:
+        def create() -> None:
+            imap = mailflow.IMAP4SSLTo(self.address, 993, self.fqdn, self.context())
+            try:
+                imap.login(user, password)
+                assert imap.create(f'"{folder}"')[0] == "OK"
+                imap.subscribe(f'"{folder}"')
+            finally:
+                imap.logout()
+
+        self.net.run(create)
 
     def imap_login(self, user: str, password: str) -> bool:
         """Does Dovecot accept this login on 993?"""

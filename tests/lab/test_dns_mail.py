@@ -21,9 +21,9 @@ import tomlkit
 
 from mailfleet.dns.publish import read_key
 from mailfleet.services import mailflow
-from tests.lab.conftest import PASSWORD, Cli, LabNet, lab_leftovers
+from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
 
-LAB = "mft3"
+LAB = lab_name(5)
 ADDRESSES = {"n1": "10.77.0.11", "n2": "10.77.0.12", "n3": "10.77.0.13"}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import os
 
-from conftest import Cli, key_login, lab_leftovers, password_login
+from conftest import Cli, key_login, lab_leftovers, lab_name, password_login
 
 from mailfleet.lab.lab import VPS_PASSWORD, VPS_USER
 
@@ -36,7 +36,7 @@ def test_nodes_reach_each_other_and_the_lab_network_reaches_them(two_release_lab
 
 def test_lab_hosts_are_written_to_the_config(two_release_lab: Cli):
     cfg = load(two_release_lab.config)
-    assert [(h.name, h.lab) for h in cfg.hosts] == [("n1", "mft1"), ("n2", "mft1")]
+    assert [(h.name, h.lab) for h in cfg.hosts] == [("n1", lab_name(1)), ("n2", lab_name(1))]
 
 
 def test_deploy_check_then_deploy_then_zero_changes(two_release_lab: Cli):
@@ -112,28 +112,28 @@ def test_diff_shows_the_file_change(two_release_lab: Cli):
 
 def test_lab_down_leaves_nothing_behind(tmp_path):
     """A separate lab: also proves `down` works without its state file (a killed run)."""
-    cli = Cli("mft2", tmp_path / "mailfleet.toml")
+    cli = Cli(lab_name(2), tmp_path / "mailfleet.toml")
     try:
         cli("lab", "up", "--nodes", "2")
         assert len(cli.json("lab", "status")["nodes"]) == 2
-        left = lab_leftovers("mft2")
+        left = lab_leftovers(lab_name(2))
         assert len(left["namespaces"]) == 3 and len(left["mounts"]) >= 2 and left["processes"]
         # simulate a run killed midway: the state file is gone, one helper is dead
         from mailfleet.lab.paths import LabPaths
 
-        LabPaths("mft2").state_file.unlink()
+        LabPaths(lab_name(2)).state_file.unlink()
         os.kill(int(left["processes"][0].split(":")[0]), signal.SIGKILL)
         up_again = cli("lab", "up")  # clears its own leftovers first
         assert len(cli.json("lab", "status")["nodes"]) == 1
         assert "n1" in up_again.stderr
     finally:
         cli("lab", "down", check=False)
-    assert lab_leftovers("mft2") == {"namespaces": [], "processes": [], "mounts": []}
+    assert lab_leftovers(lab_name(2)) == {"namespaces": [], "processes": [], "mounts": []}
     assert load(cli.config).hosts == []
 
 
 def test_preinstalled_image_skips_installation_not_the_deploy(tmp_path):
-    cli = Cli("mft3", tmp_path / "mailfleet.toml")
+    cli = Cli(lab_name(3), tmp_path / "mailfleet.toml")
     try:
         cli("lab", "up", "--preinstall")
         assert cli.ssh("n1", "dpkg-query -W -f '${Status}' curl") == "install ok installed"
@@ -146,7 +146,7 @@ def test_preinstalled_image_skips_installation_not_the_deploy(tmp_path):
         assert cli.json("deploy")["changes"] == 0
     finally:
         cli("lab", "down", check=False)
-    assert lab_leftovers("mft3") == {"namespaces": [], "processes": [], "mounts": []}
+    assert lab_leftovers(lab_name(3)) == {"namespaces": [], "processes": [], "mounts": []}
 
 
 def test_lab_up_that_cannot_write_its_hosts_stops_again(tmp_path):
@@ -154,12 +154,12 @@ def test_lab_up_that_cannot_write_its_hosts_stops_again(tmp_path):
     config = tmp_path / "mailfleet.toml"
     config.write_text('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n\n'
                       '[[hosts]]\nname = "n1"\naddress = "192.0.2.1"\n')
-    cli = Cli("mft4", config)
+    cli = Cli(lab_name(4), config)
     result = cli("lab", "up", check=False)
     try:
         assert result.returncode == 2, result.stderr
         assert "used twice" in result.stderr and "stopped again" in result.stderr
-        assert lab_leftovers("mft4") == {"namespaces": [], "processes": [], "mounts": []}
+        assert lab_leftovers(lab_name(4)) == {"namespaces": [], "processes": [], "mounts": []}
         assert [h.name for h in load(config).hosts] == ["n1"]
     finally:
         cli("lab", "down", check=False)
