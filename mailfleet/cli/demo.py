@@ -32,7 +32,8 @@ def demo(
 
     Boots a lab host (lab name "demo"), deploys the full stack, creates the account
     demo@example.test, sends it a real mail on port 587 and reads it back over IMAP,
-    then prints the health check. Needs root.
+    prints the health check, and the webmail URL on 127.0.0.1 (a loopback forward to the
+    host) with the account's credentials. Needs root.
     """
     from mailfleet.lab.inventory import host_entries, write_hosts
     from mailfleet.lab.lab import Lab
@@ -49,19 +50,48 @@ def demo(
     report = run_deploy(g, config, None)
     _render_report(report)
     config = g.load()  # deploy switched the host to its admin user
-    mail_ok = report.ok and send_and_read(config)
+    account = send_and_read(config) if report.ok else None
     results = run_checks(g, config, None)
     render_checks(results)
+    web_ok = account is not None and show_webmail(config, lab.forward("n1", 443), *account, keep)
     if keep:
         info(f"the lab host is still running: `mailfleet -c {config_path} lab --name demo ssh n1`; "
              "stop it with `mailfleet lab --name demo down`")
     else:
         lab.down()
-    raise typer.Exit(0 if mail_ok and all_passed(results) else 1)
+    raise typer.Exit(0 if account and web_ok and all_passed(results) else 1)
 
 
-def send_and_read(config: Config) -> bool:
-    """Create the demo account, mail it on 587 and read the mail back over IMAP 993."""
+def show_webmail(config: Config, port: int, address: str, password: str, keep: bool) -> bool:
+    """Webmail through a loopback forward to the lab host's HTTPS port, proven to answer."""
+    import http.client
+    import ssl
+
+    path = config.web.webmail_path.rstrip("/") + "/"
+    url = f"https://127.0.0.1:{port}{path}"
+    try:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=20,
+                                           context=ssl._create_unverified_context())
+        conn.request("GET", path, headers={"Host": config.mail.hostname})
+        page = conn.getresponse().read()
+        conn.close()
+    except OSError as err:
+        console.print(f"[bold red]webmail at {url} does not answer: {err}[/]")
+        return False
+    if b"rcmloginuser" not in page:
+        console.print(f"[bold red]webmail at {url} shows no login form[/]")
+        return False
+    console.print(f"webmail [bold]{url}[/] answers with Roundcube's login page", soft_wrap=True)
+    if keep:
+        console.print(f"open it in a browser (the certificate is from the lab's own CA: accept "
+                      f"it) and log in as [bold]{address}[/] with [bold]{password}[/]",
+                      soft_wrap=True)
+    return True
+
+
+def send_and_read(config: Config) -> tuple[str, str] | None:
+    """Create the demo account, mail it on 587 and read the mail back over IMAP 993:
+    (address, password) when the mail arrived with a valid DKIM signature."""
     host = config.hosts[0]
     fqdn = config.host_fqdn(host)
     address = f"{DEMO_LOCAL_PART}@{config.mail.domain}"
@@ -84,9 +114,9 @@ def send_and_read(config: Config) -> bool:
                              message["Subject"], delete=False)
     if raw is None:
         console.print("[bold red]the demo mail did not arrive[/]")
-        return False
+        return None
     received = email.message_from_bytes(raw, policy=email.policy.default)
     dkim_ok, why = mailflow.verify_dkim(raw, keys)
     console.print(f"sent on 587 and read over IMAP: [bold]{received['Subject']}[/] "
                   f"from {received['From']}, DKIM {why}\n", soft_wrap=True)
-    return dkim_ok
+    return (address, password) if dkim_ok else None

@@ -49,6 +49,9 @@ def deploy(
 def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
                diff: bool = False, quiet: bool = False) -> DeployReport:
     hosts = config.select_hosts(limit, g.config_path)
+    missing = services.not_yet_deployable(config)
+    if missing:
+        raise config_mod.ConfigError(f"{g.config_path}: {missing}; nothing was changed.")
     with Engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
         if quiet or check:
             report = engine.deploy(services.DEPLOY_STEPS)

@@ -43,6 +43,17 @@ def packages(config: Config | None) -> list[str]:
     return sorted(wanted)
 
 
+def not_yet_deployable(config: Config) -> str | None:
+    """A setting the config accepts but this version cannot deploy yet: said before any
+    host is touched, never silently skipped."""
+    if config.features.webmail == "sogo":
+        return ('features.webmail = "sogo" is not deployed by this version of mailfleet yet '
+                '(use "roundcube" or "none")')
+    if config.features.radicale:
+        return "features.radicale = true is not deployed by this version of mailfleet yet"
+    return None
+
+
 def install(ctx: HostContext) -> None:
     """All packages in one apt run (one dpkg pass is much faster than one per service)."""
     postfix.preseed(ctx)

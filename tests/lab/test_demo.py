@@ -15,6 +15,7 @@ def test_demo_deploys_sends_reads_and_checks_then_cleans_up(tmp_path):
     assert "n1:" in out and "changed" in out
     assert "sent on 587 and read over IMAP: Hello from mailfleet demo" in out
     assert "DKIM signature verifies" in out
+    assert re.search(r"webmail https://127\.0\.0\.1:\d+/ answers with Roundcube's login page", out)
     lines = [line.split() for line in out.splitlines()]
     assert ["ok", "n1", "host", "name", "mail.example.test"] in lines
     for check in (["delivery"], ["DKIM", "signature"], ["submission", "587"], ["TLS", "on", "993"]):

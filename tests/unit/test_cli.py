@@ -148,3 +148,15 @@ def test_dns_publish_names_an_unreadable_key_file(tmp_path):
     result = mailfleet("dns", "publish", cwd=tmp_path)
     assert result.returncode == 2
     assert "Cannot read the TSIG key file nope.key" in result.stderr
+
+
+@pytest.mark.parametrize("features, message", [
+    ('webmail = "sogo"', 'features.webmail = "sogo" is not deployed by this version'),
+    ("radicale = true", "features.radicale = true is not deployed by this version"),
+])
+def test_features_not_yet_deployable_are_refused_before_any_host(tmp_path, features, message):
+    (tmp_path / "mailfleet.toml").write_text(
+        DNS_CONFIG.format(address="203.0.113.10") .replace("[[hosts]]", f"[features]\n{features}\n\n[[hosts]]"))
+    result = mailfleet("deploy", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "nothing was changed" in result.stderr
