@@ -31,7 +31,7 @@ def probe(cli: Cli, source: str, address: str, ports: list[int]) -> dict[int, bo
 
 def test_only_the_services_ports_are_open_from_another_host(deployed: Cli, target: str):
     address = NODES[target][0]
-    assert OPEN == {22, 25, 143, 465, 587, 993, 4190}
+    assert OPEN == {22, 25, 80, 143, 443, 465, 587, 993, 4190}
     # something listening on every address, but not a service mailfleet opened
     deployed.ssh(target, "systemd-run --unit=mftest-listen python3 -m http.server 8080 "
                          "--bind 0.0.0.0 >/dev/null 2>&1")
@@ -39,7 +39,7 @@ def test_only_the_services_ports_are_open_from_another_host(deployed: Cli, targe
         assert deployed.ssh(target, "timeout 10 bash -c 'until echo > /dev/tcp/127.0.0.1/8080; "
                                     "do sleep 0.2; done' 2>/dev/null && echo up") == "up"
         seen = probe(deployed, OTHER[target], address,
-                     sorted(OPEN | {8080, 80, 443, 5432, 8891, 12340, 110, 995, 2000}))
+                     sorted(OPEN | {8080, 5432, 8891, 8893, 12340, 110, 995, 2000, 9000}))
     finally:
         deployed.ssh(target, "systemctl stop mftest-listen")
     assert {p for p, is_open in seen.items() if is_open} == OPEN, seen

@@ -91,7 +91,6 @@ class Roundcube:
         form.locator("input[name='_rule_target[0][]']").fill(sender)
         form.locator("#action_type0").select_option("fileinto")
         form.locator("#action_mailbox0").select_option(folder)
-        self.shot("filter-form")
         form.locator("button.submit").click()
         page.locator("#filterslist").get_by_text(name, exact=True).wait_for()
         page.wait_for_load_state("networkidle")
