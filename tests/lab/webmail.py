@@ -75,8 +75,10 @@ class Roundcube:
         page.fill("#compose-subject", subject)
         page.fill("#composebody", body)
         page.click("button.send")
-        page.wait_for_selector("text=Message sent successfully")
-        page.wait_for_load_state("networkidle")  # Roundcube moves on to the mail list
+        # once sent, Roundcube leaves the compose screen for the mail list (its short-lived
+        # "Message sent successfully" notice is too brief to wait for reliably)
+        page.wait_for_url(lambda url: "_action=compose" not in url)
+        page.wait_for_load_state("networkidle")
 
     def add_filter(self, name: str, sender: str, folder: str) -> None:
         """Settings → Filters → Create: mail from `sender` goes to `folder`."""
