@@ -69,11 +69,28 @@ def schema(installed: str, loaded: str, stamp: str):
                f"--dir={SQL_DIR} && {write_stamp}")
 
 
+@operation()
+def remove(php: str):
+    """Webmail switched away from Roundcube: its packages, PHP-FPM and config files go; its
+    database (users' address books and settings) stays until dropped by hand."""
+    yield (f"DEBIAN_FRONTEND=noninteractive apt-get purge -y -q {' '.join(PACKAGES)} "
+           f"php{php}-fpm && apt-get autoremove --purge -y -q && "
+           f"rm -rf /etc/roundcube /var/lib/roundcube /etc/php/{php}/fpm {STAMP}")
+
+
+def _state(ctx: HostContext) -> dict[str, str]:
+    return {key: value.strip() for key, _, value in
+            (line.partition(" ") for line in ctx.snapshot("roundcube").splitlines())}
+
+
 def deploy(ctx: HostContext) -> None:
+    state = _state(ctx)
     if not enabled(ctx):
+        if state.get("installed"):
+            ctx.op(remove, name="Remove Roundcube (webmail is not roundcube)",
+                   php=platform(ctx).php)
         return
     config = ctx.config
-    state = dict(line.partition(" ")[::2] for line in ctx.snapshot("roundcube").splitlines())
     db_state = postgres.database_state(ctx)
     db_password, fresh = ctx.secret(f"postgres-{ROLE}")
     ctx.op(postgres.role, name=f"Create the {ROLE} role", rolename=ROLE,
@@ -81,9 +98,6 @@ def deploy(ctx: HostContext) -> None:
            set_password=fresh)
     ctx.op(postgres.database, name="Create the roundcube database", dbname=DATABASE,
            exists=DATABASE in db_state.databases, owner=ROLE)
-    ctx.op(schema, name="Load or upgrade Roundcube's schema", installed=state.get("installed", ""),
-           loaded=state.get("schema", "").strip(), stamp=state.get("stamp", "").strip())
-
     password_role_password, _ = ctx.secret("postgres-mailfleet_password")
     des_key, _ = ctx.secret("roundcube-des-key")
     common = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, upload_mb=config.mail.message_size_mb)
@@ -101,6 +115,10 @@ def deploy(ctx: HostContext) -> None:
     for dest, content in php_files.items():
         ctx.op(config_file, name=f"Write {dest}", dest=dest, content=content, mode="640",
                group="www-data", secret=True)
+
+    # after the config: updatedb.sh reads the database settings from it
+    ctx.op(schema, name="Load or upgrade Roundcube's schema", installed=state.get("installed", ""),
+           loaded=state.get("schema", ""), stamp=state.get("stamp", ""))
 
     release = platform(ctx)
     pool_dir = f"/etc/php/{release.php}/fpm/pool.d"

@@ -1,0 +1,46 @@
+"""Switching webmail off in mailfleet.toml removes Roundcube cleanly, and switching it back
+brings it back with the users' data (runs after the other tests of the shared lab)."""
+
+from __future__ import annotations
+
+import json
+
+import tomlkit
+from conftest import Cli
+
+
+def _set_webmail(cli: Cli, choice: str) -> dict:
+    doc = tomlkit.parse(cli.config.read_text())
+    doc["features"]["webmail"] = choice
+    cli.config.write_text(tomlkit.dumps(doc))
+    report = cli.json("deploy")
+    assert report["ok"], report
+    return report
+
+
+def _login_page(cli: Cli, node: str) -> str:
+    return cli.ssh(node, "curl -sk -o /dev/null -w '%{http_code}' --resolve "
+                         f"{node}.example.test:443:127.0.0.1 https://{node}.example.test/")
+
+
+def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(deployed: Cli):
+    _set_webmail(deployed, "none")
+    for node in ("n1", "n2"):
+        assert _login_page(deployed, node) == "404"
+        left = deployed.ssh(node, "dpkg-query -W -f='${Package} ${Status}\\n' 'roundcube*' "
+                                  "'php*-fpm' 2>/dev/null | grep ' installed' || true")
+        assert left == "", left
+        assert "roundcube-auth" not in deployed.ssh(node, "fail2ban-client status")
+        assert deployed.ssh(node, "ls /etc/roundcube 2>&1 || true").endswith("No such file or directory")
+        # the users' Roundcube data stays until dropped by hand
+        assert deployed.ssh(node, "runuser -u postgres -- psql -tAc \"SELECT 1 FROM pg_database "
+                                  "WHERE datname = 'roundcube'\"") == "1"
+    assert deployed.json("deploy")["changes"] == 0
+    health = json.loads(deployed("check", "--json", check=False).stdout)
+    assert health["ok"], [c for c in health["checks"] if c["status"] != "ok"]
+    assert not [c for c in health["checks"] if c["name"] == "webmail login page"]
+
+    _set_webmail(deployed, "roundcube")
+    for node in ("n1", "n2"):
+        assert _login_page(deployed, node) == "200"
+    assert deployed.json("deploy")["changes"] == 0
