@@ -30,11 +30,11 @@ DATABASE = "roundcube"
 ROLE = "mailfleet_roundcube"
 STAMP = "/var/lib/mailfleet/roundcube-schema-version"
 SQL_DIR = "/usr/share/roundcube/SQL"
+SCHEMA_QUERY = "SELECT value FROM system WHERE name = 'roundcube-version'"
 
 snapshot.register("roundcube", "; ".join([
     "printf 'installed '; dpkg-query -W -f='${Version}' roundcube-core 2>/dev/null; echo",
-    "printf 'schema '; " + postgres.psql_query(
-        "SELECT value FROM system WHERE name = 'roundcube-version'", DATABASE) + " 2>/dev/null; echo",
+    "printf 'schema '; { " + postgres.psql_query(SCHEMA_QUERY, DATABASE) + "; } 2>/dev/null; echo",
     f"printf 'stamp '; cat {STAMP} 2>/dev/null; echo",
 ]))
 
@@ -56,17 +56,22 @@ def preseed(ctx: HostContext) -> None:
 @operation()
 def schema(installed: str, loaded: str, stamp: str):
     """Roundcube's tables: loaded once (as its role, so it owns them), upgraded by
-    Roundcube's own updatedb.sh after a package upgrade."""
-    if loaded and stamp == installed:
+    Roundcube's own updatedb.sh after a package upgrade. `installed` is empty when this
+    deploy installs the package: then the host decides (the database may hold data kept
+    from an earlier install)."""
+    if installed and loaded and stamp == installed:
         host.noop(f"Roundcube schema {loaded} matches roundcube-core {installed}")
         return
+    load = (f"{postgres.PSQL} -d {DATABASE} --single-transaction -c 'SET ROLE {ROLE}' "
+            f"-f {SQL_DIR}/postgres.initial.sql")
+    update = (f"runuser -u www-data -- /usr/share/roundcube/bin/updatedb.sh --package=roundcube "
+              f"--dir={SQL_DIR}")
     write_stamp = f"dpkg-query -W -f='${{Version}}' roundcube-core > {STAMP}"
-    if not loaded:
-        yield (f"{postgres.PSQL} -d {DATABASE} --single-transaction -c 'SET ROLE {ROLE}' "
-               f"-f {SQL_DIR}/postgres.initial.sql && {write_stamp}")
+    if not installed:
+        found = postgres.psql_query(SCHEMA_QUERY, DATABASE)
+        yield f'if [ -z "$({found})" ]; then {load}; else {update}; fi && {write_stamp}'
     else:
-        yield (f"runuser -u www-data -- /usr/share/roundcube/bin/updatedb.sh --package=roundcube "
-               f"--dir={SQL_DIR} && {write_stamp}")
+        yield f"{update if loaded else load} && {write_stamp}"
 
 
 @operation()
