@@ -282,14 +282,22 @@ def resolver_address(value: str) -> tuple[str, int]:
 
 class WebSettings(_Strict):
     webmail_path: str = Field("/", description="Where webmail is served on https://HOSTNAME.")
+    radicale_path: str = Field("/radicale", description="Where CalDAV/CardDAV is served.")
     title: str = Field("Webmail", description="The name on the webmail login page.")
 
-    @field_validator("webmail_path")
+    @field_validator("webmail_path", "radicale_path")
     @classmethod
     def _check_path(cls, value: str) -> str:
         if not re.fullmatch(r"/([a-z0-9_-]+/?)*", value):
             raise ValueError(f"{value!r} is not a URL path like / or /webmail")
         return "/" + value.strip("/") if value != "/" else "/"
+
+    @model_validator(mode="after")
+    def _radicale_has_its_own_path(self) -> WebSettings:
+        if self.radicale_path == "/" or self.radicale_path == self.webmail_path:
+            raise ValueError(f"radicale_path {self.radicale_path!r} must be a path of its own, "
+                             "like /radicale")
+        return self
 
     @field_validator("title")
     @classmethod

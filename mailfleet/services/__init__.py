@@ -23,6 +23,7 @@ from mailfleet.services import (
     opendmarc,
     postfix,
     postgres,
+    radicale,
     roundcube,
     sshd,
     system,
@@ -40,6 +41,8 @@ def packages(config: Config | None) -> list[str]:
     wanted.update(nginx.PACKAGES)
     if config is None or config.features.webmail == "roundcube":
         wanted.update(roundcube.PACKAGES)
+    if config is None or config.features.radicale:
+        wanted.update(radicale.PACKAGES)
     return sorted(wanted)
 
 
@@ -49,8 +52,6 @@ def not_yet_deployable(config: Config) -> str | None:
     if config.features.webmail == "sogo":
         return ('features.webmail = "sogo" is not deployed by this version of mailfleet yet '
                 '(use "roundcube" or "none")')
-    if config.features.radicale:
-        return "features.radicale = true is not deployed by this version of mailfleet yet"
     return None
 
 
@@ -77,6 +78,7 @@ DEPLOY_STEPS = [
     postfix.deploy,
     mailflow.deploy,
     roundcube.deploy,
+    radicale.deploy,
     nginx.deploy,
     firewall.deploy,
     fail2ban.deploy,
@@ -97,4 +99,5 @@ CHECKS = [
     mailflow.checks,
     nginx.checks,
     roundcube.checks,
+    radicale.checks,
 ]

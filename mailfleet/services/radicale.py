@@ -1,0 +1,67 @@
+"""Radicale: calendars and address books (CalDAV/CardDAV) for the mail accounts, behind
+nginx over HTTPS, each user owning their own collections.
+
+Users log in with their mail address and password: a small authentication module (a
+template) asks Dovecot over IMAPS, the same on Radicale 3.1 (Debian 12, which has no IMAP
+backend) and 3.5 (Debian 13, whose dovecot backend breaks against Dovecot 2.4).
+"""
+
+from __future__ import annotations
+
+from pyinfra.facts.server import Command
+from pyinfra.operations import files, systemd
+
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.services import certs
+from mailfleet.services.checks import CheckResult
+from mailfleet.templating import render
+
+PACKAGES = ["radicale"]
+PORT = 5232
+STORAGE = "/var/lib/radicale/collections"
+MODULE_DIR = "/usr/local/lib/mailfleet/radicale"
+
+snapshot.register_unit("radicale")
+
+
+def enabled(config, roles: list[str]) -> bool:
+    return config.features.radicale and "web" in roles
+
+
+def deploy(ctx: HostContext) -> None:
+    if not enabled(ctx.config, ctx.settings.roles):
+        return
+    values = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, port=PORT, storage=STORAGE,
+                  path=ctx.config.web.radicale_path, module_dir=MODULE_DIR)
+    ctx.op(files.directory, name="Create Radicale's storage", path=STORAGE, user="radicale",
+           group="radicale", mode="750")
+    written = [
+        ctx.op(config_file, name="Write Radicale's authentication module",
+               dest=f"{MODULE_DIR}/mailfleet_radicale_auth.py",
+               content=render("radicale/mailfleet_radicale_auth.py.j2", **values)),
+        ctx.op(config_file, name="Write /etc/radicale/config", dest="/etc/radicale/config",
+               content=render("radicale/config.j2", **values), group="radicale", mode="640"),
+    ]
+    unit = ctx.op(config_file, name="Let Radicale load mailfleet's module",
+                  dest="/etc/systemd/system/radicale.service.d/mailfleet.conf",
+                  content=render("radicale/service-override.conf.j2", **values))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
+    ctx.service("radicale", restart_when=(*written, unit))
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    """Radicale answers through nginx and asks for a login (401), as clients see it."""
+    if not engine.config.features.radicale:
+        return []
+    path = engine.config.web.radicale_path
+    command = ('n=$(hostname -f); curl -sk -o /dev/null -w "%{http_code}" --max-time 10 '
+               f'--resolve "$n:443:127.0.0.1" "https://$n{path}/"')
+    results = []
+    for name, text in engine.facts(Command, command=command).items():
+        if not enabled(engine.config, engine.settings[name].roles):
+            continue
+        ok = (text or "").strip() == "401"
+        results.append(CheckResult(name, "CalDAV/CardDAV (Radicale)", "ok" if ok else "fail",
+                                   f"{path}/ " + ("asks for a login" if ok else f"answers {text!r}"),
+                                   "see `journalctl -u radicale` and the nginx error log"))
+    return results
