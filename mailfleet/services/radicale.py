@@ -54,8 +54,10 @@ def checks(engine: Engine) -> list[CheckResult]:
     if not engine.config.features.radicale:
         return []
     path = engine.config.web.radicale_path
+    # a client's first question (PROPFIND) without a login: 401 (a browser's GET is redirected
+    # to Radicale's web page instead)
     command = ('n=$(hostname -f); curl -sk -o /dev/null -w "%{http_code}" --max-time 10 '
-               f'--resolve "$n:443:127.0.0.1" "https://$n{path}/"')
+               f'-X PROPFIND -H "Depth: 0" --resolve "$n:443:127.0.0.1" "https://$n{path}/"')
     results = []
     for name, text in engine.facts(Command, command=command).items():
         if not enabled(engine.config, engine.settings[name].roles):
