@@ -64,7 +64,8 @@ def add(ctx: typer.Context, domain: Domain) -> None:
     """Serve a further mail domain on every host.
 
     Adds it to mail.domains in mailfleet.toml and deploys: the domain goes into the mail
-    database, gets a DKIM key and is signed. Prints the DKIM record to publish.
+    database, gets a DKIM key and is signed. Prints the DKIM record to publish (all
+    records: `mailfleet dns records`).
     """
     domain = _domain(domain)
     g = globals_of(ctx)
@@ -83,6 +84,8 @@ def add(ctx: typer.Context, domain: Domain) -> None:
             host, f"cat {shlex.quote(opendkim.key_path(domain, selector, 'txt'))}"))
         console.print(f"publish on {host.name}'s DNS: {selector}._domainkey.{domain} TXT "
                       f"\"{record}\"", soft_wrap=True)
+    console.print("all of its DNS records (MX, SPF, DKIM, DMARC, ...): `mailfleet dns records`; "
+                  "send them to your DNS server: `mailfleet dns publish`", soft_wrap=True)
 
 
 @app.command("list")
