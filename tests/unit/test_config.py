@@ -112,3 +112,13 @@ def test_find_line_for_nested_and_missing_keys():
     assert find_line(text, ["hosts", 0, "ssh_key"]) == 9  # missing key: its table header
     assert find_line(text, ["features", "webmail"]) == 7
     assert find_line(text, ["nothing"]) is None
+
+
+def test_web_paths_are_normalised_and_radicale_needs_its_own():
+    base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n\n[web]\n'
+    cfg = parse(base + 'webmail_path = "/webmail/"\n')
+    assert cfg.web.webmail_path == "/webmail" and cfg.web.radicale_path == "/radicale"
+    with pytest.raises(ConfigError, match=r"line 5: web: radicale_path '/' must be a path of its own"):
+        parse(base + 'radicale_path = "/"\n')
+    with pytest.raises(ConfigError, match=r"web.webmail_path: 'web mail' is not a URL path"):
+        parse(base + 'webmail_path = "web mail"\n')
