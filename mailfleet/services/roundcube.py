@@ -56,22 +56,24 @@ def preseed(ctx: HostContext) -> None:
 @operation()
 def schema(installed: str, loaded: str, stamp: str):
     """Roundcube's tables: loaded once (as its role, so it owns them), upgraded by
-    Roundcube's own updatedb.sh after a package upgrade. `installed` is empty when this
-    deploy installs the package: then the host decides (the database may hold data kept
-    from an earlier install)."""
+    Roundcube's own updatedb.sh after a package upgrade.
+
+    The snapshot can only say "nothing to do" (schema there, made for the installed
+    version). Anything else is decided on the host when the step runs: the package may be
+    installed by this very deploy, PostgreSQL may have been down when the snapshot was
+    taken, the database may hold data kept from an earlier install."""
     if installed and loaded and stamp == installed:
         host.noop(f"Roundcube schema {loaded} matches roundcube-core {installed}")
         return
+    version = "dpkg-query -W -f='${Version}' roundcube-core"
     load = (f"{postgres.PSQL} -d {DATABASE} --single-transaction -c 'SET ROLE {ROLE}' "
             f"-f {SQL_DIR}/postgres.initial.sql")
     update = (f"runuser -u www-data -- /usr/share/roundcube/bin/updatedb.sh --package=roundcube "
               f"--dir={SQL_DIR}")
-    write_stamp = f"dpkg-query -W -f='${{Version}}' roundcube-core > {STAMP}"
-    if not installed:
-        found = postgres.psql_query(SCHEMA_QUERY, DATABASE)
-        yield f'if [ -z "$({found})" ]; then {load}; else {update}; fi && {write_stamp}'
-    else:
-        yield f"{update if loaded else load} && {write_stamp}"
+    found = postgres.psql_query(SCHEMA_QUERY, DATABASE)
+    yield (f'if [ -z "$({found})" ]; then {load}; '
+           f'elif [ "$(cat {STAMP} 2>/dev/null)" != "$({version})" ]; then {update}; fi '
+           f"&& {version} > {STAMP}")
 
 
 @operation()
