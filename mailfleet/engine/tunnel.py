@@ -49,22 +49,24 @@ def ssh_run(settings: HostSettings, command: str, timeout: float = 120) -> str:
     return done.stdout
 
 
+ATTEMPTS = 3
+
+
 @contextmanager
 def tunnel(settings: HostSettings, remote_ports: list[int]) -> Iterator[dict[int, int]]:
-    """Forward each remote port (on the host's 127.0.0.1) to a local one: {remote: local}."""
-    local = {port: free_port() for port in remote_ports}
-    cmd = [*ssh_base(settings), "-N", "-o", "ExitOnForwardFailure=yes"]
-    for remote, mine in local.items():
-        cmd += ["-L", f"127.0.0.1:{mine}:127.0.0.1:{remote}"]
-    proc = subprocess.Popen([*cmd, settings.address], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        probe = next(iter(local.values()))
-        if not wait_until(lambda: proc.poll() is not None or port_open(probe), CONNECT_SECONDS) \
-                or proc.poll() is not None:
-            error = proc.stderr.read().decode(errors="replace").strip() if proc.poll() is not None else ""
+    """Forward each remote port (on the host's 127.0.0.1) to a local one: {remote: local}.
+
+    A free local port can be taken by another program before ssh binds it (tests and
+    several mailfleet commands run side by side): then it tries again with new ports."""
+    for attempt in range(1, ATTEMPTS + 1):
+        local = {port: free_port() for port in remote_ports}
+        proc, error = _open(settings, local)
+        if proc is not None:
+            break
+        if "Address already in use" not in error or attempt == ATTEMPTS:
             raise DeployError(f"Could not open an SSH tunnel to {settings.name}: "
                               f"{error or 'no answer'}.")
+    try:
         yield local
     finally:
         if proc.poll() is None:
@@ -74,3 +76,21 @@ def tunnel(settings: HostSettings, remote_ports: list[int]) -> Iterator[dict[int
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def _open(settings: HostSettings, local: dict[int, int]) -> tuple[subprocess.Popen | None, str]:
+    """The running ssh, or None and why it ended."""
+    cmd = [*ssh_base(settings), "-N", "-o", "ExitOnForwardFailure=yes"]
+    for remote, mine in local.items():
+        cmd += ["-L", f"127.0.0.1:{mine}:127.0.0.1:{remote}"]
+    proc = subprocess.Popen([*cmd, settings.address], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    probe = next(iter(local.values()))
+    up = wait_until(lambda: proc.poll() is not None or port_open(probe), CONNECT_SECONDS)
+    if up and proc.poll() is None:
+        return proc, ""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+        return None, ""
+    return None, proc.stderr.read().decode(errors="replace").strip()
