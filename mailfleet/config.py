@@ -312,9 +312,9 @@ class HostSettings(_Strict):
     address: str = Field(description="Address or DNS name mailfleet connects to over SSH.")
     fqdn: str | None = Field(None, description="Host name to set; default: mail.hostname.")
     ipv4: str | None = Field(None, description="Public IPv4 address for DNS (A, SPF, PTR); "
-                                               "default: address, when it is one.")
+                                               "default: address, when it is a public one.")
     ipv6: str | None = Field(None, description="Public IPv6 address for DNS (AAAA, SPF, PTR); "
-                                               "default: address, when it is one.")
+                                               "default: address, when it is a public one.")
     ssh_user: str = "root"
     ssh_port: Annotated[int, Field(ge=1, le=65535)] = 22
     ssh_key: str | None = None
@@ -356,8 +356,9 @@ class HostSettings(_Strict):
             address = ipaddress.ip_address(self.address)
         except ValueError:
             return None
-        usable = not (address.is_loopback or address.is_link_local or address.is_unspecified)
-        return str(address) if address.version == version and usable else None
+        # a private or documentation address is what mailfleet connects to, not what the
+        # world reaches: those hosts must say ipv4/ipv6 themselves
+        return str(address) if address.version == version and address.is_global else None
 
     @field_validator("fqdn")
     @classmethod

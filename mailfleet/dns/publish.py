@@ -106,6 +106,12 @@ def plan(records: list[Record], zones: list[DnsZone],
         lookup = lookups.get(zone.zone) or ServerLookup(zone.server, zone.port, zone.zone)
         lookups[zone.zone] = lookup
         answer = lookup(name, type_) or Answer()
+        if type_ == "CNAME" and not answer.rdatas:
+            # a CNAME cannot share its name (RFC 1034 §3.6.2): the server would ignore the
+            # add and every publish would send it again; clear address records first
+            plans[zone.zone].changes += [
+                Change("delete", name, other, None) for other in ("A", "AAAA")
+                if (lookup(name, other) or Answer()).rdatas]
         plans[zone.zone].changes += _changes(wanted, answer)
     return [p for p in plans.values()], uncovered
 

@@ -128,8 +128,9 @@ def generate(config: Config, dkim: dict[str, str | None]) -> list[Record]:
             if address:
                 add(primary, host.fqdn, type_, address, "required",
                     f"the address of mail host {host.name}: MX records and clients find it here")
-        add(primary, host.fqdn, "TXT", "v=spf1 a -all", "recommended",
-            "SPF for the host name itself: bounces (empty sender) are checked against it")
+        if host.fqdn not in config.mail.all_domains:  # one SPF record per name
+            add(primary, host.fqdn, "TXT", "v=spf1 a -all", "recommended",
+                "SPF for the host name itself: bounces (empty sender) are checked against it")
         for address in (host.ipv4, host.ipv6):
             if address:
                 add(primary, reverse_name(address), "PTR", f"{host.fqdn}.", "required",

@@ -31,18 +31,20 @@ from mailfleet.services import (
 )
 
 
-def packages(config: Config | None) -> list[str]:
-    """Every Debian package `deploy` installs for this config (lab images preinstall them)."""
+def packages(config: Config | None, roles: list[str] | None = None) -> list[str]:
+    """Every Debian package `deploy` installs for this config on a host with these roles
+    (all roles when None: lab images preinstall them all)."""
     wanted = {*system.BASE_PACKAGES, *hardening.PACKAGES, *fail2ban.PACKAGES, *certs.PACKAGES,
               *postgres.PACKAGES, *postfix.PACKAGES, *dovecot.PACKAGES, *opendkim.PACKAGES,
               *opendmarc.PACKAGES}
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
-    wanted.update(nginx.PACKAGES)
-    if config is None or config.features.webmail == "roundcube":
-        wanted.update(roundcube.PACKAGES)
-    if config is None or config.features.radicale:
-        wanted.update(radicale.PACKAGES)
+    if roles is None or "web" in roles:
+        wanted.update(nginx.PACKAGES)
+        if config is None or config.features.webmail == "roundcube":
+            wanted.update(roundcube.PACKAGES)
+        if config is None or config.features.radicale:
+            wanted.update(radicale.PACKAGES)
     return sorted(wanted)
 
 
@@ -60,7 +62,7 @@ def install(ctx: HostContext) -> None:
     postfix.preseed(ctx)
     roundcube.preseed(ctx)
     ctx.op(apt.packages, name="Install the mail system's packages",
-           packages=packages(ctx.config), no_recommends=True)
+           packages=packages(ctx.config, ctx.settings.roles), no_recommends=True)
 
 
 DEPLOY_STEPS = [

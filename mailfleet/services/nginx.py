@@ -12,7 +12,7 @@ from __future__ import annotations
 from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
-from mailfleet.dns.records import mail_hosts, mta_sts_policy
+from mailfleet.dns.records import mta_sts_policy
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services import certs, radicale, roundcube
 from mailfleet.services.checks import CheckResult, https_count
@@ -36,7 +36,7 @@ def deploy(ctx: HostContext) -> None:
         return
     config, fqdn = ctx.config, ctx.fqdn
     ctx.op(files.directory, name="Create the web root", path=ACME_ROOT, mode="755")
-    mx = [h.fqdn for h in mail_hosts(config)] if config.hosts_with("mail") else [fqdn]
+    mx = [config.host_fqdn(h) for h in config.hosts_with("mail")] or [fqdn]
     # clients are sent to this host when it serves mail, else to the first mail host
     server = fqdn if "mail" in ctx.settings.roles else mx[0]
     static = {

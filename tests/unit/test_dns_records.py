@@ -24,7 +24,8 @@ dmarc_policy = "reject"
 
 [[hosts]]
 name = "mx1"
-address = "203.0.113.10"
+address = "mx1.example.org"
+ipv4 = "203.0.113.10"
 ipv6 = "2001:db8::10"
 """
 KEY = "v=DKIM1; h=sha256; k=rsa; p=" + "MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA" + "x" * 350 + "IDAQAB"
@@ -93,10 +94,21 @@ def test_missing_dkim_key_leaves_only_that_record_out():
     assert not find(recs, "mail._domainkey.example.net", "TXT")
 
 
-def test_a_host_without_public_address_is_named():
-    text = CONFIG.replace('address = "203.0.113.10"\nipv6 = "2001:db8::10"', 'address = "127.0.0.1"')
+@pytest.mark.parametrize("address", ["127.0.0.1", "10.0.0.5", "mx1.example.org"])
+def test_a_host_without_public_address_is_named(address):
+    # loopback, private and name addresses are how mailfleet connects, not what the world sees
+    text = CONFIG.replace('address = "mx1.example.org"\nipv4 = "203.0.113.10"\nipv6 = "2001:db8::10"',
+                          f'address = "{address}"')
     with pytest.raises(records.MissingAddress, match=r"hosts\[0\] \(mx1\).*ipv4"):
         records.generate(parse(text), {})
+    public = parse(text.replace(f'address = "{address}"', 'address = "192.0.43.10"'))
+    assert records.generate(public, {})[0].value == "192.0.43.10"
+
+
+def test_an_apex_mail_host_gets_one_spf_record():
+    apex = parse(CONFIG.replace('hostname = "mail.example.org"', 'hostname = "example.org"'))
+    spf = [r for r in records.generate(apex, {}) if r.name == "example.org" and r.kind == "SPF"]
+    assert [r.value for r in spf] == ["v=spf1 ip4:203.0.113.10 ip6:2001:db8::10 -all"]
 
 
 def test_bad_dns_settings_name_the_key():
@@ -105,7 +117,7 @@ def test_bad_dns_settings_name_the_key():
     with pytest.raises(ConfigError, match=r"dns.resolvers.*not a resolver address"):
         parse(CONFIG.replace('dmarc_policy = "reject"', 'resolvers = ["dns.example"]'))
     with pytest.raises(ConfigError, match=r"hosts\[0\].ipv4.*not an IPv4 address"):
-        parse(CONFIG + 'ipv4 = "2001:db8::1"\n')
+        parse(CONFIG.replace('ipv4 = "203.0.113.10"', 'ipv4 = "2001:db8::1"'))
     with pytest.raises(ConfigError, match=r"dns.zones\[0\].server.*not an IP address"):
         parse(CONFIG.replace("[dns]", '[[dns.zones]]\nzone = "example.org"\nserver = "ns1.example.org"\n'
                              'tsig_key_file = "k"\n\n[dns]'))
@@ -249,3 +261,15 @@ def test_tsig_key_file_is_read_or_named(tmp_path):
         publish.read_key(str(bad))
     with pytest.raises(ConfigError, match="Cannot read the TSIG key file"):
         publish.read_key(str(tmp_path / "missing.key"))
+
+
+def test_publish_clears_address_records_where_a_cname_goes():
+    config = parse(CONFIG.replace("[dns]", '[[dns.zones]]\nzone = "example.org"\nserver = "203.0.113.53"\n'
+                                  'tsig_key_file = "k"\n\n[dns]'))
+    recs = [r for r in records.generate(config, {}) if r.name == "autoconfig.example.org"]
+    plans, _ = publish.plan(recs, config.dns.zones,
+                            {"example.org": FakeServer("autoconfig IN A 198.51.100.7\n")})
+    assert [str(c) for c in plans[0].changes] == [
+        "- autoconfig.example.org. A (all)",
+        "+ autoconfig.example.org. 3600 CNAME mail.example.org.",
+    ]
