@@ -130,11 +130,13 @@ def test_check_reports_the_hardening(deployed: Cli):
 
 
 def test_apache_is_removed_when_present(deployed: Cli, target: str):
-    deployed.ssh(target, "DEBIAN_FRONTEND=noninteractive apt-get install -y -q apache2 "
-                         ">/tmp/apache-install.log 2>&1")
+    # a provider image with Apache on port 80 (nginx, which deploy runs there, stopped first)
+    deployed.ssh(target, "systemctl stop nginx; DEBIAN_FRONTEND=noninteractive apt-get install "
+                         "-y -q apache2 >/tmp/apache-install.log 2>&1")
     assert deployed.ssh(target, "systemctl is-active apache2") == "active"
     report = deployed.json("deploy", "--limit", target)
     assert report["ok"] and "Remove Apache" in report["hosts"][target]["changed"], report
+    assert deployed.ssh(target, "systemctl is-active nginx") == "active"
     assert deployed.ssh(target, "dpkg-query -W -f '${Status}' apache2 2>/dev/null || echo gone") \
         in ("gone", "deinstall ok config-files", "unknown ok not-installed")
     assert deployed.json("deploy", "--limit", target)["changes"] == 0
