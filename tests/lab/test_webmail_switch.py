@@ -35,7 +35,8 @@ def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(deployed: C
         # the users' Roundcube data stays until dropped by hand
         assert deployed.ssh(node, "runuser -u postgres -- psql -tAc \"SELECT 1 FROM pg_database "
                                   "WHERE datname = 'roundcube'\"") == "1"
-    assert deployed.json("deploy")["changes"] == 0
+    again = deployed.json("deploy")
+    assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
     health = json.loads(deployed("check", "--json", check=False).stdout)
     assert health["ok"], [c for c in health["checks"] if c["status"] != "ok"]
     assert not [c for c in health["checks"] if c["name"] == "webmail login page"]
@@ -43,4 +44,5 @@ def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(deployed: C
     _set_webmail(deployed, "roundcube")
     for node in ("n1", "n2"):
         assert _login_page(deployed, node) == "200"
-    assert deployed.json("deploy")["changes"] == 0
+    again = deployed.json("deploy")
+    assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
