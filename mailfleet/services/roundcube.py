@@ -80,8 +80,13 @@ def schema(installed: str, loaded: str, stamp: str):
 def remove(php: str):
     """Webmail switched away from Roundcube: its packages, PHP-FPM and config files go; its
     database (users' address books and settings) stays until dropped by hand."""
-    yield (f"DEBIAN_FRONTEND=noninteractive apt-get purge -y -q {' '.join(PACKAGES)} "
-           f"php{php}-fpm && apt-get autoremove --purge -y -q && "
+    # the php metapackages go too: left behind, php{php} would want another web SAPI and
+    # apt would satisfy it with libapache2-mod-php and Apache
+    apache = "apache2 apache2-bin apache2-data apache2-utils libapache2-mod-php" + php
+    yield (f"export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q {' '.join(PACKAGES)} "
+           f"php{php}-fpm php php{php} && apt-get autoremove --purge -y -q && "
+           f"if dpkg-query -W -f '${{Status}}' apache2 2>/dev/null | grep -q 'ok installed'; then "
+           f"apt-get purge -y -q {apache} && apt-get autoremove --purge -y -q; fi && "
            f"rm -rf /etc/roundcube /var/lib/roundcube /etc/php/{php}/fpm {STAMP}")
 
 
