@@ -8,8 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from mailfleet.dns.lookup import Lookup
-from mailfleet.dns.records import Record, txt_kind
+from mailfleet.dns.lookup import Answer, Lookup
+from mailfleet.dns.records import Record, normalise, txt_kind
 
 Status = Literal["ok", "missing", "wrong", "extra", "error"]
 
@@ -74,8 +74,8 @@ def _line(record: Record) -> str:
 
 
 def _exact(wanted: list[Record], found: list[str]) -> Result:
-    expected = {_norm(r.value) for r in wanted}
-    have = {_norm(v) for v in found}
+    expected = {normalise(r.value) for r in wanted}
+    have = {normalise(v) for v in found}
     if not have:
         return "missing", "not published", _add(wanted)
     if have == expected:
@@ -86,10 +86,6 @@ def _exact(wanted: list[Record], found: list[str]) -> Result:
             f"remove {', '.join(extra)} (it is not one of this install's hosts)")
     return "wrong", f"is {', '.join(sorted(found))}, should be {', '.join(r.value for r in wanted)}", (
         "replace it by: " + "; ".join(_line(r) for r in wanted))
-
-
-def _norm(value: str) -> str:
-    return " ".join(value.lower().split())
 
 
 def _caa(wanted: list[Record], found: list[str]) -> Result:
@@ -117,21 +113,14 @@ def _caa_issuer(value: str) -> str:
 def _cname_or_address(wanted: Record, lookup: Lookup) -> Result:
     """An A record straight to the host does the same job as the CNAME."""
     target = wanted.value.rstrip(".")
-    target_addresses = set((lookup(target, "A") or _EMPTY).values)
-    have = (lookup(wanted.name, "A") or _EMPTY).values
+    target_addresses = set((lookup(target, "A") or Answer()).values)
+    have = (lookup(wanted.name, "A") or Answer()).values
     if have and set(have) <= target_addresses:
         return "ok", f"A {', '.join(have)} (the address of {target})", None
     if have:
         return "wrong", f"points to {', '.join(have)}, not to {target}", (
             f"replace it by: {_line(wanted)}")
     return "missing", "not published", _add([wanted])
-
-
-class _Empty:
-    values: list[str] = []
-
-
-_EMPTY = _Empty()
 
 
 def _txt(wanted: Record, found: list[str]) -> Result:

@@ -22,7 +22,7 @@ import dns.update
 
 from mailfleet.config import DnsZone
 from mailfleet.dns.lookup import Answer, DnsUnreachable, ServerLookup, TIMEOUT, Lookup
-from mailfleet.dns.records import Record, quote_txt, txt_kind
+from mailfleet.dns.records import Record, normalise, quote_txt, txt_kind
 from mailfleet.errors import ConfigError, MailfleetError
 
 ALGORITHMS = {
@@ -128,17 +128,13 @@ def _changes(wanted: list[Record], answer: Answer) -> list[Change]:
             if record.value not in [v for v, _ in same_kind]:
                 changes.append(Change("add", name, type_, quote_txt(record.value), ttl))
         return changes
-    have = {_norm(v) for v, _ in found}
+    have = {normalise(v) for v, _ in found}
     if type_ == "CAA":
-        return [Change("add", name, type_, r.value, ttl) for r in wanted if _norm(r.value) not in have]
-    if have == {_norm(r.value) for r in wanted}:
+        return [Change("add", name, type_, r.value, ttl) for r in wanted if normalise(r.value) not in have]
+    if have == {normalise(r.value) for r in wanted}:
         return []
     clear = [Change("delete", name, type_, None)] if found else []
     return clear + [Change("add", name, type_, r.value, ttl) for r in wanted]
-
-
-def _norm(value: str) -> str:
-    return " ".join(value.lower().split())
 
 
 class PublishError(MailfleetError):

@@ -60,6 +60,11 @@ def txt_kind(text: str) -> str | None:
     return TXT_KINDS.get(head)
 
 
+def normalise(value: str) -> str:
+    """A record value as compared: case and spacing do not matter."""
+    return " ".join(value.lower().split())
+
+
 def quote_txt(text: str) -> str:
     """A TXT value as quoted strings of at most 255 bytes each (RFC 1035 character-strings);
     a 2048-bit DKIM key does not fit in one."""

@@ -38,8 +38,13 @@ def score(results: list[CheckResult]) -> tuple[int, int]:
     return sum(r.status != "fail" for r in results), len(results)
 
 
-def https_count(path: str, pattern: str) -> str:
-    """A shell command counting `pattern` in a page of the host, fetched over HTTPS by the
-    host's own name, as a browser would (`grep -c`: 0 when absent)."""
+def https_fetch(path: str, options: str = "") -> str:
+    """A shell command fetching a page of the host over HTTPS by the host's own name, as a
+    client would (curl `options` added, e.g. a method or -w)."""
     return ('n=$(hostname -f); curl -sk --max-time 10 --resolve "$n:443:127.0.0.1" '
-            f'"https://$n{path}" | grep -c {shlex.quote(pattern)}')
+            f'{options + " " if options else ""}"https://$n{path}"')
+
+
+def https_count(path: str, pattern: str) -> str:
+    """Count `pattern` in such a page (`grep -c`: 0 when absent)."""
+    return f"{https_fetch(path)} | grep -c {shlex.quote(pattern)}"

@@ -13,7 +13,7 @@ from pyinfra.operations import files, systemd
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.services import certs
-from mailfleet.services.checks import CheckResult
+from mailfleet.services.checks import CheckResult, https_fetch
 from mailfleet.templating import render
 
 PACKAGES = ["radicale"]
@@ -56,8 +56,7 @@ def checks(engine: Engine) -> list[CheckResult]:
     path = engine.config.web.radicale_path
     # a client's first question (PROPFIND) without a login: 401 (a browser's GET is redirected
     # to Radicale's web page instead)
-    command = ('n=$(hostname -f); curl -sk -o /dev/null -w "%{http_code}" --max-time 10 '
-               f'-X PROPFIND -H "Depth: 0" --resolve "$n:443:127.0.0.1" "https://$n{path}/"')
+    command = https_fetch(f"{path}/", '-o /dev/null -w "%{http_code}" -X PROPFIND -H "Depth: 0"')
     results = []
     for name, text in engine.facts(Command, command=command).items():
         if not enabled(engine.config, engine.settings[name].roles):
