@@ -160,6 +160,8 @@ class Fail2banSettings(_Strict):
 class FeatureSettings(_Strict):
     webmail: Literal["roundcube", "sogo", "none"] = "roundcube"
     radicale: bool = False
+    # Exchange ActiveSync for phones' built-in mail/calendar apps: a part of SOGo
+    activesync: bool = False
     firewall: bool = True
     wireguard: bool = False
     backups: bool = True
@@ -184,6 +186,11 @@ class FeatureSettings(_Strict):
             raise ValueError(
                 "radicale = true is not needed with SOGo, which has its own calendars and "
                 "contacts; set radicale = false"
+            )
+        if self.activesync and self.webmail != "sogo":
+            raise ValueError(
+                f'activesync = true needs webmail = "sogo" (ActiveSync is a part of SOGo), '
+                f'not {self.webmail!r}'
             )
         return self
 

@@ -13,8 +13,10 @@ from pathlib import Path
 MIGRATIONS = Path(__file__).parent / "migrations"
 DATABASE = "mailfleet"
 # Least privilege: Postfix and Dovecot read, the admin role changes accounts, webmail
-# changes passwords (mailfleet_password), postgres owns.
-ROLES = ("mailfleet_postfix", "mailfleet_dovecot", "mailfleet_admin", "mailfleet_password")
+# changes passwords (mailfleet_password), SOGo reads its users' view (mailfleet_sogo),
+# postgres owns.
+ROLES = ("mailfleet_postfix", "mailfleet_dovecot", "mailfleet_admin", "mailfleet_password",
+         "mailfleet_sogo")
 
 BOOTSTRAP = """CREATE TABLE IF NOT EXISTS schema_migrations (
     version     integer PRIMARY KEY,

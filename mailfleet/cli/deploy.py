@@ -15,6 +15,7 @@ from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
+from mailfleet.services import sshd
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -81,10 +82,17 @@ def _deploy_with_progress(engine: Engine) -> DeployReport:
 
 def switch_to_admin(g: Globals, config: Config, report: DeployReport) -> None:
     """After a deploy, root and other users cannot log in over SSH: the hosts that took it
-    are reached as the admin user from now on (written into mailfleet.toml)."""
+    are reached as the admin user from now on (written into mailfleet.toml). That includes
+    hosts whose deploy failed at a later step: root is locked out there already."""
     admin = config.admin.user
+
+    def took_it(name: str) -> bool:
+        result = report.hosts[name]
+        complete = not result.failed and not result.error
+        return complete or sshd.verify_step(admin) in result.changed
+
     moved = [h.name for h in config.hosts if h.name in report.hosts and h.ssh_user != admin
-             and not report.hosts[h.name].failed and not report.hosts[h.name].error]
+             and took_it(h.name)]
     if not moved:
         return
 

@@ -153,6 +153,14 @@ def unit_running(unit: str, was_active: bool):
 
 
 @operation()
+def unit_restarted(unit: str):
+    """Restart a systemd unit, once more after a pause if the first attempt fails: systemd
+    in a container now and then cannot spawn the unit's first process at once (seen in the
+    lab as "Failed to spawn executor: No such file or directory", result 'resources')."""
+    yield f"systemctl restart {unit} || {{ sleep 2; systemctl restart {unit}; }}"
+
+
+@operation()
 def unit_enabled(unit: str, was_enabled: bool):
     """Enable a systemd unit at boot (checked again on the host, like `unit_running`)."""
     if was_enabled or host.get_fact(Command, command=f"systemctl is-enabled {unit} || true") == "enabled":

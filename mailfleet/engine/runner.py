@@ -27,7 +27,7 @@ from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import snapshot
-from mailfleet.engine.operations import UPLOAD_DIR, config_file, unit_enabled, unit_running
+from mailfleet.engine.operations import UPLOAD_DIR, config_file, unit_enabled, unit_restarted, unit_running
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.errors import ConfigError, DeployError
 
@@ -103,7 +103,9 @@ class HostContext:
             if not condition():
                 return None
             kwargs.pop("_if")
-        return add_op(self.state, operation, *args, host=self.host, name=name, **kwargs)[self.host]
+        meta = add_op(self.state, operation, *args, host=self.host, name=name, **kwargs)[self.host]
+        _OP_NAMES[(self.host.name, meta._hash)] = name
+        return meta
 
     def service(self, unit: str, *, restart_when: tuple[OperationMeta | None, ...] = (),
                 reload_when: tuple[OperationMeta | None, ...] = (),
@@ -126,7 +128,7 @@ class HostContext:
         started = self.changed(run)
         if restart_when:
             needed = self.changed(*restart_when)
-            self.op(systemd.service, name=f"Restart {unit}", service=unit, restarted=True,
+            self.op(unit_restarted, name=f"Restart {unit}", unit=unit,
                     _if=lambda: needed() and not started())
         if reload_when:
             wanted = self.changed(*reload_when)
@@ -198,10 +200,10 @@ class Progress(BaseStateCallback):
         self.on_event = on_event
 
     def operation_host_success(self, state, host, op_hash, retry_count=0):
-        self.on_event("ok", host.name, _op_name(state, op_hash))
+        self.on_event("ok", host.name, _op_name(state, host, op_hash))
 
     def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
-        self.on_event("error", host.name, _op_name(state, op_hash))
+        self.on_event("error", host.name, _op_name(state, host, op_hash))
 
 
 class _ConnectErrors(BaseStateCallback):
@@ -224,7 +226,14 @@ def explain_failure(host_name: str, message: str) -> None:
     _REASONS.setdefault(host_name, []).append(message)
 
 
-def _op_name(state: State, op_hash: str) -> str:
+# Each operation's name for its host. pyinfra keeps one set of names per operation hash for
+# all hosts, and hosts whose step lists differ share hashes for different operations.
+_OP_NAMES: dict[tuple[str, str], str] = {}
+
+
+def _op_name(state: State, host: Host, op_hash: str) -> str:
+    if (host.name, op_hash) in _OP_NAMES:
+        return _OP_NAMES[(host.name, op_hash)]
     names = state.get_op_meta(op_hash).names
     return sorted(names)[0] if names else op_hash
 
@@ -304,6 +313,7 @@ class Engine:
 
     def deploy(self, steps: list[ServiceStep],
                on_event: Callable[[str, str, str], None] | None = None) -> DeployReport:
+        _OP_NAMES.clear()
         if on_event:
             self.state.add_callback_handler(Progress(on_event))
         for host in self.hosts():
@@ -330,7 +340,7 @@ class Engine:
                     continue
                 report.operations += 1
                 meta = data.operation_meta
-                name = _op_name(self.state, op_hash)
+                name = _op_name(self.state, host, op_hash)
                 if self.check:
                     if meta._maybe_is_change:
                         report.changed.append(name)

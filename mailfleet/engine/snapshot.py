@@ -120,4 +120,4 @@ register("files", f"find {_paths} -type f -printf '%m %u %g %p\\n'; echo ==; "
                   f"find {_paths} -type f -exec sha1sum {{}} +")
 register("secrets", f"for f in {SECRETS_DIR}/*; do [ -f \"$f\" ] && "
                     "printf '%s %s\\n' \"${f##*/}\" \"$(head -n 1 \"$f\")\"; done")
-register("os", '. /etc/os-release && echo "$ID $VERSION_ID"')
+register("os", '. /etc/os-release && echo "$ID $VERSION_ID $(uname -m)"')

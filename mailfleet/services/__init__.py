@@ -25,6 +25,7 @@ from mailfleet.services import (
     postgres,
     radicale,
     roundcube,
+    sogo,
     sshd,
     system,
     units,
@@ -43,6 +44,8 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
         wanted.update(nginx.PACKAGES)
         if config is None or config.features.webmail == "roundcube":
             wanted.update(roundcube.PACKAGES)
+        elif config.features.webmail == "sogo":
+            wanted.update(sogo.packages(config))
         if config is None or config.features.radicale:
             wanted.update(radicale.PACKAGES)
     return sorted(wanted)
@@ -51,9 +54,9 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
 def not_yet_deployable(config: Config) -> str | None:
     """A setting the config accepts but this version cannot deploy yet: said before any
     host is touched, never silently skipped."""
-    if config.features.webmail == "sogo":
-        return ('features.webmail = "sogo" is not deployed by this version of mailfleet yet '
-                '(use "roundcube" or "none")')
+    if config.features.wireguard:
+        return ("features.wireguard = true is not deployed by this version of mailfleet yet "
+                "(set it to false)")
     return None
 
 
@@ -80,6 +83,7 @@ DEPLOY_STEPS = [
     postfix.deploy,
     mailflow.deploy,
     roundcube.deploy,
+    sogo.deploy,
     radicale.deploy,
     nginx.deploy,
     firewall.deploy,
@@ -101,5 +105,6 @@ CHECKS = [
     mailflow.checks,
     nginx.checks,
     roundcube.checks,
+    sogo.checks,
     radicale.checks,
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
-from mailfleet.services import firewall, roundcube
+from mailfleet.services import firewall, roundcube, sogo
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
@@ -16,12 +16,12 @@ from mailfleet.templating import render
 PACKAGES = ["fail2ban", "python3-systemd", "iptables"]
 JAIL_FILE = "/etc/fail2ban/jail.d/mailfleet.local"
 JAILS = ("sshd", "postfix", "dovecot")
-WEBMAIL_JAIL = "roundcube-auth"
+WEBMAIL_JAILS = {"roundcube": "roundcube-auth", "sogo": "sogo-auth"}
 
 
 def jails(config, roles: list[str]) -> list[str]:
-    webmail = config.features.webmail == "roundcube" and "web" in roles
-    return [*JAILS, *([WEBMAIL_JAIL] if webmail else [])]
+    webmail = WEBMAIL_JAILS.get(config.features.webmail) if "web" in roles else None
+    return [*JAILS, *([webmail] if webmail else [])]
 snapshot.register_unit("fail2ban")
 
 
@@ -32,6 +32,7 @@ def deploy(ctx: HostContext) -> None:
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
                                   ignore=settings.ignore, roundcube=roundcube.enabled(ctx),
+                                  sogo=sogo.enabled(ctx.config, ctx.settings.roles),
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
     ctx.service("fail2ban", restart_when=(jails,))
 

@@ -14,7 +14,7 @@ from pyinfra.operations import files
 
 from mailfleet.dns.records import mta_sts_policy
 from mailfleet.engine import Engine, HostContext, config_file
-from mailfleet.services import certs, radicale, roundcube
+from mailfleet.services import certs, radicale, roundcube, sogo
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -63,7 +63,7 @@ def deploy(ctx: HostContext) -> None:
             webmail_prefix=prefix, roundcube_root=roundcube.ROOT,
             php_socket=roundcube.php_socket(ctx), upload_mb=config.mail.message_size_mb + 5,
             radicale=config.features.radicale, radicale_path=config.web.radicale_path,
-            radicale_port=radicale.PORT,
+            radicale_port=radicale.PORT, **sogo.nginx_values(ctx),
         ))
     link = ctx.op(files.link, name="Enable the nginx site", path=ENABLED, target=SITE)
     default = ctx.op(files.link, name="Remove Debian's default nginx site",

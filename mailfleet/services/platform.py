@@ -7,7 +7,7 @@ release, which is known before anything is installed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mailfleet.engine import HostContext
 from mailfleet.errors import DeployError
@@ -22,20 +22,28 @@ class Platform:
     postfix_compatibility: str  # the newest compatibility_level this Postfix knows
     php: str  # php-fpm's version: its unit, socket and /etc/php/VERSION
     nginx_http2_on: bool  # nginx 1.25.1+ spells HTTP/2 `http2 on;`, older ones `listen ... http2`
+    gnustep_multiarch: bool  # SOGo's files under /usr/lib/TRIPLET/GNUstep (Debian 13) or not
+    machine: str = "x86_64"  # `uname -m`: with "-linux-gnu", the multiarch directory
+
+    @property
+    def gnustep_lib(self) -> str:
+        """Where SOGo's bundles and web resources are installed."""
+        return f"/usr/lib/{self.machine}-linux-gnu/GNUstep" if self.gnustep_multiarch \
+            else "/usr/lib/GNUstep"
 
 
 SUPPORTED = {
-    12: Platform(12, "bookworm", "2.3", "15", "3.6", "8.2", False),
-    13: Platform(13, "trixie", "2.4", "17", "3.9", "8.4", True),
+    12: Platform(12, "bookworm", "2.3", "15", "3.6", "8.2", False, False),
+    13: Platform(13, "trixie", "2.4", "17", "3.9", "8.4", True, True),
 }
 
 
 def platform(ctx: HostContext) -> Platform:
     text = ctx.snapshot("os")
-    distro, _, version = text.strip().partition(" ")
+    distro, version, machine = (text.split() + ["", "", ""])[:3]
     if distro != "debian" or not version.isdigit() or int(version) not in SUPPORTED:
         raise DeployError(
             f"Host {ctx.settings.name} runs {text.strip() or 'an unknown system'}; "
             "mailfleet supports Debian 12 (bookworm) and Debian 13 (trixie).",
         )
-    return SUPPORTED[int(version)]
+    return replace(SUPPORTED[int(version)], machine=machine or "x86_64")

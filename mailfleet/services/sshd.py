@@ -80,6 +80,11 @@ def _verify_or_roll_back(settings: HostSettings, admin: str) -> None:
     raise DeployError(message)
 
 
+def verify_step(admin: str) -> str:
+    """The name of the step after which only `admin` can log in (when it did not fail)."""
+    return f"Log in as {admin} with the new SSH settings (rolled back if it fails)"
+
+
 def deploy(ctx: HostContext) -> None:
     content = settings(ctx)
     known = ctx.file_state(DROPIN)
@@ -91,8 +96,7 @@ def deploy(ctx: HostContext) -> None:
                      content=content, validate=_VALIDATE)
     ctx.service("ssh", reload_when=(written,))
     if changing and not ctx.check:
-        ctx.op(python.call, name=f"Log in as {ctx.config.admin.user} with the new SSH settings "
-                                 "(rolled back if it fails)",
+        ctx.op(python.call, name=verify_step(ctx.config.admin.user),
                function=_verify_or_roll_back, settings=ctx.settings, admin=ctx.config.admin.user)
 
 

@@ -151,7 +151,7 @@ def test_dns_publish_names_an_unreadable_key_file(tmp_path):
 
 
 @pytest.mark.parametrize("features, message", [
-    ('webmail = "sogo"', 'features.webmail = "sogo" is not deployed by this version'),
+    ("wireguard = true", "features.wireguard = true is not deployed by this version"),
 ])
 def test_features_not_yet_deployable_are_refused_before_any_host(tmp_path, features, message):
     (tmp_path / "mailfleet.toml").write_text(

@@ -1,0 +1,121 @@
+"""SOGo: webmail, calendars and contacts (CalDAV/CardDAV) and optionally ActiveSync, the
+alternative to Roundcube (+ Radicale), from Debian's packages.
+
+Its own PostgreSQL database (SOGo makes its tables there on first use) and role; the users
+are mailfleet's accounts through the `sogo_users` view (migration 0003), so a password
+changed in SOGo is the one Dovecot checks. nginx proxies /SOGo to it on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+
+from mailfleet.accounts import schema
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.services import postgres
+from mailfleet.services.checks import CheckResult, https_count
+from mailfleet.services.platform import platform
+from mailfleet.templating import render
+
+# memcached: SOGo keeps sessions and its failed-login counter there (a Depends, named so
+# that removal takes it away again)
+PACKAGES = ["sogo", "memcached"]
+ACTIVESYNC_PACKAGES = ["sogo-activesync"]
+DATABASE = "sogo"
+ROLE = "mailfleet_sogo"
+PORT = 20000
+CONFIG = "/etc/sogo/sogo.conf"
+URL_PATH = "/SOGo"
+
+snapshot.register("sogo", "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' "
+                          "sogo sogo-activesync 2>/dev/null")
+snapshot.register_unit("sogo")
+snapshot.register_unit("memcached")
+
+
+def enabled(config, roles: list[str]) -> bool:
+    return config.features.webmail == "sogo" and "web" in roles
+
+
+def packages(config) -> list[str]:
+    return [*PACKAGES, *(ACTIVESYNC_PACKAGES if config.features.activesync else [])]
+
+
+def _installed(ctx: HostContext) -> set[str]:
+    return {line.split()[0] for line in ctx.snapshot("sogo").splitlines()
+            if line.split()[1:] == ["installed"]}
+
+
+@operation()
+def remove(packages: list[str], everything: bool):
+    """Packages of SOGo that the config no longer wants. With `everything` (webmail is not
+    SOGo any more) also its config, logs and spool; its database (users' calendars,
+    contacts and preferences) stays until dropped by hand."""
+    yield (f"export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q {' '.join(packages)} "
+           "&& apt-get autoremove --purge -y -q"
+           + (" && rm -rf /etc/sogo /var/log/sogo /var/spool/sogo" if everything else ""))
+
+
+def deploy(ctx: HostContext) -> None:
+    installed = _installed(ctx)
+    if not enabled(ctx.config, ctx.settings.roles):
+        if installed:
+            ctx.op(remove, name="Remove SOGo (webmail is not sogo)",
+                   packages=[*PACKAGES, *ACTIVESYNC_PACKAGES], everything=True)
+        return
+    config = ctx.config
+    if not config.features.activesync and "sogo-activesync" in installed:
+        ctx.op(remove, name="Remove SOGo's ActiveSync (activesync = false)",
+               packages=ACTIVESYNC_PACKAGES, everything=False)
+    db_state = postgres.database_state(ctx)
+    password, _ = ctx.secret(f"postgres-{ROLE}")
+    # the role itself is one of the schema's (postgres.deploy made it): SOGo reads the
+    # users' view with it; here it gets SOGo's own database too
+    ctx.op(postgres.database, name="Create the sogo database", dbname=DATABASE,
+           exists=DATABASE in db_state.databases, owner=ROLE)
+    conf = ctx.op(config_file, name=f"Write {CONFIG}", dest=CONFIG, mode="640", group="sogo",
+                  secret=True,
+                  content=render("sogo/sogo.conf.j2", fqdn=ctx.fqdn, db_user=ROLE,
+                                 db_password=password, db_name=DATABASE,
+                                 accounts_db=schema.DATABASE, domain=config.mail.domain,
+                                 title=config.web.title, port=PORT,
+                                 activesync=config.features.activesync))
+    ctx.service("memcached")
+    ctx.service("sogo", restart_when=(conf,))
+
+
+def nginx_values(ctx: HostContext) -> dict[str, object]:
+    """What the nginx site needs to proxy SOGo and serve its static files."""
+    return dict(sogo_port=PORT, sogo_path=URL_PATH,
+                sogo_resources=f"{platform(ctx).gnustep_lib}/SOGo/WebServerResources/",
+                activesync=ctx.config.features.activesync)
+
+
+LOGIN_MARK = "SOGo.MainUI"  # the login page's Angular module: the page rendered, not an error
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    """SOGo and memcached run, and the login page renders through nginx."""
+    if engine.config.features.webmail != "sogo":
+        return []
+    command = ("systemctl is-active sogo.service memcached.service | tr '\\n' ' '; echo; "
+               + https_count(f"{URL_PATH}/", LOGIN_MARK))
+    results = []
+    for name, text in engine.facts(Command, command=command).items():
+        if not enabled(engine.config, engine.settings[name].roles):
+            continue
+        lines = (text or "").splitlines()
+        states = (lines[0].split() if lines else []) + ["unknown", "unknown"]
+        for unit, state in zip(("sogo", "memcached"), states):
+            results.append(CheckResult(name, f"{unit} running",
+                                       "ok" if state == "active" else "fail", state,
+                                       f"see `journalctl -u {unit}` and /var/log/sogo/sogo.log"))
+        count = lines[-1].strip() if len(lines) > 1 else "0"
+        ok = count not in ("", "0")
+        url = f"https://{engine.config.host_fqdn(engine.settings[name])}{URL_PATH}/"
+        results.append(CheckResult(name, "webmail login page", "ok" if ok else "fail",
+                                   f"SOGo at {url}" + ("" if ok else " shows no login page"),
+                                   "see /var/log/sogo/sogo.log and the nginx error log"))
+    return results
