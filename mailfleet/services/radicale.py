@@ -8,10 +8,12 @@ backend) and 3.5 (Debian 13, whose dovecot backend breaks against Dovecot 2.4).
 
 from __future__ import annotations
 
+from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine.snapshot import FileState
 from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult, https_fetch
 from mailfleet.templating import render
@@ -20,6 +22,8 @@ PACKAGES = ["radicale"]
 PORT = 5232
 STORAGE = "/var/lib/radicale/collections"
 MODULE_DIR = "/usr/local/lib/mailfleet/radicale"
+MODULE = f"{MODULE_DIR}/mailfleet_radicale_auth.py"
+DROP_IN_DIR = "/etc/systemd/system/radicale.service.d"
 
 snapshot.register_unit("radicale")
 
@@ -28,8 +32,21 @@ def enabled(config, roles: list[str]) -> bool:
     return config.features.radicale and "web" in roles
 
 
+@operation()
+def remove():
+    """Radicale switched off: the package, its config and mailfleet's module go; the users'
+    calendars and address books in /var/lib/radicale/collections stay."""
+    yield ("export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q radicale && "
+           f"apt-get autoremove --purge -y -q && rm -rf {MODULE_DIR} {DROP_IN_DIR} && "
+           "systemctl daemon-reload")
+
+
 def deploy(ctx: HostContext) -> None:
     if not enabled(ctx.config, ctx.settings.roles):
+        # only what mailfleet set up (its module is there): a Radicale installed by hand
+        # for something else is left alone
+        if isinstance(ctx.file_state(MODULE), FileState):
+            ctx.op(remove, name="Remove Radicale (radicale = false)")
         return
     values = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, port=PORT, storage=STORAGE,
                   path=ctx.config.web.radicale_path, module_dir=MODULE_DIR)
@@ -37,13 +54,13 @@ def deploy(ctx: HostContext) -> None:
            group="radicale", mode="750")
     written = [
         ctx.op(config_file, name="Write Radicale's authentication module",
-               dest=f"{MODULE_DIR}/mailfleet_radicale_auth.py",
+               dest=MODULE,
                content=render("radicale/mailfleet_radicale_auth.py.j2", **values)),
         ctx.op(config_file, name="Write /etc/radicale/config", dest="/etc/radicale/config",
                content=render("radicale/config.j2", **values), group="radicale", mode="640"),
     ]
     unit = ctx.op(config_file, name="Let Radicale load mailfleet's module",
-                  dest="/etc/systemd/system/radicale.service.d/mailfleet.conf",
+                  dest=f"{DROP_IN_DIR}/mailfleet.conf",
                   content=render("radicale/service-override.conf.j2", **values))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
     ctx.service("radicale", restart_when=(*written, unit))

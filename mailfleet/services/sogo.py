@@ -81,7 +81,9 @@ def deploy(ctx: HostContext) -> None:
                                  db_password=password, db_name=DATABASE,
                                  accounts_db=schema.DATABASE, domain=config.mail.domain,
                                  title=config.web.title, port=PORT,
-                                 activesync=config.features.activesync))
+                                 activesync=config.features.activesync,
+                                 min_password_length=config.mail.min_password_length,
+                                 min_password_regex=f".{{{config.mail.min_password_length},}}"))
     ctx.service("memcached")
     ctx.service("sogo", restart_when=(conf,))
 

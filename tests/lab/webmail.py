@@ -105,3 +105,50 @@ class Roundcube:
         page.fill("#confpasswd", new)
         page.click("button.submit")
         page.wait_for_selector("text=Successfully saved")
+
+
+class SOGo:
+    """One user's SOGo session (its Angular pages load in steps: wait for elements, not
+    for the page's load event)."""
+
+    def __init__(self, chromium, url: str, shots: Path) -> None:
+        self.context = chromium.new_context(ignore_https_errors=True,
+                                            viewport={"width": 1280, "height": 800})
+        self.context.set_default_timeout(TIMEOUT_MS)
+        self.page: Page = self.context.new_page()
+        self.base = url.rstrip("/")
+        self.shots = shots
+
+    def close(self) -> None:
+        self.context.close()
+
+    def shot(self, name: str) -> Path:
+        path = self.shots / f"{name}.png"
+        self.page.screenshot(path=str(path))
+        return path
+
+    def login(self, user: str, password: str) -> bool:
+        """True when the mail view opens; False when SOGo refuses the login."""
+        page = self.page
+        page.goto(self.base + "/")  # nginx sends / on to /SOGo/
+        page.fill('input[ng-model="app.creds.username"]', user)
+        page.fill('input[ng-model="app.creds.password"]', password)
+        with page.expect_response("**/SOGo/connect") as answer:
+            page.click('button[type="submit"]')
+        if answer.value.status != 200:
+            return False
+        page.wait_for_url("**/Mail/view**")
+        return True
+
+    def wait_for_message(self, subject: str) -> None:
+        """The inbox lists a message with this subject."""
+        self.page.get_by_text(subject, exact=True).first.wait_for(state="visible")
+
+    def change_password(self, user: str, current: str, new: str) -> int:
+        """SOGo's own password change request, as its Preferences page sends it (with the
+        session's XSRF token); the HTTP status."""
+        token = next(c["value"] for c in self.context.cookies() if c["name"] == "XSRF-TOKEN")
+        answer = self.context.request.post(
+            self.base + "/SOGo/so/changePassword", headers={"X-XSRF-TOKEN": token},
+            data={"userName": user, "newPassword": new, "oldPassword": current})
+        return answer.status

@@ -122,3 +122,10 @@ def test_web_paths_are_normalised_and_radicale_needs_its_own():
         parse(base + 'radicale_path = "/"\n')
     with pytest.raises(ConfigError, match=r"web.webmail_path: 'web mail' is not a URL path"):
         parse(base + 'webmail_path = "web mail"\n')
+
+
+def test_activesync_needs_sogo():
+    base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[features]\n'
+    message = _error(base + 'activesync = true\n')
+    assert 'activesync = true needs webmail = "sogo"' in message and "'roundcube'" in message
+    assert parse(base + 'webmail = "sogo"\nactivesync = true\n').features.activesync

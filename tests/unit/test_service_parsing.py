@@ -9,7 +9,7 @@ import pytest
 from mailfleet.accounts import schema
 from mailfleet.accounts.passwords import generate_password, hash_password, verify_password
 from mailfleet.config import parse
-from mailfleet.services import certs, mailflow, mailstore, opendkim, packages, units
+from mailfleet.services import certs, fail2ban, mailflow, mailstore, opendkim, packages, units
 
 GENKEY_TXT = '''mail._domainkey	IN	TXT	( "v=DKIM1; h=sha256; k=rsa; "
 	  "p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyz"
@@ -102,3 +102,28 @@ def test_config_mail_settings_and_package_list():
         parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\ndkim_selector = "a b"\n')
     assert {"postfix-pgsql", "dovecot-pgsql", "dovecot-sieve", "opendkim-tools",
             "postgresql"} <= set(packages(config))
+
+
+def test_webmail_choice_picks_packages_and_fail2ban_jail():
+    base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[features]\n'
+    sogo = parse(base + 'webmail = "sogo"\nactivesync = true\n')
+    roundcube = parse(base + 'radicale = true\n')
+    web, mail_only = ["mail", "web"], ["mail"]
+    assert {"sogo", "memcached", "sogo-activesync"} <= set(packages(sogo, web))
+    assert not {"roundcube-core", "php-fpm", "radicale"} & set(packages(sogo, web))
+    assert not {"sogo", "nginx"} & set(packages(sogo, mail_only))
+    assert {"roundcube-core", "radicale"} <= set(packages(roundcube, web))
+    assert "sogo" not in packages(None)  # lab images: SOGo excludes Roundcube, never both
+    assert fail2ban.jails(sogo, web)[-1] == "sogo-auth"
+    assert fail2ban.jails(roundcube, web)[-1] == "roundcube-auth"
+    assert fail2ban.jails(sogo, mail_only) == list(fail2ban.JAILS)
+
+
+def test_sogo_files_are_where_each_debian_puts_them():
+    from dataclasses import replace
+
+    from mailfleet.services.platform import SUPPORTED
+    assert SUPPORTED[12].gnustep_lib == "/usr/lib/GNUstep"
+    assert SUPPORTED[13].gnustep_lib == "/usr/lib/x86_64-linux-gnu/GNUstep"
+    assert replace(SUPPORTED[13], machine="aarch64").gnustep_lib == \
+        "/usr/lib/aarch64-linux-gnu/GNUstep"

@@ -18,3 +18,13 @@ GRANT USAGE ON SCHEMA public TO mailfleet_sogo;
 GRANT SELECT (name, active) ON domains TO mailfleet_sogo;
 GRANT SELECT ON sogo_users TO mailfleet_sogo;
 GRANT UPDATE (c_password) ON sogo_users TO mailfleet_sogo;
+
+-- A password change through the view (or any other way) dates the mailbox.
+CREATE FUNCTION mailboxes_touch() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.updated_at := now();
+    RETURN NEW;
+END $$;
+CREATE TRIGGER mailboxes_password_changed BEFORE UPDATE OF password ON mailboxes
+    FOR EACH ROW WHEN (OLD.password IS DISTINCT FROM NEW.password)
+    EXECUTE FUNCTION mailboxes_touch();
