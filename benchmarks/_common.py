@@ -15,11 +15,14 @@ class Mailfleet:
         self.config = Path(tempfile.mkdtemp()) / "mailfleet.toml"
         self.env = {**os.environ, "MAILFLEET_LAB": lab, "MAILFLEET_CONFIG": str(self.config)}
 
-    def __call__(self, *argv: str) -> tuple[float, subprocess.CompletedProcess]:
-        """Run `mailfleet ARGV`; (seconds, result). A failure ends the benchmark."""
+    def __call__(self, *argv: str, input: str | None = None
+                 ) -> tuple[float, subprocess.CompletedProcess]:
+        """Run `mailfleet ARGV` (with `input` on its standard input, else none); (seconds,
+        result). A failure ends the benchmark."""
         started = time.perf_counter()
+        stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
         done = subprocess.run([sys.executable, "-m", "mailfleet", *argv], env=self.env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
+                              capture_output=True, text=True, **stdin)
         elapsed = time.perf_counter() - started
         if done.returncode != 0:
             sys.exit(f"mailfleet {' '.join(argv)} failed:\n{done.stdout}{done.stderr}")

@@ -103,11 +103,24 @@ def test_user_logs_in_in_the_browser_and_sees_the_inbox(node: Node, sogo_on: Cli
     finally:
         session.close()
 
+    before = _failures_matched(node)
     refused = SOGo(chromium, _url(node), ARTIFACTS)
     try:
         assert not refused.login(reader, "not-the-password-at-all")
     finally:
         refused.close()
+    # fail2ban's sogo-auth filter counts it, under the client's address (the lab's gateway
+    # here), not nginx's 127.0.0.1, which fail2ban never bans
+    assert _failures_matched(node) == before + 1
+    line = node.cli.ssh(node.name, f"grep \"for user '{reader}' might not have worked\" "
+                                   "/var/log/sogo/sogo.log | tail -n 1")
+    assert "Login from '10.77.0.1'" in line, line
+
+
+def _failures_matched(node: Node) -> int:
+    out = node.cli.ssh(node.name, "fail2ban-regex /var/log/sogo/sogo.log sogo-auth | "
+                                  "grep -o '[0-9]* matched'")
+    return int(out.split()[0])
 
 
 def _dav(node: Node, user: str, password: str = PASSWORD) -> caldav.DAVClient:
