@@ -387,6 +387,42 @@ class HostSettings(_Strict):
         return value
 
 
+LETSENCRYPT = "https://acme-v02.api.letsencrypt.org/directory"
+LETSENCRYPT_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+class AcmeSettings(_Strict):
+    """Certificates from an ACME CA (Let's Encrypt by default) instead of the local CA."""
+
+    enabled: bool = Field(False, description="Obtain and renew the host certificate by ACME.")
+    directory: str = Field(LETSENCRYPT, description="The ACME server's directory URL.")
+    staging: bool = Field(False, description="Use Let's Encrypt's staging server (for trials).")
+    email: str | None = Field(None, description="Contact for expiry notices; default postmaster@DOMAIN.")
+    challenge: Literal["http-01"] = Field(
+        "http-01", description="How the CA checks the names: HTTP on port 80 through nginx.")
+    directory_ca_file: str | None = Field(
+        None, description="A PEM file of the CA that signed a private ACME server's HTTPS "
+                          "certificate (Pebble, step-ca); public CAs need none.")
+
+    @field_validator("directory")
+    @classmethod
+    def _check_directory(cls, value: str) -> str:
+        if not re.fullmatch(r"https://[^\s/]+(/\S*)?", value):
+            raise ValueError(f"{value!r} is not an https:// URL")
+        return value
+
+    @field_validator("email")
+    @classmethod
+    def _check_email(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[^@\s]+@[a-z0-9.-]+\.[a-z]+", value.lower()):
+            raise ValueError(f"{value!r} is not a mail address")
+        return value
+
+    @property
+    def directory_url(self) -> str:
+        return LETSENCRYPT_STAGING if self.staging else self.directory
+
+
 class Config(_Strict):
     mail: MailSettings
     admin: AdminSettings = Field(default_factory=AdminSettings)
@@ -394,6 +430,7 @@ class Config(_Strict):
     fail2ban: Fail2banSettings = Field(default_factory=Fail2banSettings)
     dns: DnsSettings = Field(default_factory=DnsSettings)
     web: WebSettings = Field(default_factory=WebSettings)
+    acme: AcmeSettings = Field(default_factory=AcmeSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

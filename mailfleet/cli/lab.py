@@ -15,8 +15,9 @@ from mailfleet.cli.state import globals_of
 from mailfleet import config as config_mod
 from mailfleet.config import load
 from mailfleet.errors import ConfigError, MailfleetError, UsageError
+from mailfleet.lab import acme as lab_acme
 from mailfleet.lab import dns as lab_dns
-from mailfleet.lab.inventory import host_entries, remove_hosts, write_dns, write_hosts
+from mailfleet.lab.inventory import host_entries, remove_hosts, write_acme, write_dns, write_hosts
 from mailfleet.lab.lab import Lab
 from mailfleet.lab.paths import DEFAULT_RELEASE
 
@@ -176,6 +177,31 @@ def dns(
     write_dns(path, served)
     info(f"{node} ({served.address}) serves {', '.join(served.zones)}; every node resolves "
          f"through it; [dns] in {path} points at it (127.0.0.1:{served.port})")
+
+
+@app.command()
+def acme(
+    ctx: typer.Context,
+    node: Annotated[str, typer.Argument(help="The node to run the ACME server on, e.g. n3.")],
+    dns: Annotated[Optional[str], typer.Option(
+        "--dns", metavar="NODE",
+        help="The node whose DNS server Pebble asks (see `lab dns`) [default: NODE].")] = None,
+) -> None:
+    """Give the lab an ACME server: Pebble on NODE, checking names through the lab's DNS.
+
+    Writes [acme] into the config (enabled, Pebble's directory, the file that makes its
+    HTTPS trusted), so the next `deploy` obtains certificates from it.
+    """
+    lab = _lab(ctx)
+    path = globals_of(ctx).config_path
+    config = load(path)
+    users = {h.name: h.ssh_user for h in config.hosts if h.lab == lab.paths.id}
+    resolver = f"{lab.node(dns or node).address}:53"
+    served = lab_acme.setup(lab, node, resolver, users.get(node, "root"))
+    write_acme(path, served)
+    info(f"{node} runs Pebble at {served.directory} (names checked through {resolver}); its "
+         f"root CA: https://127.0.0.1:{served.management_port}/roots/0; [acme] in {path} "
+         "points at it")
 
 
 def _zone(value: str) -> str:

@@ -59,12 +59,13 @@ def _script(zones: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _run(lab: Lab, node: str, user: str, script: str, timeout: float = 300) -> str:
+def run_script(lab: Lab, node: str, user: str, script: str, timeout: float = 300,
+               what: str = "DNS") -> str:
     cmd = lab.ssh_command(node, ["bash", "-s"], user)
     done = subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:
         detail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise LabError(f"Setting up DNS on lab node {node} failed: {detail}")
+        raise LabError(f"Setting up {what} on lab node {node} failed: {detail}")
     return done.stdout
 
 
@@ -74,7 +75,7 @@ def setup(lab: Lab, node: str, zones: list[str], users: dict[str, str]) -> LabDn
     zones = list(dict.fromkeys([*zones, REVERSE_ZONE]))
     state = lab.running_state()
     dns_node = lab.node(node)
-    key_text = _run(lab, node, users.get(node, "root"), _script(zones))
+    key_text = run_script(lab, node, users.get(node, "root"), _script(zones))
     key_file = lab.paths.state_dir / "dns-tsig.key"
     key_file.write_text(key_text[key_text.index("key "):])
     key_file.chmod(0o600)
@@ -83,5 +84,5 @@ def setup(lab: Lab, node: str, zones: list[str], users: dict[str, str]) -> LabDn
                 # Postfix copies resolv.conf into its chroot when it starts
                 "if systemctl -q is-active postfix; then systemctl restart postfix; fi\n")
     for other in state.nodes:
-        _run(lab, other.name, users.get(other.name, "root"), resolver, timeout=60)
+        run_script(lab, other.name, users.get(other.name, "root"), resolver, timeout=60)
     return LabDns(node, dns_node.address, lab.forward(node, 53), zones, key_file)

@@ -8,6 +8,7 @@ import tomlkit
 
 from mailfleet.config import save
 from mailfleet.lab import network
+from mailfleet.lab.acme import LabAcme
 from mailfleet.lab.dns import LabDns
 from mailfleet.lab.lab import Lab, LabState
 from mailfleet.templating import render_init
@@ -75,4 +76,17 @@ def write_dns(path: Path, dns: LabDns) -> None:
         zones.append({"zone": zone, "server": "127.0.0.1", "port": dns.port,
                       "tsig_key_file": str(dns.key_file)})
     table["zones"] = zones
+    save(path, tomlkit.dumps(doc))
+
+
+def write_acme(path: Path, acme: LabAcme) -> None:
+    """Point [acme] at the lab's Pebble, trusting its listener's certificate."""
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    table = doc.get("acme")
+    if table is None:
+        table = tomlkit.table()
+        doc["acme"] = table
+    table["enabled"] = True
+    table["directory"] = acme.directory
+    table["directory_ca_file"] = str(acme.listener_ca)
     save(path, tomlkit.dumps(doc))

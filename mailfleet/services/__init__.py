@@ -10,6 +10,7 @@ from pyinfra.operations import apt
 from mailfleet.config import Config
 from mailfleet.engine import HostContext
 from mailfleet.services import (
+    acme,
     admin,
     certs,
     dovecot,
@@ -40,6 +41,8 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
               *opendmarc.PACKAGES}
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
+    if config is not None and config.acme.enabled and (roles is None or "web" in roles):
+        wanted.update(acme.PACKAGES)
     if roles is None or "web" in roles:
         wanted.update(nginx.PACKAGES)
         if config is None or config.features.webmail == "roundcube":
@@ -87,6 +90,7 @@ DEPLOY_STEPS = [
     radicale.deploy,
     nginx.deploy,
     firewall.deploy,
+    acme.deploy,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.deploy,
 ]
 CHECKS = [

@@ -9,6 +9,7 @@ reload on that (see `ctx.produced["certificate"]`).
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from pyinfra import host
@@ -28,9 +29,13 @@ KEY_FILE = f"{TLS_DIR}/key.pem"
 SCRIPT = "/usr/local/lib/mailfleet/local-ca.sh"
 DAYS = 825
 RENEW_DAYS = 30
+SOURCE_FILE = f"{TLS_DIR}/source"  # "acme" once certbot's deploy hook installed one
+# check: an ACME certificate warns this many days before it expires, and fails at the second
+ACME_WARN_DAYS, ACME_FAIL_DAYS = 21, 7
 _INSPECT = (
-    f"openssl x509 -in {CERT_FILE} -noout -ext subjectAltName -enddate 2>/dev/null "
-    f"&& openssl verify -CAfile {CA_FILE} {CERT_FILE} >/dev/null 2>&1 && echo verified || true"
+    f"openssl x509 -in {CERT_FILE} -noout -ext subjectAltName -enddate -issuer 2>/dev/null "
+    f"&& openssl verify -CAfile {CA_FILE} {CERT_FILE} >/dev/null 2>&1 && echo verified; "
+    f"printf 'source '; cat {SOURCE_FILE} 2>/dev/null || echo local-ca"
 )
 
 
@@ -51,10 +56,23 @@ def certificate_names(config: Config, fqdn: str) -> list[str]:
     return list(dict.fromkeys([fqdn, config.mail.hostname, *web_names(config)]))
 
 
-def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:
-    """(DNS names, notAfter, chain verifies) from `_INSPECT`'s output."""
+@dataclass(frozen=True)
+class Inspection:
+    """What the host's certificate is, from `_INSPECT`'s output."""
+
+    names: set[str]
+    not_after: datetime | None
+    verified: bool  # by the local CA
+    issuer: str = ""
+    source: str = "local-ca"  # or "acme"
+
+    def days_left(self) -> int:
+        return (self.not_after - datetime.now(timezone.utc)).days if self.not_after else -1
+
+
+def inspect(text: str) -> Inspection:
     names: set[str] = set()
-    not_after = None
+    not_after, issuer, source = None, "", "local-ca"
     for line in text.splitlines():
         line = line.strip()
         if "DNS:" in line:
@@ -62,19 +80,34 @@ def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:
         elif line.startswith("notAfter="):
             not_after = datetime.strptime(line[9:].replace("  ", " "), "%b %d %H:%M:%S %Y %Z")
             not_after = not_after.replace(tzinfo=timezone.utc)
-    return names, not_after, "verified" in text.split()
+        elif line.startswith("issuer="):
+            issuer = line[7:].strip()
+        elif line.startswith("source "):
+            source = line[7:].strip() or "local-ca"
+    return Inspection(names, not_after, "verified" in text.split(), issuer, source)
+
+
+def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:
+    """(DNS names, notAfter, chain verifies) from `_INSPECT`'s output."""
+    found = inspect(text)
+    return found.names, found.not_after, found.verified
 
 
 snapshot.register("certificate", _INSPECT)
 
 
 @operation()
-def local_certificate(names: list[str], inspection: str):
-    """Issue the host certificate from the local CA when names or lifetime require it."""
-    have, not_after, verified = parse_inspection(inspection)
-    days_left = (not_after - datetime.now(timezone.utc)).days if not_after else -1
-    if have == set(names) and verified and days_left > RENEW_DAYS:
-        host.noop(f"certificate for {', '.join(names)} valid for {days_left} more days")
+def local_certificate(names: list[str], inspection: str, acme: bool):
+    """Issue the host certificate from the local CA when names or lifetime require it.
+
+    With ACME on, a certificate certbot installed is left alone while it covers the names
+    and has not expired (certbot renews it); until then the local one keeps TLS working."""
+    found = inspect(inspection)
+    if acme and found.source == "acme" and set(names) <= found.names and found.days_left() > 0:
+        host.noop(f"ACME certificate for {', '.join(names)}, {found.days_left()} days left")
+        return
+    if found.names == set(names) and found.verified and found.days_left() > RENEW_DAYS:
+        host.noop(f"certificate for {', '.join(names)} valid for {found.days_left()} more days")
         return
     yield f"sh {SCRIPT} {' '.join(shlex.quote(n) for n in names)}"
 
@@ -85,27 +118,40 @@ def deploy(ctx: HostContext) -> None:
     ctx.produced["certificate"] = ctx.op(
         local_certificate, name="Issue the host certificate",
         names=certificate_names(ctx.config, ctx.fqdn), inspection=ctx.snapshot("certificate"),
+        acme=ctx.config.acme.enabled,
     )
 
 
 def checks(engine: Engine) -> list[CheckResult]:
     results = []
+    acme = engine.config.acme.enabled
     for name, text in engine.facts(Command, command=_INSPECT).items():
-        names, not_after, verified = parse_inspection(text or "")
+        found = inspect(text or "")
         wanted = set(certificate_names(engine.config, engine.config.host_fqdn(engine.settings[name])))
         fix = "run `mailfleet deploy` to issue it again"
-        if not not_after:
+        if not found.not_after:
             results.append(CheckResult(name, "TLS certificate", "fail", f"no certificate at {CERT_FILE}", fix))
             continue
-        days = (not_after - datetime.now(timezone.utc)).days
-        if not verified:
+        days = found.days_left()
+        from_acme = found.source == "acme"
+        if from_acme:
+            fix = "see `journalctl -u certbot` and /var/log/letsencrypt/letsencrypt.log on the host"
+        if not from_acme and not found.verified:
             results.append(CheckResult(name, "TLS certificate", "fail", "does not verify against its CA", fix))
-        elif not wanted <= names:
+        elif not wanted <= found.names:
             results.append(CheckResult(name, "TLS certificate", "fail",
-                                       f"lacks {', '.join(sorted(wanted - names))}", fix))
-        elif days < RENEW_DAYS:
+                                       f"lacks {', '.join(sorted(wanted - found.names))}", fix))
+        elif from_acme and days < ACME_FAIL_DAYS:
+            results.append(CheckResult(name, "TLS certificate", "fail",
+                                       f"expires in {days} days: renewal is failing", fix))
+        elif days < (ACME_WARN_DAYS if from_acme else RENEW_DAYS):
             results.append(CheckResult(name, "TLS certificate", "warn", f"expires in {days} days", fix))
         else:
+            origin = f"from {found.issuer}" if from_acme else "from the local CA"
             results.append(CheckResult(name, "TLS certificate", "ok",
-                                       f"{', '.join(sorted(names))}, {days} days left"))
+                                       f"{', '.join(sorted(found.names))}, {origin}, {days} days left"))
+        if acme and not from_acme:
+            results.append(CheckResult(name, "ACME certificate", "warn",
+                                       "not obtained yet: the local CA's certificate is in use",
+                                       "run `mailfleet deploy`; it names what the CA refused"))
     return results

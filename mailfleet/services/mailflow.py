@@ -31,7 +31,7 @@ from mailfleet.accounts.schema import DATABASE
 from mailfleet.engine import Engine, HostContext
 from mailfleet.engine.tunnel import tunnel
 from mailfleet.errors import MailfleetError
-from mailfleet.services import certs, opendkim
+from mailfleet.services import acme, certs, opendkim
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postgres import database_state, psql_script, sql_literal
 
@@ -77,9 +77,14 @@ def deploy(ctx: HostContext) -> None:
 
 # --- client side -------------------------------------------------------------------
 
-def tls_context(ca_pem: str | None) -> ssl.SSLContext:
+def tls_context(ca_pem: str | None, partial_chain: bool = False) -> ssl.SSLContext:
+    """Verifies host names and chains against `ca_pem` (else the system's CAs). With
+    `partial_chain`, an intermediate CA in `ca_pem` is enough: the one certbot received with
+    the host's ACME certificate (a private ACME server's root is known to nobody)."""
     context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if partial_chain:
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
     return context
 
 
@@ -234,16 +239,18 @@ def checks(engine: Engine) -> list[CheckResult]:
     domain = engine.config.mail.domain
     address = check_address(domain)
     cas = engine.facts(FileContents, path=certs.CA_FILE)
+    acme_on = engine.config.acme.enabled
+    chains = engine.facts(FileContents, path=f"{acme.LIVE}/chain.pem") if acme_on else {}
     secrets = engine.facts(FileContents, path=f"/etc/mailfleet/secrets/{SECRET}")
     keys = opendkim.public_keys(engine)
     results: list[CheckResult] = []
     for name, settings in engine.settings.items():
         fqdn = engine.config.host_fqdn(settings)
-        ca = "\n".join(cas.get(name) or []) or None
+        ca = "\n".join([*(cas.get(name) or []), *(chains.get(name) or [])]) or None
         password = (secrets.get(name) or [""])[0].strip()
         try:
             with tunnel(settings, list(TLS_PORTS)) as ports:
-                results += _check_host(name, fqdn, ports, tls_context(ca), address, password,
+                results += _check_host(name, fqdn, ports, tls_context(ca, acme_on), address, password,
                                        keys.get(name, {}))
         except MailfleetError as err:
             results.append(CheckResult(name, "mail flow", "fail", err.message,
