@@ -1,13 +1,21 @@
 """DNS in the lab: two installs for two domains (a.test on Debian 12, b.test on Debian 13),
 BIND on a third node as the lab's DNS. `dns publish` fills the zones, `dns check` finds them
 correct, mail from A reaches B through B's MX with SPF, DKIM and DMARC passing, and a message
-forged as A from the third node is refused by B's DMARC check."""
+forged as A from the third node is refused by B's DMARC check. Then ACME: Pebble on the third
+node issues both installs' certificates (checked through the lab DNS), every TLS port presents
+them, a forced renewal reaches every service without a failed connection, and a TLS scan of
+every port finds nothing below TLS 1.2 and no weak cipher."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import json
+import socket
+import ssl
+import threading
+import time
+import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,6 +28,7 @@ import pytest
 import tomlkit
 
 from mailfleet.dns.publish import read_key
+from mailfleet.lab.lab import Lab
 from mailfleet.services import mailflow
 from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
 
@@ -261,3 +270,137 @@ def test_second_deploy_changes_nothing(installs):
     for install in (a, b):
         report = install.cli.json("deploy")
         assert report["ok"] and report["changes"] == 0, report
+
+
+# -- ACME: Pebble on n3 checks the names through the lab DNS ---------------------------------
+
+PORTS = {25: "smtp-starttls", 587: "smtp-starttls", 465: "smtp-tls", 143: "imap-starttls",
+         993: "imap-tls", 4190: "sieve-starttls", 443: "https"}
+
+
+@pytest.fixture(scope="module")
+def acme_on(published):
+    """[acme] pointing at Pebble in both installs (after the DNS tests: records published)."""
+    (a, b, lab), _, _ = published
+    lab("lab", "acme", "n3")
+    settings = tomlkit.parse(lab.config.read_text())["acme"]
+    for install in (a, b):
+        doc = tomlkit.parse(install.cli.config.read_text())
+        doc["acme"] = settings
+        install.cli.config.write_text(tomlkit.dumps(doc))
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda i: i.cli.json("deploy"), (a, b)))
+    for report in reports:
+        assert report["ok"], report
+        assert "Obtain the ACME certificate" in next(iter(report["hosts"].values()))["changed"]
+    management = Lab(LAB).forward("n3", 15000)
+    context = ssl._create_unverified_context()  # Pebble's management port: a test listener
+    with urllib.request.urlopen(f"https://127.0.0.1:{management}/roots/0",
+                                context=context, timeout=30) as answer:
+        root = answer.read().decode()
+    assert "BEGIN CERTIFICATE" in root
+    return a, b, root
+
+
+def _handshake(install: Install, port: int, context: ssl.SSLContext) -> dict:
+    """The certificate `port` presents to a client that trusts `context`'s CAs."""
+    if PORTS[port] == "https":
+        with socket.create_connection((install.address, port), timeout=20) as sock, \
+                context.wrap_socket(sock, server_hostname=install.fqdn) as tls:
+            return tls.getpeercert()
+    with mailflow.tls_handshake(install.address, port, PORTS[port], install.fqdn,
+                                context) as tls:
+        return tls.getpeercert()
+
+
+def _serials(net, install: Install, context: ssl.SSLContext) -> dict[int, str]:
+    return {port: net.run(_handshake, install, port, context)["serialNumber"]
+            for port in (25, 587, 993, 443)}
+
+
+def test_acme_certificate_is_what_every_service_presents(acme_on, net):
+    a, b, root = acme_on
+    trusting_pebble = mailflow.tls_context(root)
+    for install in (a, b):
+        for port in PORTS:
+            cert = net.run(_handshake, install, port, trusting_pebble)
+            issuer = dict(item[0] for item in cert["issuer"])
+            assert issuer["commonName"].startswith("Pebble Intermediate CA"), (port, issuer)
+            names = {value for kind, value in cert["subjectAltName"] if kind == "DNS"}
+            assert {install.fqdn, f"autoconfig.{install.domain}",
+                    f"mta-sts.{install.domain}"} <= names, (port, names)
+        health = json.loads(install.cli("check", "--json", check=False).stdout)
+        assert health["ok"], [c for c in health["checks"] if c["status"] != "ok"]
+        (tls,) = [c for c in health["checks"] if c["name"] == "TLS certificate"]
+        assert "from CN=Pebble Intermediate CA" in tls["message"], tls
+        again = install.cli.json("deploy")
+        assert again["changes"] == 0, again
+
+
+def test_forced_renewal_reaches_every_service_without_a_failed_connection(acme_on, net):
+    a, b, root = acme_on
+    context = mailflow.tls_context(root)
+    for install in (a, b):
+        before = _serials(net, install, context)
+        assert len(set(before.values())) == 1, before
+        failures: list[str] = []
+        handshakes = 0
+        stop = threading.Event()
+
+        def hammer() -> None:
+            nonlocal handshakes
+            while not stop.is_set():
+                for port in (25, 587, 993, 443):
+                    try:
+                        net.run(_handshake, install, port, context)
+                        handshakes += 1
+                    except (OSError, ssl.SSLError, ConnectionError) as err:
+                        failures.append(f"{port}: {err}")
+
+        worker = threading.Thread(target=hammer)
+        worker.start()
+        try:
+            # what certbot.timer runs, with its environment, forced
+            install.cli.ssh(install.node, "env $(systemctl show certbot.service -p Environment "
+                                          "--value) certbot renew --force-renewal -q")
+            time.sleep(2)
+        finally:
+            stop.set()
+            worker.join()
+        assert not failures, failures
+        assert handshakes > 20, handshakes
+        after = _serials(net, install, context)
+        assert len(set(after.values())) == 1 and after[25] != before[25], (before, after)
+
+
+def _accepts(net, install: Install, port: int, version: ssl.TLSVersion, cipher: str) -> bool:
+    """Does `port` complete a handshake with only this protocol version and cipher?"""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.minimum_version = context.maximum_version = version
+    context.set_ciphers(f"{cipher}:@SECLEVEL=0")
+    try:
+        net.run(_handshake, install, port, context)
+        return True
+    except (ssl.SSLError, ConnectionError, OSError):
+        return False
+
+
+def test_tls_scan_finds_no_old_protocol_and_no_weak_cipher(acme_on, net):
+    a, b, _ = acme_on
+    client = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client.set_ciphers("ALL:COMPLEMENTOFALL:@SECLEVEL=0")
+    tls12 = [c["name"] for c in client.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    legacy = [c["name"] for c in client.get_ciphers() if c["protocol"] in ("TLSv1", "SSLv3")]
+    assert len(tls12) > 20 and legacy, "this machine's OpenSSL offers too few ciphers to scan"
+    for install in (a, b):
+        for port in PORTS:
+            for old in (ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1):
+                assert not _accepts(net, install, port, old, "ALL"), (install.fqdn, port, old)
+            accepted = [c for c in tls12
+                        if _accepts(net, install, port, ssl.TLSVersion.TLSv1_2, c)]
+            assert accepted, (install.fqdn, port)
+            # forward secret (ECDHE/DHE) and AEAD (GCM, ChaCha20-Poly1305) only
+            weak = [c for c in accepted if not c.startswith(("ECDHE-", "DHE-"))
+                    or not ("GCM" in c or "CHACHA20" in c)]
+            assert not weak, (install.fqdn, port, weak)
