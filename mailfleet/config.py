@@ -418,6 +418,20 @@ class AcmeSettings(_Strict):
             raise ValueError(f"{value!r} is not a mail address")
         return value
 
+    @field_validator("directory_ca_file")
+    @classmethod
+    def _check_ca_file(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read {value} ({getattr(err, 'strerror', None) or err})") from None
+        if "-----BEGIN CERTIFICATE-----" not in text:
+            raise ValueError(f"{value} holds no PEM certificate")
+        return str(path)
+
     @property
     def directory_url(self) -> str:
         return LETSENCRYPT_STAGING if self.staging else self.directory

@@ -8,15 +8,14 @@ those. Until the first certificate arrives, the local CA's keeps TLS working (ce
 
 from __future__ import annotations
 
-import os
 import shlex
+from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.operations import systemd
 
 from mailfleet.engine import HostContext, config_file, snapshot
-from mailfleet.errors import ConfigError
 from mailfleet.services import certs, nginx
 from mailfleet.templating import render
 
@@ -71,12 +70,8 @@ def deploy(ctx: HostContext) -> None:
     settings = ctx.config.acme
     ca_bundle = None
     if settings.directory_ca_file:
-        try:
-            with open(os.path.expanduser(settings.directory_ca_file), encoding="utf-8") as pem:
-                ca_text = pem.read()
-        except OSError as err:
-            raise ConfigError(f"acme.directory_ca_file: cannot read "
-                              f"{settings.directory_ca_file} ({err.strerror}).") from None
+        # checked when the config was loaded
+        ca_text = Path(settings.directory_ca_file).read_text(encoding="utf-8")
         ctx.op(config_file, name="Trust the ACME server's HTTPS certificate",
                dest=DIRECTORY_CA, content=ca_text)
         ca_bundle = DIRECTORY_CA

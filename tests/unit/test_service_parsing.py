@@ -127,3 +127,35 @@ def test_sogo_files_are_where_each_debian_puts_them():
     assert SUPPORTED[13].gnustep_lib == "/usr/lib/x86_64-linux-gnu/GNUstep"
     assert replace(SUPPORTED[13], machine="aarch64").gnustep_lib == \
         "/usr/lib/aarch64-linux-gnu/GNUstep"
+
+
+def test_certificate_inspection_tells_an_acme_certificate_from_the_local_ca():
+    text = ("X509v3 Subject Alternative Name: critical\n    DNS:mail.example.org\n"
+            "notAfter=Feb 28 12:00:00 2029 GMT\nissuer=CN=Pebble Intermediate CA 52a235\n"
+            "source acme\n")
+    found = certs.inspect(text)
+    assert found.source == "acme" and found.issuer == "CN=Pebble Intermediate CA 52a235"
+    assert not found.verified and found.days_left() > 365
+    assert certs.inspect("source local-ca\n").source == "local-ca"
+    assert certs.inspect("").days_left() == -1
+
+
+def test_acme_settings_default_to_lets_encrypt_and_check_their_values():
+    base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[acme]\n'
+    assert parse(base).acme.directory_url == "https://acme-v02.api.letsencrypt.org/directory"
+    staging = parse(base + "enabled = true\nstaging = true\n").acme
+    assert staging.directory_url == "https://acme-staging-v02.api.letsencrypt.org/directory"
+    with pytest.raises(Exception, match=r"acme.directory: 'http://ca.test/dir' is not an https:// URL"):
+        parse(base + 'directory = "http://ca.test/dir"\n')
+    with pytest.raises(Exception, match=r"acme.challenge"):
+        parse(base + 'challenge = "dns-01"\n')
+
+
+def test_acme_directory_ca_file_must_be_a_readable_certificate(tmp_path):
+    base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[acme]\n'
+    with pytest.raises(Exception, match=r"acme.directory_ca_file: cannot read /nonexistent.pem"):
+        parse(base + 'directory_ca_file = "/nonexistent.pem"\n')
+    junk = tmp_path / "junk.pem"
+    junk.write_text("hello\n")
+    with pytest.raises(Exception, match=r"holds no PEM certificate"):
+        parse(base + f'directory_ca_file = "{junk}"\n')
