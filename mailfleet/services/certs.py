@@ -33,7 +33,8 @@ SOURCE_FILE = f"{TLS_DIR}/source"  # "acme" once certbot's deploy hook installed
 # check: an ACME certificate warns this many days before it expires, and fails at the second
 ACME_WARN_DAYS, ACME_FAIL_DAYS = 21, 7
 _INSPECT = (
-    f"openssl x509 -in {CERT_FILE} -noout -ext subjectAltName -enddate -issuer 2>/dev/null "
+    f"openssl x509 -in {CERT_FILE} -noout -ext subjectAltName -enddate -issuer -nameopt RFC2253 "
+    "2>/dev/null "
     f"&& openssl verify -CAfile {CA_FILE} {CERT_FILE} >/dev/null 2>&1 && echo verified; "
     f"printf 'source '; cat {SOURCE_FILE} 2>/dev/null || echo local-ca"
 )
