@@ -18,7 +18,7 @@ import re
 import tomlkit
 from _common import Mailfleet
 
-USER, PASSWORD = "bench@example.test", "Bench-password-2026"
+USER, PASSWORD = "reader@example.test", "Quiet-river-2026-k"
 # process names (ps -o comm) of each tier
 WEB = {"roundcube": ("nginx", "php-fpm"), "sogo": ("nginx", "sogod", "memcached")}
 MAIL = ("postgres", "master", "smtpd", "qmgr", "dovecot", "imap", "opendkim", "opendmarc")
@@ -37,15 +37,15 @@ def rss_mb(mailfleet: Mailfleet, names: tuple[str, ...]) -> float:
 
 def log_in(mailfleet: Mailfleet, webmail: str) -> None:
     """One login as a browser does it, on the host itself."""
-    site = 'n=$(hostname -f); c=$(mktemp); curl -sk -c "$c" -b "$c" --resolve "$n:443:127.0.0.1" '
+    site = 'curl -sk -c "$c" -b "$c" --resolve "$n:443:127.0.0.1" '
     if webmail == "roundcube":
         # the login form's token first, then the POST
-        command = (site + '"https://$n/" -o /tmp/login.html; '
+        command = ('n=$(hostname -f); c=$(mktemp); ' + site + '"https://$n/" -o /tmp/login.html; '
                    "t=$(grep -o 'name=\"_token\" value=\"[^\"]*' /tmp/login.html | cut -d'\"' -f4); "
                    + site + f'-o /dev/null -w "%{{http_code}}" -d "_task=login&_action=login&_token=$t'
                    f'&_user={USER}&_pass={PASSWORD}" "https://$n/?_task=login"')
     else:
-        command = (site + f"-o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/json' "
+        command = ('n=$(hostname -f); c=$(mktemp); ' + site + f"-o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/json' "
                    f"-d '{{\"userName\":\"{USER}\",\"password\":\"{PASSWORD}\"}}' "
                    '"https://$n/SOGo/connect"')
     _, code = mailfleet.ssh("n1", command)

@@ -217,15 +217,21 @@ class DnsZone(_Strict):
     server: str = Field(description="IP address of the zone's primary server.")
     port: Annotated[int, Field(ge=1, le=65535)] = 53
     tsig_key_file: str = Field(description="The TSIG key, as `tsig-keygen` writes it (BIND syntax).")
+    host_server: str | None = Field(
+        None, description="The primary's address as the mail hosts reach it, when it differs "
+                          "from `server` (ACME DNS-01 renewals run on the hosts).")
+    host_port: Annotated[int | None, Field(ge=1, le=65535)] = None
 
     @field_validator("zone")
     @classmethod
     def _check_zone(cls, value: str) -> str:
         return domain_name(value)
 
-    @field_validator("server")
+    @field_validator("server", "host_server")
     @classmethod
-    def _check_server(cls, value: str) -> str:
+    def _check_server(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         try:
             return str(ipaddress.ip_address(value))
         except ValueError:
@@ -398,8 +404,12 @@ class AcmeSettings(_Strict):
     directory: str = Field(LETSENCRYPT, description="The ACME server's directory URL.")
     staging: bool = Field(False, description="Use Let's Encrypt's staging server (for trials).")
     email: str | None = Field(None, description="Contact for expiry notices; default postmaster@DOMAIN.")
-    challenge: Literal["http-01"] = Field(
-        "http-01", description="How the CA checks the names: HTTP on port 80 through nginx.")
+    challenge: Literal["http-01", "dns-01"] = Field(
+        "http-01", description="How the CA checks the names: HTTP on port 80 through nginx, or "
+                               "TXT records published with RFC 2136 in the [[dns.zones]].")
+    dns_propagation_seconds: Annotated[int, Field(ge=1, le=3600)] = Field(
+        60, description="DNS-01: how long certbot waits for the TXT records to reach every "
+                        "name server of the zone before the CA looks.")
     directory_ca_file: str | None = Field(
         None, description="A PEM file of the CA that signed a private ACME server's HTTPS "
                           "certificate (Pebble, step-ca); public CAs need none.")
@@ -454,6 +464,13 @@ class Config(_Strict):
             if host.name in seen:
                 raise ValueError(f"host name {host.name!r} is used twice in [[hosts]]")
             seen.add(host.name)
+        return self
+
+    @model_validator(mode="after")
+    def _dns01_needs_zones(self) -> Config:
+        if self.acme.enabled and self.acme.challenge == "dns-01" and not self.dns.zones:
+            raise ValueError('acme.challenge = "dns-01" publishes TXT records with RFC 2136: '
+                             "add the zones as [[dns.zones]] (zone, server, tsig_key_file)")
         return self
 
     def hosts_with(self, role: str) -> list[HostSettings]:

@@ -73,8 +73,11 @@ def write_dns(path: Path, dns: LabDns) -> None:
     table["tcp"] = True  # the loopback forward carries TCP only
     zones = tomlkit.aot()
     for zone in dns.zones:
+        # this machine reaches BIND through a forward, the lab hosts (certbot's DNS-01
+        # challenges) at its lab address
         zones.append({"zone": zone, "server": "127.0.0.1", "port": dns.port,
-                      "tsig_key_file": str(dns.key_file)})
+                      "tsig_key_file": str(dns.key_file), "host_server": dns.address,
+                      "host_port": 53})
     table["zones"] = zones
     save(path, tomlkit.dumps(doc))
 

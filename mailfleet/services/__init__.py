@@ -42,7 +42,7 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
     if config is not None and config.acme.enabled and (roles is None or "web" in roles):
-        wanted.update(acme.PACKAGES)
+        wanted.update(acme.packages(config))
     if roles is None or "web" in roles:
         wanted.update(nginx.PACKAGES)
         if config is None or config.features.webmail == "roundcube":

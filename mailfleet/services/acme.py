@@ -15,21 +15,26 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.operations import systemd
 
+from mailfleet.dns import publish
 from mailfleet.engine import HostContext, config_file, snapshot
+from mailfleet.errors import ConfigError
 from mailfleet.services import certs, nginx
 from mailfleet.templating import render
 
 PACKAGES = ["certbot"]
+DNS01_PACKAGES = ["python3-certbot-dns-rfc2136"]
 LINEAGE = "mailfleet"
 LIVE = f"/etc/letsencrypt/live/{LINEAGE}"
 RENEWAL = f"/etc/letsencrypt/renewal/{LINEAGE}.conf"
 HOOK = "/usr/local/lib/mailfleet/acme-deploy-hook.sh"
 DIRECTORY_CA = "/etc/mailfleet/acme/directory-ca.pem"
 CERTBOT_DROP_IN = "/etc/systemd/system/certbot.service.d/mailfleet.conf"
+RFC2136_INI = "/etc/mailfleet/acme/rfc2136.ini"
 RELOADED = ("postfix", "dovecot", "nginx")  # every service that reads certs.CERT_FILE
 
 snapshot.register("acme", f"openssl x509 -in {LIVE}/cert.pem -noout -ext subjectAltName "
-                          f"2>/dev/null; grep -h '^server' {RENEWAL} 2>/dev/null || true")
+                          f"2>/dev/null; grep -h -E '^(server|authenticator) ' {RENEWAL} "
+                          "2>/dev/null || true")
 snapshot.register_unit("certbot.timer")
 
 
@@ -37,31 +42,68 @@ def enabled(ctx: HostContext) -> bool:
     return ctx.config.acme.enabled and "web" in ctx.settings.roles
 
 
-def _lineage(inspection: str) -> tuple[set[str], str]:
-    """(names, ACME server) of certbot's current certificate."""
-    server = ""
+def packages(config) -> list[str]:
+    return [*PACKAGES, *(DNS01_PACKAGES if config.acme.challenge == "dns-01" else [])]
+
+
+def _lineage(inspection: str) -> tuple[set[str], dict[str, str]]:
+    """(names, renewal settings: server, authenticator) of certbot's current certificate."""
+    settings = {}
     for line in inspection.splitlines():
         key, _, value = line.partition("=")
-        if key.strip() == "server":
-            server = value.strip()
-    return certs.inspect(inspection).names, server
+        if key.strip() in ("server", "authenticator"):
+            settings[key.strip()] = value.strip()
+    return certs.inspect(inspection).names, settings
+
+
+AUTHENTICATORS = {
+    "http-01": f"--authenticator webroot --webroot-path {nginx.ACME_ROOT}",
+    "dns-01": f"--authenticator dns-rfc2136 --dns-rfc2136-credentials {RFC2136_INI}",
+}
 
 
 @operation()
-def obtain(names: list[str], server: str, email: str, inspection: str, ca_bundle: str | None):
+def obtain(names: list[str], server: str, email: str, challenge: str, inspection: str,
+           ca_bundle: str | None, propagation_seconds: int):
     """Ask the CA for a certificate when certbot has none for exactly these names from this
-    server (names added, server switched from staging): certbot proves each name over HTTP
-    through nginx's ACME directory and runs the deploy hook."""
-    have, have_server = _lineage(inspection)
-    if have == set(names) and have_server == server:
+    server by this challenge (names added, staging switched off, challenge changed). certbot
+    proves each name (a file nginx serves, or a TXT record it publishes and removes) and
+    runs the deploy hook."""
+    have, settings = _lineage(inspection)
+    authenticator = AUTHENTICATORS[challenge].split()[1]
+    if have == set(names) and settings == {"server": server, "authenticator": authenticator}:
         host.noop(f"certbot holds a certificate for {', '.join(names)} from {server}")
         return
     env = f"REQUESTS_CA_BUNDLE={shlex.quote(ca_bundle)} " if ca_bundle else ""
     domains = " ".join(f"-d {shlex.quote(n)}" for n in names)
+    wait = (f" --dns-rfc2136-propagation-seconds {propagation_seconds}"
+            if challenge == "dns-01" else "")
     yield (f"{env}certbot certonly --non-interactive --agree-tos --no-eff-email "
            f"--email {shlex.quote(email)} --server {shlex.quote(server)} "
-           f"--cert-name {LINEAGE} --webroot --webroot-path {nginx.ACME_ROOT} "
+           f"--cert-name {LINEAGE} {AUTHENTICATORS[challenge]}{wait} "
            f"--key-type ecdsa --force-renewal --deploy-hook {HOOK} {domains}")
+
+
+def rfc2136_settings(config, names: list[str]) -> dict[str, object]:
+    """The one zone server and key certbot's DNS-01 plugin uses for all `names` (it takes a
+    single credentials file); a name outside every zone, or zones with different servers or
+    keys, are a config error."""
+    chosen: set[tuple[str, int, str]] = set()
+    for name in names:
+        zone = publish.zone_of(name, config.dns.zones)
+        if zone is None:
+            raise ConfigError(f'acme.challenge = "dns-01": no [[dns.zones]] holds {name}; '
+                              "add its zone, or use http-01.")
+        chosen.add((zone.host_server or zone.server, zone.host_port or zone.port,
+                    zone.tsig_key_file))
+    if len(chosen) > 1:
+        raise ConfigError('acme.challenge = "dns-01": the certificate\'s names are in zones '
+                          "with different servers or TSIG keys; certbot's RFC 2136 plugin "
+                          "takes one. Use one server and key, or http-01.")
+    server, port, key_file = chosen.pop()
+    key = publish.read_key(key_file)
+    return dict(server=server, port=port, key_name=key.name, secret=key.secret,
+                algorithm=key.algorithm.upper())
 
 
 def deploy(ctx: HostContext) -> None:
@@ -82,9 +124,15 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(config_file, name="Install the certificate deploy hook", dest=HOOK, mode="755",
            content=render("acme/deploy-hook.sh.j2", lineage=LINEAGE, live=LIVE,
                           tls_dir=certs.TLS_DIR, units=RELOADED))
+    names = certs.certificate_names(ctx.config, ctx.fqdn)
+    if settings.challenge == "dns-01":
+        ctx.op(config_file, name=f"Write certbot's RFC 2136 credentials {RFC2136_INI}",
+               dest=RFC2136_INI, mode="600", secret=True,
+               content=render("acme/rfc2136.ini.j2", **rfc2136_settings(ctx.config, names)))
     email = settings.email or f"postmaster@{ctx.config.mail.domain}"
-    ctx.op(obtain, name="Obtain the ACME certificate",
-           names=certs.certificate_names(ctx.config, ctx.fqdn), server=settings.directory_url,
-           email=email, inspection=ctx.snapshot("acme"), ca_bundle=ca_bundle)
+    ctx.op(obtain, name="Obtain the ACME certificate", names=names,
+           server=settings.directory_url, email=email, challenge=settings.challenge,
+           inspection=ctx.snapshot("acme"), ca_bundle=ca_bundle,
+           propagation_seconds=settings.dns_propagation_seconds)
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(env))
     ctx.service("certbot.timer")

@@ -406,3 +406,28 @@ def test_tls_scan_finds_no_old_protocol_and_no_weak_cipher(acme_on, net):
             weak = [c for c in accepted if not c.startswith(("ECDHE-", "DHE-"))
                     or not ("GCM" in c or "CHACHA20" in c)]
             assert not weak, (install.fqdn, port, weak)
+
+
+def test_dns01_challenge_through_the_zone_server_replaces_the_certificate(published, acme_on,
+                                                                          net):
+    (_, _, lab), _, _ = published
+    _, b, root = acme_on
+    context = mailflow.tls_context(root)
+    before = _serials(net, b, context)
+    doc = tomlkit.parse(b.cli.config.read_text())
+    doc["acme"]["challenge"] = "dns-01"
+    doc["acme"]["dns_propagation_seconds"] = 2  # the lab's one name server has it at once
+    b.cli.config.write_text(tomlkit.dumps(doc))
+    report = b.cli.json("deploy")
+    assert report["ok"], report
+    assert "Obtain the ACME certificate" in report["hosts"][b.node]["changed"]
+    renewal = b.cli.ssh(b.node, "cat /etc/letsencrypt/renewal/mailfleet.conf")
+    assert "authenticator = dns-rfc2136" in renewal, renewal
+    # the TSIG secret on the host is root's alone
+    assert b.cli.ssh(b.node, "stat -c '%a %U' /etc/mailfleet/acme/rfc2136.ini") == "600 root"
+    after = _serials(net, b, context)
+    assert len(set(after.values())) == 1 and after[443] != before[443], (before, after)
+    # certbot removed its challenge records again
+    left = lab("lab", "ssh", "n3", "--", "dig +short @127.0.0.1 _acme-challenge.mail.b.test TXT")
+    assert left.stdout.strip() == "", left.stdout
+    assert b.cli.json("deploy")["changes"] == 0

@@ -148,7 +148,9 @@ def test_acme_settings_default_to_lets_encrypt_and_check_their_values():
     with pytest.raises(Exception, match=r"acme.directory: 'http://ca.test/dir' is not an https:// URL"):
         parse(base + 'directory = "http://ca.test/dir"\n')
     with pytest.raises(Exception, match=r"acme.challenge"):
-        parse(base + 'challenge = "dns-01"\n')
+        parse(base + 'challenge = "tls-alpn-01"\n')
+    with pytest.raises(Exception, match=r"add the zones as \[\[dns.zones\]\]"):
+        parse(base + 'enabled = true\nchallenge = "dns-01"\n')
 
 
 def test_acme_directory_ca_file_must_be_a_readable_certificate(tmp_path):
