@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import tomlkit
 
@@ -60,13 +61,17 @@ def remove_hosts(path: Path, lab_id: str) -> None:
         write_hosts(path, lab_id, [])
 
 
+def _table(path: Path, name: str) -> tuple[tomlkit.TOMLDocument, Any]:
+    """The config at `path` and its table `name` (added if missing), comments kept."""
+    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    if doc.get(name) is None:
+        doc[name] = tomlkit.table()
+    return doc, doc[name]
+
+
 def write_dns(path: Path, dns: LabDns) -> None:
     """Point [dns] at the lab's DNS server: checks ask it, publishing updates its zones."""
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    table = doc.get("dns")
-    if table is None:
-        table = tomlkit.table()
-        doc["dns"] = table
+    doc, table = _table(path, "dns")
     forward = f"127.0.0.1:{dns.port}"
     table["check"] = True
     table["resolvers"] = [forward]
@@ -84,11 +89,7 @@ def write_dns(path: Path, dns: LabDns) -> None:
 
 def write_acme(path: Path, acme: LabAcme) -> None:
     """Point [acme] at the lab's Pebble, trusting its listener's certificate."""
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    table = doc.get("acme")
-    if table is None:
-        table = tomlkit.table()
-        doc["acme"] = table
+    doc, table = _table(path, "acme")
     table["enabled"] = True
     table["directory"] = acme.directory
     table["directory_ca_file"] = str(acme.listener_ca)

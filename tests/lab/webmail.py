@@ -27,9 +27,9 @@ def browser():
             chromium.close()
 
 
-class Roundcube:
-    """One user's session. The lab host's certificate is from its own CA: HTTPS errors are
-    ignored here (the test checks the certificate elsewhere)."""
+class _Session:
+    """One user's browser session. The lab host's certificate is from its own CA: HTTPS
+    errors are ignored here (the tests check the certificate elsewhere)."""
 
     def __init__(self, chromium, url: str, shots: Path) -> None:
         self.context = chromium.new_context(ignore_https_errors=True,
@@ -37,6 +37,7 @@ class Roundcube:
         self.context.set_default_timeout(TIMEOUT_MS)
         self.page: Page = self.context.new_page()
         self.url = url.rstrip("/") + "/"
+        self.base = url.rstrip("/")
         self.shots = shots
 
     def close(self) -> None:
@@ -46,6 +47,10 @@ class Roundcube:
         path = self.shots / f"{name}.png"
         self.page.screenshot(path=str(path))
         return path
+
+
+class Roundcube(_Session):
+    """Roundcube, as a person uses it."""
 
     def login(self, user: str, password: str) -> bool:
         """True when the mailbox opens; False when Roundcube refuses the login."""
@@ -107,25 +112,9 @@ class Roundcube:
         page.wait_for_selector("text=Successfully saved")
 
 
-class SOGo:
-    """One user's SOGo session (its Angular pages load in steps: wait for elements, not
-    for the page's load event)."""
-
-    def __init__(self, chromium, url: str, shots: Path) -> None:
-        self.context = chromium.new_context(ignore_https_errors=True,
-                                            viewport={"width": 1280, "height": 800})
-        self.context.set_default_timeout(TIMEOUT_MS)
-        self.page: Page = self.context.new_page()
-        self.base = url.rstrip("/")
-        self.shots = shots
-
-    def close(self) -> None:
-        self.context.close()
-
-    def shot(self, name: str) -> Path:
-        path = self.shots / f"{name}.png"
-        self.page.screenshot(path=str(path))
-        return path
+class SOGo(_Session):
+    """SOGo (its Angular pages load in steps: wait for elements, not for the page's load
+    event)."""
 
     def login(self, user: str, password: str) -> bool:
         """True when the mail view opens; False when SOGo refuses the login."""
