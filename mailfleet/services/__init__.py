@@ -102,6 +102,7 @@ CHECKS = [
     fail2ban.checks,
     units.checks,
     certs.checks,
+    acme.checks,
     postgres.checks,
     postfix.checks,
     opendkim.checks,

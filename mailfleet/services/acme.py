@@ -13,12 +13,14 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
 from mailfleet.dns import publish
-from mailfleet.engine import HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.errors import ConfigError
 from mailfleet.services import certs, nginx
+from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
 PACKAGES = ["certbot"]
@@ -136,3 +138,20 @@ def deploy(ctx: HostContext) -> None:
            propagation_seconds=settings.dns_propagation_seconds)
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(env))
     ctx.service("certbot.timer")
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    """The timer that renews the certificate runs (a stopped one fails only weeks later)."""
+    if not engine.config.acme.enabled:
+        return []
+    results = []
+    found = engine.facts(Command, command="systemctl is-active certbot.timer || true")
+    for name, state in found.items():
+        if "web" not in engine.settings[name].roles:
+            continue
+        state = (state or "unknown").strip()
+        results.append(CheckResult(name, "certificate renewal timer",
+                                   "ok" if state == "active" else "fail",
+                                   f"certbot.timer {state}",
+                                   "run `mailfleet deploy`; see `systemctl status certbot.timer`"))
+    return results

@@ -333,6 +333,8 @@ def test_acme_certificate_is_what_every_service_presents(acme_on, net):
         assert health["ok"], [c for c in health["checks"] if c["status"] != "ok"]
         (tls,) = [c for c in health["checks"] if c["name"] == "TLS certificate"]
         assert "from CN=Pebble Intermediate CA" in tls["message"], tls
+        (timer,) = [c for c in health["checks"] if c["name"] == "certificate renewal timer"]
+        assert timer["status"] == "ok", timer
         again = install.cli.json("deploy")
         assert again["changes"] == 0, again
 
