@@ -76,14 +76,12 @@ def main() -> None:
             log_in(mailfleet, webmail)
             measured[webmail] = rss_mb(mailfleet, WEB[webmail])
         mail = rss_mb(mailfleet, MAIL)
-        _, meminfo = mailfleet.ssh("n1", "free -m | awk '/^Mem:/ {print $3}'")
     finally:
         mailfleet.down()
     print(f"release                         {args.release}")
     print(f"Roundcube tier (nginx, php-fpm) {measured['roundcube']:.0f} MB RSS after one login")
     print(f"SOGo tier (nginx, sogod, memcached) {measured['sogo']:.0f} MB RSS after one login")
     print(f"mail stack (PostgreSQL, Postfix, Dovecot, milters) {mail:.0f} MB RSS")
-    print(f"host memory in use with SOGo    {meminfo} MB (free -m, whole container)")
     print(f"ratio SOGo / Roundcube          {measured['sogo'] / measured['roundcube']:.1f}")
 
 
