@@ -447,6 +447,43 @@ class AcmeSettings(_Strict):
         return LETSENCRYPT_STAGING if self.staging else self.directory
 
 
+class BackupSettings(_Strict):
+    """Backups with restic (mail store, keys, secrets, PostgreSQL base backups and archived
+    WAL) to a repository, encrypted with a password kept on this machine."""
+
+    repository: str | None = Field(
+        None, description="restic repository as the hosts reach it: a path on the host, "
+                          "sftp:USER@HOST:/PATH, s3:https://HOST/BUCKET, rest:https://...; "
+                          "unset: no backups.")
+    password_file: str = Field(
+        "~/.config/mailfleet/backup-password",
+        description="The repository password, on this machine (made by the first deploy "
+                    "if missing); without it no backup can be restored.")
+    keep_daily: Annotated[int, Field(ge=1, le=366)] = 7
+    keep_weekly: Annotated[int, Field(ge=0, le=104)] = 4
+    keep_monthly: Annotated[int, Field(ge=0, le=120)] = 6
+    max_age_hours: Annotated[int, Field(ge=1, le=24 * 31)] = Field(
+        26, description="`backup verify` and `check` fail when the newest backup is older.")
+    schedule: str = Field("*-*-* 03:17:00", description="When the timer runs (systemd OnCalendar).")
+
+    @field_validator("repository")
+    @classmethod
+    def _check_repository(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.fullmatch(r"(/[^\s]+|(sftp|s3|rest|b2|azure|gs|swift|rclone):\S+)", value):
+            raise ValueError(f"{value!r} is not a restic repository (an absolute path on the "
+                             "host, or sftp:, s3:, rest:, ... with its address)")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _check_schedule(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w*:,./~ -]+", value):
+            raise ValueError(f"{value!r} is not a systemd calendar expression")
+        return value
+
+
 class Config(_Strict):
     mail: MailSettings
     admin: AdminSettings = Field(default_factory=AdminSettings)
@@ -455,6 +492,7 @@ class Config(_Strict):
     dns: DnsSettings = Field(default_factory=DnsSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
+    backup: BackupSettings = Field(default_factory=BackupSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")

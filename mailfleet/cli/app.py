@@ -9,7 +9,7 @@ import typer
 
 from mailfleet import __version__
 from mailfleet import config as config_mod
-from mailfleet.cli import aliases, demo, deploy, dns, domains, guide, init, lab, users
+from mailfleet.cli import aliases, backup, demo, deploy, dns, domains, guide, init, lab, users
 from mailfleet.cli.output import error
 from mailfleet.cli.state import Globals
 from mailfleet.errors import MailfleetError
@@ -63,6 +63,7 @@ app.add_typer(domains.app, name="domain")
 app.add_typer(users.app, name="user")
 app.add_typer(aliases.app, name="alias")
 app.add_typer(dns.app, name="dns")
+app.add_typer(backup.app, name="backup")
 app.add_typer(guide.app, name="guide")
 app.add_typer(lab.app, name="lab")
 

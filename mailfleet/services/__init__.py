@@ -12,6 +12,7 @@ from mailfleet.engine import HostContext
 from mailfleet.services import (
     acme,
     admin,
+    backup,
     certs,
     dovecot,
     fail2ban,
@@ -41,6 +42,8 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
               *opendmarc.PACKAGES}
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
+    if config is not None and backup.enabled(config) and (roles is None or "mail" in roles):
+        wanted.update(backup.PACKAGES)
     if config is not None and config.acme.enabled and (roles is None or "web" in roles):
         wanted.update(acme.packages(config))
     if roles is None or "web" in roles:
@@ -92,6 +95,7 @@ DEPLOY_STEPS = [
     firewall.deploy,
     acme.deploy,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.deploy,
+    backup.deploy,
 ]
 CHECKS = [
     system.checks,
@@ -112,4 +116,5 @@ CHECKS = [
     roundcube.checks,
     sogo.checks,
     radicale.checks,
+    backup.checks,
 ]

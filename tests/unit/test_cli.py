@@ -159,3 +159,11 @@ def test_features_not_yet_deployable_are_refused_before_any_host(tmp_path, featu
     result = mailfleet("deploy", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "nothing was changed" in result.stderr
+
+
+def test_backup_commands_say_when_no_backups_are_set_up(tmp_path):
+    (tmp_path / "mailfleet.toml").write_text(DNS_CONFIG.format(address="203.0.113.10"))
+    result = mailfleet("backup", "verify", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "no backups are set up: set [backup] repository" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -161,3 +161,31 @@ def test_acme_directory_ca_file_must_be_a_readable_certificate(tmp_path):
     junk.write_text("hello\n")
     with pytest.raises(Exception, match=r"holds no PEM certificate"):
         parse(base + f'directory_ca_file = "{junk}"\n')
+
+
+def test_backup_settings_and_status_parsing():
+    from mailfleet.services import backup
+
+    base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[backup]\n'
+    assert not backup.enabled(parse(base))  # no repository: no backups set up
+    config = parse(base + 'repository = "sftp:backup@192.0.2.9:/srv/restic"\n')
+    assert backup.enabled(config) and "restic" in packages(config, ["mail"])
+    with pytest.raises(Exception, match=r"backup.repository: 'backups' is not a restic repository"):
+        parse(base + 'repository = "backups"\n')
+    with pytest.raises(Exception, match=r"backup.schedule"):
+        parse(base + 'schedule = "daily; rm -rf /"\n')
+    status = backup.parse_status("last 2026-11-26T03:17:02Z\nwal 2026-11-26T03:17:01Z 0\n"
+                                 "timer active\n")
+    assert status == {"last": "2026-11-26T03:17:02Z", "wal": "2026-11-26T03:17:01Z 0",
+                      "timer": "active"}
+
+
+def test_backup_password_is_made_once_on_this_machine(tmp_path):
+    from mailfleet.services import backup
+
+    path = tmp_path / "dir" / "backup-password"
+    config = parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[backup]\n'
+                   f'repository = "/var/backups/restic"\npassword_file = "{path}"\n')
+    first = backup.local_password(config)
+    assert len(first) >= 32 and oct(path.stat().st_mode)[-3:] == "600"
+    assert backup.local_password(config) == first

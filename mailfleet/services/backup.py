@@ -1,0 +1,174 @@
+"""Backups: restic snapshots of everything a rebuilt host needs, and PostgreSQL's WAL
+archived continuously between its base backups (restore to any moment).
+
+The repository password lives on the operator's machine ([backup] password_file, made by
+the first deploy) and is copied to each host: a host lost with its disk loses nothing the
+restore needs. A timer runs /usr/local/lib/mailfleet/backup.sh; its last success is dated in
+STAMP for `mailfleet check`.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+from pathlib import Path
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import files, systemd
+
+from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine.operations import unit_restarted
+from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.errors import ConfigError
+from mailfleet.services import certs, mailstore, opendkim, postgres
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.platform import platform
+from mailfleet.templating import render
+
+PACKAGES = ["restic"]
+ROOT = "/var/backups/mailfleet"
+PG_DIR = f"{ROOT}/postgres"
+WAL_DIR = f"{PG_DIR}/wal"
+SCRIPT = "/usr/local/lib/mailfleet/backup.sh"
+ENV_FILE = "/etc/mailfleet/backup.env"
+PASSWORD_FILE = f"{SECRETS_DIR}/backup-password"
+STAMP = "/var/lib/mailfleet/backup-last-success"
+REPOSITORY_MARK = "/var/lib/mailfleet/backup-repository"
+UNIT = "mailfleet-backup"
+# what a rebuilt host needs besides the packages and mailfleet.toml
+PATHS = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, certs.TLS_DIR, "/etc/mailfleet", PG_DIR,
+         "/var/lib/mailfleet"]
+
+snapshot.register("backup", f"printf 'repository '; cat {REPOSITORY_MARK} 2>/dev/null; echo; "
+                            f"printf 'last '; cat {STAMP} 2>/dev/null; echo")
+
+
+def enabled(config) -> bool:
+    return config.features.backups and config.backup.repository is not None
+
+
+def local_password(config) -> str:
+    """The repository password from this machine, made (0600) the first time."""
+    path = Path(config.backup.password_file).expanduser()
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_text(secrets.token_urlsafe(32) + "\n")
+            path.chmod(0o600)
+        password = path.read_text(encoding="utf-8").strip()
+    except OSError as err:
+        raise ConfigError(f"backup.password_file: cannot use {path} ({err.strerror}).") from None
+    if len(password) < 16:
+        raise ConfigError(f"backup.password_file: {path} holds fewer than 16 characters.")
+    return password
+
+
+@operation()
+def repository(url: str, marked: str):
+    """Initialise the restic repository once (an existing one is only checked to open)."""
+    if marked == url:
+        host.noop(f"restic repository {url} is initialised")
+        return
+    yield (f"set -a; . {ENV_FILE}; set +a; "
+           f"restic cat config >/dev/null 2>&1 || restic init --quiet; "
+           f"echo '{url}' > {REPOSITORY_MARK}")
+
+
+def deploy(ctx: HostContext) -> None:
+    if not enabled(ctx.config) or "mail" not in ctx.settings.roles:
+        return
+    settings = ctx.config.backup
+    release = platform(ctx)
+    ctx.op(config_file, name="Keep the backup repository password", dest=PASSWORD_FILE,
+           content=local_password(ctx.config) + "\n", mode="600", secret=True)
+    for path in (PG_DIR, WAL_DIR):  # PostgreSQL writes both (pg_basebackup, archive_command)
+        ctx.op(files.directory, name=f"Create {path}", path=path, user="postgres",
+               group="postgres", mode="700")
+    archive = ctx.op(config_file, name="Archive PostgreSQL's WAL",
+                     dest=f"{postgres.conf_dir(ctx)}/mailfleet-archive.conf",
+                     content=render("backup/archive.conf.j2", wal_dir=WAL_DIR),
+                     user="postgres", group="postgres")
+    ctx.op(unit_restarted, name="Restart postgresql (archiving)", unit="postgresql",
+           _if=ctx.changed(archive))
+    ctx.op(config_file, name=f"Write {ENV_FILE}", dest=ENV_FILE, mode="600",
+           content=render("backup/restic.env.j2", repository=settings.repository,
+                          password_file=PASSWORD_FILE))
+    state = parse_status(ctx.snapshot("backup"))
+    ctx.op(repository, name="Initialise the backup repository", url=settings.repository,
+           marked=state.get("repository", ""))
+    ctx.op(config_file, name="Install the backup script", dest=SCRIPT, mode="755",
+           content=render("backup/mailfleet-backup.sh.j2", env_file=ENV_FILE, pg_dir=PG_DIR,
+                          pg_bin=f"/usr/lib/postgresql/{release.postgresql}/bin",
+                          paths=PATHS, keep_daily=settings.keep_daily,
+                          keep_weekly=settings.keep_weekly, keep_monthly=settings.keep_monthly,
+                          stamp_file=STAMP))
+    units = [ctx.op(config_file, name=f"Write {UNIT}.{kind}",
+                    dest=f"/etc/systemd/system/{UNIT}.{kind}",
+                    content=render(f"backup/{UNIT}.{kind}.j2", script=SCRIPT,
+                                   schedule=settings.schedule))
+             for kind in ("service", "timer")]
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(*units))
+    ctx.service(f"{UNIT}.timer", restart_when=(units[1],))
+    if not state.get("last"):
+        # a host is not backed up until a backup has worked: the first one runs now
+        ctx.op(first_backup, name="Run the first backup")
+
+
+@operation()
+def first_backup():
+    yield f"systemctl start {UNIT}.service"
+
+
+# -- what `check` and `backup verify` read ---------------------------------------------------
+
+STATUS = (f"printf 'last '; cat {STAMP} 2>/dev/null; echo; "
+          + postgres.psql_query("SELECT 'wal ' || coalesce(to_char(last_archived_time AT TIME "
+                                "ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') || ' ' || "
+                                "failed_count FROM pg_stat_archiver")
+          + f"; printf 'timer '; systemctl is-active {UNIT}.timer")
+
+
+def parse_status(text: str) -> dict[str, str]:
+    found = {}
+    for line in text.splitlines():
+        key, _, value = line.strip().partition(" ")
+        if key:
+            found[key] = value.strip()
+    return found
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    config = engine.config
+    if not config.features.backups:
+        return []
+    results = []
+    now = datetime.now(timezone.utc)
+    for name, text in engine.facts(Command, command=STATUS).items():
+        if "mail" not in engine.settings[name].roles:
+            continue
+        if config.backup.repository is None:
+            results.append(CheckResult(name, "backups", "warn", "no [backup] repository set",
+                                       "set [backup] repository in mailfleet.toml and deploy"))
+            continue
+        status = parse_status(text or "")
+        last = status.get("last", "")
+        fix = f"see `journalctl -u {UNIT}` on the host; run `mailfleet backup run`"
+        if not last:
+            results.append(CheckResult(name, "last backup", "fail", "none yet", fix))
+        else:
+            hours = (now - datetime.fromisoformat(last.replace("Z", "+00:00"))).total_seconds() / 3600
+            ok = hours <= config.backup.max_age_hours
+            results.append(CheckResult(name, "last backup", "ok" if ok else "fail",
+                                       f"{hours:.1f} hours ago ({last})", None if ok else fix))
+        wal, _, failed = status.get("wal", "").partition(" ")
+        wal_ok = bool(wal) and failed in ("", "0")
+        results.append(CheckResult(name, "WAL archiving", "ok" if wal_ok else "warn",
+                                   f"last segment archived {wal or 'never'}, {failed or 0} failures",
+                                   None if wal_ok else "see `journalctl -u postgresql` on the host"))
+        timer = status.get("timer", "unknown")
+        results.append(CheckResult(name, "backup timer", "ok" if timer == "active" else "fail",
+                                   f"{UNIT}.timer {timer}", None if timer == "active" else
+                                   "run `mailfleet deploy`"))
+    return results
