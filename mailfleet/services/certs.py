@@ -26,6 +26,7 @@ TLS_DIR = "/etc/mailfleet/tls"
 CA_FILE = f"{TLS_DIR}/ca.crt"
 CERT_FILE = f"{TLS_DIR}/fullchain.pem"
 KEY_FILE = f"{TLS_DIR}/key.pem"
+CHAIN_FILE = f"{TLS_DIR}/key-and-chain.pem"  # both in one (Postfix reads it per new smtpd)
 SCRIPT = "/usr/local/lib/mailfleet/local-ca.sh"
 DAYS = 825
 RENEW_DAYS = 30
@@ -36,7 +37,8 @@ _INSPECT = (
     f"openssl x509 -in {CERT_FILE} -noout -ext subjectAltName -enddate -issuer -nameopt RFC2253 "
     "2>/dev/null "
     f"&& openssl verify -CAfile {CA_FILE} {CERT_FILE} >/dev/null 2>&1 && echo verified; "
-    f"printf 'source '; cat {SOURCE_FILE} 2>/dev/null || echo local-ca"
+    f"printf 'source '; cat {SOURCE_FILE} 2>/dev/null || echo local-ca; "
+    f"test -s {CHAIN_FILE} && echo combined || true"
 )
 
 
@@ -66,6 +68,7 @@ class Inspection:
     verified: bool  # by the local CA
     issuer: str = ""
     source: str = "local-ca"  # or "acme"
+    combined: bool = False  # CHAIN_FILE exists
 
     def days_left(self) -> int:
         return (self.not_after - datetime.now(timezone.utc)).days if self.not_after else -1
@@ -85,7 +88,8 @@ def inspect(text: str) -> Inspection:
             issuer = line[7:].strip()
         elif line.startswith("source "):
             source = line[7:].strip() or "local-ca"
-    return Inspection(names, not_after, "verified" in text.split(), issuer, source)
+    words = text.split()
+    return Inspection(names, not_after, "verified" in words, issuer, source, "combined" in words)
 
 
 def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:
@@ -104,13 +108,16 @@ def local_certificate(names: list[str], inspection: str, acme: bool):
     With ACME on, a certificate certbot installed is left alone while it covers the names
     and has not expired (certbot renews it); until then the local one keeps TLS working."""
     found = inspect(inspection)
-    if acme and found.source == "acme" and set(names) <= found.names and found.days_left() > 0:
-        host.noop(f"ACME certificate for {', '.join(names)}, {found.days_left()} days left")
-        return
-    if found.names == set(names) and found.verified and found.days_left() > RENEW_DAYS:
-        host.noop(f"certificate for {', '.join(names)} valid for {found.days_left()} more days")
-        return
-    yield f"sh {SCRIPT} {' '.join(shlex.quote(n) for n in names)}"
+    current = (acme and found.source == "acme" and set(names) <= found.names
+               and found.days_left() > 0) or \
+        (found.names == set(names) and found.verified and found.days_left() > RENEW_DAYS)
+    if current and found.combined:
+        host.noop(f"certificate for {', '.join(names)}, {found.days_left()} days left")
+    elif current:  # from a version before the combined file
+        yield (f"umask 077 && cat {KEY_FILE} {CERT_FILE} > {CHAIN_FILE}.new && "
+               f"mv -f {CHAIN_FILE}.new {CHAIN_FILE}")
+    else:
+        yield f"sh {SCRIPT} {' '.join(shlex.quote(n) for n in names)}"
 
 
 def deploy(ctx: HostContext) -> None:

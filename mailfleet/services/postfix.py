@@ -97,7 +97,7 @@ def deploy(ctx: HostContext) -> None:
             message_size_bytes=ctx.config.mail.message_size_mb * 1024 * 1024,
             quota_status_port=QUOTA_STATUS_PORT, opendkim_port=OPENDKIM_PORT,
             opendmarc_port=OPENDMARC_PORT,
-            key_file=certs.KEY_FILE, cert_file=certs.CERT_FILE,
+            chain_file=certs.CHAIN_FILE,
         ),
         validate=_validate("main.cf"),
     )

@@ -357,7 +357,7 @@ def test_forced_renewal_reaches_every_service_without_a_failed_connection(acme_o
                         net.run(_handshake, install, port, context)
                         handshakes += 1
                     except (OSError, ssl.SSLError, ConnectionError) as err:
-                        failures.append(f"{port}: {err}")
+                        failures.append(f"{time.strftime('%H:%M:%S')} {port}: {err}")
 
         worker = threading.Thread(target=hammer)
         worker.start()
@@ -367,12 +367,21 @@ def test_forced_renewal_reaches_every_service_without_a_failed_connection(acme_o
             install.cli.ssh(install.node, "env $(systemctl show certbot.service -p Environment "
                                           "--value) certbot renew --force-renewal "
                                           "--no-random-sleep-on-renew -q")
-            time.sleep(2)
+            # keep connecting a while after the reloads (a slow machine makes few handshakes)
+            renewed_at, deadline = handshakes, time.monotonic() + 60
+            while handshakes < renewed_at + 12 and time.monotonic() < deadline:
+                time.sleep(0.2)
         finally:
             stop.set()
             worker.join()
-        assert not failures, failures
-        assert handshakes > 20, handshakes
+        if failures:  # say what the services logged meanwhile
+            log = install.cli.ssh(install.node, "journalctl --since -3min --no-pager -o short-precise "
+                                                "-u 'postfix*' -u dovecot -u nginx | "
+                                                "grep -Evi 'connect from|disconnect from|"
+                                                "Anonymous TLS|lost connection after STARTTLS' "
+                                                "| tail -n 40")
+            raise AssertionError(f"{failures}\n{log}")
+        assert handshakes >= 12, handshakes
         after = _serials(net, install, context)
         assert len(set(after.values())) == 1 and after[25] != before[25], (before, after)
 
