@@ -127,7 +127,7 @@ STATUS = (f"printf 'last '; cat {STAMP} 2>/dev/null; echo; "
           + postgres.psql_query("SELECT 'wal ' || coalesce(to_char(last_archived_time AT TIME "
                                 "ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), '') || ' ' || "
                                 "failed_count FROM pg_stat_archiver")
-          + f"; printf 'timer '; systemctl is-active {UNIT}.timer")
+          + f"; printf 'timer '; systemctl is-active {UNIT}.timer || true")
 
 
 def parse_status(text: str) -> dict[str, str]:

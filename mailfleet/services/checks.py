@@ -46,5 +46,6 @@ def https_fetch(path: str, options: str = "") -> str:
 
 
 def https_count(path: str, pattern: str) -> str:
-    """Count `pattern` in such a page (`grep -c`: 0 when absent)."""
-    return f"{https_fetch(path)} | grep -c {shlex.quote(pattern)}"
+    """Count `pattern` in such a page (`grep -c`: 0 when absent; its exit status 1 then
+    must not make the whole fact fail)."""
+    return f"{https_fetch(path)} | grep -c {shlex.quote(pattern)} || true"

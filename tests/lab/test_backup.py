@@ -52,8 +52,9 @@ def test_backup_run_adds_a_snapshot_holding_the_new_mail(node: Node, backups_on:
     before = backups_on.json("backup", "list", "--host", node.name)["snapshots"]
     backups_on("backup", "run", "--host", node.name)
     after = backups_on.json("backup", "list", "--host", node.name)["snapshots"]
-    assert len(after) == len(before) + 1
+    # one snapshot per day is kept (keep_daily): today's newest replaced the one before
     newest = after[-1]["id"]
+    assert newest not in {s["id"] for s in before} and after[-1]["time"] > before[-1]["time"]
     # the message file in the snapshot is the delivered message, byte for byte
     found = node.cli.ssh(node.name, f"grep -rl 'Subject: {subject}' /var/mail/vmail | head -n 1")
     assert found, "the message is not in the Maildir"
@@ -65,8 +66,8 @@ def test_backup_run_adds_a_snapshot_holding_the_new_mail(node: Node, backups_on:
     assert hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest() == on_disk
     # the PostgreSQL base backups and archived WAL are in it too
     listing = node.cli.ssh(node.name, "set -a; . /etc/mailfleet/backup.env; set +a; "
-                                      f"restic ls {newest} /var/backups/mailfleet/postgres")
-    assert "base.tar.gz" in listing and "/wal/" in listing, listing
+                                      f"restic ls {newest} | grep /var/backups/mailfleet/postgres/")
+    assert "/base.tar.gz" in listing and "/postgres/wal/0000" in listing, listing
 
 
 def test_verify_passes_then_finds_a_damaged_repository(node: Node, backups_on: Cli):
