@@ -118,7 +118,9 @@ def deploy(ctx: HostContext) -> None:
 
 @operation()
 def first_backup():
-    yield f"systemctl start {UNIT}.service"
+    # the script itself, not its unit: in a container a quick second start of the unit can
+    # fail with 219/CGROUP while systemd still tears down the first run's cgroup
+    yield SCRIPT
 
 
 # -- what `check` and `backup verify` read ---------------------------------------------------
