@@ -4,7 +4,8 @@ deploy, `backup run|list|verify` work, WAL is archived, a snapshot holds a deliv
 byte for byte, and damage to the repository is found.
 
 The repository is a path on each host (the simplest restic repository); the backups stay
-on for the modules that run after this one on the shared lab."""
+on for the modules that run after this one on the shared lab. (Named to run after
+test_lab_deploy.py, which needs the shared lab not yet deployed.)"""
 
 from __future__ import annotations
 
