@@ -279,6 +279,10 @@ class Lab:
             ["ip", "netns", "exec", paths.bridge_ns, "socat",
              f"UNIX-LISTEN:{sock},fork,unlink-early,mode=600", f"TCP:{node.address}:{remote}"],
             helpers_log))
+        # the loopback side only once the inner side listens: a first client could otherwise
+        # reach a forward whose unix socket is not there yet and get its connection closed
+        if not wait_until(sock.exists, 10):
+            raise LabError(f"The forward to {node.name}:{remote} did not start.")
         state.helpers.append(spawn(
             ["socat", f"TCP-LISTEN:{local},bind=127.0.0.1,reuseaddr,fork",
              f"UNIX-CONNECT:{sock}"], helpers_log))
