@@ -14,7 +14,7 @@ from pyinfra.operations import files, systemd
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.snapshot import FileState
-from mailfleet.services import certs
+from mailfleet.services import certs, system
 from mailfleet.services.checks import CheckResult, https_fetch
 from mailfleet.templating import render
 
@@ -36,8 +36,7 @@ def enabled(config, roles: list[str]) -> bool:
 def remove():
     """Radicale switched off: the package, its config and mailfleet's module go; the users'
     calendars and address books in /var/lib/radicale/collections stay."""
-    yield ("export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q radicale && "
-           f"apt-get autoremove --purge -y -q && rm -rf {MODULE_DIR} {DROP_IN_DIR} && "
+    yield (f"{system.purged(PACKAGES)} && rm -rf {MODULE_DIR} {DROP_IN_DIR} && "
            "systemctl daemon-reload")
 
 

@@ -16,7 +16,7 @@ from pyinfra.operations import files
 from mailfleet.accounts import passwords
 from mailfleet.engine import Engine, HostContext, config_file, debconf, snapshot
 from mailfleet.engine.snapshot import SECRETS_DIR
-from mailfleet.services import certs, postgres
+from mailfleet.services import certs, postgres, system
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -82,11 +82,10 @@ def remove(php: str):
     database (users' address books and settings) stays until dropped by hand."""
     # the php metapackages go too: left behind, php{php} would want another web SAPI and
     # apt would satisfy it with libapache2-mod-php and Apache
-    apache = "apache2 apache2-bin apache2-data apache2-utils libapache2-mod-php" + php
-    yield (f"export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q {' '.join(PACKAGES)} "
-           f"php{php}-fpm php php{php} && apt-get autoremove --purge -y -q && "
+    apache = ["apache2", "apache2-bin", "apache2-data", "apache2-utils", f"libapache2-mod-php{php}"]
+    yield (f"{system.purged([*PACKAGES, f'php{php}-fpm', 'php', f'php{php}'])} && "
            f"if dpkg-query -W -f '${{Status}}' apache2 2>/dev/null | grep -q 'ok installed'; then "
-           f"apt-get purge -y -q {apache} && apt-get autoremove --purge -y -q; fi && "
+           f"{system.purge(apache)}; fi && "
            f"rm -rf /etc/roundcube /var/lib/roundcube /etc/php/{php}/fpm {STAMP}")
 
 

@@ -14,7 +14,7 @@ from pyinfra.facts.server import Command
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.snapshot import SECRETS_DIR
-from mailfleet.services import postgres
+from mailfleet.services import postgres, system
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -53,8 +53,7 @@ def remove(packages: list[str], everything: bool):
     """Packages of SOGo that the config no longer wants. With `everything` (webmail is not
     SOGo any more) also its config, logs and spool; its database (users' calendars,
     contacts and preferences) stays until dropped by hand."""
-    yield (f"export DEBIAN_FRONTEND=noninteractive; apt-get purge -y -q {' '.join(packages)} "
-           "&& apt-get autoremove --purge -y -q"
+    yield (system.purged(packages)
            + (" && rm -rf /etc/sogo /var/log/sogo /var/spool/sogo" if everything else ""))
 
 
