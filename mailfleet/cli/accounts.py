@@ -113,7 +113,10 @@ def dispose(settings: HostSettings, domain: str, local: str | None, how: str) ->
     parent, name = path.rsplit("/", 1)
     archive = f"{ARCHIVE_DIR}/{who}-$(date -u +%Y%m%d-%H%M%S).tar.gz"
     out = ssh_run(settings, (
-        f'if [ -d {shlex.quote(path)} ]; then umask 077; mkdir -p {ARCHIVE_DIR} && '
+        f'if [ -d {shlex.quote(path)} ]; then '
+        # the parent stays traversable: PostgreSQL's backups live there too
+        f'install -d -m 755 {ARCHIVE_DIR.rsplit("/", 1)[0]} && install -d -m 700 {ARCHIVE_DIR} && '
+        f'umask 077 && '
         f'a="{archive}" && tar -C {shlex.quote(parent)} -czf "$a" {shlex.quote(name)} && '
         f'rm -rf {shlex.quote(path)} && echo "$a"; fi')).strip()
     if not out:

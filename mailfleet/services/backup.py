@@ -83,6 +83,9 @@ def deploy(ctx: HostContext) -> None:
     release = platform(ctx)
     ctx.op(config_file, name="Keep the backup repository password", dest=PASSWORD_FILE,
            content=local_password(ctx.config) + "\n", mode="600", secret=True)
+    # root's, but PostgreSQL must pass through it (an account archive could have made it 700)
+    ctx.op(files.directory, name=f"Create {ROOT}", path=ROOT, user="root", group="root",
+           mode="755")
     for path in (PG_DIR, WAL_DIR):  # PostgreSQL writes both (pg_basebackup, archive_command)
         ctx.op(files.directory, name=f"Create {path}", path=path, user="postgres",
                group="postgres", mode="700")
