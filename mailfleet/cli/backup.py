@@ -1,4 +1,5 @@
-"""`mailfleet backup ...`: run a backup now, list the snapshots, verify the repository."""
+"""`mailfleet backup ...`: run a backup now, list the snapshots, verify the repository,
+restore a host from a snapshot."""
 
 from __future__ import annotations
 
@@ -9,20 +10,23 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from mailfleet.cli.deploy import Json
+from mailfleet.cli.accounts import Yes, confirm
+from mailfleet.cli.deploy import Json, render_checks, run_checks, run_deploy
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
 from mailfleet.services import backup as backup_mod
+from mailfleet.services.checks import all_passed
 
-app = typer.Typer(help="Backups: run one now, list the snapshots, verify the repository.",
+app = typer.Typer(help="Backups: run one now, list the snapshots, verify the repository, "
+                       "restore a host.",
                   no_args_is_help=True)
 
 Host = Annotated[Optional[str], typer.Option(
     "--host", "-H", metavar="HOST", help="The mail host [default: the first with the mail role].")]
-RESTIC = f"set -a; . {backup_mod.ENV_FILE}; set +a; restic"
+RESTIC = backup_mod.RESTIC
 
 
 def _host(ctx: typer.Context, name: str | None) -> tuple[Config, HostSettings]:
@@ -40,12 +44,16 @@ def _host(ctx: typer.Context, name: str | None) -> tuple[Config, HostSettings]:
 
 
 @app.command()
-def run(ctx: typer.Context, host: Host = None) -> None:
+def run(ctx: typer.Context, host: Host = None,
+        force: Annotated[bool, typer.Option(
+            "--force", help="Back up a rebuilt host that has not been restored yet (its empty "
+                            "state becomes its newest snapshot).")] = False) -> None:
     """Back the host up now (what the daily timer does), and wait for it to finish."""
     _, settings = _host(ctx, host)
     started = datetime.now(timezone.utc)
     # the script as the timer's unit runs it (and serialised with it by a lock)
-    ssh_run(settings, f"nice -n 10 ionice -c 3 {backup_mod.SCRIPT}", timeout=6 * 3600)
+    ssh_run(settings, ("MAILFLEET_BACKUP_FORCE=1 " if force else "")
+            + f"nice -n 10 ionice -c 3 {backup_mod.SCRIPT}", timeout=6 * 3600)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     info(f"{settings.name}: backup done in {seconds:.0f} s")
 
@@ -105,3 +113,69 @@ def verify(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
             info(f"{settings.name}: repository intact, {len(snapshots)} snapshot(s), newest "
                  f"{age_hours:.1f} hours old")
     raise typer.Exit(0 if not problems else 1)
+
+
+@app.command()
+def restore(
+    ctx: typer.Context,
+    host: Host = None,
+    source: Annotated[Optional[str], typer.Option(
+        "--from", metavar="HOSTNAME",
+        help="Whose snapshots (a host's full name, as `backup list` shows it) [default: "
+             "this host's own name: a rebuilt host].")] = None,
+    snapshot: Annotated[str, typer.Option(
+        "--snapshot", metavar="ID", help="Which snapshot [default: the newest].")] = "latest",
+    to_time: Annotated[Optional[str], typer.Option(
+        "--to-time", metavar="TIME",
+        help="Point-in-time restore: the database as it was just before TIME (ISO 8601, UTC "
+             "unless it says otherwise), the mail of the first snapshot after it.")] = None,
+    yes: Yes = False,
+    json: Json = False,
+) -> None:
+    """Rebuild a host from a backup: its mail, DKIM keys, secrets and database.
+
+    Run `mailfleet deploy` on the host first (a fresh one included); the restore then stops
+    the mail services, replaces the data (what was there is kept as *.before-restore),
+    replays the archived WAL to the latest state or to --to-time, deploys the host again
+    and runs the health checks. Exit 1 if they fail."""
+    g = globals_of(ctx)
+    config, settings = _host(ctx, host)
+    try:
+        target = backup_mod.parse_time(to_time) if to_time else None
+    except ValueError:
+        raise ConfigError(f"--to-time {to_time}: not an ISO 8601 time "
+                          "(e.g. 2026-11-26T09:30:00Z).") from None
+    if target and snapshot != "latest":
+        raise ConfigError("--to-time and --snapshot: give one of them (--to-time picks the "
+                          "snapshot itself).")
+    state = ssh_run(settings, f"hostname -f; ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1; "
+                              f"test -e {backup_mod.ENV_FILE} && echo deployed || true")
+    own_name, postgresql, deployed = (state.split() + ["", "", ""])[:3]
+    if deployed != "deployed":
+        raise ConfigError(f"{settings.name} has no backup set-up yet: run `mailfleet deploy "
+                          f"--limit {settings.name}` first, then restore.")
+    source = source or own_name
+    chosen = backup_mod.choose_snapshot(_snapshots(settings), source, snapshot, target)
+    paths = backup_mod.restore_paths(chosen, source == own_name, config)
+    moment = f" with its database as of {target:%Y-%m-%d %H:%M:%S} UTC" if target else ""
+    confirm(f"Replace the mail, DKIM keys, secrets and database of {settings.name} with "
+            f"snapshot {chosen['short_id']} of {source} ({chosen['time'][:19]}){moment}?", yes)
+    extra = ["radicale"] if config.features.radicale else []
+    started = datetime.now(timezone.utc)
+    out = ssh_run(settings, backup_mod.restore_script(chosen, paths, target, postgresql, extra),
+                  timeout=6 * 3600)
+    restored = (datetime.now(timezone.utc) - started).total_seconds()
+    if not json:
+        info(f"{settings.name}: snapshot {chosen['short_id']} restored in {restored:.0f} s "
+             f"({out.strip().splitlines()[-1] if out.strip() else 'done'}); deploying again")
+    report = run_deploy(g, config, [settings.name], quiet=True)
+    results = run_checks(g, config, [settings.name])
+    ok = report.ok and all_passed(results)
+    if json:
+        print_json({"ok": ok, "host": settings.name, "snapshot": chosen["id"], "from": source,
+                    "to_time": target and target.isoformat(), "paths": paths,
+                    "restore_seconds": round(restored, 1), "deploy": report.as_dict(),
+                    "checks": [r.as_dict() for r in results]})
+    else:
+        render_checks(results)
+    raise typer.Exit(0 if ok else 1)

@@ -9,6 +9,7 @@ STAMP for `mailfleet check`.
 
 from __future__ import annotations
 
+import re
 import secrets
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +23,7 @@ from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.operations import unit_restarted
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.errors import ConfigError
-from mailfleet.services import certs, mailstore, opendkim, postgres
+from mailfleet.services import certs, mailstore, opendkim, postgres, radicale
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -36,13 +37,25 @@ ENV_FILE = "/etc/mailfleet/backup.env"
 PASSWORD_FILE = f"{SECRETS_DIR}/backup-password"
 STAMP = "/var/lib/mailfleet/backup-last-success"
 REPOSITORY_MARK = "/var/lib/mailfleet/backup-repository"
+RESTORED = "/var/lib/mailfleet/backup-restored"
 UNIT = "mailfleet-backup"
+RESTIC = f"set -a; . {ENV_FILE}; set +a; restic"
 # what a rebuilt host needs besides the packages and mailfleet.toml
 PATHS = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, certs.TLS_DIR, "/etc/mailfleet", PG_DIR,
          "/var/lib/mailfleet"]
 
 snapshot.register("backup", f"printf 'repository '; cat {REPOSITORY_MARK} 2>/dev/null; echo; "
-                            f"printf 'last '; cat {STAMP} 2>/dev/null; echo")
+                            f"printf 'last '; cat {STAMP} 2>/dev/null; echo; "
+                            # before its first backup: has this name a history to restore?
+                            f"if [ ! -e {STAMP} ] && [ ! -e {RESTORED} ] && [ -e {ENV_FILE} ]; "
+                            f"then printf 'history '; ({RESTIC} snapshots --json --tag mailfleet "
+                            f"--host \"$(hostname -f)\" 2>/dev/null || true) | grep -o '\"id\"' "
+                            f"| wc -l; fi")
+
+
+def paths(config) -> list[str]:
+    """What the snapshots hold: PATHS, and Radicale's calendars when it runs."""
+    return PATHS + ([radicale.STORAGE] if config.features.radicale else [])
 
 
 def enabled(config) -> bool:
@@ -104,7 +117,8 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(config_file, name="Install the backup script", dest=SCRIPT, mode="755",
            content=render("backup/mailfleet-backup.sh.j2", env_file=ENV_FILE, pg_dir=PG_DIR,
                           pg_bin=f"/usr/lib/postgresql/{release.postgresql}/bin",
-                          paths=PATHS, keep_daily=settings.keep_daily,
+                          paths=paths(ctx.config), restored_file=RESTORED,
+                          keep_daily=settings.keep_daily,
                           keep_weekly=settings.keep_weekly, keep_monthly=settings.keep_monthly,
                           stamp_file=STAMP))
     units = [ctx.op(config_file, name=f"Write {UNIT}.{kind}",
@@ -114,16 +128,18 @@ def deploy(ctx: HostContext) -> None:
              for kind in ("service", "timer")]
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(*units))
     ctx.service(f"{UNIT}.timer", restart_when=(units[1],))
-    if not state.get("last"):
-        # a host is not backed up until a backup has worked: the first one runs now
+    if not state.get("last") and state.get("history", "0") == "0":
+        # a host is not backed up until a backup has worked: the first one runs now (a
+        # rebuilt host whose name has snapshots waits for `backup restore` instead)
         ctx.op(first_backup, name="Run the first backup")
 
 
 @operation()
 def first_backup():
     # the script itself, not its unit: in a container a quick second start of the unit can
-    # fail with 219/CGROUP while systemd still tears down the first run's cgroup
-    yield SCRIPT
+    # fail with 219/CGROUP while systemd still tears down the first run's cgroup. Exit 3:
+    # the script found this name's history in the repository and waits for a restore.
+    yield f"{SCRIPT} || [ $? -eq 3 ]"
 
 
 # -- what `check` and `backup verify` read ---------------------------------------------------
@@ -177,3 +193,80 @@ def checks(engine: Engine) -> list[CheckResult]:
                                    f"{UNIT}.timer {timer}", None if timer == "active" else
                                    "run `mailfleet deploy`"))
     return results
+
+
+# -- restore ---------------------------------------------------------------------------------
+
+RESTORE_WORK = "/var/tmp/mailfleet-restore"
+# what a restore puts back, and whose it is (restic restores numeric owners; a rebuilt host
+# may have numbered its system users differently)
+RESTORE_OWNERS = {mailstore.VMAIL_DIR: "vmail:vmail", opendkim.KEY_DIR: "opendkim:opendkim",
+                  PG_DIR: "postgres:postgres", radicale.STORAGE: "radicale:radicale",
+                  SECRETS_DIR: "root:root"}
+STOPPED_FOR_RESTORE = ["mailfleet-backup.timer", "postfix", "dovecot", "opendkim"]
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 moment; without a zone it is UTC."""
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+def snapshot_time(snapshot: dict) -> datetime:
+    """restic's time (nanoseconds, the host's zone) as an aware datetime."""
+    return parse_time(re.sub(r"(\.\d{1,6})\d*", r"\1", snapshot["time"]))
+
+
+def choose_snapshot(snapshots: list[dict], source: str, wanted: str | None,
+                    target: datetime | None) -> dict:
+    """The snapshot a restore reads: the one asked for; for a point in time the first taken
+    after it (its archived WAL reaches that moment, its mail is the closest after); else
+    the newest. `snapshots` is restic's JSON, oldest first."""
+    mine = [s for s in snapshots if s.get("hostname") == source]
+    if not mine:
+        raise ConfigError(f"the repository holds no snapshot of {source}"
+                          + (f" (it has: {', '.join(sorted({s['hostname'] for s in snapshots}))})"
+                             if snapshots else "") + "; give --from HOSTNAME.")
+    if wanted and wanted != "latest":
+        for s in mine:
+            if wanted in (s["id"], s.get("short_id")):
+                return s
+        raise ConfigError(f"--snapshot {wanted}: no snapshot of {source} has this id "
+                          "(see `mailfleet backup list`).")
+    if target is None:
+        return mine[-1]
+    later = [s for s in mine if snapshot_time(s) > target]
+    if not later:
+        raise ConfigError(f"--to-time {target:%Y-%m-%dT%H:%M:%SZ}: the newest snapshot of {source} "
+                          f"was taken at {mine[-1]['time'][:19]}Z; WAL archived after it is not in "
+                          "the repository, so the latest state is as far as a restore can go.")
+    return later[0]
+
+
+def restore_paths(chosen: dict, same_host: bool, config) -> list[str]:
+    """The paths put back: data, keys, secrets, the PostgreSQL backups; the TLS material
+    only onto a host of the same name (a certificate names its host)."""
+    wanted = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, SECRETS_DIR, PG_DIR]
+    if config.features.radicale:
+        wanted.append(radicale.STORAGE)
+    if same_host:
+        wanted.append(certs.TLS_DIR)
+    held = chosen.get("paths", [])
+    covered = [p for p in wanted if any(p == h or p.startswith(h.rstrip("/") + "/") for h in held)]
+    missing = [p for p in (mailstore.VMAIL_DIR, SECRETS_DIR, PG_DIR) if p not in covered]
+    if missing:
+        raise ConfigError(f"snapshot {chosen.get('short_id', chosen['id'])} does not hold "
+                          f"{', '.join(missing)}: it cannot rebuild a mail host.")
+    return covered
+
+
+def restore_script(chosen: dict, paths: list[str], target: datetime | None,
+                   postgresql: str, webmail_units: list[str]) -> str:
+    return render("backup/mailfleet-restore.sh.j2", snapshot=chosen["id"],
+                  source_host=chosen["hostname"], env_file=ENV_FILE, work_dir=RESTORE_WORK,
+                  data_dir=f"/var/lib/postgresql/{postgresql}/main",
+                  restore_conf=f"/etc/postgresql/{postgresql}/main/conf.d/mailfleet-restore.conf",
+                  paths=paths, owners=[(p, RESTORE_OWNERS[p]) for p in paths if p in RESTORE_OWNERS],
+                  pg_dir=PG_DIR, units=STOPPED_FOR_RESTORE + webmail_units,
+                  target_time=target and f"{target:%Y-%m-%d %H:%M:%S}+00",
+                  base_before=target and f"{target:%Y%m%dT%H%M%SZ}", restored_file=RESTORED)

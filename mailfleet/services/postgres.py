@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
+from pyinfra.operations import systemd
 
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
@@ -136,6 +137,10 @@ def deploy(ctx: HostContext) -> None:
         content=render("postgresql/mailfleet.conf.j2"),
         user="postgres", group="postgres",
     )
+    restart = ctx.op(config_file, name="Restart PostgreSQL when it dies",
+                     dest="/etc/systemd/system/postgresql@.service.d/mailfleet.conf",
+                     content=render("postgresql/restart.conf.j2"))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(restart))
     ctx.produced["postgresql started"] = ctx.service("postgresql", restart_when=(tuning,))
     state = database_state(ctx)
     ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import pytest
 import tomlkit
-from conftest import Cli, Node
+from conftest import DOMAIN, PASSWORD, Cli, LabNet, Node, lab_leftovers, lab_name
+
+from mailfleet.services import mailflow
 
 REPOSITORY = "/var/backups/mailfleet/restic"
 
@@ -85,3 +92,121 @@ def test_verify_passes_then_finds_a_damaged_repository(node: Node, backups_on: C
     finally:
         node.cli.ssh(node.name, "cp -p /root/pack.bak \"$(cat /root/pack.path)\"")
     assert backups_on("backup", "verify", "--host", node.name, check=False).returncode == 0
+
+
+# -- the restore drill: host A (the shared lab's Debian 13 node) onto a fresh host B ---------
+
+NEW_PASSWORD = "Battery-Staple-9-correct"
+
+
+@dataclass
+class Rebuilt(Node):
+    """Host B: a single-host lab whose host is named mail.example.test."""
+
+    @property
+    def fqdn(self) -> str:
+        return f"mail.{DOMAIN}"
+
+
+def lab_bytes(cli: Cli, node: str, command: str, data: bytes | None = None) -> bytes:
+    env = {"MAILFLEET_LAB": cli.lab, "MAILFLEET_CONFIG": str(cli.config)}
+    import os
+    done = subprocess.run([sys.executable, "-m", "mailfleet", "lab", "ssh", node, "--", command],
+                          input=data, capture_output=True, env={**os.environ, **env},
+                          timeout=600, **({} if data is not None else {"stdin": subprocess.DEVNULL}))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
+def stored(node: Node, user: str, subjects: list[str], password: str = PASSWORD) -> dict[str, str]:
+    """sha256 of each message as IMAP serves it (subject -> hash; missing ones left out)."""
+    found = {}
+    for subject in subjects:
+        raw = node.fetch(user, subject, wait=5, password=password)
+        if raw is not None:
+            found[subject] = hashlib.sha256(raw).hexdigest()
+    return found
+
+
+@pytest.fixture(scope="module")
+def drill(backups_on: Cli, lab_net: LabNet, tmp_path_factory):
+    """A: mail, backup 1, more mail, the moment T, a password change, backup 2. Then a
+    fresh Debian 13 host B (its own lab) gets a copy of the repository and is deployed."""
+    ca = backups_on.ssh("n2", "cat /etc/mailfleet/tls/ca.crt")
+    from mailfleet.services import opendkim
+    record = opendkim.public_key_record(backups_on.ssh("n2", f"cat /etc/dkimkeys/{DOMAIN}/mail.txt"))
+    a = Node(backups_on, lab_net, "n2", "10.77.0.12", "2.4", ca, record)
+    user = a.user("drill")
+    early = [a.submit(user, user) for _ in range(3)]
+    backups_on("backup", "run", "--host", "n2")
+    later = [a.submit(user, user) for _ in range(2)]
+    hashes = stored(a, user, early + later)
+    assert len(hashes) == 5
+    time.sleep(2)
+    moment = datetime.now(timezone.utc)
+    time.sleep(2)
+    backups_on("user", "passwd", user, "--password-stdin", "--host", "n2", input=NEW_PASSWORD + "\n")
+    assert a.imap_login(user, NEW_PASSWORD) and not a.imap_login(user, PASSWORD)
+    backups_on("backup", "run", "--host", "n2")
+    repository = lab_bytes(backups_on, "n2", f"tar -C / -czf - {REPOSITORY.lstrip('/')}")
+
+    doc = tomlkit.parse(backups_on.config.read_text())
+    del doc["hosts"]
+    config = tmp_path_factory.mktemp("rebuilt") / "mailfleet.toml"
+    config.write_text(tomlkit.dumps(doc))
+    b_cli = Cli(lab_name(6), config)
+    b_net = None
+    try:
+        b_cli("lab", "up", "--preinstall", timeout=600)
+        lab_bytes(b_cli, "n1", "tar -C / -xzf -", repository)  # the repository reaches B
+        report = b_cli.json("deploy")
+        assert report["ok"], report
+        address = b_cli.json("lab", "status")["nodes"][0]["address"]
+        b_net = LabNet(b_cli.lab)
+        b = Rebuilt(b_cli, b_net, "n1", address, "2.4", b_cli.ssh("n1", "cat /etc/mailfleet/tls/ca.crt"),
+                    record)
+        yield {"a": a, "b": b, "user": user, "early": early, "later": later, "hashes": hashes,
+               "moment": moment}
+    finally:
+        if b_net:
+            b_net.close()
+        down = b_cli("lab", "down", check=False)
+    assert down.returncode == 0, down.stderr
+    assert lab_leftovers(lab_name(6)) == {"namespaces": [], "processes": [], "mounts": []}
+
+
+def test_restore_onto_a_fresh_host_brings_back_mail_logins_and_dkim(drill):
+    b, user = drill["b"], drill["user"]
+    done = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.test", "--yes",
+                 "--json", check=False)
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["ok"], (
+        result.get("deploy"), [c for c in result.get("checks", []) if c["status"] != "ok"], done.stderr)
+    assert "/etc/mailfleet/tls" not in result["paths"]  # B keeps its own certificate
+    # every message, byte for byte; the password of the newest state
+    assert stored(b, user, drill["early"] + drill["later"], NEW_PASSWORD) == drill["hashes"]
+    assert not b.imap_login(user, PASSWORD)
+    # mail sent on B is signed with A's DKIM key: the published record still verifies it
+    subject = b.submit(user, user, password=NEW_PASSWORD)
+    raw = b.fetch(user, subject, password=NEW_PASSWORD)
+    ok, why = mailflow.verify_dkim(raw, {DOMAIN: drill["a"].dkim_record})
+    assert ok, why
+    assert b.cli.json("deploy")["changes"] == 0
+
+
+def test_point_in_time_restore_returns_to_before_the_password_change(drill):
+    b, user = drill["b"], drill["user"]
+    moment = drill["moment"].strftime("%Y-%m-%dT%H:%M:%SZ")
+    done = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.test",
+                 "--to-time", moment, "--yes", "--json", check=False)
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["ok"], (
+        [c for c in result.get("checks", []) if c["status"] != "ok"], done.stderr)
+    assert b.imap_login(user, PASSWORD) and not b.imap_login(user, NEW_PASSWORD)
+    # the mail is the snapshot's after the moment: nothing delivered before it is missing
+    assert stored(b, user, drill["early"] + drill["later"]) == drill["hashes"]
+    # a moment after the newest snapshot cannot be reached: said, exit 2, nothing touched
+    late = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.test",
+                 "--to-time", "2099-01-01T00:00:00Z", "--yes", check=False)
+    assert late.returncode == 2 and "the latest state is as far as a restore can go" in late.stderr
+    assert b.imap_login(user, PASSWORD)
