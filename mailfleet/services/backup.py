@@ -263,6 +263,7 @@ def restore_paths(chosen: dict, same_host: bool, config) -> list[str]:
 def restore_script(chosen: dict, paths: list[str], target: datetime | None,
                    postgresql: str, webmail_units: list[str]) -> str:
     return render("backup/mailfleet-restore.sh.j2", snapshot=chosen["id"],
+                  short_id=chosen.get("short_id", chosen["id"][:8]),
                   source_host=chosen["hostname"], env_file=ENV_FILE, work_dir=RESTORE_WORK,
                   data_dir=f"/var/lib/postgresql/{postgresql}/main",
                   restore_conf=f"/etc/postgresql/{postgresql}/main/conf.d/mailfleet-restore.conf",
