@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from mailfleet import services
+from mailfleet.services import backup
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet import config as config_mod
@@ -79,7 +80,9 @@ def up(
     path = globals_of(ctx).config_path
     packages = None
     if preinstall:
-        packages = services.packages(load(path) if path.exists() else None)
+        # restic too, with or without [backup]: one image serves configs of both kinds
+        packages = sorted(set(services.packages(load(path) if path.exists() else None))
+                          | set(backup.PACKAGES))
     state = lab.up(release or [], nodes, packages)
     try:
         write_hosts(path, lab.paths.id, host_entries(lab, state))
