@@ -150,14 +150,15 @@ def drill(backups_on: Cli, lab_net: LabNet, tmp_path_factory):
     backups_on("backup", "run", "--host", "n2")
     repository = lab_bytes(backups_on, "n2", f"tar -C / -czf - {REPOSITORY.lstrip('/')}")
 
-    doc = tomlkit.parse(backups_on.config.read_text())
-    del doc["hosts"]
     config = tmp_path_factory.mktemp("rebuilt") / "mailfleet.toml"
-    config.write_text(tomlkit.dumps(doc))
     b_cli = Cli(lab_name(6), config)
     b_net = None
     try:
+        # booted before its config exists: the same preinstalled image as test_lab_deploy's
         b_cli("lab", "up", "--preinstall", timeout=600)
+        doc = tomlkit.parse(backups_on.config.read_text())  # A's settings, B's [[hosts]]
+        doc["hosts"] = tomlkit.parse(config.read_text())["hosts"]
+        config.write_text(tomlkit.dumps(doc))
         lab_bytes(b_cli, "n1", "tar -C / -xzf -", repository)  # the repository reaches B
         report = b_cli.json("deploy")
         assert report["ok"], report
