@@ -67,7 +67,7 @@ def main() -> None:
         times["restore"], done = mailfleet("backup", "restore", "--yes", "--json")
         result = json.loads(done.stdout)
         times["restore script"] = result["restore_seconds"]
-        _, count = mailfleet.ssh("n1", f"ls {MAILDIR}/new {MAILDIR}/cur | grep -c bench")
+        _, count = mailfleet.ssh("n1", f"find {MAILDIR} -type f -name '*.bench*' | wc -l")
     finally:
         mailfleet.down()
     print(f"release                       {args.release}")
