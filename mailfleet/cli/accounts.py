@@ -18,6 +18,7 @@ from mailfleet.cli.state import globals_of
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import UsageError
+from mailfleet.services.backup import ROOT as BACKUP_ROOT
 from mailfleet.services.mailstore import VMAIL_DIR
 
 HostOption = Annotated[
@@ -27,7 +28,7 @@ HostOption = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-ARCHIVE_DIR = "/var/backups/mailfleet/mailboxes"
+ARCHIVE_DIR = f"{BACKUP_ROOT}/mailboxes"
 Archive = Annotated[bool, typer.Option(
     "--archive", help=f"Pack its mail into {ARCHIVE_DIR}, then delete it.")]
 Purge = Annotated[bool, typer.Option("--purge", help="Delete its mail.")]
@@ -115,7 +116,7 @@ def dispose(settings: HostSettings, domain: str, local: str | None, how: str) ->
     out = ssh_run(settings, (
         f'if [ -d {shlex.quote(path)} ]; then '
         # the parent stays traversable: PostgreSQL's backups live there too
-        f'install -d -m 755 {ARCHIVE_DIR.rsplit("/", 1)[0]} && install -d -m 700 {ARCHIVE_DIR} && '
+        f'install -d -m 755 {BACKUP_ROOT} && install -d -m 700 {ARCHIVE_DIR} && '
         f'umask 077 && '
         f'a="{archive}" && tar -C {shlex.quote(parent)} -czf "$a" {shlex.quote(name)} && '
         f'rm -rf {shlex.quote(path)} && echo "$a"; fi')).strip()

@@ -160,9 +160,8 @@ def restore(
     moment = f" with its database as of {target:%Y-%m-%d %H:%M:%S} UTC" if target else ""
     confirm(f"Replace the mail, DKIM keys, secrets and database of {settings.name} with "
             f"snapshot {chosen['short_id']} of {source} ({chosen['time'][:19]}){moment}?", yes)
-    extra = ["radicale"] if config.features.radicale else []
     started = datetime.now(timezone.utc)
-    out = ssh_run(settings, backup_mod.restore_script(chosen, paths, target, postgresql, extra),
+    out = ssh_run(settings, backup_mod.restore_script(chosen, paths, target, postgresql),
                   timeout=6 * 3600)
     restored = (datetime.now(timezone.utc) - started).total_seconds()
     if not json:

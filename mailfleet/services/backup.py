@@ -261,13 +261,15 @@ def restore_paths(chosen: dict, same_host: bool, config) -> list[str]:
 
 
 def restore_script(chosen: dict, paths: list[str], target: datetime | None,
-                   postgresql: str, webmail_units: list[str]) -> str:
+                   postgresql: str) -> str:
+    # what writes to the restored paths stops first (Radicale when its collections return)
+    units = STOPPED_FOR_RESTORE + (["radicale"] if radicale.STORAGE in paths else [])
     return render("backup/mailfleet-restore.sh.j2", snapshot=chosen["id"],
                   short_id=chosen.get("short_id", chosen["id"][:8]),
                   source_host=chosen["hostname"], env_file=ENV_FILE, work_dir=RESTORE_WORK,
                   data_dir=f"/var/lib/postgresql/{postgresql}/main",
                   restore_conf=f"/etc/postgresql/{postgresql}/main/conf.d/mailfleet-restore.conf",
                   paths=paths, owners=[(p, RESTORE_OWNERS[p]) for p in paths if p in RESTORE_OWNERS],
-                  pg_dir=PG_DIR, units=STOPPED_FOR_RESTORE + webmail_units,
+                  pg_dir=PG_DIR, units=units,
                   target_time=target and f"{target:%Y-%m-%d %H:%M:%S}+00",
                   base_before=target and f"{target:%Y%m%dT%H%M%SZ}", restored_file=RESTORED)

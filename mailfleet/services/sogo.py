@@ -13,7 +13,6 @@ from pyinfra.facts.server import Command
 
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
-from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.services import postgres, system
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform

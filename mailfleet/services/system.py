@@ -19,7 +19,6 @@ APT_CACHE_SECONDS = 6 * 3600
 snapshot.register("resolvers", "awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf 2>/dev/null")
 
 
-
 def purge(packages: list[str]) -> str:
     """Shell: purge `packages` and what only they needed, config files included (what a
     switched-off feature leaves must not come back with the next install). Run after
@@ -30,6 +29,7 @@ def purge(packages: list[str]) -> str:
 def purged(packages: list[str]) -> str:
     """`purge` as a command of its own, never asking questions."""
     return f"export DEBIAN_FRONTEND=noninteractive; {purge(packages)}"
+
 
 def resolvers(ctx: HostContext) -> list[str]:
     """The host's DNS resolvers (resolv.conf): the milters, built with their own resolver

@@ -238,7 +238,11 @@ def lab_net(deployed: Cli):
 
 @pytest.fixture(scope="module", params=list(NODES), ids=[f"{n}-dovecot{v}" for n, (_, v) in NODES.items()])
 def node(request, deployed: Cli, lab_net: LabNet) -> Node:
-    name = request.param
+    return shared_node(deployed, lab_net, request.param)
+
+
+def shared_node(deployed: Cli, lab_net: LabNet, name: str) -> Node:
+    """One node of the deployed two-release lab, with its CA and DKIM record read."""
     address, dovecot = NODES[name]
     ca = deployed.ssh(name, "cat /etc/mailfleet/tls/ca.crt")
     record = opendkim.public_key_record(deployed.ssh(name, f"cat /etc/dkimkeys/{DOMAIN}/mail.txt"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -19,7 +20,8 @@ from datetime import datetime, timezone
 
 import pytest
 import tomlkit
-from conftest import DOMAIN, PASSWORD, Cli, LabNet, Node, lab_leftovers, lab_name
+from conftest import (DOMAIN, PASSWORD, Cli, LabNet, Node, lab_leftovers, lab_name,
+                      shared_node)
 
 from mailfleet.services import mailflow
 
@@ -109,8 +111,8 @@ class Rebuilt(Node):
 
 
 def lab_bytes(cli: Cli, node: str, command: str, data: bytes | None = None) -> bytes:
+    """`mailfleet lab ssh NODE -- COMMAND` with bytes in and out (a repository as a tar)."""
     env = {"MAILFLEET_LAB": cli.lab, "MAILFLEET_CONFIG": str(cli.config)}
-    import os
     done = subprocess.run([sys.executable, "-m", "mailfleet", "lab", "ssh", node, "--", command],
                           input=data, capture_output=True, env={**os.environ, **env},
                           timeout=600, **({} if data is not None else {"stdin": subprocess.DEVNULL}))
@@ -132,10 +134,7 @@ def stored(node: Node, user: str, subjects: list[str], password: str = PASSWORD)
 def drill(backups_on: Cli, lab_net: LabNet, tmp_path_factory):
     """A: mail, backup 1, more mail, the moment T, a password change, backup 2. Then a
     fresh Debian 13 host B (its own lab) gets a copy of the repository and is deployed."""
-    ca = backups_on.ssh("n2", "cat /etc/mailfleet/tls/ca.crt")
-    from mailfleet.services import opendkim
-    record = opendkim.public_key_record(backups_on.ssh("n2", f"cat /etc/dkimkeys/{DOMAIN}/mail.txt"))
-    a = Node(backups_on, lab_net, "n2", "10.77.0.12", "2.4", ca, record)
+    a = shared_node(backups_on, lab_net, "n2")
     user = a.user("drill")
     early = [a.submit(user, user) for _ in range(3)]
     backups_on("backup", "run", "--host", "n2")
@@ -165,7 +164,7 @@ def drill(backups_on: Cli, lab_net: LabNet, tmp_path_factory):
         address = b_cli.json("lab", "status")["nodes"][0]["address"]
         b_net = LabNet(b_cli.lab)
         b = Rebuilt(b_cli, b_net, "n1", address, "2.4", b_cli.ssh("n1", "cat /etc/mailfleet/tls/ca.crt"),
-                    record)
+                    a.dkim_record)
         yield {"a": a, "b": b, "user": user, "early": early, "later": later, "hashes": hashes,
                "moment": moment}
     finally:

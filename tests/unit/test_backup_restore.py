@@ -75,10 +75,10 @@ def test_tls_material_only_returns_to_a_host_of_the_same_name():
 def test_restore_script_is_valid_shell_and_targets_the_moment():
     target = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc)
     script = backup.restore_script(SNAPSHOTS[-1], backup.restore_paths(SNAPSHOTS[-1], False, CONFIG),
-                                   target, "17", [])
+                                   target, "17")
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
     assert "recovery_target_time = '2026-11-25 12:30:00+00'" in script
     assert 't="20261125T123000Z"' in script  # a base backup from before the moment
     assert "/var/lib/postgresql/17/main" in script and "chown -R vmail:vmail /var/mail/vmail" in script
-    latest = backup.restore_script(SNAPSHOTS[-1], ["/var/mail/vmail"], None, "15", [])
+    latest = backup.restore_script(SNAPSHOTS[-1], ["/var/mail/vmail"], None, "15")
     assert "recovery_target_time" not in latest and "awk" not in latest
