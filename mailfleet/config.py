@@ -320,6 +320,77 @@ class WebSettings(_Strict):
         return value.strip()
 
 
+WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
+
+
+def wireguard_key(value: str) -> str:
+    value = value.strip()
+    if not WG_KEY_RE.match(value):
+        raise ValueError(f"{value!r} is not a WireGuard public key (44 characters of base64, "
+                         "as `wg pubkey` prints it)")
+    return value
+
+
+class VpnPeer(_Strict):
+    """A machine that is not a mail host but joins the VPN: the operator's laptop, a
+    monitoring box. Hosts never connect to it; it connects to them."""
+
+    name: str = Field(description="Used in `mailfleet vpn client NAME`.")
+    address: str = Field(description="Its address inside the VPN, like 10.8.0.100.")
+    public_key: str | None = Field(
+        None, description="Its WireGuard public key; unset: mailfleet keeps a key pair for it "
+                          "on this machine (made by `vpn client NAME` or the first deploy).")
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not HOST_NAME_RE.match(value):
+            raise ValueError(f"{value!r} is not a peer name (lower case letters, digits, '-')")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str) -> str:
+        return _ip(value, 4)  # type: ignore[return-value]
+
+    @field_validator("public_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        return None if value is None else wireguard_key(value)
+
+
+class VpnSettings(_Strict):
+    """WireGuard between the hosts and the peers (features.wireguard = true)."""
+
+    network: str = Field("10.8.0.0/24", description="The VPN's IPv4 network; hosts take .1, .2, "
+                                                    "... in [[hosts]] order unless they set vpn_address.")
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(51820, description="UDP port of the hosts.")
+    keys_dir: str = Field(
+        "~/.config/mailfleet/vpn",
+        description="On this machine: the peers' key pairs mailfleet made, and the hosts' "
+                    "public keys (so `vpn client` works while the VPN is down).")
+    peers: list[VpnPeer] = Field(default_factory=list)
+
+    @field_validator("network")
+    @classmethod
+    def _check_network(cls, value: str) -> str:
+        try:
+            network = ipaddress.ip_network(value, strict=True)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 network like 10.8.0.0/24") from None
+        if network.version != 4 or not network.is_private or network.prefixlen > 29:
+            raise ValueError(f"{value!r} must be a private IPv4 network of at least 8 "
+                             "addresses, like 10.8.0.0/24")
+        return str(network)
+
+
+class SshSettings(_Strict):
+    vpn_only: bool = Field(
+        False, description="sshd listens only on the host's VPN address, the firewall admits 22 "
+                           "only on the VPN, and mailfleet connects over the VPN (needs "
+                           "features.wireguard and this machine in [[vpn.peers]]).")
+
+
 class HostSettings(_Strict):
     name: str = Field(description="Short name used on the command line (--limit NAME).")
     address: str = Field(description="Address or DNS name mailfleet connects to over SSH.")
@@ -333,6 +404,11 @@ class HostSettings(_Strict):
     ssh_key: str | None = None
     ssh_known_hosts: str | None = None
     roles: list[Role] = Field(default_factory=lambda: ["mail", "db", "web"])
+    vpn_address: str | None = Field(None, description="The host's address in [vpn] network; "
+                                                      "default: by its place in [[hosts]].")
+    vpn_endpoint: str | None = Field(
+        None, description="Where the other hosts send its WireGuard traffic (address or name); "
+                          "default: its public IPv4 or IPv6 address, else `address`.")
     lab: str | None = Field(None, description="Set by `mailfleet lab up` on the hosts it made.")
 
     @property
@@ -359,6 +435,18 @@ class HostSettings(_Strict):
     @classmethod
     def _check_ipv6(cls, value: str | None) -> str | None:
         return _ip(value, 6)
+
+    @field_validator("vpn_address")
+    @classmethod
+    def _check_vpn_address(cls, value: str | None) -> str | None:
+        return _ip(value, 4)
+
+    @field_validator("vpn_endpoint")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() or c in "[]/" for c in value)):
+            raise ValueError(f"{value!r} is not an address or host name")
+        return value
 
     def public_address(self, version: int) -> str | None:
         """The address the world reaches this host at, as DNS must name it."""
@@ -493,6 +581,8 @@ class Config(_Strict):
     web: WebSettings = Field(default_factory=WebSettings)
     acme: AcmeSettings = Field(default_factory=AcmeSettings)
     backup: BackupSettings = Field(default_factory=BackupSettings)
+    vpn: VpnSettings = Field(default_factory=VpnSettings)
+    ssh: SshSettings = Field(default_factory=SshSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -510,6 +600,44 @@ class Config(_Strict):
             raise ValueError('acme.challenge = "dns-01" publishes TXT records with RFC 2136: '
                              "add the zones as [[dns.zones]] (zone, server, tsig_key_file)")
         return self
+
+    @model_validator(mode="after")
+    def _vpn_addresses(self) -> Config:
+        if self.ssh.vpn_only and not self.features.wireguard:
+            raise ValueError("ssh.vpn_only = true needs features.wireguard = true (SSH would "
+                             "listen on a VPN that does not exist)")
+        if not self.features.wireguard:
+            return self
+        network = ipaddress.ip_network(self.vpn.network)
+        if len(self.hosts) + len(self.vpn.peers) > network.num_addresses - 2:
+            raise ValueError(f"vpn.network {network} has too few addresses for "
+                             f"{len(self.hosts)} hosts and {len(self.vpn.peers)} peers")
+        owners: dict[str, str] = {}
+        names = {h.name for h in self.hosts}
+        for who, address in [*((f"host {h.name}", self.vpn_address(h)) for h in self.hosts),
+                             *((f"peer {p.name}", p.address) for p in self.vpn.peers)]:
+            if ipaddress.ip_address(address) not in network or address in (
+                    str(network.network_address), str(network.broadcast_address)):
+                raise ValueError(f"the VPN address {address} of {who} is not a host address "
+                                 f"in vpn.network {network}")
+            if address in owners:
+                raise ValueError(f"the VPN address {address} is given to both {owners[address]} "
+                                 f"and {who}")
+            owners[address] = who
+        for peer in self.vpn.peers:
+            if peer.name in names:
+                raise ValueError(f"vpn peer {peer.name!r} has the name of a host")
+        if len({p.name for p in self.vpn.peers}) != len(self.vpn.peers):
+            raise ValueError("two [[vpn.peers]] have the same name")
+        return self
+
+    def vpn_address(self, host: HostSettings) -> str:
+        """The host's VPN address: its own, else .1, .2, ... by its place in [[hosts]]."""
+        if host.vpn_address:
+            return host.vpn_address
+        network = ipaddress.ip_network(self.vpn.network)
+        index = next(i for i, h in enumerate(self.hosts) if h.name == host.name)
+        return str(network.network_address + 1 + index)
 
     def hosts_with(self, role: str) -> list[HostSettings]:
         return [h for h in self.hosts if role in h.roles]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Optional
 
 import typer
@@ -15,7 +16,7 @@ from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
-from mailfleet.services import sshd
+from mailfleet.services import sshd, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -50,16 +51,15 @@ def deploy(
 def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
                diff: bool = False, quiet: bool = False) -> DeployReport:
     hosts = config.select_hosts(limit, g.config_path)
-    missing = services.not_yet_deployable(config)
-    if missing:
-        raise config_mod.ConfigError(f"{g.config_path}: {missing}; nothing was changed.")
     with Engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
+        wireguard.prepare(engine, config.hosts)
         if quiet or check:
             report = engine.deploy(services.DEPLOY_STEPS)
         else:
             report = _deploy_with_progress(engine)
     if not check:
         switch_to_admin(g, config, report)
+        switch_to_vpn(g, report)
     return report
 
 
@@ -104,6 +104,42 @@ def switch_to_admin(g: Globals, config: Config, report: DeployReport) -> None:
     config_mod.edit(g.config_path, change)
     info(f"{', '.join(moved)}: SSH now admits only {admin} (key only, sudo); "
          f"{g.config_path} updated to log in as {admin}")
+
+
+def switch_to_vpn(g: Globals, report: DeployReport) -> None:
+    """Hosts whose sshd now listens only on the VPN are reached at their VPN address from now
+    on. What the old address told (public IP for DNS, endpoint of the tunnel) is kept."""
+    config = g.load()  # as switch_to_admin left it
+    moved = {}
+    for h in config.hosts:
+        result = report.hosts.get(h.name)
+        vpn = config.vpn_address(h)
+        if (wireguard.vpn_only(config) and result and not result.failed and not result.error
+                and h.address != vpn):
+            moved[h.name] = (h, vpn)
+    if not moved:
+        return
+
+    def change(doc) -> None:
+        for table in doc.get("hosts", []):
+            if table.get("name") not in moved:
+                continue
+            host, vpn = moved[table["name"]]
+            try:
+                literal = ipaddress.ip_address(host.address)
+            except ValueError:
+                literal = None
+            if (literal is not None and literal.is_global
+                    and (host.ipv4 if literal.version == 4 else host.ipv6) is None):
+                table[f"ipv{literal.version}"] = host.address  # DNS still names it
+            elif not host.vpn_endpoint and not host.ipv4 and not host.ipv6:
+                table["vpn_endpoint"] = host.address  # where the other hosts' tunnels go
+            table["address"] = vpn
+
+    config_mod.edit(g.config_path, change)
+    for host, vpn in moved.values():
+        info(f"{host.name}: SSH now only over the VPN; {g.config_path} updated to connect to "
+             f"{vpn} (was {host.address})")
 
 
 def _render_report(report: DeployReport) -> None:

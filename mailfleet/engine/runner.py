@@ -44,6 +44,8 @@ class HostContext:
     state: State
     check: bool
 
+    # what steps share across hosts, gathered before any operation is added (WireGuard keys)
+    shared: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, tuple[str, bool]] = field(default_factory=dict)
     # operations later steps depend on, by name (e.g. "certificate": services reload on it)
     produced: dict[str, OperationMeta | None] = field(default_factory=dict)
@@ -271,6 +273,7 @@ class Engine:
         self.config = config
         self.settings = {h.name: h for h in hosts}
         self.check = check
+        self.shared: dict[str, Any] = {}
         # sudo uploads are staged in the SSH user's own 0700 directory (see system.deploy)
         pyinfra_config = PyinfraConfig(DIFF=diff, CONNECT_TIMEOUT=15, TEMP_DIR=UPLOAD_DIR)
         self.state = State(build_inventory(hosts), pyinfra_config, check_for_changes=check)
@@ -317,7 +320,8 @@ class Engine:
         if on_event:
             self.state.add_callback_handler(Progress(on_event))
         for host in self.hosts():
-            ctx = HostContext(self.config, self.settings[host.name], host, self.state, self.check)
+            ctx = HostContext(self.config, self.settings[host.name], host, self.state, self.check,
+                              shared=self.shared)
             for step in steps:
                 step(ctx)
         if not self.check:

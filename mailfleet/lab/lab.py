@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
+import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from mailfleet.lab.paths import DEFAULT_RELEASE, RELEASES, LabPaths, lab_id
 from mailfleet.netutil import free_port, port_open, wait_until
 from mailfleet.lab.system import (
     alive,
+    cmdline,
     ensure_machine_tools,
     pids_mentioning,
     require_root,
@@ -62,6 +64,8 @@ class LabState:
     helpers: list[int] = field(default_factory=list)
     nodes: list[Node] = field(default_factory=list)
     forwards: dict[str, int] = field(default_factory=dict)  # "n3:53" -> loopback port
+    operator: str = ""  # address of the operator namespace, when there is one
+    tunnels: list[int] = field(default_factory=list)  # the operator's wireguard-go pids
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -253,22 +257,132 @@ class Lab:
         self._personalise(root, node, plan)
         ns = paths.node_ns(node.name)
         network.attach_node(paths.bridge_ns, ns, node.name, node.address)
-        log = node_dir / "console.log"
-        node.pid = spawn(
+        node.pid = self._spawn(node)
+        state.nodes.append(node)
+        self._forward(state, node, 22, node.ssh_port)
+        return started
+
+    def _spawn(self, node: Node) -> int:
+        """Boot the node's mounted root in its namespace."""
+        paths = self.paths
+        node_dir = paths.node_dir(node.name)
+        return spawn(
             [
-                "systemd-nspawn", "-D", str(root), "-b", "-M", node.name,
+                "systemd-nspawn", "-D", str(node_dir / "root"), "-b", "-M", node.name,
                 "--register=no", "--keep-unit", "--resolv-conf=off", "--link-journal=no",
-                "--capability=CAP_NET_ADMIN", f"--network-namespace-path=/run/netns/{ns}",
+                "--capability=CAP_NET_ADMIN",
+                f"--network-namespace-path=/run/netns/{paths.node_ns(node.name)}",
                 # the shared .deb cache, read-only below a per-node layer: apt's lock file in
                 # that directory would otherwise let only one node install at a time
                 f"--overlay={paths.apt_archives}:{node_dir / 'apt'}:/var/cache/apt/archives",
             ],
-            log,
+            node_dir / "console.log",
             env={"SYSTEMD_NSPAWN_API_VFS_WRITABLE": "network"},
         )
-        state.nodes.append(node)
-        self._forward(state, node, 22, node.ssh_port)
-        return started
+
+    def restart(self, name: str) -> float:
+        """Power the node off and boot it again, as a reboot of a VPS would: its disk stays,
+        its network namespace's firewall rules are flushed first (they would outlive the
+        node, and a test of what comes back at boot must not see them). Seconds to SSH."""
+        state = self.running_state()
+        node = self.node(name)
+        stop_pids([node.pid], timeout=30)
+        ns = self.paths.node_ns(name)
+        run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=False)
+        started = time.monotonic()
+        node.pid = self._spawn(node)
+        for i, known in enumerate(state.nodes):
+            if known.name == name:
+                state.nodes[i] = node
+        self._save(state)
+        def booted() -> bool:
+            if self._init_pid(node) is None:
+                return False
+            done = self.exec(name, "systemctl is-system-running", check=False)
+            return done.stdout.strip() in ("running", "degraded")
+
+        if not wait_until(booted, BOOT_TIMEOUT, interval=0.5):
+            raise LabError(f"Node {name} did not boot again within {BOOT_TIMEOUT:.0f} s.")
+        return round(time.monotonic() - started, 2)
+
+    @staticmethod
+    def _init_pid(node: Node) -> int | None:
+        """The node's PID 1 as this machine sees it (the nspawn process's descendant that is
+        1 in its own PID namespace)."""
+        todo = [node.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            nspid = next((l.split()[1:] for l in status.splitlines() if l.startswith("NSpid:")), [])
+            if pid != node.pid and nspid and nspid[-1] == "1" and len(nspid) > 1:
+                return pid
+            todo += [int(c) for c in children]
+        return None
+
+    def exec(self, name: str, command: str, check: bool = True,
+             timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """A shell command as root inside the node, without SSH (which a test may have
+        closed): nsenter into its PID 1's namespaces."""
+        node = self.node(name)
+        init = self._init_pid(node)
+        if init is None:
+            raise LabError(f"Node {name} is not running.")
+        return run(["nsenter", "-t", str(init), "-m", "-u", "-i", "-n", "-p", "--",
+                    "sh", "-c", command], check=check, timeout=timeout)
+
+    # ----- the operator's machine inside the lab -----------------------------------------
+    def add_operator(self) -> str:
+        """A namespace on the lab network standing for the operator's laptop (address
+        network.OPERATOR): a VPN peer, and where a test runs mailfleet to reach the hosts
+        over the VPN only. Returns the namespace's name."""
+        state = self.running_state()
+        ns = self.paths.operator_ns
+        if not state.operator:
+            network.attach_node(self.paths.bridge_ns, ns, "op", network.OPERATOR)
+            state.operator = network.OPERATOR
+            self._save(state)
+        return ns
+
+    def operator_tunnel(self, conf: Path) -> str:
+        """Bring up a WireGuard config (as `vpn client` writes it) in the operator namespace
+        with wireguard-go, the way wg-quick would; returns the interface name."""
+        state = self.running_state()
+        ns = self.add_operator()
+        iface = f"wg{self.paths.id}"[:15]
+        sock = Path(f"/var/run/wireguard/{iface}.sock")
+        log = self.paths.state_dir / "helpers.log"
+        if not state.tunnels:
+            state.tunnels.append(spawn(["ip", "netns", "exec", ns, "wireguard-go", "-f", iface],
+                                       log, env={"LOG_LEVEL": "error"}))
+            self._save(state)
+            if not wait_until(sock.exists, 10):
+                raise LabError(f"wireguard-go did not start in {ns} (see {log}).")
+        text = conf.read_text()
+        stripped = self.paths.state_dir / "operator-wg.conf"
+        stripped.write_text(run(["wg-quick", "strip", str(conf)]).stdout)
+        stripped.chmod(0o600)
+        run(["ip", "netns", "exec", ns, "wg", "setconf", iface, str(stripped)])
+        ip = ["ip", "-n", ns]
+        run([*ip, "address", "flush", "dev", iface])
+        for line in text.splitlines():
+            key, _, value = (part.strip() for part in line.partition("="))
+            if key == "Address":
+                run([*ip, "address", "add", value, "dev", iface])
+        run([*ip, "link", "set", iface, "up"])
+        for line in text.splitlines():
+            key, _, value = (part.strip() for part in line.partition("="))
+            if key == "AllowedIPs":
+                for net in value.split(","):
+                    run([*ip, "route", "replace", net.strip(), "dev", iface])
+        return iface
+
+    def operator_command(self, command: list[str]) -> list[str]:
+        """A local program run as the operator: inside the operator namespace."""
+        return ["ip", "netns", "exec", self.add_operator(), *command]
 
     def _forward(self, state: LabState, node: Node, remote: int, local: int) -> None:
         """127.0.0.1:local → node:remote (TCP), through a unix socket into the lab network."""
@@ -347,6 +461,12 @@ class Lab:
         # nodes first (they shut down cleanly on SIGTERM), then the helpers
         ours = set(pids_mentioning(marker))
         node_pids = [n.pid for n in state.nodes if n.pid in ours] if state else []
+        # the operator's wireguard-go (its command line cannot name our directory)
+        tunnels = [p for p in (state.tunnels if state else [])
+                   if (cmdline(p) or "").startswith("wireguard-go")]
+        if tunnels:
+            found = True
+            stop_pids(tunnels, timeout=5)
         if node_pids:
             found = True
             stop_pids(node_pids, timeout=20)

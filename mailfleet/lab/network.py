@@ -12,6 +12,7 @@ from mailfleet.lab.system import run
 
 SUBNET = ipaddress.ip_network("10.77.0.0/24")
 GATEWAY = "10.77.0.1"
+OPERATOR = "10.77.0.2"  # the operator's namespace, when a lab has one
 BRIDGE = "br0"
 
 

@@ -66,6 +66,10 @@ class LabPaths:
     def bridge_ns(self) -> str:
         return f"{self.netns_prefix}net"
 
+    @property
+    def operator_ns(self) -> str:
+        return f"{self.netns_prefix}op"
+
     def node_ns(self, node: str) -> str:
         return f"{self.netns_prefix}{node}"
 

@@ -23,6 +23,10 @@ MACHINE_TOOLS = {
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
     "ip": "iproute2",
+    "nsenter": "util-linux",
+    # the operator's end of a lab VPN (the machine's kernel has no WireGuard module)
+    "wg": "wireguard-tools",
+    "wireguard-go": "wireguard-go",
 }
 
 

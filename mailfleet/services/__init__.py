@@ -20,6 +20,7 @@ from mailfleet.services import (
     hardening,
     mailflow,
     mailstore,
+    network,
     nginx,
     opendkim,
     opendmarc,
@@ -31,6 +32,7 @@ from mailfleet.services import (
     sshd,
     system,
     units,
+    wireguard,
 )
 
 
@@ -42,6 +44,8 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
               *opendmarc.PACKAGES}
     if config is None or config.features.firewall:
         wanted.update(firewall.PACKAGES)
+    if config is None or config.features.wireguard:
+        wanted.update(wireguard.PACKAGES)
     if config is not None and backup.enabled(config) and (roles is None or "mail" in roles):
         wanted.update(backup.PACKAGES)
     if config is not None and config.acme.enabled and (roles is None or "web" in roles):
@@ -57,15 +61,6 @@ def packages(config: Config | None, roles: list[str] | None = None) -> list[str]
     return sorted(wanted)
 
 
-def not_yet_deployable(config: Config) -> str | None:
-    """A setting the config accepts but this version cannot deploy yet: said before any
-    host is touched, never silently skipped."""
-    if config.features.wireguard:
-        return ("features.wireguard = true is not deployed by this version of mailfleet yet "
-                "(set it to false)")
-    return None
-
-
 def install(ctx: HostContext) -> None:
     """All packages in one apt run (one dpkg pass is much faster than one per service)."""
     postfix.preseed(ctx)
@@ -79,6 +74,7 @@ DEPLOY_STEPS = [
     install,
     hardening.deploy,
     admin.deploy,
+    wireguard.deploy,
     sshd.deploy,
     mailstore.deploy,
     certs.deploy,
@@ -93,6 +89,7 @@ DEPLOY_STEPS = [
     radicale.deploy,
     nginx.deploy,
     firewall.deploy,
+    wireguard.restrict_ssh,  # once the firewall lets the tunnel in
     acme.deploy,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.deploy,
     backup.deploy,
@@ -103,6 +100,8 @@ CHECKS = [
     sshd.checks,
     hardening.checks,
     firewall.checks,
+    network.checks,
+    wireguard.checks,
     fail2ban.checks,
     units.checks,
     certs.checks,

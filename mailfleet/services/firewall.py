@@ -6,12 +6,16 @@ exactly what `check` expects.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
+
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
+from mailfleet.config import Config
 from mailfleet.engine import Engine, HostContext, snapshot
-from mailfleet.services import units
+from mailfleet.services import units, wireguard
 from mailfleet.services.checks import CheckResult
 
 PACKAGES = ["ufw"]
@@ -29,6 +33,30 @@ def public_ports(ssh_ports: set[int]) -> dict[int, str]:
             if port not in units.LOCAL_ONLY:
                 wanted[port] = what
     return dict(sorted(wanted.items()))
+
+
+def wanted_rules(config: Config, ssh_ports: set[int], ssh_on_vpn: bool) -> dict[str, str]:
+    """{ufw rule as `ufw show added` prints it: what it is for}."""
+    rules = {}
+    for port, what in public_ports(ssh_ports).items():
+        if what == "ssh" and ssh_on_vpn:
+            rules[vpn_rule(port)] = "ssh over the VPN"
+        else:
+            rules[rule(port)] = what
+    if config.features.wireguard:
+        rules[f"allow {config.vpn.port}/udp"] = "wireguard"
+    return rules
+
+
+def vpn_rule(port: int) -> str:
+    from mailfleet.services.wireguard import INTERFACE
+
+    return f"allow in on {INTERFACE} to any port {port} proto tcp"
+
+
+def _port_list(rules: Iterable[str]) -> str:
+    return ", ".join(r.removeprefix("allow ").replace(" to any port ", " ")
+                     .replace(" proto tcp", "/tcp") for r in rules)
 
 
 def parse(text: str) -> tuple[bool, list[str], dict[str, str], set[int]]:
@@ -56,12 +84,11 @@ def rule(port: int) -> str:
 
 
 @operation()
-def firewall(wanted: dict[int, str], active: bool, rules: list[str], policies: dict[str, str]):
+def firewall(wanted: dict[str, str], active: bool, rules: list[str], policies: dict[str, str]):
     """Allow the wanted ports first (never lock out SSH), drop other rules, deny the rest."""
-    commands = [f"ufw {rule(port)} comment 'mailfleet: {what}'"
-                for port, what in wanted.items() if rule(port) not in rules]
-    keep = {rule(port) for port in wanted}
-    commands += [f"ufw --force delete {extra}" for extra in rules if extra not in keep]
+    commands = [f"ufw {allow} comment 'mailfleet: {what}'"
+                for allow, what in wanted.items() if allow not in rules]
+    commands += [f"ufw --force delete {extra}" for extra in rules if extra not in wanted]
     if policies.get("DEFAULT_INPUT_POLICY") != "DROP":
         commands.append("ufw default deny incoming")
     if policies.get("DEFAULT_OUTPUT_POLICY") != "ACCEPT":
@@ -78,9 +105,9 @@ def deploy(ctx: HostContext) -> None:
     if not ctx.config.features.firewall:
         return
     active, rules, policies, ssh_ports = parse(ctx.snapshot("firewall"))
-    wanted = public_ports(ssh_ports)
-    ctx.op(firewall, name="Allow only the services' ports in the firewall (" +
-           ", ".join(str(p) for p in wanted) + ")",
+    # SSH stays open from everywhere until restrict_ssh has proven the VPN path
+    wanted = wanted_rules(ctx.config, ssh_ports, wireguard.ssh_on_vpn_now(ctx))
+    ctx.op(firewall, name=f"Allow only the services' ports in the firewall ({_port_list(wanted)})",
            wanted=wanted, active=active, rules=rules, policies=policies)
 
 
@@ -90,7 +117,7 @@ def checks(engine: Engine) -> list[CheckResult]:
     results = []
     for name, text in engine.facts(Command, command=_STATE).items():
         active, rules, policies, ssh_ports = parse(text or "")
-        wanted = {rule(p) for p in public_ports(ssh_ports)}
+        wanted = set(wanted_rules(engine.config, ssh_ports, wireguard.vpn_only(engine.config)))
         fix = "run `mailfleet deploy`"
         if not active:
             results.append(CheckResult(name, "firewall", "fail", "UFW is not active", fix))
@@ -98,7 +125,7 @@ def checks(engine: Engine) -> list[CheckResult]:
         extra, missing = set(rules) - wanted, wanted - set(rules)
         deny = policies.get("DEFAULT_INPUT_POLICY") == "DROP"
         ok = not extra and not missing and deny
-        ports = ", ".join(sorted((r.split()[1] for r in wanted), key=lambda p: int(p.split("/")[0])))
+        ports = _port_list(sorted(wanted, key=lambda r: int(re.findall(r"\d+", r)[0])))
         results.append(CheckResult(
             name, "firewall", "ok" if ok else "fail",
             f"active, incoming denied except {ports}" if ok else

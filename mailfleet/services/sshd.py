@@ -24,6 +24,7 @@ from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.snapshot import FileState
 from mailfleet.engine.tunnel import ssh_base
 from mailfleet.errors import DeployError
+from mailfleet.services import wireguard
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.templating import render
@@ -101,7 +102,7 @@ def deploy(ctx: HostContext) -> None:
 
 
 _EFFECTIVE = "sshd -T -C user=root,host=check,addr=192.0.2.1 2>/dev/null | grep -Ei " \
-             "'^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|allowusers) '"
+             "'^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|allowusers|listenaddress) '"
 
 
 def parse_effective(text: str) -> dict[str, str]:
@@ -122,10 +123,16 @@ def checks(engine: Engine) -> list[CheckResult]:
         ok = (found.get("permitrootlogin") == "no" and found.get("passwordauthentication") == "no"
               and found.get("kbdinteractiveauthentication") == "no"
               and found.get("allowusers") == admin)
+        listen = found.pop("listenaddress", "")
         results.append(CheckResult(
             name, "SSH settings", "ok" if ok else "fail",
             f"keys only, no root, only {admin}" if ok else
             "effective: " + ", ".join(f"{k} {v}" for k, v in sorted(found.items())), fix))
+        if wireguard.vpn_only(engine.config):
+            vpn = engine.config.vpn_address(engine.settings[name])
+            on_vpn = bool(listen) and all(a.rpartition(":")[0] == vpn for a in listen.split())
+            results.append(CheckResult(name, "SSH only over the VPN", "ok" if on_vpn else "fail",
+                                       f"sshd listens on {listen or 'nothing'}", fix))
     for name, settings in engine.settings.items():
         results.append(_probe_root(name, settings, fix))
     return results

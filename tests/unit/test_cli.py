@@ -150,15 +150,17 @@ def test_dns_publish_names_an_unreadable_key_file(tmp_path):
     assert "Cannot read the TSIG key file nope.key" in result.stderr
 
 
-@pytest.mark.parametrize("features, message", [
-    ("wireguard = true", "features.wireguard = true is not deployed by this version"),
+@pytest.mark.parametrize("tables, message", [
+    ("[ssh]\nvpn_only = true\n", "ssh.vpn_only = true needs features.wireguard = true"),
+    ("[features]\nwireguard = true\n[vpn]\nnetwork = \"10.8.0.0/30\"\n",
+     "vpn.network: '10.8.0.0/30' must be a private IPv4 network of at least 8 addresses"),
 ])
-def test_features_not_yet_deployable_are_refused_before_any_host(tmp_path, features, message):
+def test_vpn_settings_are_refused_before_any_host(tmp_path, tables, message):
     (tmp_path / "mailfleet.toml").write_text(
-        DNS_CONFIG.format(address="203.0.113.10") .replace("[[hosts]]", f"[features]\n{features}\n\n[[hosts]]"))
+        DNS_CONFIG.format(address="203.0.113.10").replace("[[hosts]]", f"{tables}\n[[hosts]]"))
     result = mailfleet("deploy", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
-    assert message in result.stderr and "nothing was changed" in result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
 
 
 def test_backup_commands_say_when_no_backups_are_set_up(tmp_path):
