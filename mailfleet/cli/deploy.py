@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.markup import escape
 from rich.table import Table
 
 from mailfleet import services
@@ -145,17 +146,19 @@ def switch_to_vpn(g: Globals, report: DeployReport) -> None:
 def _render_report(report: DeployReport) -> None:
     verb = "would change" if report.check else "changed"
     for name, host in report.hosts.items():
-        if host.error or host.failed:
-            console.print(f"[bold red]{name}[/]: failed at {', '.join(host.failed) or host.error}")
-            if host.failed and host.error:
-                console.print(f"  {host.error}", soft_wrap=True)
+        if host.failed:
+            console.print(f"[bold red]{name}[/]: failed at {escape(', '.join(host.failed))}")
+            if host.error:
+                console.print(f"  {escape(host.error)}", soft_wrap=True)
+        elif host.error:
+            console.print(f"[bold red]{name}[/]: failed: {escape(host.error)}", soft_wrap=True)
         elif host.changed:
             console.print(f"[bold]{name}[/]: {len(host.changed)} {verb} "
                           f"({host.operations} operations)")
         else:
             console.print(f"[bold]{name}[/]: no changes ({host.operations} operations)")
         for op in host.changed:
-            console.print(f"  [yellow]~[/] {op}")
+            console.print(f"  [yellow]~[/] {escape(op)}")
     if report.ok:
         console.print(f"{report.changes} change(s) in total{' (check mode: nothing was touched)' if report.check else ''}")
 
@@ -189,7 +192,7 @@ def render_checks(results: list[CheckResult]) -> None:
     style = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[bold red]FAIL[/]"}
     for r in sorted(results, key=lambda r: r.host):  # stable: each host's checks in order
         message = r.message + (f" — {r.fix}" if r.fix and r.status != "ok" else "")
-        table.add_row(style[r.status], r.host, r.name, message)
+        table.add_row(style[r.status], r.host, escape(r.name), escape(message))
     console.print(table)
     passed, total = score(results)
     console.print(f"[bold]score {passed}/{total}[/]"

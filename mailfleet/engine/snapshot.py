@@ -23,7 +23,8 @@ MANAGED_PATHS = ("/etc/mailfleet", "/etc/postfix", "/etc/dovecot", "/etc/opendki
                  "/usr/local/lib/mailfleet", "/etc/systemd/system/opendkim.service.d",
                  "/etc/ssh/sshd_config.d", "/etc/sudoers.d", "/etc/sysctl.d/60-mailfleet.conf",
                  "/etc/apt/apt.conf.d/20auto-upgrades", "/etc/fail2ban/jail.d",
-                 "/etc/wireguard", "/etc/systemd/system/ssh.service.d")
+                 "/etc/wireguard", "/etc/systemd/system/ssh.service.d",
+                 "/etc/systemd/system/wg-quick@wg0.service.d")
 SECRETS_DIR = "/etc/mailfleet/secrets"
 
 

@@ -45,6 +45,8 @@ CONF = f"{DIR}/{INTERFACE}.conf"
 PREVIOUS = CONF + ".mailfleet-prev"
 ROLLBACK_UNIT = "mailfleet-vpn-rollback"
 ROLLBACK_SECONDS = 90
+APPLY = "/usr/local/lib/mailfleet/wg-apply"
+RELOAD_DROPIN = f"/etc/systemd/system/{UNIT}.service.d/mailfleet.conf"
 LISTEN_DROPIN = "/etc/ssh/sshd_config.d/01-mailfleet-vpn.conf"
 ORDER_DROPIN = "/etc/systemd/system/ssh.service.d/mailfleet-vpn.conf"
 KEEPALIVE = 25
@@ -187,6 +189,12 @@ def deploy(ctx: HostContext) -> None:
     if guarded:
         ctx.op(arm_rollback, name=f"Arm a rollback of the VPN settings (in {ROLLBACK_SECONDS} s "
                                   "unless confirmed)")
+    script = ctx.op(config_file, name=f"Install {APPLY}", dest=APPLY, mode="755",
+                    content=render("wireguard/wg-apply.sh.j2", conf=CONF, key=KEY,
+                                   interface=INTERFACE, unit=UNIT))
+    dropin = ctx.op(config_file, name=f"Reload {UNIT} with {APPLY}", dest=RELOAD_DROPIN,
+                    content=render("wireguard/reload.conf.j2", script=APPLY))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(dropin))
     written = ctx.op(config_file, name=f"Write the VPN settings {CONF}", dest=CONF,
                      content=content, mode="600")
     ctx.service(UNIT, reload_when=(written,))
@@ -209,9 +217,15 @@ def arm_rollback():
 def _confirm_or_roll_back(settings: HostSettings, vpn: str, admin: str) -> None:
     ok, why = vpn_login_works(settings, vpn, admin)
     if ok:
-        host.run_shell_command(f"systemctl stop {ROLLBACK_UNIT}.timer; rm -f {PREVIOUS}",
-                               _sudo=settings.sudo)
-        return
+        _, output = host.run_shell_command(
+            f"systemctl stop {ROLLBACK_UNIT}.timer; test -e {PREVIOUS} && rm -f {PREVIOUS} && "
+            "echo kept; true", _sudo=settings.sudo)
+        if "kept" in output.stdout:
+            return
+        message = (f"The new VPN settings cut the connection for longer than {ROLLBACK_SECONDS} s: "
+                   "the host put the previous ones back by itself.")
+        explain_failure(settings.name, message)
+        raise DeployError(message)
     host.run_shell_command(f"systemctl stop {ROLLBACK_UNIT}.timer; mv -f {PREVIOUS} {CONF} && "
                            f"systemctl reload {UNIT}", _sudo=settings.sudo, _timeout=30)
     message = (f"SSH over the VPN to {admin}@{vpn} stopped working with the new VPN settings "

@@ -78,10 +78,10 @@ class LabNet:
 
     CLONE_NEWNET = 0x40000000
 
-    def __init__(self, lab: str) -> None:
+    def __init__(self, lab: str, namespace: str | None = None) -> None:
         from mailfleet.lab.paths import LabPaths
 
-        path = f"/run/netns/{LabPaths(lab).bridge_ns}"
+        path = f"/run/netns/{namespace or LabPaths(lab).bridge_ns}"
         self._pool = ThreadPoolExecutor(1, initializer=self._enter, initargs=(path,))
 
     @classmethod
