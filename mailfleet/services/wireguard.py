@@ -189,9 +189,9 @@ def deploy(ctx: HostContext) -> None:
     if guarded:
         ctx.op(arm_rollback, name=f"Arm a rollback of the VPN settings (in {ROLLBACK_SECONDS} s "
                                   "unless confirmed)")
-    script = ctx.op(config_file, name=f"Install {APPLY}", dest=APPLY, mode="755",
-                    content=render("wireguard/wg-apply.sh.j2", conf=CONF, key=KEY,
-                                   interface=INTERFACE, unit=UNIT))
+    ctx.op(config_file, name=f"Install {APPLY}", dest=APPLY, mode="755",
+           content=render("wireguard/wg-apply.sh.j2", conf=CONF, key=KEY, interface=INTERFACE,
+                          unit=UNIT))
     dropin = ctx.op(config_file, name=f"Reload {UNIT} with {APPLY}", dest=RELOAD_DROPIN,
                     content=render("wireguard/reload.conf.j2", script=APPLY))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(dropin))
