@@ -191,7 +191,8 @@ def test_ssh_moves_onto_the_vpn_and_mail_stays_public(vpn: Vpn):
         assert not vpn.reaches(PUBLIC[name], 22)  # refused or timed out
         listening = vpn.on(name, "ss -Hltnp | grep sshd | awk '{print $4}'")
         assert listening.split() == [f"{VPN[name]}:22"]
-        assert "wg0" in vpn.on(name, "ufw status | grep ' 22/tcp'")
+        ssh_rules = vpn.on(name, "ufw status | grep '^22/tcp'").splitlines()
+        assert ssh_rules and all(" on wg0 " in rule for rule in ssh_rules), ssh_rules
         # mail stays on the public address
         for port in (25, 587, 993):
             assert vpn.reaches(PUBLIC[name], port), (name, port)
@@ -225,7 +226,11 @@ def test_a_reboot_brings_the_tunnel_back_before_sshd(vpn: Vpn):
     for name in ("n1", "n2"):
         deadline = time.monotonic() + 60
         while vpn.ssh(VPN[name]).returncode != 0:
-            assert time.monotonic() < deadline, f"no SSH over the VPN to {name} after the reboot"
+            assert time.monotonic() < deadline, (
+                f"no SSH over the VPN to {name} after the reboot:\n" + vpn.on(
+                    name, f"systemctl --no-pager status {wireguard.UNIT} ssh; journalctl -b "
+                          f"--no-pager -u {wireguard.UNIT} -u ssh | tail -n 40; ip -br a; "
+                          "wg show; ufw status", check=False))
             time.sleep(2)
         assert f"{wireguard.UNIT}.service" in vpn.on(name, "systemctl show -p After --value ssh")
         tunnel = int(vpn.on(name, f"systemctl show -p ActiveEnterTimestampMonotonic --value {wireguard.UNIT}"))
