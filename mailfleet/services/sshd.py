@@ -58,10 +58,11 @@ def keep_previous():
     yield f"cp -p {DROPIN} {PREVIOUS} 2>/dev/null || rm -f {PREVIOUS}"
 
 
-def admin_login_works(settings: HostSettings, admin: str) -> tuple[bool, str]:
+def admin_login_works(settings: HostSettings, admin: str,
+                      command: str = "sudo -n true") -> tuple[bool, str]:
     """A brand-new SSH connection as the admin user, with sudo: what the next deploy needs."""
     as_admin = settings.model_copy(update={"ssh_user": admin})
-    done = subprocess.run([*ssh_base(as_admin), settings.address, "sudo -n true"],
+    done = subprocess.run([*ssh_base(as_admin), settings.address, command],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
     return done.returncode == 0, (done.stderr.strip().splitlines() or ["no output"])[-1]
 

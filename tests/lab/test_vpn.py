@@ -239,3 +239,28 @@ def test_a_reboot_brings_the_tunnel_back_before_sshd(vpn: Vpn):
         # the firewall came back from the host's own boot (the namespace was flushed)
         assert not vpn.reaches(PUBLIC[name], 22)
         assert vpn.reaches(PUBLIC[name], 25)
+
+
+def test_a_tunnel_change_that_cuts_the_operator_off_is_undone_by_the_host(vpn: Vpn):
+    """Over the VPN already, the hosts are told a wrong key for the laptop: the deploy cannot
+    log in again over the changed tunnel, and each host puts its previous config back."""
+    wrong = wireguard.public_key_of(wireguard.generate_private_key())
+    vpn.edit(lambda doc: doc["vpn"]["peers"][0].__setitem__("public_key", wrong))
+    started = time.monotonic()
+    failed = vpn.operator("deploy", check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    said = " ".join((failed.stdout + failed.stderr).split())
+    assert "stopped working with the new VPN settings" in said, said
+    assert "puts the previous ones back by itself" in said, said
+    for name in ("n1", "n2"):
+        while vpn.ssh(VPN[name]).returncode != 0:
+            assert time.monotonic() - started < wireguard.ROLLBACK_SECONDS + 90, \
+                f"{name} did not roll its VPN settings back"
+            time.sleep(3)
+        assert wrong not in vpn.on(name, f"wg show {wireguard.INTERFACE} peers")
+        assert vpn.on(name, f"test -e {wireguard.PREVIOUS} && echo left || echo gone") == "gone"
+    vpn.edit(lambda doc: doc["vpn"]["peers"][0].pop("public_key"))
+    import json
+
+    again = json.loads(vpn.operator("deploy", "--json").stdout)
+    assert again["ok"] and again["changes"] == 0, again
