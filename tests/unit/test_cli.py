@@ -169,3 +169,21 @@ def test_backup_commands_say_when_no_backups_are_set_up(tmp_path):
     assert result.returncode == 2
     assert "no backups are set up: set [backup] repository" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_vpn_commands_name_what_is_missing(tmp_path):
+    (tmp_path / "mailfleet.toml").write_text(DNS_CONFIG.format(address="127.0.0.1"))
+    off = mailfleet("vpn", "client", "laptop", cwd=tmp_path)
+    assert off.returncode == 2 and "features.wireguard is false" in off.stderr
+    (tmp_path / "mailfleet.toml").write_text(
+        DNS_CONFIG.format(address="127.0.0.1").replace(
+            "[[hosts]]", f'[features]\nwireguard = true\n[vpn]\nkeys_dir = "{tmp_path}/k"\n'
+                         '[[vpn.peers]]\nname = "laptop"\naddress = "10.8.0.100"\n\n[[hosts]]'))
+    unknown = mailfleet("vpn", "client", "phone", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "no [[vpn.peers]] named 'phone' (peers: laptop)" in unknown.stderr
+    # the host was never deployed (nothing answers on 127.0.0.1:1): its key is unknown
+    early = mailfleet("vpn", "client", "laptop", cwd=tmp_path)
+    assert early.returncode == 1 and "The WireGuard keys of mx1 are not known yet" in early.stderr
+    assert "Traceback" not in early.stderr + unknown.stderr + off.stderr
+    assert not early.stdout  # no half config printed
