@@ -342,7 +342,8 @@ def restrict_ssh(ctx: HostContext) -> None:
     admin = ctx.config.admin.user
     listen = render("wireguard/sshd-listen.conf.j2", address=vpn)
     gate: dict = {}
-    if not ssh_on_vpn_now(ctx) and not ctx.check:
+    switching = not ssh_on_vpn_now(ctx)
+    if switching and not ctx.check:
         result: dict[str, bool] = {}
         ctx.op(python.call, name="Reach SSH over the VPN before closing it elsewhere",
                function=_try_vpn_path, settings=ctx.settings, vpn=vpn, admin=admin,
@@ -361,7 +362,7 @@ def restrict_ssh(ctx: HostContext) -> None:
     if gate:
         ctx.op(python.call, name="Log in over the VPN with sshd on the VPN only (else reopened)",
                function=_verify_or_reopen, settings=ctx.settings, vpn=vpn, admin=admin, **gate)
-    if gate and ctx.config.features.firewall:
+    if switching and ctx.config.features.firewall:  # (--check shows it too)
         from mailfleet.services import firewall
 
         for port in sorted(firewall.parse(ctx.snapshot("firewall"))[3]):

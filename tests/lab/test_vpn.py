@@ -162,6 +162,14 @@ def test_a_misconfigured_peer_cannot_lock_the_operator_out(vpn: Vpn):
         doc["ssh"] = {"vpn_only": True}
 
     vpn.edit(break_peer)
+    import json
+
+    preview = json.loads(vpn.operator("deploy", "--check", "--json").stdout)
+    for name in ("n1", "n2"):  # what would change, touching nothing
+        changes = preview["hosts"][name]["changed"]
+        assert f"Let sshd listen only on the VPN ({wireguard.LISTEN_DROPIN})" in changes, changes
+        assert "Admit SSH (22) only over the VPN in the firewall" in changes, changes
+        assert vpn.on(name, f"test -e {wireguard.LISTEN_DROPIN} && echo there || echo absent") == "absent"
     failed = vpn.operator("deploy", check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     said = " ".join((failed.stdout + failed.stderr).split())
