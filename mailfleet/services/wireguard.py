@@ -52,6 +52,7 @@ RELOAD_DROPIN = f"/etc/systemd/system/{UNIT}.service.d/mailfleet.conf"
 LISTEN_DROPIN = "/etc/ssh/sshd_config.d/01-mailfleet-vpn.conf"
 ORDER_DROPIN = "/etc/systemd/system/ssh.service.d/mailfleet-vpn.conf"
 KEEPALIVE = 25
+HANDSHAKE_MAX_AGE = 240
 snapshot.register_unit(UNIT)
 
 # The public key from the private one with openssl (in every Debian), not `wg pubkey`: the
@@ -279,13 +280,13 @@ def learn_host_keys(settings: HostSettings, vpn: str) -> None:
     name = vpn if settings.ssh_port == 22 else f"[{vpn}]:{settings.ssh_port}"
     path = Path(settings.ssh_known_hosts or "~/.ssh/known_hosts").expanduser()
     lines = path.read_text().splitlines() if path.exists() else []
-    added = [f"{name} {' '.join(line.split()[:2])}" for line in output.stdout.splitlines()
-             if len(line.split()) >= 2]
-    new = [line for line in added if line not in lines]
-    if new:
+    wanted = [f"{name} {' '.join(line.split()[:2])}" for line in output.stdout.splitlines()
+              if len(line.split()) >= 2]
+    # keys an earlier host at this VPN address had are replaced (a rebuilt host)
+    kept = [line for line in lines if line.split(" ", 1)[0] != name]
+    if wanted and kept + wanted != lines:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as out:
-            out.write("".join(f"{line}\n" for line in new))
+        path.write_text("".join(f"{line}\n" for line in kept + wanted))
 
 
 def vpn_login_works(settings: HostSettings, vpn: str, admin: str, attempts: int = 3,
@@ -428,13 +429,14 @@ def checks(engine: Engine) -> list[CheckResult]:
                 continue
             key = keys.get(other.name) or known_host_key(config, config.host_fqdn(other))
             seen = handshakes.get(key or "", 0)
-            if not seen or now - seen > 180:
+            # a live session re-handshakes every 2 minutes and expires after 3
+            if not seen or now - seen > HANDSHAKE_MAX_AGE:
                 stale.append(other.name)
         me = names[name]
         message = f"{INTERFACE} up at {config.vpn_address(me)} ({how}), {len(handshakes)} peers"
         if stale:
             results.append(CheckResult(name, "VPN", "fail", message + "; no handshake with "
-                                       + ", ".join(stale) + " in the last 3 minutes",
+                                       + ", ".join(stale) + f" in the last {HANDSHAKE_MAX_AGE} s",
                                        f"check UDP {config.vpn.port} between the hosts"))
         else:
             results.append(CheckResult(name, "VPN", "ok", message))
