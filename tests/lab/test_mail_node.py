@@ -111,9 +111,11 @@ def test_a_full_mailbox_is_refused_at_rcpt_with_552(node: Node):
 def test_check_passes_every_check(deployed: Cli):
     checks = deployed.json("check")
     # a container's kernel.* sysctls belong to the machine: that one may only warn; so may
-    # "backups" when this module runs without test_mail_backup.py's repository
+    # "backups" when this module runs without test_mail_backup.py's repository, and "name
+    # resolution" in a lab without DNS ([dns] check = false; test_dns_mail checks it for real)
     failed = [c for c in checks["checks"] if c["status"] != "ok"
-              and not (c["status"] == "warn" and c["name"] in ("kernel settings", "backups"))]
+              and not (c["status"] == "warn" and c["name"] in ("kernel settings", "backups",
+                                                               "name resolution"))]
     assert checks["ok"] and not failed, failed
     assert checks["score"]["passed"] == checks["score"]["total"] == len(checks["checks"])
     names = {(c["host"], c["name"]) for c in checks["checks"]}
