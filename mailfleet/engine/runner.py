@@ -8,6 +8,7 @@ only after execution, from the operations' own results.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -77,6 +78,11 @@ class HostContext:
         if self._files is None:
             self._files = snapshot.parse_files(self.snapshot("files"))
         return self._files.get(path)
+
+    def file_matches(self, path: str, content: str) -> bool:
+        """The file holds exactly `content` already (per the snapshot): no change coming."""
+        known = self.file_state(path)
+        return isinstance(known, FileState) and known.sha1 == hashlib.sha1(content.encode()).hexdigest()
 
     def secret(self, name: str) -> tuple[str, bool]:
         """A generated secret kept on the host (/etc/mailfleet/secrets/NAME, mode 0600):

@@ -10,7 +10,6 @@ in as the admin user (root cannot log in any more).
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 
 from pyinfra import host
@@ -21,7 +20,6 @@ from pyinfra.operations import python
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.runner import explain_failure
-from mailfleet.engine.snapshot import FileState
 from mailfleet.engine.tunnel import ssh_base
 from mailfleet.errors import DeployError
 from mailfleet.services import wireguard
@@ -89,9 +87,7 @@ def verify_step(admin: str) -> str:
 
 def deploy(ctx: HostContext) -> None:
     content = settings(ctx)
-    known = ctx.file_state(DROPIN)
-    changing = not (isinstance(known, FileState)
-                    and known.sha1 == hashlib.sha1(content.encode()).hexdigest())
+    changing = not ctx.file_matches(DROPIN, content)
     if changing:
         ctx.op(keep_previous, name="Keep the current SSH settings for a rollback")
     written = ctx.op(config_file, name=f"Write the SSH server settings {DROPIN}", dest=DROPIN,

@@ -17,7 +17,6 @@ cancelled only once a new SSH connection over the new tunnel works.
 from __future__ import annotations
 
 import base64
-import hashlib
 import ipaddress
 import time
 from pathlib import Path
@@ -185,9 +184,7 @@ def deploy(ctx: HostContext) -> None:
         raise DeployError(f"{ctx.settings.name}: the WireGuard key could not be made "
                           f"(is openssl installed?).")
     content = interface_config(ctx.config, ctx.settings, keys)
-    known = ctx.file_state(CONF)
-    changing = not (isinstance(known, FileState)
-                    and known.sha1 == hashlib.sha1(content.encode()).hexdigest())
+    changing = not ctx.file_matches(CONF, content)
     guarded = changing and reached_over_vpn(ctx) and not ctx.check
     if guarded:
         ctx.op(arm_rollback, name=f"Arm a rollback of the VPN settings (in {ROLLBACK_SECONDS} s "
@@ -266,9 +263,7 @@ def vpn_only(config: Config) -> bool:
 def ssh_on_vpn_now(ctx: HostContext) -> bool:
     """sshd already listens only on the VPN (as this config wants it)."""
     wanted = render("wireguard/sshd-listen.conf.j2", address=ctx.config.vpn_address(ctx.settings))
-    known = ctx.file_state(LISTEN_DROPIN)
-    return (vpn_only(ctx.config) and isinstance(known, FileState)
-            and known.sha1 == hashlib.sha1(wanted.encode()).hexdigest())
+    return vpn_only(ctx.config) and ctx.file_matches(LISTEN_DROPIN, wanted)
 
 
 def learn_host_keys(settings: HostSettings, vpn: str) -> None:
