@@ -32,6 +32,7 @@ from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.snapshot import FileState
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError, DeployError
+from mailfleet.services import system
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
@@ -53,6 +54,8 @@ ORDER_DROPIN = "/etc/systemd/system/ssh.service.d/mailfleet-vpn.conf"
 KEEPALIVE = 25
 HANDSHAKE_MAX_AGE = 240
 snapshot.register_unit(UNIT)
+# the tunnel's live IPv4 addresses: is this deploy's own connection running over it?
+snapshot.register("wireguard", f"ip -o -4 address show dev {INTERFACE} | awk '{{print $4}}'")
 
 # The public key from the private one with openssl (in every Debian), not `wg pubkey`: the
 # keys are needed before wireguard-tools is installed. The bytes are the fixed PKCS#8 header
@@ -176,8 +179,38 @@ def reached_over_vpn(ctx: HostContext) -> bool:
     return ctx.config.ssh.vpn_only and ctx.settings.address == ctx.config.vpn_address(ctx.settings)
 
 
+def live_addresses(ctx: HostContext) -> set[str]:
+    """The addresses the host's wg0 has now (without prefix length)."""
+    return {line.split("/")[0] for line in ctx.snapshot("wireguard").split()}
+
+
+@operation()
+def remove():
+    """features.wireguard switched off: the tunnel, its config and mailfleet's helpers go,
+    and the packages. The host's key stays in /etc/wireguard, so turned on again the host
+    has the same public key and the operators' client configs still fit."""
+    yield (f"systemctl disable --now {UNIT} 2>/dev/null; "
+           f"rm -rf {CONF} {PREVIOUS} {APPLY} {RELOAD_DROPIN.rsplit('/', 1)[0]} && "
+           f"systemctl daemon-reload && {system.purged(PACKAGES)}")
+
+
+def _take_down(ctx: HostContext) -> None:
+    """Only a tunnel mailfleet set up (its reload drop-in is there; a wg0 made by hand is
+    left alone), and never the one this very deploy runs over: that would cut it halfway."""
+    if not isinstance(ctx.file_state(RELOAD_DROPIN), FileState):
+        return
+    if ctx.settings.address in live_addresses(ctx):
+        raise ConfigError(
+            f"features.wireguard is off, but mailfleet reaches "
+            f"{ctx.settings.name} over the VPN ({ctx.settings.address}), which turning it off "
+            "would cut: set ssh.vpn_only = false and deploy, then give the host's public "
+            "address as its `address` and turn WireGuard off.")
+    ctx.op(remove, name="Take the VPN down and remove WireGuard (features.wireguard = false)")
+
+
 def deploy(ctx: HostContext) -> None:
     if not ctx.config.features.wireguard:
+        _take_down(ctx)
         return
     keys = ctx.shared.get("wireguard_keys", {})
     if not keys.get(ctx.settings.name) and not ctx.check:

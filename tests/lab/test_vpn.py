@@ -272,3 +272,50 @@ def test_a_tunnel_change_that_cuts_the_operator_off_is_undone_by_the_host(vpn: V
 
     again = json.loads(vpn.operator("deploy", "--json").stdout)
     assert again["ok"] and again["changes"] == 0, again
+
+
+def test_turning_the_vpn_off_reopens_ssh_then_removes_the_tunnel(vpn: Vpn):
+    import json
+
+    # still reached over the VPN: turning WireGuard off would cut this very connection
+    def all_off(doc) -> None:
+        doc["features"]["wireguard"] = False
+        doc["ssh"]["vpn_only"] = False
+
+    vpn.edit(all_off)
+    refused = vpn.operator("deploy", check=False)
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert refused.returncode == 2, said
+    assert "features.wireguard is off, but mailfleet reaches n1 over the VPN (10.8.0.1)" in said, said
+    for name in ("n1", "n2"):  # nothing was done
+        assert vpn.on(name, f"systemctl is-active {wireguard.UNIT}") == "active"
+        assert vpn.on(name, f"test -e {wireguard.LISTEN_DROPIN} && echo there || echo absent") == "there"
+    # step 1, over the tunnel: SSH everywhere again
+    vpn.edit(lambda doc: doc["features"].__setitem__("wireguard", True))
+    vpn.operator("deploy")
+    for name in ("n1", "n2"):
+        assert vpn.ssh(PUBLIC[name]).returncode == 0
+        assert vpn.on(name, f"ls {wireguard.LISTEN_DROPIN} {wireguard.ORDER_DROPIN} 2>/dev/null; true") == ""
+        assert "22/tcp on wg0" not in vpn.on(name, "ufw status")
+    # step 2, at the public addresses: WireGuard off
+    def public(doc) -> None:
+        doc["features"]["wireguard"] = False
+        for host in doc["hosts"]:
+            host["address"] = host["ipv4"]
+
+    vpn.edit(public)
+    report = json.loads(vpn.operator("deploy", "--json").stdout)
+    assert report["ok"], report
+    for name in ("n1", "n2"):
+        assert vpn.on(name, f"systemctl is-active {wireguard.UNIT}", check=False) != "active"
+        assert vpn.on(name, "ip link show wg0 >/dev/null 2>&1 && echo up || echo gone") == "gone"
+        assert vpn.on(name, "dpkg-query -W -f '${Status}' wireguard-tools wireguard-go 2>&1 | "
+                            "grep -c 'install ok installed'; true") == "0"
+        assert vpn.on(name, f"ls {wireguard.CONF} {wireguard.APPLY} 2>/dev/null; true") == ""
+        assert vpn.on(name, f"test -s {wireguard.KEY} && echo kept") == "kept"  # same key if on again
+        assert "51820" not in vpn.on(name, "ufw status")
+    again = json.loads(vpn.operator("deploy", "--json").stdout)
+    assert again["ok"] and again["changes"] == 0, again
+    checks = json.loads(vpn.operator("check", "--json", check=False).stdout)
+    assert checks["ok"], [c for c in checks["checks"] if c["status"] == "fail"]
+    assert not [c for c in checks["checks"] if c["name"] == "VPN"]
