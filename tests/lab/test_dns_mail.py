@@ -71,8 +71,10 @@ def installs(tmp_path_factory):
     base = tmp_path_factory.mktemp("dnslab")
     lab = Cli(LAB, base / "lab.toml")
     try:
+        # preinstalled: the shared two-release lab (conftest) is the one that proves a
+        # deploy onto bare Debian 12 and 13; here the packages are not the point
         lab("lab", "up", "--release", "bookworm", "--release", "trixie", "--release", "trixie",
-            timeout=900)
+            "--preinstall", timeout=900)
         served = lab("lab", "dns", "n3", "--zone", "a.test", "--zone", "b.test")
         # n3 also plays a stranger's mail server: it needs a client to forge with
         lab("lab", "ssh", "n3", "--", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
