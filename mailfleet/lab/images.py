@@ -13,10 +13,10 @@ import shutil
 import time
 from pathlib import Path
 
+from mailfleet.lab.mirror import lab_mirror
 from mailfleet.lab.paths import RELEASES, rootfs_dir
 from mailfleet.lab.system import run
 
-MIRROR = "http://deb.debian.org/debian"
 BASE_PACKAGES = ["systemd", "systemd-sysv", "dbus", "openssh-server", "iproute2", "ca-certificates"]
 # Bump when the preparation below changes, so old caches are rebuilt.
 IMAGE_VERSION = 1
@@ -51,18 +51,19 @@ def ensure_rootfs(release: str, log=print, preinstall: list[str] | None = None) 
     if packages:
         digest = hashlib.sha1(" ".join(packages).encode()).hexdigest()[:10]
         target = target.with_name(f"{release}-{digest}")
-    if _is_current(target):
+    mirror = lab_mirror()
+    if _is_current(target, mirror):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(f".{release}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two labs starting at once build it once
-        if _is_current(target):
+        if _is_current(target, mirror):
             return target
-        _build(release, target, packages, log)
+        _build(release, target, packages, mirror, log)
     return target
 
 
-def _build(release: str, target: Path, packages: list[str], log) -> None:
+def _build(release: str, target: Path, packages: list[str], mirror: str, log) -> None:
     what = f"with {len(packages)} preinstalled packages " if packages else ""
     log(f"building the Debian {RELEASES[release]} ({release}) root filesystem {what}(once)")
     started = time.monotonic()
@@ -77,13 +78,13 @@ def _build(release: str, target: Path, packages: list[str], log) -> None:
             "--skip=cleanup/apt/lists",
             release,
             str(scratch),
-            MIRROR,
+            mirror,
         ]
     )
     _prepare(scratch)
     (scratch / STAMP).write_text(
         json.dumps({"release": release, "version": IMAGE_VERSION, "built": time.time(),
-                    "packages": packages})
+                    "packages": packages, "mirror": mirror})
     )
     old = target.with_name(target.name + ".old")
     if target.exists():
@@ -93,13 +94,14 @@ def _build(release: str, target: Path, packages: list[str], log) -> None:
     log(f"root filesystem ready in {time.monotonic() - started:.0f} s")
 
 
-def _is_current(target: Path) -> bool:
+def _is_current(target: Path, mirror: str) -> bool:
     try:
         stamp = json.loads((target / STAMP).read_text())
     except (OSError, ValueError):
         return False
     fresh = time.time() - stamp.get("built", 0) < MAX_AGE_DAYS * 86400
-    return stamp.get("version") == IMAGE_VERSION and fresh
+    # an image from another mirror would send its nodes' apt there: rebuild it
+    return stamp.get("version") == IMAGE_VERSION and fresh and stamp.get("mirror") == mirror
 
 
 def _prepare(root: Path) -> None:
