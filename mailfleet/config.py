@@ -642,6 +642,14 @@ class Config(_Strict):
     def hosts_with(self, role: str) -> list[HostSettings]:
         return [h for h in self.hosts if role in h.roles]
 
+    def lab_without_dns(self) -> str | None:
+        """The first lab host's name when every host is a lab host and no resolver is set
+        (`mailfleet lab dns` sets one): then no name of this config can be looked up, and
+        `check` says what the lab lacks instead of failing on mail that works."""
+        if self.hosts and all(h.lab for h in self.hosts) and not self.dns.resolvers:
+            return self.hosts[0].name
+        return None
+
     def host_fqdn(self, host: HostSettings) -> str:
         """A host's name: its own fqdn, else the mail hostname (the usual one-host setup)."""
         if host.fqdn:

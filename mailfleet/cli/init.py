@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
+import tomlkit
+import tomlkit.exceptions
 import typer
 
 from mailfleet.cli.output import info
 from mailfleet.cli.state import globals_of
 from mailfleet.config import parse
 from mailfleet.errors import UsageError
+from mailfleet.lab.inventory import write_hosts
 from mailfleet.templating import render_init
 
 
@@ -26,9 +30,32 @@ def init(
     It goes to -c PATH (default ./mailfleet.toml); an existing file is kept unless --force.
     """
     path = globals_of(ctx).config_path
+    lab_hosts = _lab_hosts(path)
     if path.exists() and not force:
-        raise UsageError(f"{path} already exists.", hint="Use --force to overwrite it.")
+        kept = " (the lab's [[hosts]] in it are kept)" if lab_hosts else ""
+        raise UsageError(f"{path} already exists.", hint=f"Use --force to overwrite it{kept}.")
     text = render_init(domain.lower(), (hostname or f"mail.{domain}").lower())
     parse(text, path)  # refuses a bad --domain/--hostname with the same message as the file
     path.write_text(text, encoding="utf-8")
+    if lab_hosts:
+        # `init --force` after `lab up`: the running lab's nodes stay in the new file
+        for lab_id, entries in lab_hosts.items():
+            write_hosts(path, lab_id, entries)
+        info(f"wrote {path}, keeping the lab's hosts "
+             f"({', '.join(e['name'] for es in lab_hosts.values() for e in es)}); "
+             "next: `mailfleet deploy`")
+        return
     info(f"wrote {path}: add your hosts under [[hosts]], then run `mailfleet deploy`")
+
+
+def _lab_hosts(path: Path) -> dict[str, list[dict]]:
+    """The [[hosts]] entries `lab up` wrote into `path`, by lab name (none if unreadable)."""
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, tomlkit.exceptions.TOMLKitError):
+        return {}
+    found: dict[str, list[dict]] = {}
+    for host in doc.get("hosts") or []:
+        if isinstance(host, dict) and host.get("lab"):
+            found.setdefault(str(host["lab"]), []).append(host.unwrap())
+    return found

@@ -80,10 +80,12 @@ def up(
     path = globals_of(ctx).config_path
     packages = None
     if preinstall:
-        # restic too, with or without [backup]: one image serves configs of both kinds
-        packages = sorted(set(services.packages(load(path) if path.exists() else None))
-                          | set(backup.PACKAGES))
+        # one image for every config (built once per machine): all roles and the default
+        # features' packages, and restic with or without [backup]; a package the config does
+        # not use stays installed and unused, deploy installs what the image lacks
+        packages = sorted(set(services.packages(None)) | set(backup.PACKAGES))
     state = lab.up(release or [], nodes, packages)
+    existed = path.exists()
     try:
         write_hosts(path, lab.paths.id, host_entries(lab, state))
     except MailfleetError as err:
@@ -94,7 +96,13 @@ def up(
     for node in state.nodes:
         info(f"{node.name}: Debian {node.debian} ({node.release}) at {node.address}, "
              f"ssh 127.0.0.1:{node.ssh_port}, up in {node.boot_seconds:.1f} s")
-    info(f"hosts written to {path}; next: `mailfleet deploy`")
+    names = ", ".join(n.name for n in state.nodes)
+    if existed:
+        info(f"added {names} to {path} as [[hosts]] (lab = \"{lab.paths.id}\"); nothing else "
+             "in it changed, and `mailfleet lab down` takes them out again; next: `mailfleet deploy`")
+    else:
+        info(f"wrote {path} with {names} as [[hosts]] and the lab's settings ([dns] check = "
+             "false, the lab's gateway in [fail2ban] ignore); next: `mailfleet deploy`")
 
 
 @app.command()
@@ -107,7 +115,10 @@ def down(ctx: typer.Context) -> None:
     lab = _lab(ctx)
     if not lab.down():
         info(f"lab {lab.paths.id} is not running")
-    remove_hosts(globals_of(ctx).config_path, lab.paths.id)
+    path = globals_of(ctx).config_path
+    removed = remove_hosts(path, lab.paths.id)
+    if removed:
+        info(f"took {', '.join(removed)} out of {path}")
 
 
 @app.command()

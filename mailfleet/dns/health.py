@@ -33,6 +33,11 @@ def checks(engine: Engine) -> list[CheckResult]:
     config = engine.config
     if not config.dns.check:
         return []
+    node = config.lab_without_dns()
+    if node:
+        return [CheckResult(HOST, "DNS records", "warn",
+                            "no DNS server in this lab: the records cannot be looked up",
+                            f"mailfleet lab dns {node}")]
     try:
         wanted = records_mod.generate(config, dkim_from(opendkim.public_keys(engine), config))
     except records_mod.MissingAddress as err:

@@ -34,8 +34,14 @@ def host_entries(lab: Lab, state: LabState) -> list[dict]:
     ]
 
 
-def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
-    """Replace this lab's [[hosts]] in `path` by `entries`; create the file if it is missing."""
+def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> list[str]:
+    """Replace this lab's [[hosts]] in `path` by `entries`; create the file if it is missing.
+
+    Into an existing file only the [[hosts]] go: a lab host needs nothing else there (deploy
+    keeps the lab's gateway out of fail2ban's bans, `check` says when the lab has no DNS), so
+    removing them again gives back the file as it was. Returns the names of the lab's hosts
+    that were there before."""
+    before: list[str] = []
     if not path.exists():
         # this machine is the lab's operator: its failed test logins must not ban it;
         # the lab has no DNS until `lab dns` gives it one
@@ -45,6 +51,7 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
         doc = tomlkit.parse(path.read_text(encoding="utf-8"))
         hosts = doc.get("hosts")
         kept = [h for h in (hosts or []) if h.get("lab") != lab_id]
+        before = [h.get("name") for h in (hosts or []) if h.get("lab") == lab_id]
         table_array = tomlkit.aot()
         for host in [*kept, *entries]:
             table_array.append(host)
@@ -52,13 +59,17 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> None:
             del doc["hosts"]
         if kept or entries:
             doc["hosts"] = table_array
-        text = tomlkit.dumps(doc)
+        # tomlkit leaves a blank line where the [[hosts]] were: `init` ends with one newline
+        text = tomlkit.dumps(doc).rstrip("\n") + "\n"
     save(path, text)
+    return before
 
 
-def remove_hosts(path: Path, lab_id: str) -> None:
+def remove_hosts(path: Path, lab_id: str) -> list[str]:
+    """Take this lab's [[hosts]] out of `path`; the names that were there."""
     if path.exists():
-        write_hosts(path, lab_id, [])
+        return write_hosts(path, lab_id, [])
+    return []
 
 
 def _table(path: Path, name: str) -> tuple[tomlkit.TOMLDocument, Any]:

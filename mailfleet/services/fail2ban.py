@@ -8,6 +8,7 @@ from __future__ import annotations
 from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.lab.network import GATEWAY as LAB_GATEWAY
 from mailfleet.services import firewall, roundcube, sogo
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
@@ -31,10 +32,17 @@ def deploy(ctx: HostContext) -> None:
     jails = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
-                                  ignore=settings.ignore, roundcube=roundcube.enabled(ctx),
+                                  ignore=ignored(ctx.config, ctx.settings), roundcube=roundcube.enabled(ctx),
                                   sogo=sogo.enabled(ctx.config, ctx.settings.roles),
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
     ctx.service("fail2ban", restart_when=(jails,))
+
+
+def ignored(config, settings) -> list[str]:
+    """[fail2ban] ignore, and on a lab host the lab's gateway: the operator's machine reaches
+    the host from there, and its own test logins must never ban it."""
+    extra = [LAB_GATEWAY] if settings.lab and LAB_GATEWAY not in config.fail2ban.ignore else []
+    return [*config.fail2ban.ignore, *extra]
 
 
 def parse_jails(text: str) -> list[str]:
