@@ -21,6 +21,7 @@ _MARK = "@@mailfleet-section"
 MANAGED_PATHS = ("/etc/mailfleet", "/etc/postfix", "/etc/dovecot", "/etc/opendkim",
                  "/etc/opendkim.conf", "/etc/mailname", "/etc/aliases", "/etc/postgresql",
                  "/usr/local/lib/mailfleet", "/etc/systemd/system/opendkim.service.d",
+                 "/etc/systemd/system/opendmarc.service.d",
                  "/etc/ssh/sshd_config.d", "/etc/sudoers.d", "/etc/sysctl.d/60-mailfleet.conf",
                  "/etc/apt/apt.conf.d/20auto-upgrades", "/etc/fail2ban/jail.d",
                  "/etc/wireguard", "/etc/systemd/system/ssh.service.d",

@@ -8,6 +8,8 @@ users send from anywhere, and their mail is signed, not judged.
 
 from __future__ import annotations
 
+from pyinfra.operations import systemd
+
 from mailfleet.engine import HostContext, config_file, snapshot
 from mailfleet.services.postfix import OPENDMARC_PORT
 from mailfleet.templating import render
@@ -24,4 +26,8 @@ def deploy(ctx: HostContext) -> None:
         for dest, template in (("/etc/opendmarc/ignore.hosts", "ignore.hosts.j2"),
                                ("/etc/opendmarc.conf", "opendmarc.conf.j2"))
     ]
-    ctx.service("opendmarc", restart_when=files)
+    unit = ctx.op(config_file, name="Run OpenDMARC in the foreground under systemd",
+                  dest="/etc/systemd/system/opendmarc.service.d/mailfleet.conf",
+                  content=render("opendmarc/service-override.conf.j2"))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
+    ctx.service("opendmarc", restart_when=(*files, unit))
