@@ -104,9 +104,10 @@ def tunnel(settings: HostSettings, remote_ports: list[int]) -> Iterator[Tunnel]:
 
 def _private_dir() -> Path:
     """A new directory only this user can enter (mkdtemp: mode 0700, never an existing one);
-    under /tmp when $TMPDIR is too long for a socket address."""
+    under /tmp when $TMPDIR is too long for a socket address or has a ':' (ssh -L's separator)."""
+    temp = tempfile.gettempdir()
     longest = len(f"/{socket_name(65535)}")
-    base = None if len(tempfile.gettempdir()) + 30 + longest < SUN_PATH_MAX else "/tmp"
+    base = None if len(temp) + 30 + longest < SUN_PATH_MAX and ":" not in temp else "/tmp"
     directory = Path(tempfile.mkdtemp(prefix="mailfleet-tunnel-", dir=base))
     info = directory.lstat()
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid() or info.st_mode & 0o077:
@@ -142,7 +143,8 @@ def _open(settings: HostSettings, directory: Path, remote_ports: list[int]) -> s
         return proc
     error = "" if proc.poll() is None else proc.stderr.read().decode(errors="replace").strip()
     _stop(proc)
-    detail = error.splitlines()[-1].rstrip(".") if error else f"no answer within {CONNECT_SECONDS:.0f} s"
+    detail = (error.splitlines()[-1].rstrip(".") if error
+              else f"no answer within {CONNECT_SECONDS:.0f} s")
     raise DeployError(f"Could not open an SSH tunnel to {settings.name}: {detail}.")
 
 

@@ -284,8 +284,8 @@ def checks(engine: Engine) -> list[CheckResult]:
         password = (secrets.get(name) or [""])[0].strip()
         try:
             with tunnel(settings, list(TLS_PORTS)) as forward:
-                results += _check_host(name, fqdn, forward.socket, tls_context(ca, acme_on), address, password,
-                                       keys.get(name, {}))
+                results += _check_host(name, fqdn, forward.socket, tls_context(ca, acme_on),
+                                       address, password, keys.get(name, {}))
         except MailfleetError as err:
             results.append(CheckResult(name, "mail flow", "fail", err.message,
                                        "check SSH access to the host"))

@@ -205,18 +205,21 @@ def test_the_tunnel_is_closed_and_removed_when_its_user_fails(fake_ssh, server):
     assert not Path(forward.directory).exists() and not _alive(forward.pid)
 
 
-def test_an_ssh_that_fails_is_one_sentence_and_leaves_nothing(fake_ssh, server, monkeypatch, tmp_path):
+def test_an_ssh_that_fails_is_one_sentence_and_leaves_nothing(fake_ssh, server, monkeypatch,
+                                                               tmp_path):
     monkeypatch.setenv("FAKE_SSH_FAIL", "mx: Permission denied (publickey).")
     (tmp_path / "tmp").mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     with pytest.raises(DeployError) as err:
         with tunnel(HOST, [5432]):
             pass
-    assert err.value.message == "Could not open an SSH tunnel to mx: mx: Permission denied (publickey)."
+    assert err.value.message == ("Could not open an SSH tunnel to mx: "
+                                 "mx: Permission denied (publickey).")
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
-def test_a_squatter_on_a_loopback_port_gets_no_connection_and_no_password(fake_ssh, server, monkeypatch):
+def test_a_squatter_on_a_loopback_port_gets_no_connection_and_no_password(fake_ssh, server,
+                                                                         monkeypatch):
     """Another local program listens on a loopback port (here: the one the old code would
     have picked). The database password goes through our socket to the host, never to it."""
     squatter = FakePostgres()
@@ -235,7 +238,7 @@ def test_a_squatter_on_a_loopback_port_gets_no_connection_and_no_password(fake_s
                 pass
     finally:
         squatter.close()
-    assert SECRET.encode() not in squatter.received, "a squatter on a loopback port got the password"
+    assert SECRET.encode() not in squatter.received, "a squatter on loopback got the password"
     assert squatter.connections == 0, "mailfleet connected to a port another program holds"
     assert SECRET.encode() in server.received, "the password did not reach the host's server"
     assert seen and seen[0]["host"].startswith("/") and seen[0]["port"] == 5432
