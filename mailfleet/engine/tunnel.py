@@ -138,7 +138,12 @@ def _open(settings: HostSettings, directory: Path, remote_ports: list[int]) -> s
     cmd += ["-L", f"{directory / READY}:127.0.0.1:{remote_ports[0]}"]
     proc = subprocess.Popen([*cmd, settings.address], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    up = wait_until(lambda: proc.poll() is not None or _ours(directory / READY), CONNECT_SECONDS)
+    try:
+        up = wait_until(lambda: proc.poll() is not None or _ours(directory / READY),
+                        CONNECT_SECONDS)
+    except BaseException:  # Ctrl-C while waiting: no ssh left behind
+        _stop(proc)
+        raise
     if up and proc.poll() is None and all(_ours(directory / socket_name(p)) for p in remote_ports):
         return proc
     error = "" if proc.poll() is None else proc.stderr.read().decode(errors="replace").strip()
