@@ -1,4 +1,5 @@
-"""A psycopg connection to the mail database, as mailfleet_admin, through an SSH tunnel.
+"""A psycopg connection to the mail database, as mailfleet_admin, through an SSH tunnel
+that ends in a private Unix socket.
 
 PostgreSQL listens on the host's localhost only; the operator's machine reaches it over
 the SSH access mailfleet already has. The role's password is read from the host's secret
@@ -46,9 +47,11 @@ def connect(host: HostSettings) -> Iterator[psycopg.Connection]:
     if not secret:
         raise DeployError(f"{host.name} has no database password for {ADMIN_ROLE} yet.",
                           hint="Run `mailfleet deploy` first.")
-    with tunnel(host, [PORT]) as ports:
+    with tunnel(host, [PORT]) as forward:
         try:
-            conn = psycopg.connect(host="127.0.0.1", port=ports[PORT], dbname=DATABASE,
+            # host=DIR: libpq opens the Unix socket DIR/.s.PGSQL.PORT, the tunnel's end in
+            # a directory only this user can enter (never a local TCP port anyone could hold)
+            conn = psycopg.connect(host=str(forward.directory), port=PORT, dbname=DATABASE,
                                    user=ADMIN_ROLE, password=secret, connect_timeout=15,
                                    autocommit=True)
         except psycopg.OperationalError as err:

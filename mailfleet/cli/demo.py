@@ -108,9 +108,9 @@ def send_and_read(config: Config) -> tuple[str, str] | None:
     message = mailflow.check_message(address, address, "demo", subject="Hello from mailfleet demo")
     message.set_content("This message went through Postfix (587, STARTTLS, AUTH), OpenDKIM, "
                         "LMTP into Dovecot, and was read back over IMAP.\n")
-    with tunnel(host, [587, 993]) as ports:
-        mailflow.submit(mailflow.LOCAL, ports[587], fqdn, context, address, password, message)
-        raw = mailflow.fetch(mailflow.LOCAL, ports[993], fqdn, context, address, password,
+    with tunnel(host, [587, 993]) as forward:
+        mailflow.submit(forward.socket(587), 587, fqdn, context, address, password, message)
+        raw = mailflow.fetch(forward.socket(993), 993, fqdn, context, address, password,
                              message["Subject"], delete=False)
     if raw is None:
         console.print("[bold red]the demo mail did not arrive[/]")

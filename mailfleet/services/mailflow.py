@@ -1,8 +1,9 @@
 """The end-to-end health check: what a user does, done by `mailfleet check`.
 
-Through an SSH tunnel it talks to every mail port as a client would (TLS handshake and
-certificate), submits a real message on 587 with AUTH as mailfleet's own check mailbox,
-finds it over IMAP on 993 and verifies its DKIM signature against the host's key.
+Through an SSH tunnel (a private Unix socket per port, see engine/tunnel.py) it talks to
+every mail port as a client would (TLS handshake and certificate), submits a real message
+on 587 with AUTH as mailfleet's own check mailbox, finds it over IMAP on 993 and verifies its
+DKIM signature against the host's key.
 The check mailbox (mailfleet-check@DOMAIN, hidden from user lists) is made by `deploy`.
 """
 
@@ -38,7 +39,6 @@ from mailfleet.services.postgres import database_state, psql_script, sql_literal
 CHECK_LOCAL_PART = "mailfleet-check"
 SECRET = "check-mailbox"
 TIMEOUT = 20.0
-LOCAL = "127.0.0.1"  # the tunnel's end
 DELIVERY_SECONDS = 30.0
 # port -> how TLS starts there
 TLS_PORTS = {25: "smtp-starttls", 587: "smtp-starttls", 465: "smtp-tls",
@@ -88,6 +88,21 @@ def tls_context(ca_pem: str | None, partial_chain: bool = False) -> ssl.SSLConte
     return context
 
 
+def open_connection(address: str, port: int, timeout: float | None) -> socket.socket:
+    """A TCP connection to address:port, or to the Unix socket `address` when it is a path
+    (a tunnel's end: a private socket, where a local TCP port would be anyone's)."""
+    if not address.startswith("/"):
+        return socket.create_connection((address, port), timeout)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def _read_until(sock: socket.socket, done: Callable[[bytes], bool]) -> bytes:
     data = b""
     while not done(data):
@@ -105,9 +120,10 @@ def _smtp_done(data: bytes) -> bool:
 
 def tls_handshake(address: str, port: int, mode: str, server_name: str,
                   context: ssl.SSLContext) -> ssl.SSLSocket:
-    """Connect to address:port, start TLS the way this protocol does, verify the
-    certificate for `server_name`; returns the TLS socket (caller closes it)."""
-    sock = socket.create_connection((address, port), timeout=TIMEOUT)
+    """Connect to address:port (or the Unix socket `address`), start TLS the way this
+    protocol does, verify the certificate for `server_name`; returns the TLS socket (caller
+    closes it)."""
+    sock = open_connection(address, port, TIMEOUT)
     try:
         if mode.startswith("smtp-starttls"):
             _read_until(sock, _smtp_done)
@@ -136,7 +152,7 @@ def tls_handshake(address: str, port: int, mode: str, server_name: str,
 
 
 class IMAP4SSLTo(imaplib.IMAP4_SSL):
-    """IMAP over TLS to `address` (a tunnel end or a lab address), verifying the
+    """IMAP over TLS to `address` (a tunnel's socket path or a lab address), verifying the
     certificate for the server's real name."""
 
     def __init__(self, address: str, port: int, server_name: str, context: ssl.SSLContext) -> None:
@@ -144,20 +160,38 @@ class IMAP4SSLTo(imaplib.IMAP4_SSL):
         super().__init__(server_name, port, ssl_context=context, timeout=TIMEOUT)
 
     def _create_socket(self, timeout):
-        sock = socket.create_connection((self._address, self.port), timeout)
+        sock = open_connection(self._address, self.port, timeout)
         return self.ssl_context.wrap_socket(sock, server_hostname=self.host)
+
+
+class SMTPTo(smtplib.SMTP):
+    """SMTP to a lab address or a tunnel's socket path (see open_connection)."""
+
+    def _get_socket(self, host, port, timeout):
+        return open_connection(host, port, timeout)
+
+
+class SMTP_SSLTo(smtplib.SMTP_SSL):
+    """SMTP in implicit TLS (465) to an address or socket path, verifying the certificate
+    for the server's real name (smtplib would check it against the path)."""
+
+    def __init__(self, server_name: str, context: ssl.SSLContext) -> None:
+        self._server_name = server_name
+        super().__init__(timeout=TIMEOUT, context=context)
+
+    def _get_socket(self, host, port, timeout):
+        return self.context.wrap_socket(open_connection(host, port, timeout),
+                                        server_hostname=self._server_name)
 
 
 def smtp_session(address: str, port: int, server_name: str, context: ssl.SSLContext,
                  implicit_tls: bool = False) -> smtplib.SMTP:
     """An SMTP session in TLS: implicit (465) or after STARTTLS (25, 587)."""
     if implicit_tls:
-        smtp = smtplib.SMTP_SSL(timeout=TIMEOUT, context=context)
-        smtp._get_socket = lambda host, p, timeout: context.wrap_socket(  # type: ignore[method-assign]
-            socket.create_connection((address, port), timeout), server_hostname=server_name)
+        smtp = SMTP_SSLTo(server_name, context)
         smtp.connect(address, port)
     else:
-        smtp = smtplib.SMTP(timeout=TIMEOUT)
+        smtp = SMTPTo(timeout=TIMEOUT)
         smtp.connect(address, port)
         smtp._host = server_name  # the name STARTTLS verifies the certificate against
         smtp.ehlo("mailfleet-check")
@@ -249,21 +283,24 @@ def checks(engine: Engine) -> list[CheckResult]:
         ca = "\n".join([*(cas.get(name) or []), *(chains.get(name) or [])]) or None
         password = (secrets.get(name) or [""])[0].strip()
         try:
-            with tunnel(settings, list(TLS_PORTS)) as ports:
-                results += _check_host(name, fqdn, ports, tls_context(ca, acme_on), address, password,
-                                       keys.get(name, {}))
+            with tunnel(settings, list(TLS_PORTS)) as forward:
+                results += _check_host(name, fqdn, forward.socket, tls_context(ca, acme_on),
+                                       address, password, keys.get(name, {}))
         except MailfleetError as err:
             results.append(CheckResult(name, "mail flow", "fail", err.message,
                                        "check SSH access to the host"))
     return results
 
 
-def _check_host(name: str, fqdn: str, ports: dict[int, int], context: ssl.SSLContext,
+def _check_host(name: str, fqdn: str, socket_of: Callable[[int], str], context: ssl.SSLContext,
                 address: str, password: str, keys: dict[str, str | None]) -> list[CheckResult]:
+    """The checks through the tunnel's sockets. Port 25 sees only EHLO and STARTTLS: the
+    test mail goes in on 587 with AUTH, as a user's would (a session forwarded by sshd
+    reaches the host from 127.0.0.1, which Postfix trusts as mynetworks)."""
     results = []
     for port, mode in TLS_PORTS.items():
         try:
-            with tls_handshake(LOCAL, ports[port], mode, fqdn, context) as tls:
+            with tls_handshake(socket_of(port), port, mode, fqdn, context) as tls:
                 not_after = ssl.cert_time_to_seconds(tls.getpeercert()["notAfter"])
                 days = int((not_after - time.time()) // 86400)
                 results.append(CheckResult(name, f"TLS on {port}", "ok",
@@ -278,14 +315,14 @@ def _check_host(name: str, fqdn: str, ports: dict[int, int], context: ssl.SSLCon
     token = uuid.uuid4().hex[:12]
     message = check_message(address, address, token)
     try:
-        submit(LOCAL, ports[587], fqdn, context, address, password, message)
+        submit(socket_of(587), 587, fqdn, context, address, password, message)
     except (OSError, smtplib.SMTPException) as err:
         results.append(CheckResult(name, "submission 587", "fail", f"{err}",
                                    "see `journalctl -u postfix` on the host"))
         return results
     results.append(CheckResult(name, "submission 587", "ok", f"STARTTLS + AUTH as {address}"))
     try:
-        raw = fetch(LOCAL, ports[993], fqdn, context, address, password, message["Subject"])
+        raw = fetch(socket_of(993), 993, fqdn, context, address, password, message["Subject"])
     except (OSError, imaplib.IMAP4.error) as err:
         results.append(CheckResult(name, "delivery", "fail", f"IMAP: {err}",
                                    "see `journalctl -u dovecot` on the host"))

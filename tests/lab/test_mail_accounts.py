@@ -6,14 +6,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import random
 import smtplib
 import stat
+import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 from conftest import DOMAIN, NODES, PASSWORD, Cli, Node
+
+from mailfleet.accounts import db
+from mailfleet.config import load
+from mailfleet.engine.tunnel import tunnel
 
 NEW_PASSWORD = "Another-Staple-9-horse"
 
@@ -50,6 +56,32 @@ def test_a_user_added_with_the_cli_logs_in_sends_and_changes_password(node: Node
     generated = cli("user", "passwd", email, "--generate", "--host", node.name).stdout
     password = generated.split(f"password for {email}: ")[1].split()[0]
     assert len(password) >= 20 and node.imap_login(email, password)
+
+
+def _listeners(kind: str) -> list[str]:
+    """`ss` lines of listening sockets with their processes (-t TCP, -x Unix)."""
+    return subprocess.run(["ss", f"-l{kind}pH"], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+
+
+def test_the_database_tunnel_is_a_private_socket_and_no_tcp_port(node: Node):
+    """The forward to PostgreSQL ends in a Unix socket in a 0700 directory of this user,
+    listened on by our ssh, which holds no TCP listener (any local user could use one, and a
+    program holding the port first would get the password); `user add|list` go through it."""
+    host = load(node.cli.config).select_hosts([node.name])[0]
+    with tunnel(host, [db.PORT]) as forward:
+        info = forward.directory.lstat()
+        assert stat.S_IMODE(info.st_mode) == 0o700 and info.st_uid == os.geteuid()
+        ours = f"pid={forward.pid},"
+        assert [line for line in _listeners("x")
+                if f" {forward.socket(db.PORT)} " in line and ours in line], "no socket of our ssh"
+        assert not [line for line in _listeners("t") if ours in line], "ssh listens on TCP"
+    assert not forward.directory.exists()
+    with db.connect(host) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == db.ADMIN_ROLE
+    email = unique("sock", node)
+    node.cli("user", "add", email, "--password-stdin", "--host", node.name, input=PASSWORD)
+    assert email in users(node.cli, node.name)
 
 
 def test_an_alias_and_a_catch_all_deliver_to_their_target(node: Node):
