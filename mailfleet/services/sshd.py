@@ -116,9 +116,9 @@ def effective_command(admin: str) -> str:
     parts = []
     for user in ("root", admin):
         spec = shlex.quote(f"user={user},host={FROM},addr={FROM}")
-        parts.append(f"echo {shlex.quote('== ' + user)}; sshd -T -C {spec} 2>&1 | "
+        parts.append(f"echo {shlex.quote('== user ' + user)}; sshd -T -C {spec} 2>&1 | "
                      f"grep -Ei '^({'|'.join(_KEYS)}) '")
-    parts.append(f"echo '== elsewhere'; grep -HniE '^[[:space:]]*({'|'.join(_ELSEWHERE)})\\b' "
+    parts.append(f"echo '== files'; grep -HniE '^[[:space:]]*({'|'.join(_ELSEWHERE)})\\b' "
                  f"/etc/ssh/sshd_config /etc/ssh/sshd_config.d/*.conf 2>/dev/null | "
                  f"grep -v '^{DROPIN}:'")
     return "; ".join(parts) + "; true"
@@ -179,12 +179,12 @@ def checks(engine: Engine) -> list[CheckResult]:
     results = []
     for name, text in engine.facts(Command, command=effective_command(admin)).items():
         sections = split_sections(text or "")
-        views = {user: parse_effective(sections.get(user, "")) for user in ("root", admin)}
+        views = {user: parse_effective(sections.get(f"user {user}", "")) for user in ("root", admin)}
         listen = views["root"].get("listenaddress", "")
         problems = [f"{user}: " + ", ".join(loose) for user, found in views.items()
                     if (loose := loosened(found, admin))]
         if problems:
-            where = suspects(sections.get("elsewhere", ""))
+            where = suspects(sections.get("files", ""))
             message = (f"sshd would allow, from {FROM}, " + "; ".join(problems)
                        + (("; set in " + ", ".join(where)) if where else ""))
         else:

@@ -52,16 +52,16 @@ SSHD_T = ("permitrootlogin {root}\npasswordauthentication {password}\nkbdinterac
 
 def test_sshd_answers_for_root_and_the_admin_are_judged_separately():
     good = SSHD_T.format(root="no", password="no")
-    text = ("== root\n" + good + "== mfadmin\n" + SSHD_T.format(root="no", password="yes")
-            + "== elsewhere\n/etc/ssh/sshd_config:12:Include /etc/ssh/sshd_config.d/*.conf\n"
+    text = ("== user root\n" + good + "== user mfadmin\n" + SSHD_T.format(root="no", password="yes")
+            + "== files\n/etc/ssh/sshd_config:12:Include /etc/ssh/sshd_config.d/*.conf\n"
             "/etc/ssh/sshd_config:20:KbdInteractiveAuthentication no\n"
             "/etc/ssh/sshd_config.d/99-evil.conf:1:Match User mfadmin\n"
             "/etc/ssh/sshd_config.d/99-evil.conf:2:    PasswordAuthentication=yes\n")
     sections = sshd.split_sections(text)
-    root, admin = (sshd.parse_effective(sections[u]) for u in ("root", "mfadmin"))
+    root, admin = (sshd.parse_effective(sections[u]) for u in ("user root", "user mfadmin"))
     assert sshd.loosened(root, "mfadmin") == []
     assert sshd.loosened(admin, "mfadmin") == ["passwordauthentication yes"]
-    assert sshd.suspects(sections["elsewhere"]) == [
+    assert sshd.suspects(sections["files"]) == [
         "/etc/ssh/sshd_config.d/99-evil.conf:1 (Match User mfadmin)",
         "/etc/ssh/sshd_config.d/99-evil.conf:2 (PasswordAuthentication yes)"]
     loose = sshd.parse_effective(SSHD_T.format(root="yes", password="yes") + "allowusers root\n")
