@@ -88,6 +88,37 @@ class MailSettings(_Strict):
         return [domain_name(v) for v in values]
 
 
+# sshd_config keywords mailfleet decides (templates/ssh/mailfleet.conf.j2, the VPN listen
+# drop-in) or that would open another way in (docs/hardening.md). sshd keeps the first value
+# it reads, so most repeats would be ignored anyway; refusing them says so instead of letting
+# a line look effective. Lower case: sshd ignores the keyword's case.
+SSHD_OWNED = frozenset(k.lower() for k in (
+    # who may log in, and how
+    "PermitRootLogin", "AllowUsers", "AuthenticationMethods", "PubkeyAuthentication",
+    "PasswordAuthentication", "KbdInteractiveAuthentication", "ChallengeResponseAuthentication",
+    "PermitEmptyPasswords", "MaxAuthTries", "LoginGraceTime", "AuthorizedKeysFile",
+    "AuthorizedKeysCommand", "AuthorizedKeysCommandUser", "HostbasedAuthentication",
+    "IgnoreRhosts", "GSSAPIAuthentication", "KerberosAuthentication", "StrictModes",
+    "PermitUserEnvironment",
+    # no X11 or agent forwarding; idle sessions end
+    "X11Forwarding", "AllowAgentForwarding", "ClientAliveInterval", "ClientAliveCountMax",
+    # algorithms
+    "KexAlgorithms", "Ciphers", "MACs", "PubkeyAcceptedAlgorithms", "PubkeyAcceptedKeyTypes",
+    "HostKeyAlgorithms",
+    # where sshd listens (ssh.vpn_only moves it; the firewall opens what sshd listens on)
+    "ListenAddress", "Port",
+))
+
+
+def sshd_keyword(line: str) -> str | None:
+    """The keyword of one sshd_config line (`Key value`, `Key=value`, `Key = value`), as
+    sshd splits it; None when the text is not one such line."""
+    if "\n" in line or "\r" in line:
+        return None
+    found = re.fullmatch(r"\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(\S.*)", line)
+    return found.group(1) if found else None
+
+
 def _user_name(value: str, reason: str) -> str:
     if value == "root" or not UNIX_USER_RE.match(value):
         raise ValueError(f"{value!r} {reason}")
@@ -105,7 +136,8 @@ class AdminSettings(_Strict):
         description="Provider default users to delete (never the one mailfleet connects as).")
     sshd_settings: list[str] = Field(
         default_factory=list,
-        description="Extra sshd_config lines after mailfleet's own (which they cannot loosen).")
+        description="Extra sshd_config lines after mailfleet's own; Match, Include and the "
+                    "keywords mailfleet sets are refused (they could loosen them).")
 
     @field_validator("user")
     @classmethod
@@ -120,9 +152,18 @@ class AdminSettings(_Strict):
     @field_validator("sshd_settings")
     @classmethod
     def _check_sshd_lines(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9]*\s+\S.*", value.strip()) or "\n" in value:
-                raise ValueError(f"{value!r} is not one sshd_config line (Keyword value)")
+        for number, value in enumerate(values, start=1):
+            keyword = sshd_keyword(value)
+            if keyword is None:
+                raise ValueError(f"entry {number}, {value!r}, is not one sshd_config line "
+                                 "(Keyword value)")
+            if keyword.lower() in ("match", "include"):
+                raise ValueError(f"entry {number}, {value!r}: {keyword} is refused (a Match "
+                                 "block or an included file could override mailfleet's SSH "
+                                 "settings)")
+            if keyword.lower() in SSHD_OWNED:
+                raise ValueError(f"entry {number}, {value!r}: {keyword} is set by mailfleet "
+                                 "and cannot be changed here")
         return [v.strip() for v in values]
 
     @model_validator(mode="after")

@@ -49,6 +49,12 @@ MAPS = {
         "SELECT email FROM mailboxes WHERE email = '%s' AND active "
         "UNION SELECT destination FROM aliases WHERE source = '%s' AND active",
     ),
+    "own_domain_senders": (
+        "our own domains, refused as the envelope sender of a stranger on port 25 "
+        "(check_sender_access looks up the address, then its domain)",
+        "SELECT 'REJECT 5.7.1 Mail from this domain must be sent with a login "
+        "(port 587 or 465)' FROM domains WHERE name = '%s'",
+    ),
 }
 
 # Validate a candidate main.cf or master.cf in a scratch config directory beside the

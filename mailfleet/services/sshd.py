@@ -10,6 +10,7 @@ in as the admin user (root cannot log in any more).
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 
 from pyinfra import host
@@ -98,8 +99,29 @@ def deploy(ctx: HostContext) -> None:
                function=_verify_or_roll_back, settings=ctx.settings, admin=ctx.config.admin.user)
 
 
-_EFFECTIVE = "sshd -T -C user=root,host=check,addr=192.0.2.1 2>/dev/null | grep -Ei " \
-             "'^(permitrootlogin|passwordauthentication|kbdinteractiveauthentication|allowusers|listenaddress) '"
+# `check` asks sshd what it would apply to a connection from the Internet, for root and for
+# the admin: a Match block (in any drop-in) changes settings per user or address, so asking
+# without one shows nothing. A documentation address, only a string for `sshd -T`: no traffic.
+FROM = "203.0.113.1"
+_KEYS = ("permitrootlogin", "passwordauthentication", "kbdinteractiveauthentication",
+         "permitemptypasswords", "authenticationmethods", "allowusers", "listenaddress")
+# lines outside mailfleet's drop-in that can loosen it, named when the check fails
+_ELSEWHERE = ("match", "include", "permitrootlogin", "passwordauthentication",
+              "kbdinteractiveauthentication", "challengeresponseauthentication",
+              "permitemptypasswords", "authenticationmethods", "allowusers", "pubkeyauthentication")
+
+
+def effective_command(admin: str) -> str:
+    """`sshd -T` for root and the admin from FROM, then the lines elsewhere that could matter."""
+    parts = []
+    for user in ("root", admin):
+        spec = shlex.quote(f"user={user},host={FROM},addr={FROM}")
+        parts.append(f"echo {shlex.quote('== user ' + user)}; sshd -T -C {spec} 2>&1 | "
+                     f"grep -Ei '^({'|'.join(_KEYS)}) '")
+    parts.append(f"echo '== files'; grep -HniE '^[[:space:]]*({'|'.join(_ELSEWHERE)})\\b' "
+                 f"/etc/ssh/sshd_config /etc/ssh/sshd_config.d/*.conf 2>/dev/null | "
+                 f"grep -v '^{DROPIN}:'")
+    return "; ".join(parts) + "; true"
 
 
 def parse_effective(text: str) -> dict[str, str]:
@@ -111,20 +133,64 @@ def parse_effective(text: str) -> dict[str, str]:
     return found
 
 
+def split_sections(text: str) -> dict[str, str]:
+    """The output of effective_command by its `== NAME` markers."""
+    sections: dict[str, list[str]] = {}
+    current: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("== "):
+            current = sections.setdefault(line[3:].strip(), [])
+        else:
+            current.append(line)
+    return {name: "\n".join(lines) for name, lines in sections.items()}
+
+
+def loosened(found: dict[str, str], admin: str) -> list[str]:
+    """What sshd would apply that is looser than mailfleet's settings (`key value` each)."""
+    wanted = {"permitrootlogin": "no", "passwordauthentication": "no",
+              "kbdinteractiveauthentication": "no", "permitemptypasswords": "no",
+              "authenticationmethods": "publickey", "allowusers": admin}
+    return [f"{key} {found.get(key, '(not set)')}" for key, value in wanted.items()
+            if found.get(key) != value]
+
+
+def suspects(text: str) -> list[str]:
+    """`FILE:LINE` of the lines outside mailfleet's drop-in that can loosen it (grep -Hn
+    output); Debian's own `Include` of the drop-in directory and plain `no`s are harmless."""
+    found = []
+    for line in text.splitlines():
+        path, _, rest = line.partition(":")
+        number, _, setting = rest.partition(":")
+        words = setting.replace("=", " ").split()
+        if not words or not number.isdigit():
+            continue
+        if words[0].lower() == "include" and words[1:] == ["/etc/ssh/sshd_config.d/*.conf"]:
+            continue
+        if words[0].lower() not in ("match", "include", "allowusers", "authenticationmethods") \
+                and words[1:] == ["no"]:
+            continue
+        found.append(f"{path}:{number} ({' '.join(words)})")
+    return found
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     admin = engine.config.admin.user
     fix = "run `mailfleet deploy`"
     results = []
-    for name, text in engine.facts(Command, command=_EFFECTIVE).items():
-        found = parse_effective(text or "")
-        ok = (found.get("permitrootlogin") == "no" and found.get("passwordauthentication") == "no"
-              and found.get("kbdinteractiveauthentication") == "no"
-              and found.get("allowusers") == admin)
-        listen = found.pop("listenaddress", "")
-        results.append(CheckResult(
-            name, "SSH settings", "ok" if ok else "fail",
-            f"keys only, no root, only {admin}" if ok else
-            "effective: " + ", ".join(f"{k} {v}" for k, v in sorted(found.items())), fix))
+    for name, text in engine.facts(Command, command=effective_command(admin)).items():
+        sections = split_sections(text or "")
+        views = {user: parse_effective(sections.get(f"user {user}", "")) for user in ("root", admin)}
+        listen = views["root"].get("listenaddress", "")
+        problems = [f"{user}: " + ", ".join(loose) for user, found in views.items()
+                    if (loose := loosened(found, admin))]
+        if problems:
+            where = suspects(sections.get("files", ""))
+            message = (f"sshd would allow, from {FROM}, " + "; ".join(problems)
+                       + (("; set in " + ", ".join(where)) if where else ""))
+        else:
+            message = f"keys only, no root, only {admin} (asked sshd for root and {admin})"
+        results.append(CheckResult(name, "SSH settings", "fail" if problems else "ok", message,
+                                   "remove those lines, then " + fix if problems else fix))
         if wireguard.vpn_only(engine.config):
             vpn = engine.config.vpn_address(engine.settings[name])
             on_vpn = bool(listen) and all(a.rpartition(":")[0] == vpn for a in listen.split())

@@ -39,11 +39,35 @@ def test_unknown_recipient_is_refused_at_rcpt_with_550(node: Node):
 def test_relaying_to_an_outside_domain_without_auth_is_refused(node: Node):
     smtp = node.smtp25()
     try:
-        smtp.mail(f"alice-{node.name}@{DOMAIN}")
+        smtp.mail("someone@outside.test")
         code, text = smtp.rcpt("victim@elsewhere.test")
     finally:
         node.run(smtp.quit)
     assert code == 554 and b"Relay access denied" in text, (code, text)
+
+
+def test_a_stranger_cannot_use_our_own_domain_as_sender_on_port_25(node: Node):
+    bob = node.user("bob")
+
+    def answer(sender: str) -> tuple[int, bytes]:
+        """The first refusal, or the answer to RCPT, for this sender from the lab network."""
+        smtp = node._plain_smtp(25)
+        try:
+            code, text = smtp.mail(sender)
+            return (code, text) if code >= 400 else smtp.rcpt(bob)
+        finally:
+            smtp.quit()
+
+    for forged in (f"ceo@{DOMAIN}", f"CEO@{DOMAIN.upper()}", bob):
+        code, text = node.run(answer, forged)
+        assert 500 <= code < 600, (forged, code, text)
+    # strangers as themselves, and bounces (MAIL FROM:<>), still reach the mailbox
+    for sender in ("someone@outside.test", ""):
+        code, text = node.run(answer, sender)
+        assert code == 250, (sender, code, text)
+    # our own users, authenticated on submission, still send as our domain
+    subject = node.submit(bob, bob)
+    assert node.fetch(bob, subject) is not None
 
 
 def test_auth_is_not_offered_without_tls(node: Node):

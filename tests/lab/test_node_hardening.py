@@ -5,6 +5,7 @@ deploy with an SSH setting that would lock the admin out is rolled back."""
 from __future__ import annotations
 
 import base64
+import json
 import time
 
 import pytest
@@ -118,6 +119,46 @@ def test_a_deploy_that_would_lock_the_admin_out_is_rolled_back(deployed: Cli, ta
         _set_sshd_settings(deployed, [])
     again = deployed.json("deploy", "--limit", target)
     assert again["ok"] and again["changes"] == 0, again
+
+
+DROPIN = "/etc/ssh/sshd_config.d/00-mailfleet.conf"
+LOOSENING = ["Match all", "PasswordAuthentication yes", "PermitRootLogin yes", "AllowUsers root"]
+
+
+def test_sshd_settings_that_would_loosen_ssh_are_refused_before_any_host_is_touched(deployed: Cli):
+    before = {name: deployed.ssh(name, f"sha1sum {DROPIN}") for name in NODES}
+    _set_sshd_settings(deployed, LOOSENING)
+    try:
+        result = deployed("deploy", check=False)
+        out = result.stdout + result.stderr
+        assert result.returncode == 2, out
+        assert "admin.sshd_settings" in out and "'Match all'" in out and "line" in out, out
+        assert "Traceback" not in out and "Deploy" not in out, out
+    finally:
+        _set_sshd_settings(deployed, [])
+    assert {name: deployed.ssh(name, f"sha1sum {DROPIN}") for name in NODES} == before
+    for name in NODES:
+        assert "PasswordAuthentication yes" not in deployed.ssh(name, f"cat {DROPIN}")
+
+
+def test_check_fails_on_a_drop_in_added_by_hand_that_loosens_ssh(deployed: Cli, target: str):
+    # the admin may log in with a password: only a question about the admin (not root) shows it
+    evil = "/etc/ssh/sshd_config.d/99-evil.conf"
+    deployed.ssh(target, f"printf 'Match User mfadmin\\n    PasswordAuthentication yes\\n' > {evil}")
+    try:
+        assert deployed.ssh(target, "sshd -t && echo valid") == "valid"
+        result = deployed("check", "--limit", target, "--json", check=False)
+    finally:
+        deployed.ssh(target, f"rm -f {evil}")
+    assert result.returncode == 1, result.stdout + result.stderr
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"] if c["host"] == target}
+    ssh = checks["SSH settings"]
+    assert ssh["status"] == "fail", ssh
+    assert "mfadmin" in ssh["message"] and "passwordauthentication yes" in ssh["message"], ssh
+    assert evil in ssh["message"], ssh
+    again = deployed("check", "--limit", target, "--json", check=False)
+    after = {c["name"]: c for c in json.loads(again.stdout)["checks"] if c["host"] == target}
+    assert after["SSH settings"]["status"] == "ok", after["SSH settings"]
 
 
 def test_check_reports_the_hardening(deployed: Cli):

@@ -129,3 +129,42 @@ def test_activesync_needs_sogo():
     message = _error(base + 'activesync = true\n')
     assert 'activesync = true needs webmail = "sogo"' in message and "'roundcube'" in message
     assert parse(base + 'webmail = "sogo"\nactivesync = true\n').features.activesync
+
+
+SSHD_BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[admin]\n'
+
+
+@pytest.mark.parametrize(("lines", "entry", "why"), [
+    # the issue's own example: a Match block that re-allows root and passwords
+    ('["Match all", "PasswordAuthentication yes", "PermitRootLogin yes", "AllowUsers root"]',
+     "entry 1, 'Match all'", "Match is refused"),
+    ('["  match User mfadmin"]', "entry 1", "match is refused"),
+    ('["Match=all"]', "entry 1", "Match is refused"),
+    ('["Include /tmp/loose.conf"]', "entry 1", "Include is refused"),
+    ('["MaxSessions 4", "PasswordAuthentication yes"]', "entry 2, 'PasswordAuthentication yes'",
+     "PasswordAuthentication is set by mailfleet"),
+    ('["passwordauthentication=yes"]', "entry 1", "passwordauthentication is set by mailfleet"),
+    ('["PasswordAuthentication = yes"]', "entry 1", "PasswordAuthentication is set by mailfleet"),
+    ('["PERMITROOTLOGIN yes"]', "entry 1", "PERMITROOTLOGIN is set by mailfleet"),
+    ('["AllowUsers root"]', "entry 1", "AllowUsers is set by mailfleet"),
+    ('["KbdInteractiveAuthentication yes"]', "entry 1", "is set by mailfleet"),
+    ('["ChallengeResponseAuthentication yes"]', "entry 1", "is set by mailfleet"),
+    ('["PubkeyAuthentication no"]', "entry 1", "is set by mailfleet"),
+    ('["AuthenticationMethods any"]', "entry 1", "is set by mailfleet"),
+    ('["PermitEmptyPasswords yes"]', "entry 1", "is set by mailfleet"),
+    ('["AuthorizedKeysFile /tmp/keys"]', "entry 1", "is set by mailfleet"),
+    ('["HostbasedAuthentication yes"]', "entry 1", "is set by mailfleet"),
+    ('["ListenAddress 0.0.0.0"]', "entry 1", "is set by mailfleet"),
+    ('["Port 2222"]', "entry 1", "is set by mailfleet"),
+    ('["Ciphers +3des-cbc"]', "entry 1", "is set by mailfleet"),
+    ('["X11Forwarding yes"]', "entry 1", "is set by mailfleet"),
+])
+def test_sshd_settings_cannot_loosen_mailfleets_ssh(lines, entry, why):
+    message = _error(SSHD_BASE + f"sshd_settings = {lines}\n")
+    assert message.startswith("site.toml, line 5: admin.sshd_settings: "), message
+    assert entry in message and why in message, message
+
+
+def test_sshd_settings_mailfleet_does_not_own_are_kept():
+    text = SSHD_BASE + 'sshd_settings = ["MaxSessions 4", "Banner=/etc/issue.net", "  PrintMotd no"]\n'
+    assert parse(text).admin.sshd_settings == ["MaxSessions 4", "Banner=/etc/issue.net", "PrintMotd no"]

@@ -45,6 +45,38 @@ def test_effective_sshd_settings():
                                           "allowusers": "mfadmin"}
 
 
+SSHD_T = ("permitrootlogin {root}\npasswordauthentication {password}\nkbdinteractiveauthentication no\n"
+          "permitemptypasswords no\nauthenticationmethods publickey\nallowusers mfadmin\n"
+          "listenaddress 0.0.0.0:22\n")
+
+
+def test_sshd_answers_for_root_and_the_admin_are_judged_separately():
+    good = SSHD_T.format(root="no", password="no")
+    text = ("== user root\n" + good + "== user mfadmin\n" + SSHD_T.format(root="no", password="yes")
+            + "== files\n/etc/ssh/sshd_config:12:Include /etc/ssh/sshd_config.d/*.conf\n"
+            "/etc/ssh/sshd_config:20:KbdInteractiveAuthentication no\n"
+            "/etc/ssh/sshd_config.d/99-evil.conf:1:Match User mfadmin\n"
+            "/etc/ssh/sshd_config.d/99-evil.conf:2:    PasswordAuthentication=yes\n")
+    sections = sshd.split_sections(text)
+    root, admin = (sshd.parse_effective(sections[u]) for u in ("user root", "user mfadmin"))
+    assert sshd.loosened(root, "mfadmin") == []
+    assert sshd.loosened(admin, "mfadmin") == ["passwordauthentication yes"]
+    assert sshd.suspects(sections["files"]) == [
+        "/etc/ssh/sshd_config.d/99-evil.conf:1 (Match User mfadmin)",
+        "/etc/ssh/sshd_config.d/99-evil.conf:2 (PasswordAuthentication yes)"]
+    loose = sshd.parse_effective(SSHD_T.format(root="yes", password="yes") + "allowusers root\n")
+    assert sshd.loosened(loose, "mfadmin") == [
+        "permitrootlogin yes", "passwordauthentication yes", "allowusers mfadmin root"]
+    # sshd -T failed (no answer at all): nothing is taken for granted
+    assert "permitrootlogin (not set)" in sshd.loosened({}, "mfadmin")
+
+
+def test_the_sshd_question_quotes_the_admin_and_asks_from_outside():
+    command = sshd.effective_command("mf-admin")
+    assert "-C user=root,host=203.0.113.1,addr=203.0.113.1" in command
+    assert "-C user=mf-admin,host=203.0.113.1,addr=203.0.113.1" in command
+
+
 def test_sysctl_and_status_lines():
     live, status = hardening.parse_status(
         "net.ipv4.tcp_syncookies 1\nkernel.kptr_restrict 0\n==\nvirt systemd-nspawn\n"
