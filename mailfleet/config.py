@@ -677,29 +677,60 @@ def config_path(path: Path | str | None) -> Path:
 
 
 def load(path: Path) -> Config:
-    if not path.exists():
+    if not _present(path):
         raise ConfigError(
             f"Config file {path} does not exist.",
             hint="Create one with `mailfleet init`, or name another with -c PATH.",
         )
-    text = path.read_text(encoding="utf-8")
-    return parse(text, path)
+    return parse(read_text(path), path)
+
+
+def _present(path: Path) -> bool:
+    """Whether the path names something; an unsearchable directory on the way counts as
+    present so that reading it reports the real reason (permission denied)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def read_text(path: Path) -> str:
+    """The config's text; a file that cannot be read or is not UTF-8 is one sentence."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"Config file {path} is a directory, not a file.",
+                          hint="Name the file itself with -c PATH.") from None
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: the config is not UTF-8 text "
+                          f"(byte 0x{err.object[err.start]:02x}).",
+                          hint="Save the file as UTF-8.") from None
+    except OSError as err:
+        raise ConfigError(f"Cannot read config file {path}: {err.strerror or err}.") from None
 
 
 def save(path: Path, text: str) -> Config:
     """Write a config that mailfleet itself accepts, atomically, keeping the file's mode."""
     config = parse(text, path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if path.exists():
-        tmp.chmod(path.stat().st_mode & 0o7777)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if path.exists():
+            tmp.chmod(path.stat().st_mode & 0o7777)
+        tmp.replace(path)
+    except OSError as err:
+        raise ConfigError(f"Cannot write config file {path}: {err.strerror or err}.",
+                          hint="Check that its directory exists and is writable.") from None
     return config
 
 
 def edit(path: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Config:
     """Change the file in place with tomlkit: the operator's comments and layout stay."""
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    doc = tomlkit.parse(read_text(path))
     change(doc)
     return save(path, tomlkit.dumps(doc))
 

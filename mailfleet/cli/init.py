@@ -30,5 +30,9 @@ def init(
         raise UsageError(f"{path} already exists.", hint="Use --force to overwrite it.")
     text = render_init(domain.lower(), (hostname or f"mail.{domain}").lower())
     parse(text, path)  # refuses a bad --domain/--hostname with the same message as the file
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"Cannot write {path}: {err.strerror or err}.",
+                         hint="Create its directory first, or name another file with -c PATH.") from None
     info(f"wrote {path}: add your hosts under [[hosts]], then run `mailfleet deploy`")

@@ -79,6 +79,8 @@ def up(
     lab = _lab(ctx)
     path = globals_of(ctx).config_path
     packages = None
+    if path.exists() or path.is_symlink():
+        load(path)  # an unreadable or invalid config is refused before any node boots
     if preinstall:
         # restic too, with or without [backup]: one image serves configs of both kinds
         packages = sorted(set(services.packages(load(path) if path.exists() else None))
