@@ -33,6 +33,9 @@ _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# a host name as ssh and DNS take it (labels of letters, digits, '_' and '-', no leading '-')
+SSH_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+                         r"(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
 
 Role = Literal["mail", "db", "web"]
 WEBMAIL_CHOICES = ("roundcube", "sogo", "none")
@@ -208,6 +211,8 @@ def _ip(value: str | None, version: int) -> str | None:
 
 
 DMARC_POLICIES = ("none", "quarantine", "reject")
+# an external report address may carry a +tag, unlike the mailboxes mailfleet creates
+REPORT_LOCAL_CHARS = re.compile(r"[A-Za-z0-9._+-]")
 
 
 class DnsZone(_Strict):
@@ -263,12 +268,21 @@ class DnsSettings(_Strict):
     @field_validator("dmarc_rua", "tlsrpt_rua")
     @classmethod
     def _check_mailbox(cls, value: str | None) -> str | None:
+        """A report address lands in a TXT record as rua=mailto:ADDRESS, where ';' starts a
+        new tag, ',' a new URI and '!' a size limit: only a plain address may pass."""
         if value is None:
             return None
         value = value.strip().removeprefix("mailto:")
         local, _, domain = value.rpartition("@")
         if not local or not DOMAIN_RE.match(domain.lower()):
             raise ValueError(f"{value!r} is not a mail address (like dmarc@example.org)")
+        bad = next((c for c in local if not REPORT_LOCAL_CHARS.match(c)), None)
+        if bad is not None:
+            raise ValueError(f"{value!r} is not a report address: {bad!r} is not allowed before "
+                             "the @ (letters, digits, '.', '-', '_' and '+')")
+        if local.startswith(".") or local.endswith(".") or ".." in local or len(local) > 64:
+            raise ValueError(f"{value!r} is not a report address: no leading, trailing or double "
+                             "dot, at most 64 characters before the @")
         return value
 
     @field_validator("caa_issuers")
@@ -469,8 +483,42 @@ class HostSettings(_Strict):
     @field_validator("address")
     @classmethod
     def _check_address(cls, value: str) -> str:
-        if not value or any(c.isspace() for c in value):
-            raise ValueError(f"{value!r} is not a host address")
+        """An IP address or a DNS name: it is an argument of ssh, where '-' starts an option."""
+        if value.startswith("-"):
+            raise ValueError(f"{value!r} starts with '-', which ssh would take for an option: "
+                             "not an IP address or host name")
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if not SSH_HOST_RE.match(value):
+            raise ValueError(f"{value!r} is not an IP address or host name")
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _check_ssh_user(cls, value: str) -> str:
+        if not UNIX_USER_RE.match(value):
+            raise ValueError(f"{value!r} is not a Unix user name (lower case letters, digits, "
+                             "'_' and '-', not starting with '-')")
+        return value
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _check_ssh_key(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError(f"{value!r} is not a usable file name (no control characters)")
+        return value
+
+    @field_validator("ssh_known_hosts")
+    @classmethod
+    def _check_known_hosts(cls, value: str | None) -> str | None:
+        # it goes into `ssh -o UserKnownHostsFile=...`, which splits the value at spaces
+        if value is not None and (not value.strip() or any(
+                c.isspace() or c in "\"'" or not c.isprintable() for c in value)):
+            raise ValueError(f"{value!r} is not a usable file name (no spaces, quotes or "
+                             "control characters)")
         return value
 
     @field_validator("roles")
