@@ -79,7 +79,7 @@ def up(
     lab = _lab(ctx)
     path = globals_of(ctx).config_path
     packages = None
-    if path.exists() or path.is_symlink():
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
         load(path)  # an unreadable or invalid config is refused before any node boots
     if preinstall:
         # restic too, with or without [backup]: one image serves configs of both kinds
