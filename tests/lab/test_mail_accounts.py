@@ -93,7 +93,7 @@ def test_names_and_destinations_with_brackets_are_listed_literally(node: Node, m
     assert any(email in line and name in line for line in listed.stdout.splitlines()), \
         listed.stdout
     # stored through the database layer: the data may predate today's address rules
-    alias, target = unique("brackets", node), "[red]x[/]y@outside.test"
+    alias, target = unique("brackets", node), "a[/]b[red]c@outside.test"
     cli.account(node.name, "alias", alias, target)
     aliases = cli("alias", "list", "--host", node.name, check=False)
     assert aliases.returncode == 0 and "Traceback" not in aliases.stderr, aliases.stderr
