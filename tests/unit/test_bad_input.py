@@ -129,10 +129,10 @@ TABLE = [
 ]
 
 
-@pytest.fixture
-def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The bad (and good) files the table names, in one directory that is also the cwd."""
-    d = tmp_path
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bad (and good) files the table names, made once: no case changes them."""
+    d = tmp_path_factory.mktemp("bad-input")
     (d / "good.toml").write_text(GOOD)
     (d / "latin.toml").write_bytes(GOOD.replace("\n", "\n# caf\xe9\n", 1).encode("latin-1"))
     (d / "conf.d").mkdir()
@@ -162,6 +162,13 @@ def files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
                                  f'server = "127.0.0.1"\ntsig_key_file = "{d}/binary.key"\n')
     (d / "users.csv").write_text("email\na@example.org\n")
     (d / "latin.csv").write_bytes("email,name\nb@example.org,Ren\xe9\n".encode("latin-1"))
+    return d
+
+
+@pytest.fixture
+def files(made: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`made`, as the current directory, with no config or lab named by the environment."""
+    d = made
     monkeypatch.chdir(d)
     for name in ("MAILFLEET_CONFIG", "MAILFLEET_LAB", "COLUMNS"):
         monkeypatch.delenv(name, raising=False)
