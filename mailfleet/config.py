@@ -33,6 +33,9 @@ _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+# a host name as ssh and DNS take it (labels of letters, digits, '_' and '-', no leading '-')
+SSH_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+                         r"(\.[A-Za-z0-9_][A-Za-z0-9_-]{0,62})*\.?$")
 
 Role = Literal["mail", "db", "web"]
 WEBMAIL_CHOICES = ("roundcube", "sogo", "none")
@@ -249,6 +252,8 @@ def _ip(value: str | None, version: int) -> str | None:
 
 
 DMARC_POLICIES = ("none", "quarantine", "reject")
+# an external report address may carry a +tag, unlike the mailboxes mailfleet creates
+REPORT_LOCAL_CHARS = re.compile(r"[A-Za-z0-9._+-]")
 
 
 class DnsZone(_Strict):
@@ -304,12 +309,21 @@ class DnsSettings(_Strict):
     @field_validator("dmarc_rua", "tlsrpt_rua")
     @classmethod
     def _check_mailbox(cls, value: str | None) -> str | None:
+        """A report address lands in a TXT record as rua=mailto:ADDRESS, where ';' starts a
+        new tag, ',' a new URI and '!' a size limit: only a plain address may pass."""
         if value is None:
             return None
         value = value.strip().removeprefix("mailto:")
         local, _, domain = value.rpartition("@")
         if not local or not DOMAIN_RE.match(domain.lower()):
             raise ValueError(f"{value!r} is not a mail address (like dmarc@example.org)")
+        bad = next((c for c in local if not REPORT_LOCAL_CHARS.match(c)), None)
+        if bad is not None:
+            raise ValueError(f"{value!r} is not a report address: {bad!r} is not allowed before "
+                             "the @ (letters, digits, '.', '-', '_' and '+')")
+        if local.startswith(".") or local.endswith(".") or ".." in local or len(local) > 64:
+            raise ValueError(f"{value!r} is not a report address: no leading, trailing or double "
+                             "dot, at most 64 characters before the @")
         return value
 
     @field_validator("caa_issuers")
@@ -510,8 +524,42 @@ class HostSettings(_Strict):
     @field_validator("address")
     @classmethod
     def _check_address(cls, value: str) -> str:
-        if not value or any(c.isspace() for c in value):
-            raise ValueError(f"{value!r} is not a host address")
+        """An IP address or a DNS name: it is an argument of ssh, where '-' starts an option."""
+        if value.startswith("-"):
+            raise ValueError(f"{value!r} starts with '-', which ssh would take for an option: "
+                             "not an IP address or host name")
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if not SSH_HOST_RE.match(value):
+            raise ValueError(f"{value!r} is not an IP address or host name")
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _check_ssh_user(cls, value: str) -> str:
+        if not UNIX_USER_RE.match(value):
+            raise ValueError(f"{value!r} is not a Unix user name (lower case letters, digits, "
+                             "'_' and '-', not starting with '-')")
+        return value
+
+    @field_validator("ssh_key")
+    @classmethod
+    def _check_ssh_key(cls, value: str | None) -> str | None:
+        if value is not None and (not value.strip() or not value.isprintable()):
+            raise ValueError(f"{value!r} is not a usable file name (no control characters)")
+        return value
+
+    @field_validator("ssh_known_hosts")
+    @classmethod
+    def _check_known_hosts(cls, value: str | None) -> str | None:
+        # it goes into `ssh -o UserKnownHostsFile=...`, which splits the value at spaces
+        if value is not None and (not value.strip() or any(
+                c.isspace() or c in "\"'" or not c.isprintable() for c in value)):
+            raise ValueError(f"{value!r} is not a usable file name (no spaces, quotes or "
+                             "control characters)")
         return value
 
     @field_validator("roles")
@@ -726,29 +774,60 @@ def config_path(path: Path | str | None) -> Path:
 
 
 def load(path: Path) -> Config:
-    if not path.exists():
+    if not _present(path):
         raise ConfigError(
             f"Config file {path} does not exist.",
             hint="Create one with `mailfleet init`, or name another with -c PATH.",
         )
-    text = path.read_text(encoding="utf-8")
-    return parse(text, path)
+    return parse(read_text(path), path)
+
+
+def _present(path: Path) -> bool:
+    """Whether the path names something; an unsearchable directory on the way counts as
+    present so that reading it reports the real reason (permission denied)."""
+    try:
+        os.lstat(path)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def read_text(path: Path) -> str:
+    """The config's text; a file that cannot be read or is not UTF-8 is one sentence."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"Config file {path} is a directory, not a file.",
+                          hint="Name the file itself with -c PATH.") from None
+    except UnicodeDecodeError as err:
+        line = err.object[:err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}, line {line}: the config is not UTF-8 text "
+                          f"(byte 0x{err.object[err.start]:02x}).",
+                          hint="Save the file as UTF-8.") from None
+    except OSError as err:
+        raise ConfigError(f"Cannot read config file {path}: {err.strerror or err}.") from None
 
 
 def save(path: Path, text: str) -> Config:
     """Write a config that mailfleet itself accepts, atomically, keeping the file's mode."""
     config = parse(text, path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    if path.exists():
-        tmp.chmod(path.stat().st_mode & 0o7777)
-    tmp.replace(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if path.exists():
+            tmp.chmod(path.stat().st_mode & 0o7777)
+        tmp.replace(path)
+    except OSError as err:
+        raise ConfigError(f"Cannot write config file {path}: {err.strerror or err}.",
+                          hint="Check that its directory exists and is writable.") from None
     return config
 
 
 def edit(path: Path, change: Callable[[tomlkit.TOMLDocument], None]) -> Config:
     """Change the file in place with tomlkit: the operator's comments and layout stay."""
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    doc = tomlkit.parse(read_text(path))
     change(doc)
     return save(path, tomlkit.dumps(doc))
 

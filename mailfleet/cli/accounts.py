@@ -66,7 +66,8 @@ def new_password(email: str, config: Config, stdin: bool, generate: bool) -> tup
             try:
                 return rules.password(password, email, minimum), False
             except ValueError as err:
-                err_console.print(f"The {err}; try another (at least {minimum} characters).")
+                err_console.print(f"The {err}; try another (at least {minimum} characters).",
+                                  markup=False)  # the reason may quote the password
         raise UsageError("No acceptable password after three tries; nothing was changed.")
     if not stdin:
         raise UsageError("No password given and no terminal to ask for one.",

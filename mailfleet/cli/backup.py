@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mailfleet.cli.accounts import Yes, confirm
@@ -74,7 +75,8 @@ def list_(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
         return
     table = Table("snapshot", "time (UTC)", "host", "paths")
     for s in snapshots:
-        table.add_row(s["id"], s["time"], s["host"], ", ".join(s["paths"]))
+        table.add_row(escape(s["id"]), escape(s["time"]), escape(s["host"]),
+                      escape(", ".join(s["paths"])))
     console.print(table)
 
 
@@ -108,7 +110,7 @@ def verify(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
         print_json(result)
     else:
         for problem in problems:
-            console.print(f"[red]FAIL[/red] {problem}")
+            console.print(f"[red]FAIL[/red] {escape(problem)}")
         if not problems:
             info(f"{settings.name}: repository intact, {len(snapshots)} snapshot(s), newest "
                  f"{age_hours:.1f} hours old")

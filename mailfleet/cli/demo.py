@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from pyinfra.facts.files import FileContents
+from rich.markup import escape
 
 from mailfleet.accounts import db, store
 from mailfleet.accounts.passwords import generate_password
@@ -76,7 +77,7 @@ def show_webmail(config: Config, port: int, address: str, password: str, keep: b
         page = conn.getresponse().read()
         conn.close()
     except OSError as err:
-        console.print(f"[bold red]webmail at {url} does not answer: {err}[/]")
+        console.print(f"[bold red]webmail at {url} does not answer: {escape(str(err))}[/]")
         return False
     if b"rcmloginuser" not in page:
         console.print(f"[bold red]webmail at {url} shows no login form[/]")

@@ -15,6 +15,7 @@ from typing import Annotated
 import psycopg
 import tomlkit
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mailfleet import config as config_mod
@@ -77,13 +78,13 @@ def add(ctx: typer.Context, domain: Domain) -> None:
            f"Deploy failed while adding {domain}; {g.config_path} was not changed.")
     if domains != config.mail.domains:
         _write_domains(ctx, domains)
-    console.print(f"{domain} is served (written to {g.config_path})")
+    console.print(f"{domain} is served (written to {escape(str(g.config_path))})")
     selector = config.mail.dkim_selector
     for host in g.load().hosts:  # as deploy left them (it may have switched the SSH user)
         record = opendkim.public_key_record(ssh_run(
             host, f"cat {shlex.quote(opendkim.key_path(domain, selector, 'txt'))}"))
         console.print(f"publish on {host.name}'s DNS: {selector}._domainkey.{domain} TXT "
-                      f"\"{record}\"", soft_wrap=True)
+                      f"\"{escape(record)}\"", soft_wrap=True)
     console.print("all of its DNS records (MX, SPF, DKIM, DMARC, ...): `mailfleet dns records`; "
                   "send them to your DNS server: `mailfleet dns publish`", soft_wrap=True)
 
@@ -104,7 +105,7 @@ def list_domains(ctx: typer.Context, json: Json = False, host: HostOption = None
     for row in rows:
         note = "primary" if row["primary"] else "" if row["configured"] else \
             "[yellow]not in mailfleet.toml[/]"
-        table.add_row(row["name"], str(row["mailboxes"]), str(row["aliases"]), note)
+        table.add_row(escape(row["name"]), str(row["mailboxes"]), str(row["aliases"]), note)
     console.print(table)
 
 
@@ -146,11 +147,11 @@ def remove(
             gone = store.remove_domain(conn, domain)
             kick(host, f"*@{domain}")
             console.print(f"removed {domain} and {len(gone)} mailbox(es) from {host.name}; "
-                          + dispose(host, domain, None, how), soft_wrap=True)
+                          + escape(dispose(host, domain, None, how)), soft_wrap=True)
     if domain in config.mail.domains:
         # the database no longer has it: the file follows at once, deploy then stops signing
         remaining = [d for d in config.mail.domains if d != domain]
         _write_domains(ctx, remaining)
-        console.print(f"{domain} removed from mail.domains in {g.config_path}")
+        console.print(f"{domain} removed from mail.domains in {escape(str(g.config_path))}")
         _apply(ctx, _with_domains(config, remaining),
                f"{domain} is removed, but deploy failed while taking it out of DKIM signing.")

@@ -15,6 +15,7 @@ from mailfleet.accounts.rules import format_size
 from mailfleet.cli.output import info
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config
+from mailfleet.errors import UsageError
 from mailfleet.templating import render
 
 app = typer.Typer(help="Guides for users and operators, with this install's names and limits.",
@@ -36,7 +37,11 @@ def render_guide(name: str, config: Config, for_docs: bool = False) -> str:
 def _emit(ctx: typer.Context, name: str, output: Path | None) -> None:
     text = render_guide(name, globals_of(ctx).load())
     if output:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise UsageError(f"--output: cannot write {output}: {err.strerror or err}.",
+                             hint="Create its directory first, or name another file.") from None
         info(f"wrote {output}")
     else:
         typer.echo(text, nl=False)

@@ -36,7 +36,11 @@ def init(
         raise UsageError(f"{path} already exists.", hint=f"Use --force to overwrite it{kept}.")
     text = render_init(domain.lower(), (hostname or f"mail.{domain}").lower())
     parse(text, path)  # refuses a bad --domain/--hostname with the same message as the file
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"Cannot write {path}: {err.strerror or err}.",
+                         hint="Create its directory first, or name another file with -c PATH.") from None
     if lab_hosts:
         # `init --force` after `lab up`: the running lab's nodes stay in the new file
         for lab_id, entries in lab_hosts.items():

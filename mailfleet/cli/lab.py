@@ -79,6 +79,8 @@ def up(
     lab = _lab(ctx)
     path = globals_of(ctx).config_path
     packages = None
+    if path.exists() or path.is_symlink() or not path.parent.is_dir():
+        load(path)  # an unreadable or invalid config is refused before any node boots
     if preinstall:
         # one image for every config (built once per machine): all roles and the default
         # features' packages, and restic with or without [backup]; a package the config does

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from mailfleet import config as config_mod
+from mailfleet.errors import ConfigError
 
 
 @dataclass
@@ -16,7 +17,12 @@ class Globals:
     verbose: bool
 
     def load(self) -> config_mod.Config:
-        return config_mod.load(self.config_path)
+        """The config; whatever the OS or the decoder says about the file is one sentence."""
+        try:
+            return config_mod.load(self.config_path)
+        except (OSError, UnicodeDecodeError) as err:  # config.load names the usual ones itself
+            raise ConfigError(f"Cannot read config file {self.config_path}: "
+                              f"{getattr(err, 'strerror', None) or err}.") from None
 
 
 def globals_of(ctx: typer.Context) -> Globals:

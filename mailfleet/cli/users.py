@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -30,8 +31,8 @@ Generate = Annotated[bool, typer.Option(
 
 def _show_generated(email: str, password: str, generated: bool) -> None:
     if generated:
-        console.print(f"password for {email}: [bold]{password}[/] (shown once; hand it over "
-                      "safely)", soft_wrap=True)
+        console.print(f"password for {escape(email)}: [bold]{escape(password)}[/] (shown once; "
+                      "hand it over safely)", soft_wrap=True)
 
 
 @app.command("add")
@@ -57,7 +58,7 @@ def add(
         store.require_new_mailbox(conn, email)  # before asking for a password
         password, generated = new_password(email, config, password_stdin, generate)
         store.add_mailbox(conn, email, hash_password(password), name, quota_bytes)
-    console.print(f"added {email} on {settings.name} (quota "
+    console.print(f"added {escape(email)} on {settings.name} (quota "
                   f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')})")
     _show_generated(email, password, generated)
 
@@ -78,7 +79,7 @@ def list_users(
     table = Table("address", "name", "quota", "status", "created", box=None, pad_edge=False)
     default = f"{config.mail.default_quota_mb}M (default)"
     for r in rows:
-        table.add_row(r.email, r.name, rules.format_size(r.quota_bytes, default),
+        table.add_row(escape(r.email), escape(r.name), rules.format_size(r.quota_bytes, default),
                       "active" if r.active else "[yellow]disabled[/]",
                       r.created_at.strftime("%Y-%m-%d"))
     console.print(table)
@@ -94,7 +95,7 @@ def passwd(ctx: typer.Context, email: Email, password_stdin: PasswordStdin = Fal
         store.require_user_mailbox(conn, email)  # before asking for a password
         password, generated = new_password(email, config, password_stdin, generate)
         store.set_password(conn, email, hash_password(password))
-    console.print(f"new password set for {email} on {settings.name}")
+    console.print(f"new password set for {escape(email)} on {settings.name}")
     _show_generated(email, password, generated)
 
 
@@ -111,7 +112,7 @@ def quota(
     quota_bytes = parse(rules.quota, size, "SIZE")
     with database(ctx, host) as (config, settings, conn):
         store.set_quota(conn, email, quota_bytes)
-    console.print(f"quota of {email} on {settings.name}: "
+    console.print(f"quota of {escape(email)} on {settings.name}: "
                   f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')}")
 
 
@@ -122,7 +123,7 @@ def _set_active(ctx: typer.Context, email: str, host: str | None, active: bool) 
     if not active:
         kick(settings, email)
     state = "enabled" if active else "disabled"
-    console.print(f"{email} on {settings.name}: {state}" + ("" if changed else " already"))
+    console.print(f"{escape(email)} on {settings.name}: {state}" + ("" if changed else " already"))
 
 
 @app.command("disable")
@@ -159,10 +160,11 @@ def remove(
         aliases = store.remove_mailbox(conn, email)
     kick(settings, email)
     local, _, domain = email.partition("@")
-    console.print(f"removed {email} from {settings.name}; "
-                  + dispose(settings, domain, local, how), soft_wrap=True)
+    console.print(f"removed {escape(email)} from {settings.name}; "
+                  + escape(dispose(settings, domain, local, how)), soft_wrap=True)
     if aliases:
-        console.print(f"also removed the aliases that delivered only to it: {', '.join(aliases)}",
+        console.print("also removed the aliases that delivered only to it: "
+                      + escape(", ".join(aliases)),
                       soft_wrap=True)
 
 
@@ -191,6 +193,9 @@ def import_users(
     if not rows:
         raise UsageError(f"{file} has a header but no users.")
     out = passwords_out or file.with_name(f"{file.stem}-passwords.csv")
+    if passwords_out and not passwords_out.parent.is_dir():
+        raise UsageError(f"--passwords-out {passwords_out}: the directory "
+                         f"{passwords_out.parent} does not exist; nothing was imported.")
     with database(ctx, host) as (config, settings, conn):
         plan = bulk.plan(rows, bulk.Database.read(conn), update, config.mail.min_password_length)
         if plan.problems:
@@ -202,7 +207,7 @@ def import_users(
         summary = (f"{plan.count('create')} to create, {plan.count('update')} to update, "
                    f"{plan.count('skip')} existing skipped, {len(generated)} password(s) to generate")
         if dry_run:
-            console.print(f"{file}: {len(plan.rows)} row(s) are valid: {summary} "
+            console.print(f"{escape(str(file))}: {len(plan.rows)} row(s) are valid: {summary} "
                           f"(dry run: nothing was changed)", soft_wrap=True)
             return
         _hash(plan.writes)
@@ -214,12 +219,13 @@ def import_users(
             if generated:  # those passwords were never stored
                 out.unlink(missing_ok=True)
             raise
-    console.print(f"imported {file} on {settings.name}: {plan.count('create')} created, "
+    console.print(f"imported {escape(str(file))} on {settings.name}: "
+                  f"{plan.count('create')} created, "
                   f"{plan.count('update')} updated, {plan.count('skip')} existing skipped",
                   soft_wrap=True)
     if generated:
-        console.print(f"{len(generated)} generated password(s) are in {out} (mode 0600); hand "
-                      "them over safely and delete the file", soft_wrap=True)
+        console.print(f"{len(generated)} generated password(s) are in {escape(str(out))} "
+                      "(mode 0600); hand them over safely and delete the file", soft_wrap=True)
 
 
 def _hash(rows: list[bulk.Row]) -> None:

@@ -15,7 +15,7 @@ from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config
 from mailfleet.engine import Engine
-from mailfleet.errors import ConfigError, DeployError
+from mailfleet.errors import ConfigError, DeployError, UsageError
 from mailfleet.services import wireguard
 from mailfleet.templating import render
 
@@ -97,6 +97,9 @@ def client(
     """
     g = globals_of(ctx)
     config = _config(ctx)
+    if output and (output.is_dir() or not output.parent.is_dir()):
+        raise UsageError(f"--output {output}: " + ("is a directory." if output.is_dir() else
+                         f"the directory {output.parent} does not exist."))
     peer = next((p for p in config.vpn.peers if p.name == name), None)
     if peer is None:
         names = ", ".join(p.name for p in config.vpn.peers) or "none"

@@ -67,6 +67,8 @@ def read_key(path: str) -> TsigKey:
         text = file.read_text(encoding="utf-8")
     except OSError as err:
         raise ConfigError(f"Cannot read the TSIG key file {file}: {err.strerror}.") from err
+    except UnicodeDecodeError:
+        raise ConfigError(f"{file} is not a TSIG key file (not UTF-8 text).") from None
     match = re.search(r'key\s+"?([^"\s{]+)"?\s*\{(.*?)\}\s*;', text, re.S)
     algorithm = re.search(r"algorithm\s+([\w-]+)\s*;", match.group(2)) if match else None
     secret = re.search(r'secret\s+"([^"]+)"\s*;', match.group(2)) if match else None

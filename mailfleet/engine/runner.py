@@ -30,7 +30,8 @@ from mailfleet.config import Config, HostSettings
 from mailfleet.engine import snapshot
 from mailfleet.engine.operations import UPLOAD_DIR, config_file, unit_enabled, unit_restarted, unit_running
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
-from mailfleet.errors import ConfigError, DeployError
+from mailfleet.engine.sshkey import checked_key
+from mailfleet.errors import DeployError
 
 ServiceStep = Callable[["HostContext"], None]
 
@@ -257,12 +258,8 @@ def build_inventory(hosts: Iterable[HostSettings]) -> Inventory:
             "ssh_connect_retries": 2,
             "_sudo": h.sudo,
         }
-        if h.ssh_key:
-            key = Path(h.ssh_key).expanduser()
-            if not key.is_file():
-                raise ConfigError(
-                    f"hosts {h.name!r}: ssh_key {h.ssh_key} does not exist on this machine."
-                )
+        key = checked_key(h)  # a bad key is one sentence here, not a greenlet traceback
+        if key:
             data["ssh_key"] = str(key)
         if h.ssh_known_hosts:
             data["ssh_known_hosts_file"] = str(Path(h.ssh_known_hosts).expanduser())

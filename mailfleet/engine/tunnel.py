@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailfleet.config import HostSettings
+from mailfleet.engine.sshkey import checked_key
 from mailfleet.errors import DeployError
 from mailfleet.netutil import wait_until
 
@@ -31,8 +32,9 @@ CONNECT_SECONDS = 20.0
 def ssh_base(settings: HostSettings) -> list[str]:
     cmd = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10",
            "-o", "ServerAliveInterval=15", "-p", str(settings.ssh_port), "-l", settings.ssh_user]
-    if settings.ssh_key:
-        cmd += ["-i", str(Path(settings.ssh_key).expanduser()), "-o", "IdentitiesOnly=yes"]
+    key = checked_key(settings)  # a bad key is one sentence, not ssh's "permission denied"
+    if key:
+        cmd += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
     if settings.ssh_known_hosts:
         cmd += ["-o", f"UserKnownHostsFile={Path(settings.ssh_known_hosts).expanduser()}",
                 "-o", "StrictHostKeyChecking=yes"]

@@ -7,7 +7,7 @@ from typing import Any
 
 import tomlkit
 
-from mailfleet.config import save
+from mailfleet.config import read_text, save
 from mailfleet.lab import network
 from mailfleet.lab.acme import LabAcme
 from mailfleet.lab.dns import LabDns
@@ -48,7 +48,7 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> list[str]:
         text = render_init(LAB_DOMAIN, f"mail.{LAB_DOMAIN}", entries,
                            fail2ban_ignore=[network.GATEWAY], dns_check=False)
     else:
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+        doc = tomlkit.parse(read_text(path))
         hosts = doc.get("hosts")
         kept = [h for h in (hosts or []) if h.get("lab") != lab_id]
         before = [h.get("name") for h in (hosts or []) if h.get("lab") == lab_id]
@@ -74,7 +74,7 @@ def remove_hosts(path: Path, lab_id: str) -> list[str]:
 
 def _table(path: Path, name: str) -> tuple[tomlkit.TOMLDocument, Any]:
     """The config at `path` and its table `name` (added if missing), comments kept."""
-    doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    doc = tomlkit.parse(read_text(path))
     if doc.get(name) is None:
         doc[name] = tomlkit.table()
     return doc, doc[name]

@@ -54,6 +54,9 @@ def _read_key(path: Path, source: str) -> str:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as err:
         raise ConfigError(f"{source} ({path}) cannot be read: {err.strerror}.") from err
+    except UnicodeDecodeError:
+        raise ConfigError(f"{source} ({path}) is not an OpenSSH public key "
+                          "(not UTF-8 text).") from None
     if not text.startswith(KEY_PREFIXES):
         raise ConfigError(f"{source} ({path}) is not an OpenSSH public key.")
     return text

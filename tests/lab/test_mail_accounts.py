@@ -113,6 +113,28 @@ def test_an_alias_and_a_catch_all_deliver_to_their_target(node: Node):
     assert code == 550, "a removed alias still accepts mail"
 
 
+def test_names_and_destinations_with_brackets_are_listed_literally(node: Node, monkeypatch):
+    """Rich markup in stored data ([/], Bob[/bold]) is printed as text, not a MarkupError."""
+    monkeypatch.setenv("COLUMNS", "400")  # one table line per row: the text is not wrapped
+    cli, email, name = node.cli, unique("bob", node), "Bob[/bold] [/]"
+    cli("user", "add", email, "--name", name, "--password-stdin", "--host", node.name,
+        input=PASSWORD)
+    assert users(cli, node.name)[email]["name"] == name
+    listed = cli("user", "list", "--host", node.name, check=False)
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert any(email in line and name in line for line in listed.stdout.splitlines()), \
+        listed.stdout
+    # stored through the database layer: the data may predate today's address rules
+    alias, target = unique("brackets", node), "a[/]b[red]c@outside.test"
+    cli.account(node.name, "alias", alias, target)
+    aliases = cli("alias", "list", "--host", node.name, check=False)
+    assert aliases.returncode == 0 and "Traceback" not in aliases.stderr, aliases.stderr
+    assert any(alias in line and target in line for line in aliases.stdout.splitlines()), \
+        aliases.stdout
+    cli("alias", "remove", alias, "--host", node.name)
+    cli("user", "remove", email, "--yes", "--purge", "--host", node.name)
+
+
 def test_a_disabled_user_cannot_log_in_until_enabled(node: Node):
     cli, email = node.cli, unique("dis", node)
     cli("user", "add", email, "--password-stdin", "--host", node.name, input=PASSWORD)

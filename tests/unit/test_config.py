@@ -168,3 +168,62 @@ def test_sshd_settings_cannot_loosen_mailfleets_ssh(lines, entry, why):
 def test_sshd_settings_mailfleet_does_not_own_are_kept():
     text = SSHD_BASE + 'sshd_settings = ["MaxSessions 4", "Banner=/etc/issue.net", "  PrintMotd no"]\n'
     assert parse(text).admin.sshd_settings == ["MaxSessions 4", "Banner=/etc/issue.net", "PrintMotd no"]
+
+
+BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+HOST = '[[hosts]]\nname = "mx1"\naddress = "203.0.113.10"\n'
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # a DMARC report address must not add tags (;), URIs (,) or a size limit (!)
+        (BASE + '[dns]\ndmarc_rua = "x; p=none; rua=mailto:a@example.org"\n',
+         "site.toml, line 5: dns.dmarc_rua: 'x; p=none; rua=mailto:a@example.org' is not a "
+         "report address: ';' is not allowed before the @"),
+        (BASE + '[dns]\ndmarc_rua = "a,mailto:b@example.org"\n',
+         "site.toml, line 5: dns.dmarc_rua: 'a,mailto:b@example.org' is not a report address: "
+         "',' is not allowed"),
+        (BASE + '[dns]\ndmarc_rua = "mailto:a!10m@example.org"\n',
+         "site.toml, line 5: dns.dmarc_rua: 'a!10m@example.org' is not a report address: "
+         "'!' is not allowed"),
+        (BASE + '[dns]\ntlsrpt_rua = "tls reports@example.org"\n',
+         "site.toml, line 5: dns.tlsrpt_rua: 'tls reports@example.org' is not a report address: "
+         "' ' is not allowed"),
+        (BASE + '[dns]\ndmarc_rua = ".dmarc@example.org"\n',
+         "site.toml, line 5: dns.dmarc_rua: '.dmarc@example.org' is not a report address: "
+         "no leading, trailing or double dot"),
+        # what ssh would read as an option, or a user name no system has
+        (BASE + '[[hosts]]\nname = "mx1"\naddress = "-oProxyCommand=touch /tmp/x"\n',
+         "site.toml, line 6: hosts[0].address: '-oProxyCommand=touch /tmp/x' starts with '-'"),
+        (BASE + '[[hosts]]\nname = "mx1"\naddress = "-p2222"\n',
+         "site.toml, line 6: hosts[0].address: '-p2222' starts with '-'"),
+        (BASE + '[[hosts]]\nname = "mx1"\naddress = "root@host;x"\n',
+         "site.toml, line 6: hosts[0].address: 'root@host;x' is not an IP address or host name"),
+        (BASE + HOST + 'ssh_user = "-oProxyCommand=x"\n',
+         "site.toml, line 7: hosts[0].ssh_user: '-oProxyCommand=x' is not a Unix user name"),
+        (BASE + HOST + 'ssh_user = "Admin User"\n',
+         "site.toml, line 7: hosts[0].ssh_user: 'Admin User' is not a Unix user name"),
+        (BASE + HOST + 'ssh_known_hosts = "/tmp/known hosts"\n',
+         "site.toml, line 7: hosts[0].ssh_known_hosts: '/tmp/known hosts' is not a usable "
+         "file name (no spaces, quotes or control characters)"),
+        (BASE + HOST + 'ssh_key = "/tmp/key\\nx"\n',
+         "site.toml, line 7: hosts[0].ssh_key: '/tmp/key\\nx' is not a usable file name"),
+        (BASE + HOST + 'ssh_key = ""\n',
+         "site.toml, line 7: hosts[0].ssh_key: '' is not a usable file name"),
+    ],
+)
+def test_report_addresses_and_ssh_fields_are_refused_with_file_line_and_key(text, expected):
+    assert expected in _error(text)
+
+
+def test_report_addresses_and_host_fields_that_are_fine_still_load():
+    cfg = parse(BASE + '[dns]\ndmarc_rua = "mailto:DMARC+reports_1.x@Example.NET"\n'
+                'tlsrpt_rua = "tls-reports@example.org"\n' + HOST + 'ssh_user = "mf_admin-2"\n'
+                'ssh_key = "~/.ssh/id_ed25519"\n'
+                '[[hosts]]\nname = "mx2"\naddress = "mx2.example.org"\n'
+                '[[hosts]]\nname = "mx3"\naddress = "2001:db8::3"\n'
+                '[[hosts]]\nname = "mx4"\naddress = "localhost"\n')
+    assert cfg.dns.dmarc_rua == "DMARC+reports_1.x@Example.NET"
+    assert [h.address for h in cfg.hosts] == ["203.0.113.10", "mx2.example.org", "2001:db8::3",
+                                              "localhost"]
