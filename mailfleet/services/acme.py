@@ -108,6 +108,15 @@ def rfc2136_settings(config, names: list[str], host_name: str) -> dict[str, obje
         raise ConfigError(f'acme.challenge = "dns-01": acme.tsig_keys has no key for host '
                           f"{host_name}.")
     key = publish.read_key(key_file)
+    for zone in config.dns.zones:  # the point of a host key: never the zone's by mistake
+        try:
+            same = publish.read_key(zone.tsig_key_file).secret == key.secret
+        except ConfigError:  # a zone key this machine cannot read is not the host's either
+            same = False
+        if same:
+            raise ConfigError(f"acme.tsig_keys.{host_name} ({key_file}) is the key of zone "
+                              f"{zone.zone}, which may change the whole zone: give the host "
+                              "a key of its own (docs/certificates.md).")
     return dict(server=server, port=port, key_name=key.name, secret=key.secret,
                 algorithm=key.algorithm.upper())
 

@@ -213,6 +213,9 @@ def test_dns01_needs_a_key_of_its_own_for_every_web_host(tmp_path):
     assert (settings["key_name"], settings["secret"]) == ("acme-mx1", "aG9zdHNlY3JldA==")
     with pytest.raises(ConfigError, match="no key for host mx2"):
         acme.rfc2136_settings(config, ["mail.example.org"], "mx2")
+    lazy = parse(base + f'tsig_keys = {{ mx1 = "{zone_key}" }}\n' + hosts)
+    with pytest.raises(ConfigError, match=r"acme.tsig_keys.mx1 .* is the key of zone example.org"):
+        acme.rfc2136_settings(lazy, ["mail.example.org"], "mx1")
 
 
 def test_lab_dns_grants_each_host_only_its_challenge_names():
