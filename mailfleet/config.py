@@ -590,6 +590,12 @@ class AcmeSettings(_Strict):
     directory_ca_file: str | None = Field(
         None, description="A PEM file of the CA that signed a private ACME server's HTTPS "
                           "certificate (Pebble, step-ca); public CAs need none.")
+    tsig_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="DNS-01: per host name, the TSIG key file certbot on that host signs its "
+                    "challenge records with. Give each host its own key that the DNS server "
+                    "lets update only the host's _acme-challenge TXT records; the zones' "
+                    "keys (tsig_key_file) never leave this machine.")
 
     @field_validator("directory")
     @classmethod
@@ -688,6 +694,17 @@ class Config(_Strict):
         if self.acme.enabled and self.acme.challenge == "dns-01" and not self.dns.zones:
             raise ValueError('acme.challenge = "dns-01" publishes TXT records with RFC 2136: '
                              "add the zones as [[dns.zones]] (zone, server, tsig_key_file)")
+        names = {h.name for h in self.hosts}
+        for name in self.acme.tsig_keys:
+            if name not in names:
+                raise ValueError(f"acme.tsig_keys names host {name!r}, which is not in [[hosts]]")
+        if self.acme.enabled and self.acme.challenge == "dns-01":
+            for host in self.hosts:
+                if "web" in host.roles and host.name not in self.acme.tsig_keys:
+                    raise ValueError(
+                        f'acme.challenge = "dns-01": acme.tsig_keys has no key for host '
+                        f"{host.name!r}; give it a key of its own that may update only its "
+                        "_acme-challenge TXT records (the zone's key stays on this machine)")
         return self
 
     @model_validator(mode="after")

@@ -13,8 +13,9 @@ from pathlib import Path
 MIGRATIONS = Path(__file__).parent / "migrations"
 DATABASE = "mailfleet"
 # Least privilege: Postfix and Dovecot read, the admin role changes accounts, webmail
-# changes passwords (mailfleet_password), SOGo reads its users' view (mailfleet_sogo),
-# postgres owns.
+# changes passwords only through webmail_set_password (mailfleet_password; migration 0004),
+# SOGo reads its users' view and changes passwords through the same function
+# (mailfleet_sogo), postgres owns.
 ROLES = ("mailfleet_postfix", "mailfleet_dovecot", "mailfleet_admin", "mailfleet_password",
          "mailfleet_sogo")
 

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from mailfleet import services
-from mailfleet.services import backup
+from mailfleet.services import backup, certs
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet import config as config_mod
@@ -18,7 +18,8 @@ from mailfleet.config import load
 from mailfleet.errors import ConfigError, MailfleetError, UsageError
 from mailfleet.lab import acme as lab_acme
 from mailfleet.lab import dns as lab_dns
-from mailfleet.lab.inventory import host_entries, remove_hosts, write_acme, write_dns, write_hosts
+from mailfleet.lab.inventory import (host_entries, remove_hosts, write_acme, write_acme_keys,
+                                     write_dns, write_hosts)
 from mailfleet.lab.lab import Lab
 from mailfleet.lab.paths import DEFAULT_RELEASE
 
@@ -182,17 +183,29 @@ def dns(
     """Give the lab a DNS server: BIND on NODE, every node resolving through it.
 
     Serves the zones (and the lab's reverse zone) with TSIG-signed updates allowed, and writes
-    [dns] into the config so `dns check` asks it and `dns publish` updates it.
+    [dns] into the config so `dns check` asks it and `dns publish` updates it. Each web host
+    whose names are in the zones gets a key of its own that may change only its
+    _acme-challenge TXT records, written into [acme] tsig_keys (for DNS-01); the zone key
+    stays on this machine.
     """
     lab = _lab(ctx)
     path = globals_of(ctx).config_path
     config = load(path)
     zones = [_zone(z) for z in zone] if zone else config.mail.all_domains
     users = {h.name: h.ssh_user for h in config.hosts if h.lab == lab.paths.id}
-    served = lab_dns.setup(lab, node, zones, users)
+    # each web host proves its certificate names by DNS-01 with a key of its own
+    acme = {}
+    for host in config.hosts:
+        names = [n for n in certs.certificate_names(config, config.host_fqdn(host))
+                 if any(n == z or n.endswith(f".{z}") for z in zones)]
+        if host.lab == lab.paths.id and "web" in host.roles and names:
+            acme[host.name] = names
+    served = lab_dns.setup(lab, node, zones, users, acme)
     write_dns(path, served)
+    write_acme_keys(path, {h: k for h, k in served.acme_keys.items() if h in acme})
+    keys = "".join(f"; {h}'s DNS-01 key: {served.acme_keys[h]}" for h in acme)
     info(f"{node} ({served.address}) serves {', '.join(served.zones)}; every node resolves "
-         f"through it; [dns] in {path} points at it (127.0.0.1:{served.port})")
+         f"through it; [dns] in {path} points at it (127.0.0.1:{served.port}){keys}")
 
 
 @app.command()

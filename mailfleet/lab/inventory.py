@@ -98,6 +98,17 @@ def write_dns(path: Path, dns: LabDns) -> None:
     save(path, tomlkit.dumps(doc))
 
 
+def write_acme_keys(path: Path, keys: dict[str, Path]) -> None:
+    """Give each host its own DNS-01 key ([acme] tsig_keys), the zone key staying here."""
+    if not keys:
+        return
+    doc, table = _table(path, "acme")
+    known = dict(table.get("tsig_keys") or {})
+    known.update({host: str(key) for host, key in keys.items()})
+    table["tsig_keys"] = known
+    save(path, tomlkit.dumps(doc))
+
+
 def write_acme(path: Path, acme: LabAcme) -> None:
     """Point [acme] at the lab's Pebble, trusting its listener's certificate."""
     doc, table = _table(path, "acme")

@@ -488,6 +488,8 @@ class Lab:
             for leftover in paths.state_dir.glob("*.sock"):
                 leftover.unlink(missing_ok=True)
             paths.state_file.unlink(missing_ok=True)
+            # the hosts given DNS-01 keys by `lab dns` belong to this run of the lab
+            (paths.state_dir / "dns-acme.json").unlink(missing_ok=True)
         if found and not quiet:
             self.log(f"lab {paths.id} stopped")
         return found

@@ -86,24 +86,37 @@ def obtain(names: list[str], server: str, email: str, challenge: str, inspection
            f"--key-type ecdsa --force-renewal --deploy-hook {HOOK} {domains}")
 
 
-def rfc2136_settings(config, names: list[str]) -> dict[str, object]:
-    """The one zone server and key certbot's DNS-01 plugin uses for all `names` (it takes a
-    single credentials file); a name outside every zone, or zones with different servers or
-    keys, are a config error."""
-    chosen: set[tuple[str, int, str]] = set()
+def rfc2136_settings(config, names: list[str], host_name: str) -> dict[str, object]:
+    """The one zone server and the host's own key (acme.tsig_keys) certbot's DNS-01 plugin
+    uses for all `names` (it takes a single credentials file). The zones' keys stay on this
+    machine: a host's key should let it change only its _acme-challenge TXT records. A name
+    outside every zone, or zones on different servers, are a config error."""
+    chosen: set[tuple[str, int]] = set()
     for name in names:
         zone = publish.zone_of(name, config.dns.zones)
         if zone is None:
             raise ConfigError(f'acme.challenge = "dns-01": no [[dns.zones]] holds {name}; '
                               "add its zone, or use http-01.")
-        chosen.add((zone.host_server or zone.server, zone.host_port or zone.port,
-                    zone.tsig_key_file))
+        chosen.add((zone.host_server or zone.server, zone.host_port or zone.port))
     if len(chosen) > 1:
         raise ConfigError('acme.challenge = "dns-01": the certificate\'s names are in zones '
-                          "with different servers or TSIG keys; certbot's RFC 2136 plugin "
-                          "takes one. Use one server and key, or http-01.")
-    server, port, key_file = chosen.pop()
+                          "on different servers; certbot's RFC 2136 plugin takes one. Use one "
+                          "server, or http-01.")
+    server, port = chosen.pop()
+    key_file = config.acme.tsig_keys.get(host_name)
+    if key_file is None:  # the config refuses this; a clear sentence all the same
+        raise ConfigError(f'acme.challenge = "dns-01": acme.tsig_keys has no key for host '
+                          f"{host_name}.")
     key = publish.read_key(key_file)
+    for zone in config.dns.zones:  # the point of a host key: never the zone's by mistake
+        try:
+            same = publish.read_key(zone.tsig_key_file).secret == key.secret
+        except ConfigError:  # a zone key this machine cannot read is not the host's either
+            same = False
+        if same:
+            raise ConfigError(f"acme.tsig_keys.{host_name} ({key_file}) is the key of zone "
+                              f"{zone.zone}, which may change the whole zone: give the host "
+                              "a key of its own (docs/certificates.md).")
     return dict(server=server, port=port, key_name=key.name, secret=key.secret,
                 algorithm=key.algorithm.upper())
 
@@ -130,7 +143,8 @@ def deploy(ctx: HostContext) -> None:
     if settings.challenge == "dns-01":
         ctx.op(config_file, name=f"Write certbot's RFC 2136 credentials {RFC2136_INI}",
                dest=RFC2136_INI, mode="600", secret=True,
-               content=render("acme/rfc2136.ini.j2", **rfc2136_settings(ctx.config, names)))
+               content=render("acme/rfc2136.ini.j2",
+                              **rfc2136_settings(ctx.config, names, ctx.settings.name)))
     email = settings.email or f"postmaster@{ctx.config.mail.domain}"
     ctx.op(obtain, name="Obtain the ACME certificate", names=names,
            server=settings.directory_url, email=email, challenge=settings.challenge,

@@ -3,7 +3,8 @@ alternative to Roundcube (+ Radicale), from Debian's packages.
 
 Its own PostgreSQL database (SOGo makes its tables there on first use) and role; the users
 are mailfleet's accounts through the `sogo_users` view (migration 0003), so a password
-changed in SOGo is the one Dovecot checks. nginx proxies /SOGo to it on 127.0.0.1.
+changed in SOGo is the one Dovecot checks; the view's update goes through
+webmail_set_password (migration 0004: limited, logged). nginx proxies /SOGo to it on 127.0.0.1.
 """
 
 from __future__ import annotations

@@ -22,13 +22,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dns.query
+import dns.rcode
 import dns.tsigkeyring
 import dns.update
 import pytest
 import tomlkit
 
+from mailfleet.config import load as load_config
 from mailfleet.dns.publish import read_key
+from mailfleet.lab import dns as lab_dns
+from mailfleet.lab.inventory import write_acme_keys
 from mailfleet.lab.lab import Lab
+from mailfleet.services import certs
 from mailfleet.services import mailflow
 from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
 
@@ -424,9 +429,16 @@ def test_tls_scan_finds_no_old_protocol_and_no_weak_cipher(acme_on, net):
 def test_dns01_challenge_through_the_zone_server_replaces_the_certificate(published, acme_on,
                                                                           net):
     (_, _, lab), _, _ = published
-    _, b, root = acme_on
+    a, b, root = acme_on
     context = mailflow.tls_context(root)
     before = _serials(net, b, context)
+    # b's host gets a key of its own for its challenge records (finding 9); n1 and n2 are
+    # deployed, so the lab logs in to them as their admins
+    users = {i.node: next(h["ssh_user"] for h in tomlkit.parse(i.cli.config.read_text())["hosts"])
+             for i in (a, b)}
+    names = certs.certificate_names(load_config(b.cli.config), b.fqdn)
+    served = lab_dns.setup(Lab(LAB), "n3", [a.domain, b.domain], users, {b.node: names})
+    write_acme_keys(b.cli.config, {b.node: served.acme_keys[b.node]})
     doc = tomlkit.parse(b.cli.config.read_text())
     doc["acme"]["challenge"] = "dns-01"
     doc["acme"]["dns_propagation_seconds"] = 2  # the lab's one name server has it at once
@@ -438,9 +450,44 @@ def test_dns01_challenge_through_the_zone_server_replaces_the_certificate(publis
     assert "authenticator = dns-rfc2136" in renewal, renewal
     # the TSIG secret on the host is root's alone
     assert b.cli.ssh(b.node, "stat -c '%a %U' /etc/mailfleet/acme/rfc2136.ini") == "600 root"
+    # the host holds its own key, not the zone's: that one stays on this machine
+    zone_key = read_key(tomlkit.parse(b.cli.config.read_text())["dns"]["zones"][0]["tsig_key_file"])
+    host_key = read_key(str(served.acme_keys[b.node]))
+    found = b.cli.ssh(b.node, f"grep -rlsF -- '{zone_key.secret}' /etc /root /home /usr/local "
+                              "/var/lib /var/backups /tmp || true")
+    assert found == "", f"the zone's TSIG key is on {b.node}: {found}"
+    assert host_key.secret in b.cli.ssh(b.node, "cat /etc/mailfleet/acme/rfc2136.ini")
     after = _serials(net, b, context)
     assert len(set(after.values())) == 1 and after[443] != before[443], (before, after)
     # certbot removed its challenge records again
     left = lab("lab", "ssh", "n3", "--", "dig +short @127.0.0.1 _acme-challenge.mail.b.test TXT")
     assert left.stdout.strip() == "", left.stdout
     assert b.cli.json("deploy")["changes"] == 0
+    # what that key may change: its own challenge records, nothing else
+    assert _signed(b, host_key, b.domain, lambda u: u.add(f"_acme-challenge.{b.fqdn}.", 60,
+                                                           "TXT", '"token"')) == "NOERROR"
+    assert _signed(b, host_key, b.domain, lambda u: u.delete(f"_acme-challenge.{b.fqdn}.",
+                                                              "TXT")) == "NOERROR"
+    refused = {
+        "A record": (b.domain, lambda u: u.replace(f"{b.fqdn}.", 60, "A", "10.77.0.99")),
+        "MX": (b.domain, lambda u: u.replace(f"{b.domain}.", 60, "MX", "10 evil.test.")),
+        "apex TXT": (b.domain, lambda u: u.add(f"{b.domain}.", 60, "TXT", '"v=spf1 +all"')),
+        "other name's challenge": (b.domain, lambda u: u.add(f"_acme-challenge.evil.{b.domain}.",
+                                                             60, "TXT", '"x"')),
+        "other host's challenge": (a.domain, lambda u: u.add(f"_acme-challenge.{a.fqdn}.", 60,
+                                                             "TXT", '"x"')),
+    }
+    for what, (zone, change) in refused.items():
+        assert _signed(b, host_key, zone, change) in ("REFUSED", "NOTAUTH"), what
+    assert "10.77.0.99" not in lab("lab", "ssh", "n3", "--", f"dig +short @127.0.0.1 {b.fqdn} A").stdout
+
+
+def _signed(install: Install, key, zone: str, change) -> str:
+    """The answer's rcode to an update of `zone` signed with `key`."""
+    port = tomlkit.parse(install.cli.config.read_text())["dns"]["zones"][0]["port"]
+    update = dns.update.UpdateMessage(
+        zone, keyring=dns.tsigkeyring.from_text({key.name: (key.algorithm, key.secret)}),
+        keyname=key.name)
+    change(update)
+    response = dns.query.tcp(update, "127.0.0.1", port=int(port), timeout=10)
+    return dns.rcode.to_text(response.rcode())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shlex
 import socket
 import uuid
 import xml.etree.ElementTree as ET
@@ -117,6 +118,58 @@ def test_password_change_in_settings_is_what_imap_accepts(node: Node, webmail):
     hashed = node.cli.ssh(node.name, "runuser -u postgres -- psql -tA -d mailfleet -c "
                                      f"\"SELECT password FROM mailboxes WHERE email = '{user}'\"")
     assert hashed.startswith("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$"), hashed
+
+
+
+def _as_role(node: Node, role: str, sql: str) -> str:
+    """`sql` run on the node the way the webmail runs it: as `role`, with its password."""
+    return node.cli.ssh(node.name, f"PGPASSWORD=$(cat /etc/mailfleet/secrets/postgres-{role}) "
+                                   f"psql -X -tA -h 127.0.0.1 -U {role} -d mailfleet "
+                                   f"-c {shlex.quote(sql)} 2>&1 || true")
+
+
+def test_webmail_roles_change_only_active_user_passwords_and_leave_a_trace(node: Node):
+    """What a stolen webmail database password can do (finding 9): no direct write to the
+    mailboxes table; through webmail_set_password only an ARGON2ID hash, only of an active
+    user mailbox, at most 3 times an hour per mailbox, each change recorded."""
+    victim, target = node.user("role-victim"), node.user("role-target")
+    health = node.cli.ssh(node.name, "runuser -u postgres -- psql -tA -d mailfleet -c "
+                                     "'SELECT email FROM mailboxes WHERE system LIMIT 1'")
+    assert health, "the deploy makes a system mailbox"
+    weak = "{PLAIN}taken-over"
+    good = ("{ARGON2ID}$argon2id$v=19$m=19456,t=2,p=1$bmV3c2FsdG5ld3NhbHQ$"
+            "bmV3aGFzaG5ld2hhc2huZXdoYXNobmV3aGFzaG5ld2g")
+    for role in ("mailfleet_password", "mailfleet_sogo"):
+        # the table itself: no write, whatever the row
+        answer = _as_role(node, role, f"UPDATE mailboxes SET password = '{weak}' "
+                                      f"WHERE email = '{victim}'")
+        assert "permission denied" in answer, (role, answer)
+    # the function: a hash Dovecot would take as cleartext is refused
+    answer = _as_role(node, "mailfleet_password",
+                      f"SELECT webmail_set_password('{victim}', '{weak}')")
+    assert "only {ARGON2ID} hashes" in answer, answer
+    # the health-check mailbox is no webmail user's, through the function or SOGo's view
+    answer = _as_role(node, "mailfleet_password",
+                      f"SELECT webmail_set_password('{health}', '{good}')")
+    assert "no active user mailbox" in answer, answer
+    assert node.imap_login(victim, PASSWORD)
+    # SOGo's way in: its view, now behind the same function
+    answer = _as_role(node, "mailfleet_sogo", f"UPDATE sogo_users SET c_password = '{weak}' "
+                                              f"WHERE c_uid = '{victim}'")
+    assert "only {ARGON2ID} hashes" in answer, answer
+    assert node.imap_login(victim, PASSWORD)
+    # a real change: three an hour per mailbox, the fourth refused
+    for attempt in range(3):
+        answer = _as_role(node, "mailfleet_password",
+                          f"SELECT webmail_set_password('{target}', '{good}')")
+        assert answer == "t", (attempt, answer)
+    answer = _as_role(node, "mailfleet_password",
+                      f"SELECT webmail_set_password('{target}', '{good}')")
+    assert "3 times in the last hour" in answer, answer
+    log = node.cli.ssh(node.name, "runuser -u postgres -- psql -tA -d mailfleet -c "
+                                  "\"SELECT email || ' ' || changed_by FROM password_changes "
+                                  f"WHERE email IN ('{victim}', '{target}')\"")
+    assert log.splitlines() == [f"{target} mailfleet_password"] * 3, log
 
 
 # -- the web server itself, as clients and strangers see it -----------------------------

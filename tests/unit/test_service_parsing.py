@@ -189,3 +189,43 @@ def test_backup_password_is_made_once_on_this_machine(tmp_path):
     first = backup.local_password(config)
     assert len(first) >= 32 and oct(path.stat().st_mode)[-3:] == "600"
     assert backup.local_password(config) == first
+
+
+def test_dns01_needs_a_key_of_its_own_for_every_web_host(tmp_path):
+    """The zone's TSIG key stays on this machine (finding 9): DNS-01 wants acme.tsig_keys."""
+    from mailfleet.errors import ConfigError
+    from mailfleet.services import acme
+
+    zone_key, host_key = tmp_path / "zone.key", tmp_path / "mx1.key"
+    zone_key.write_text('key "zone" {\n\talgorithm hmac-sha256;\n\tsecret "em9uZXNlY3JldA==";\n};\n')
+    host_key.write_text('key "acme-mx1" {\n\talgorithm hmac-sha256;\n\tsecret "aG9zdHNlY3JldA==";\n};\n')
+    base = ('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+            f'[[dns.zones]]\nzone = "example.org"\nserver = "192.0.2.53"\ntsig_key_file = "{zone_key}"\n'
+            '[acme]\nenabled = true\nchallenge = "dns-01"\n')
+    hosts = ('[[hosts]]\nname = "mx1"\naddress = "192.0.2.1"\n'
+             '[[hosts]]\nname = "mx2"\naddress = "192.0.2.2"\nroles = ["mail"]\n')
+    with pytest.raises(Exception, match=r"acme.tsig_keys has no key for host 'mx1'"):
+        parse(base + hosts)
+    with pytest.raises(Exception, match=r"acme.tsig_keys names host 'mx9', which is not in"):
+        parse(base + f'tsig_keys = {{ mx1 = "{host_key}", mx9 = "{host_key}" }}\n' + hosts)
+    config = parse(base + f'tsig_keys = {{ mx1 = "{host_key}" }}\n' + hosts)
+    settings = acme.rfc2136_settings(config, ["mail.example.org"], "mx1")
+    assert (settings["key_name"], settings["secret"]) == ("acme-mx1", "aG9zdHNlY3JldA==")
+    with pytest.raises(ConfigError, match="no key for host mx2"):
+        acme.rfc2136_settings(config, ["mail.example.org"], "mx2")
+    lazy = parse(base + f'tsig_keys = {{ mx1 = "{zone_key}" }}\n' + hosts)
+    with pytest.raises(ConfigError, match=r"acme.tsig_keys.mx1 .* is the key of zone example.org"):
+        acme.rfc2136_settings(lazy, ["mail.example.org"], "mx1")
+
+
+def test_lab_dns_grants_each_host_only_its_challenge_names():
+    from mailfleet.lab import dns as lab_dns
+
+    grants = lab_dns.acme_grants(["a.test", "b.test", "sub.b.test"],
+                                 {"n2": ["mail.b.test", "x.sub.b.test", "elsewhere.org"]})
+    assert grants == {"a.test": [],
+                      "b.test": [("acme-n2", "_acme-challenge.mail.b.test.")],
+                      "sub.b.test": [("acme-n2", "_acme-challenge.x.sub.b.test.")]}
+    conf = lab_dns._script(["b.test"], {"n2": ["mail.b.test"]})
+    assert "grant acme-n2 name _acme-challenge.mail.b.test. TXT;" in conf
+    assert "grant mailfleet-lab zonesub ANY;" in conf
