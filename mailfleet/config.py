@@ -33,6 +33,7 @@ _LABEL = r"(?!-)[a-z0-9-]{1,63}(?<!-)"
 DOMAIN_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
 HOST_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 UNIX_USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SSH_USER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,31}$")  # a provider's login, e.g. ec2-user
 
 Role = Literal["mail", "db", "web"]
 WEBMAIL_CHOICES = ("roundcube", "sogo", "none")
@@ -424,6 +425,15 @@ class HostSettings(_Strict):
                 f"{value!r} is not a valid host name (lower case letters, digits and '-', "
                 "starting with a letter)"
             )
+        return value
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _check_ssh_user(cls, value: str) -> str:
+        # it reaches commands on the host (the owner of the upload directory) and ssh's -l
+        if not SSH_USER_RE.match(value):
+            raise ValueError(f"{value!r} is not a login name (letters, digits, '.', '_' and "
+                             "'-', not starting with '-' or '.')")
         return value
 
     @field_validator("ipv4")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from mailfleet.accounts import rules, store
@@ -35,7 +36,8 @@ def add(
     targets = [parse(rules.destination, d, "DESTINATION") for d in destinations]
     with database(ctx, host) as (_, settings, conn):
         added = store.add_alias(conn, source, targets)
-    console.print(f"{source} → {', '.join(targets)} on {settings.name}"
+    # (destinations may hold "[...]", which Rich would take for markup)
+    console.print(escape(f"{source} → {', '.join(targets)} on {settings.name}")
                   + ("" if added == len(targets) else f" ({len(targets) - added} existed already)"))
 
 
@@ -57,8 +59,8 @@ def list_aliases(
         grouped.setdefault(row["source"], []).append(row["destination"])
     table = Table("alias", "delivers to", box=None, pad_edge=False)
     for source, targets in grouped.items():
-        table.add_row(source + (" (catch-all)" if source.startswith("@") else ""),
-                      ", ".join(targets))
+        table.add_row(escape(source + (" (catch-all)" if source.startswith("@") else "")),
+                      escape(", ".join(targets)))
     console.print(table)
     console.print(f"{len(grouped)} alias(es)")
 
@@ -76,4 +78,4 @@ def remove(
     target = parse(rules.destination, destination, "DESTINATION") if destination else None
     with database(ctx, host) as (_, settings, conn):
         count = store.remove_alias(conn, source, target)
-    console.print(f"removed {count} destination(s) of {source} on {settings.name}")
+    console.print(escape(f"removed {count} destination(s) of {source} on {settings.name}"))

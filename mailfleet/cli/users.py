@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -161,11 +162,12 @@ def remove(
                 f"{FATE[how]})?", yes)
         aliases = store.remove_mailbox(conn, email)
     kick(settings, email)
-    console.print(f"removed {email} from {settings.name}; "
-                  + dispose(settings, domain, local, how), soft_wrap=True)
+    # (a name from an older database may hold "[...]", which Rich would take for markup)
+    console.print(escape(f"removed {email} from {settings.name}; "
+                         + dispose(settings, domain, local, how)), soft_wrap=True)
     if aliases:
-        console.print(f"also removed the aliases that delivered only to it: {', '.join(aliases)}",
-                      soft_wrap=True)
+        console.print(escape(f"also removed the aliases that delivered only to it: "
+                             f"{', '.join(aliases)}"), soft_wrap=True)
 
 
 @app.command("import")

@@ -8,6 +8,7 @@ answers nothing else: the lab has no Internet to recurse into.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def _script(zones: list[str]) -> str:
     for path, content in files.items():
         lines.append(f"cat > {path} <<'MAILFLEET_EOF'\n{content}MAILFLEET_EOF")
     for zone in zones:
-        path = f"/var/lib/bind/db.{zone}"
+        path = shlex.quote(f"/var/lib/bind/db.{zone}")
         content = render("lab/zone.j2", zone=zone, nameserver=NAMESERVER)
         lines.append(f"[ -s {path} ] || {{ cat > {path} <<'MAILFLEET_EOF'\n{content}MAILFLEET_EOF\n"
                      f"chown bind:bind {path}; }}")
