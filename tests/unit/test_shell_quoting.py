@@ -75,3 +75,18 @@ def test_an_ssh_user_that_is_no_login_name_is_refused(user):
     with pytest.raises(ValueError, match="not a login name"):
         HostSettings(name="n1", address="192.0.2.1", ssh_user=user)
     assert HostSettings(name="n1", address="192.0.2.1", ssh_user="ec2-user").ssh_user == "ec2-user"
+
+
+def test_a_restore_takes_only_ids_and_names_restic_and_debian_make():
+    """The snapshot's host name comes from the repository: whoever can write there names it."""
+    from mailfleet.cli.backup import check_restore_values
+    from mailfleet.errors import ConfigError
+
+    good = {"id": "a" * 64, "short_id": "a" * 8, "hostname": "n1.example.test"}
+    check_restore_values(good, "15")
+    for bad, postgresql in [({**good, "hostname": "x$(touch /tmp/p)"}, "15"),
+                            ({**good, "hostname": "n1\nreboot"}, "15"),
+                            ({**good, "id": "latest; reboot"}, "15"),
+                            (good, "15; reboot")]:
+        with pytest.raises(ConfigError, match="nothing was restored"):
+            check_restore_values(bad, postgresql)
