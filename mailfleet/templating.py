@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,15 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
     autoescape=False,
 )
+
+
+def _shell_filters(env: jinja2.Environment) -> None:
+    """`shquote`: a value as one shell word (shlex.quote), for templates of shell scripts
+    (*.sh.j2): nothing from the config or a host reaches a shell unquoted."""
+    env.filters["shquote"] = lambda value: shlex.quote(str(value))
+
+
+_shell_filters(_env)
 
 
 def render(name: str, **values: Any) -> str:

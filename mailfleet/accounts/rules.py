@@ -9,12 +9,17 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Callable
 
 from mailfleet.config import DOMAIN_RE
 
-# RFC 5321 dot-atom, lower case; no "+": Postfix's recipient_delimiter makes
-# user+tag@ an address extension of user@, so a mailbox with "+" would never get mail.
-LOCAL_RE = re.compile(r"^[a-z0-9!#$%&'*/=?^_`{|}~-]+(\.[a-z0-9!#$%&'*/=?^_`{|}~-]+)*$")
+# What real mail systems hand out: letters, digits, "." "-" "_" (lower case; no leading,
+# trailing or double dot). RFC 5321 allows more (` $ ' | & / { } ...), but those reach file
+# names (the mailbox's directory) and shell-like contexts on the host and no provider issues
+# them. No "+": Postfix's recipient_delimiter makes user+tag@ an address extension of user@,
+# so a mailbox with "+" would never get mail.
+LOCAL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+LOCAL_RE = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)*$")
 QUOTA_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?$")
 UNITS = {"": 2**20, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}  # a bare number is MB
 MAX_NAME = 200
@@ -37,22 +42,50 @@ def address(value: str, what: str = "address") -> str:
     if "+" in local:
         raise ValueError(f"{what} {value!r} contains '+', which marks an address extension "
                          f"(someone+tag@) here; choose a name without it")
-    if len(local) > 64 or not LOCAL_RE.match(local):
-        raise ValueError(f"{what} {value!r} has a local part that mail servers do not accept "
-                         f"(letters, digits, . - _ and no leading, trailing or double dots)")
+    bad = next((c for c in local if c not in LOCAL_CHARS), None)
+    if bad is not None:
+        raise ValueError(f"{what} {value!r} contains {bad!r} before the @; a mailbox or alias "
+                         f"name may only contain letters, digits, '.', '-' and '_'")
+    if len(local) > 64:
+        raise ValueError(f"{what} {value!r} has a name longer than 64 characters before the @")
+    if not LOCAL_RE.match(local):
+        raise ValueError(f"{what} {value!r} starts or ends with a dot or has two dots in a "
+                         f"row before the @")
     if not DOMAIN_RE.match(domain):
         raise ValueError(f"{what} {value!r} has no valid domain after the @")
     return value
 
 
-def alias_source(value: str) -> str:
-    """An alias address, or "@example.org" for a catch-all of that domain."""
+def existing(value: str, what: str = "address") -> str:
+    """The address of a mailbox or alias that may already exist (remove, disable, passwd,
+    quota): looser than address(), because a database from before today's rules may hold
+    names like x`id`@ that must stay manageable. Such a value only ever travels as an SQL
+    parameter or shlex-quoted; its mail directory is checked by cli.accounts.mail_dir."""
+    value = value.strip().lower()
+    local, at, domain = value.rpartition("@")
+    if not at or not local:
+        raise ValueError(f"{what} {value!r} is not an email address (like someone@example.org)")
+    if any(unicodedata.category(c).startswith("C") for c in local):
+        raise ValueError(f"{what} {value!r} contains control characters")
+    if not DOMAIN_RE.match(domain):
+        raise ValueError(f"{what} {value!r} has no valid domain after the @")
+    return value
+
+
+def alias_source(value: str, check: Callable[[str, str], str] = address) -> str:
+    """An alias address, or "@example.org" for a catch-all of that domain; `check` is
+    address() for a new alias, existing() to name one that is there."""
     value = value.strip().lower()
     if value.startswith("@"):
         if not DOMAIN_RE.match(value[1:]):
             raise ValueError(f"catch-all {value!r} has no valid domain after the @")
         return value
-    return address(value, "alias")
+    return check(value, "alias")
+
+
+def existing_alias_source(value: str) -> str:
+    """An alias that may already exist (see existing())."""
+    return alias_source(value, existing)
 
 
 def destination(value: str) -> str:
@@ -61,6 +94,10 @@ def destination(value: str) -> str:
     local, at, domain = value.rpartition("@")
     if not at or not local or not DOMAIN_RE.match(domain) or any(c.isspace() for c in local):
         raise ValueError(f"destination {value!r} is not an email address")
+    # It only ever goes into SQL parameters (Postfix's lookup result), but control
+    # characters would still garble terminals and logs that show it.
+    if any(unicodedata.category(c).startswith("C") for c in local):
+        raise ValueError(f"destination {value!r} contains control characters")
     return value
 
 

@@ -73,7 +73,7 @@ def remove(
     host: HostOption = None,
 ) -> None:
     """Remove an alias (or one of its destinations)."""
-    source = parse(rules.alias_source, source, "ALIAS")
+    source = parse(rules.existing_alias_source, source, "ALIAS")
     target = parse(rules.destination, destination, "DESTINATION") if destination else None
     with database(ctx, host) as (_, settings, conn):
         count = store.remove_alias(conn, source, target)

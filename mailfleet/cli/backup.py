@@ -4,6 +4,7 @@ restore a host from a snapshot."""
 from __future__ import annotations
 
 import json as json_mod
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Optional
 
@@ -117,6 +118,20 @@ def verify(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
     raise typer.Exit(0 if not problems else 1)
 
 
+def check_restore_values(chosen: dict, postgresql: str) -> None:
+    """What the restore script is built from comes from the repository (any host that can
+    write to it names its snapshots) and from the host: each must be what restic and Debian
+    make (hex ids, a host name, a PostgreSQL version) before it goes into a root script."""
+    wanted = [("snapshot id", chosen.get("id", ""), r"[0-9a-f]{8,64}"),
+              ("snapshot id", chosen.get("short_id", chosen.get("id", "")[:8]), r"[0-9a-f]{8,64}"),
+              ("snapshot host name", chosen.get("hostname", ""), r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}"),
+              ("PostgreSQL version on the host", postgresql, r"[0-9]{1,3}")]
+    for what, value, pattern in wanted:
+        if not isinstance(value, str) or not re.fullmatch(pattern, value):
+            raise ConfigError(f"The {what} {value!r} is not one restic or Debian would make; "
+                              "nothing was restored.")
+
+
 @app.command()
 def restore(
     ctx: typer.Context,
@@ -158,6 +173,7 @@ def restore(
                           f"--limit {settings.name}` first, then restore.")
     source = source or own_name
     chosen = backup_mod.choose_snapshot(_snapshots(settings), source, snapshot, target)
+    check_restore_values(chosen, postgresql)
     paths = backup_mod.restore_paths(chosen, source == own_name, config)
     moment = f" with its database as of {target:%Y-%m-%d %H:%M:%S} UTC" if target else ""
     confirm(f"Replace the mail, DKIM keys, secrets and database of {settings.name} with "

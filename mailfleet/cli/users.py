@@ -13,7 +13,8 @@ from rich.table import Table
 from mailfleet.accounts import bulk, rules, store
 from mailfleet.accounts.passwords import hash_many, hash_password
 from mailfleet.cli.accounts import (
-    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose, kick,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose,
+    dispose_command, kick,
     new_password, parse,
 )
 from mailfleet.cli.output import console, err_console, info, print_json
@@ -90,7 +91,7 @@ def list_users(
 def passwd(ctx: typer.Context, email: Email, password_stdin: PasswordStdin = False,
            generate: Generate = False, host: HostOption = None) -> None:
     """Set a new password; the old one stops working at once."""
-    email = parse(rules.address, email, "EMAIL")
+    email = parse(rules.existing, email, "EMAIL")
     with database(ctx, host) as (config, settings, conn):
         store.require_user_mailbox(conn, email)  # before asking for a password
         password, generated = new_password(email, config, password_stdin, generate)
@@ -108,7 +109,7 @@ def quota(
     host: HostOption = None,
 ) -> None:
     """Set a mailbox's quota (applies to the next delivery and login)."""
-    email = parse(rules.address, email, "EMAIL")
+    email = parse(rules.existing, email, "EMAIL")
     quota_bytes = parse(rules.quota, size, "SIZE")
     with database(ctx, host) as (config, settings, conn):
         store.set_quota(conn, email, quota_bytes)
@@ -117,7 +118,7 @@ def quota(
 
 
 def _set_active(ctx: typer.Context, email: str, host: str | None, active: bool) -> None:
-    email = parse(rules.address, email, "EMAIL")
+    email = parse(rules.existing, email, "EMAIL")
     with database(ctx, host) as (_, settings, conn):
         changed = store.set_active(conn, email, active)
     if not active:
@@ -151,15 +152,16 @@ def remove(
 
     Its mail is kept on the host unless --archive or --purge is given.
     """
-    email = parse(rules.address, email, "EMAIL")
+    email = parse(rules.existing, email, "EMAIL")
     how = disposal(archive, purge)
+    local, _, domain = email.rpartition("@")
+    dispose_command(domain, local, how)  # refuses a name that is no single path component
     with database(ctx, host) as (_, settings, conn):
         store.require_user_mailbox(conn, email)  # before asking for confirmation
         confirm(f"Remove the mailbox {email} on {settings.name} (its mail will be "
                 f"{FATE[how]})?", yes)
         aliases = store.remove_mailbox(conn, email)
     kick(settings, email)
-    local, _, domain = email.partition("@")
     console.print(f"removed {escape(email)} from {settings.name}; "
                   + escape(dispose(settings, domain, local, how)), soft_wrap=True)
     if aliases:

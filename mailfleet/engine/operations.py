@@ -61,9 +61,9 @@ def config_file(
     if isinstance(current, FileState) and current.sha1 == wanted_sha:
         meta_cmds = []
         if current.mode != mode.lstrip("0"):
-            meta_cmds.append(StringCommand("chmod", mode, QuoteString(dest)))
+            meta_cmds.append(StringCommand("chmod", QuoteString(mode), QuoteString(dest)))
         if current.user != user or current.group != group:
-            meta_cmds.append(StringCommand("chown", f"{user}:{group}", QuoteString(dest)))
+            meta_cmds.append(StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(dest)))
         if not meta_cmds:
             host.noop(f"{dest} is up to date")
             return
@@ -87,7 +87,8 @@ def config_file(
         yield FileUploadCommand(StringIO(content), stage,
                                 remote_temp_filename=host.get_temp_filename(stage))
         new, q_dest = shlex.quote(dest + NEW_SUFFIX), shlex.quote(dest)
-        steps = [f"install -D -m {mode} -o {user} -g {group} {stage} {new}", f"rm -f {stage}"]
+        owner = " ".join(shlex.quote(v) for v in ("-m", mode, "-o", user, "-g", group))
+        steps = [f"install -D {owner} {stage} {new}", f"rm -f {stage}"]
         if validate:  # braces: a validator with `;` must not break the && chain
             steps.append("{ " + validate.replace("{path}", new) + "; }")
         steps.append(f"mv -f {new} {q_dest}")
@@ -101,8 +102,8 @@ def config_file(
     tmp = dest + NEW_SUFFIX
     yield FileUploadCommand(StringIO(content), tmp,
                             remote_temp_filename=host.get_temp_filename(tmp))
-    yield StringCommand("chown", f"{user}:{group}", QuoteString(tmp))
-    yield StringCommand("chmod", mode, QuoteString(tmp))
+    yield StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(tmp))
+    yield StringCommand("chmod", QuoteString(mode), QuoteString(tmp))
     if validate:
         check = validate.replace("{path}", shlex.quote(tmp))
         yield StringCommand(
@@ -146,7 +147,8 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
 def unit_running(unit: str, was_active: bool):
     """Start a systemd unit that the host snapshot saw stopped, unless its package's
     install has started it since (checked again on the host)."""
-    if was_active or host.get_fact(Command, command=f"systemctl is-active {unit} || true") == "active":
+    if was_active or host.get_fact(
+            Command, command=f"systemctl is-active {shlex.quote(unit)} || true") == "active":
         host.noop(f"{unit} is running")
         return
     yield StringCommand("systemctl", "start", unit)
@@ -157,13 +159,15 @@ def unit_restarted(unit: str):
     """Restart a systemd unit, once more after a pause if the first attempt fails: systemd
     in a container now and then cannot spawn the unit's first process at once (seen in the
     lab as "Failed to spawn executor: No such file or directory", result 'resources')."""
-    yield f"systemctl restart {unit} || {{ sleep 2; systemctl restart {unit}; }}"
+    quoted = shlex.quote(unit)
+    yield f"systemctl restart {quoted} || {{ sleep 2; systemctl restart {quoted}; }}"
 
 
 @operation()
 def unit_enabled(unit: str, was_enabled: bool):
     """Enable a systemd unit at boot (checked again on the host, like `unit_running`)."""
-    if was_enabled or host.get_fact(Command, command=f"systemctl is-enabled {unit} || true") == "enabled":
+    if was_enabled or host.get_fact(
+            Command, command=f"systemctl is-enabled {shlex.quote(unit)} || true") == "enabled":
         host.noop(f"{unit} is enabled")
         return
     yield StringCommand("systemctl", "enable", unit)

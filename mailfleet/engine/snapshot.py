@@ -57,8 +57,9 @@ def command() -> str:
     parts = []
     sections = dict(_SECTIONS)
     if _UNITS:
-        sections["units"] = (f"for u in {' '.join(_UNITS)}; do echo \"$u $(systemctl is-active $u) "
-                             f"$(systemctl is-enabled $u)\"; done")
+        sections["units"] = (f"for u in {' '.join(shlex.quote(u) for u in _UNITS)}; do "
+                             'echo "$u $(systemctl is-active "$u") $(systemctl is-enabled "$u")"; '
+                             "done")
     for name, snippet in sections.items():
         # a snippet whose output lacks a final newline must not swallow the next marker
         parts.append(f"echo; echo '{_MARK} {name}'; ( {snippet} ) 2>/dev/null")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,7 +86,7 @@ def _script(zones: list[str], acme: dict[str, list[str]] | None = None) -> str:
     for path, content in files.items():
         lines.append(f"cat > {path} <<'MAILFLEET_EOF'\n{content}MAILFLEET_EOF")
     for zone in zones:
-        path = f"/var/lib/bind/db.{zone}"
+        path = shlex.quote(f"/var/lib/bind/db.{zone}")
         content = render("lab/zone.j2", zone=zone, nameserver=NAMESERVER)
         lines.append(f"[ -s {path} ] || {{ cat > {path} <<'MAILFLEET_EOF'\n{content}MAILFLEET_EOF\n"
                      f"chown bind:bind {path}; }}")

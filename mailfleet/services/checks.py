@@ -42,7 +42,7 @@ def https_fetch(path: str, options: str = "") -> str:
     """A shell command fetching a page of the host over HTTPS by the host's own name, as a
     client would (curl `options` added, e.g. a method or -w)."""
     return ('n=$(hostname -f); curl -sk --max-time 10 --resolve "$n:443:127.0.0.1" '
-            f'{options + " " if options else ""}"https://$n{path}"')
+            f'{options + " " if options else ""}"https://$n"{shlex.quote(path)}')
 
 
 def https_count(path: str, pattern: str) -> str:

@@ -87,7 +87,7 @@ def print_keys_command(config: Config) -> str:
     """A shell command printing each domain's public key file under a '== DOMAIN' line."""
     selector = config.mail.dkim_selector
     return "; ".join(
-        f"echo '== {d}'; cat {shlex.quote(key_path(d, selector, 'txt'))} 2>/dev/null"
+        f"echo {shlex.quote('== ' + d)}; cat {shlex.quote(key_path(d, selector, 'txt'))} 2>/dev/null"
         for d in config.mail.all_domains) + "; true"
 
 

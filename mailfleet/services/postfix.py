@@ -7,6 +7,7 @@ before they replace the old ones: a warning (an unknown or misspelt parameter) i
 
 from __future__ import annotations
 
+import shlex
 
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
@@ -135,7 +136,8 @@ QUEUE_WARN = 100
 def checks(engine: Engine) -> list[CheckResult]:
     """Postfix's own view: can it look up the domain in PostgreSQL, how full is its queue."""
     domain = engine.config.mail.domain
-    command = (f"postmap -q {domain} proxy:pgsql:{MAP_DIR}/virtual_domains.cf 2>&1 | tail -n 1; "
+    command = (f"postmap -q {shlex.quote(domain)} proxy:pgsql:{MAP_DIR}/virtual_domains.cf 2>&1 "
+               "| tail -n 1; "
                "echo ==; postqueue -j 2>/dev/null | wc -l")
     results = []
     for name, text in engine.facts(Command, command=command).items():

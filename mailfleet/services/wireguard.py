@@ -26,7 +26,7 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, python, systemd
 
-from mailfleet.config import Config, HostSettings, VpnPeer
+from mailfleet.config import WG_KEY_RE, Config, HostSettings, VpnPeer
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.snapshot import FileState
@@ -76,15 +76,22 @@ def prepare(engine: Engine, all_settings: list[HostSettings]) -> None:
     if not config.features.wireguard:
         return
     command = f"{PUBLIC_KEY}; true" if engine.check else MAKE_KEY
-    keys = {name: (text or "").strip() or None
-            for name, text in engine.facts(Command, command=command).items()}
+    keys = {name: _public_key(text) for name, text in engine.facts(Command, command=command).items()}
     for settings in all_settings:
         if settings.name not in keys:
-            keys[settings.name] = ssh_run(settings, f"{PUBLIC_KEY}; true").strip() or None
+            keys[settings.name] = _public_key(ssh_run(settings, f"{PUBLIC_KEY}; true"))
     for name, key in keys.items():
         if key:
             remember_host_key(config, config.host_fqdn(_by_name(config, name)), key)
     engine.shared["wireguard_keys"] = keys
+
+
+def _public_key(text: str | None) -> str | None:
+    """A host's answer to PUBLIC_KEY if it is a WireGuard key, else None: it goes into the
+    other hosts' wg0.conf, whose PostUp lines wg-quick runs as root, so a line break or
+    anything but base64 from one host must not reach them."""
+    text = (text or "").strip()
+    return text if WG_KEY_RE.match(text) else None
 
 
 def _by_name(config: Config, name: str) -> HostSettings:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import random
+import shlex
 import smtplib
 import stat
 import subprocess
@@ -169,6 +170,58 @@ def test_removing_a_user_keeps_archives_or_purges_its_mail(node: Node):
             archive = out.split("archived to ")[1].split()[0]
             listing = cli.ssh(node.name, f"stat -c %a {archive} && tar -tzf {archive}")
             assert listing.splitlines()[0] == "600" and "/Maildir/" in listing
+
+
+def test_a_mailbox_with_shell_characters_in_its_name_is_removed_without_running_them(node: Node):
+    """An older database may hold names today's rules refuse: removing them runs nothing."""
+    cli, tag = node.cli, uuid.uuid4().hex[:6]
+    survivor = unique("survivor", node)
+    cli("user", "add", survivor, "--password-stdin", "--host", node.name, input=PASSWORD)
+    subject = node.submit(survivor, survivor)
+    assert node.fetch(survivor, subject) is not None
+    marker = f"mf-pwned-{tag}"
+    markers = f"/tmp/{marker} /root/{marker} /home/*/{marker}"
+    hostile = [f"x`id`{tag}",  # the review's case: the archive came out named after `id`
+               f"x$(cd;cd ..;cd ..;cd tmp;touch {marker}){tag}",
+               f"q'\"`cd&&touch {marker}`\"'{tag}"]
+    for how, local in [("archive", name) for name in hostile] + [("purge", hostile[1] + "p")]:
+        email = f"{local}@{DOMAIN}"
+        cli.account(node.name, "raw-mailbox", email, PASSWORD)
+        home = f"/var/mail/vmail/{DOMAIN}/{local}"
+        cli.ssh(node.name, f"install -d -o vmail -g vmail {shlex.quote(home + '/Maildir/cur')} && "
+                           f"echo mail > {shlex.quote(home + '/Maildir/cur/1.eml')}")
+        out = cli("user", "remove", email, "--yes", f"--{how}", "--host", node.name).stdout
+        assert email not in users(cli, node.name)
+        assert cli.ssh(node.name, f"ls -d {markers} 2>/dev/null || true") == "", (email, out)
+        assert cli.ssh(node.name, f"test -e {shlex.quote(home)} && echo yes || echo no") == "no"
+        if how == "archive":
+            archive = out.split("archived to ")[1].split(f" on {node.name} and removed")[0]
+            prefix = f"/var/backups/mailfleet/mailboxes/{email}-"
+            assert archive.startswith(prefix) and archive.endswith(".tar.gz"), out
+            listing = cli.ssh(node.name, f"tar -tzf {shlex.quote(archive)}")
+            assert f"{local}/Maildir/cur/1.eml" in listing.splitlines(), listing
+    # a name that is no single path component: its mail is never archived or deleted
+    slash = f"/@{DOMAIN}"
+    cli.account(node.name, "raw-mailbox", slash, PASSWORD)
+    try:
+        for flag in ("--purge", "--archive"):
+            refused = cli("user", "remove", slash, "--yes", flag, "--host", node.name, check=False)
+            assert refused.returncode == 2, (refused.stdout, refused.stderr)
+            assert "path" in refused.stderr and "Traceback" not in refused.stderr, refused.stderr
+            assert slash in users(cli, node.name), "refused, yet the mailbox was removed"
+    finally:
+        cli("user", "remove", slash, "--yes", "--host", node.name)  # its mail stays where it is
+    assert node.fetch(survivor, subject) is not None, "another mailbox of the domain was lost"
+    assert cli.ssh(node.name, f"ls /var/mail/vmail/{DOMAIN} | wc -l") != "0"
+
+
+def test_a_mailbox_name_with_shell_characters_is_refused(node: Node):
+    result = node.cli("user", "add", f"x`id`@{DOMAIN}", "--generate", "--host", node.name,
+                      check=False)
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "'`'" in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert f"x`id`@{DOMAIN}" not in users(node.cli, node.name)
 
 
 def test_a_removed_domains_mail_is_rejected(deployed: Cli, lab_net):

@@ -18,7 +18,7 @@ GOOD = "Correct-Horse-7-battery"
 @pytest.mark.parametrize("value, expected", [
     ("Alice@Example.ORG", "alice@example.org"),
     ("first.last@example.org", "first.last@example.org"),
-    ("o'brien@example.org", "o'brien@example.org"),
+    ("First.Last-2_x@example.org", "first.last-2_x@example.org"),
 ])
 def test_addresses_are_normalised(value, expected):
     assert rules.address(value) == expected
@@ -27,17 +27,54 @@ def test_addresses_are_normalised(value, expected):
 @pytest.mark.parametrize("value, reason", [
     ("alice", "not an email address"),
     ("@example.org", "not an email address"),
-    ("a..b@example.org", "local part"),
-    (".a@example.org", "local part"),
-    ("a b@example.org", "local part"),
+    ("a..b@example.org", "two dots in a row"),
+    (".a@example.org", "starts or ends with a dot"),
+    ("a.@example.org", "starts or ends with a dot"),
+    ("a b@example.org", "contains ' '"),
     ("bob+tag@example.org", "contains '\\+'"),
     ("bob@example", "no valid domain"),
     ("bob@exa_mple.org", "no valid domain"),
-    ("x" * 65 + "@example.org", "local part"),
+    ("x" * 65 + "@example.org", "longer than 64"),
 ])
 def test_bad_addresses_say_why(value, reason):
     with pytest.raises(ValueError, match=reason):
         rules.address(value)
+
+
+# Everything RFC 5321 allows beyond letters, digits, "." "-" "_": each reached a root
+# shell through the mailbox's name (issue 21, finding 1), or a path ("/").
+SHELL_CHARS = "!#$%&'*/=?^`{|}~\"\\;()<>[]: \t"
+
+
+@pytest.mark.parametrize("char", list(SHELL_CHARS))
+def test_each_character_outside_letters_digits_dot_dash_underscore_is_refused_by_name(char):
+    for check in (rules.address, rules.alias_source):
+        with pytest.raises(ValueError) as refused:
+            check(f"a{char}b@example.org")
+        assert repr(char) in str(refused.value) and "letters, digits" in str(refused.value)
+    with pytest.raises(ValueError, match="only contain letters"):
+        rules.address("x`id`@example.org")
+
+
+def test_non_ascii_letters_are_refused_too():
+    with pytest.raises(ValueError, match="'é'"):
+        rules.address("josé@example.org")
+
+
+def test_existing_names_from_an_older_database_can_still_be_named():
+    """remove/disable/passwd must reach a mailbox the old rules let in."""
+    assert rules.existing("X`id`@Example.org") == "x`id`@example.org"
+    assert rules.existing("/@example.org") == "/@example.org"
+    assert rules.existing_alias_source("a$(b)@example.org") == "a$(b)@example.org"
+    for bad in ("nobody", "a\nb@example.org", "a@nodomain"):
+        with pytest.raises(ValueError):
+            rules.existing(bad)
+
+
+def test_alias_destinations_stay_permissive_but_refuse_control_characters():
+    assert rules.destination("o'brien+x@outside.test") == "o'brien+x@outside.test"
+    with pytest.raises(ValueError, match="control"):
+        rules.destination("a\x1bb@outside.test")
 
 
 def test_alias_sources_and_destinations():
@@ -217,3 +254,93 @@ def test_the_guides_in_docs_match_what_mailfleet_guide_prints_for_the_example():
     mine = render_guide("clients", config.model_copy(update={"mail": config.mail.model_copy(
         update={"hostname": "mx.family.test"})}))
     assert "`mx.family.test`" in mine and "example install" not in mine
+
+
+def test_a_csv_row_with_shell_characters_is_refused_by_line(tmp_path):
+    text = ("email,name,password,quota,aliases\n"
+            f"good@example.org,Good,{GOOD},,\n"                  # 2
+            f"x`id`@example.org,X,{GOOD},,\n"                     # 3
+            f"ok@example.org,O,{GOOD},,a$(reboot)@example.org\n"  # 4: the alias
+            f"/@example.org,S,{GOOD},,\n")                        # 5
+    plan = bulk.plan(bulk.read_rows(write(tmp_path, text)), DB, False, 12)
+    assert plan.problems == [
+        "line 3: email 'x`id`@example.org' contains '`' before the @; a mailbox or alias "
+        "name may only contain letters, digits, '.', '-' and '_'",
+        "line 4: alias 'a$(reboot)@example.org' contains '$' before the @; a mailbox or "
+        "alias name may only contain letters, digits, '.', '-' and '_'",
+        "line 5: email '/@example.org' contains '/' before the @; a mailbox or alias "
+        "name may only contain letters, digits, '.', '-' and '_'",
+    ], plan.problems
+
+
+# -- removing a mailbox's mail: the root shell command, run here against a temp directory --
+
+HOSTILE = ["x`id`y", "$(touch pwned)", "a'; touch pwned; '", '"$(touch pwned)"', "-rf",
+           "a b\\c", "${IFS}touch${IFS}pwned", "*"]
+
+
+def _run_disposal(tmp_path: Path, local: str | None, how: str):
+    from mailfleet.cli.accounts import dispose_command
+
+    vmail, backups = tmp_path / "vmail", tmp_path / "backups"
+    cwd = tmp_path / "cwd"  # where a relative `touch pwned` would land
+    cwd.mkdir(exist_ok=True)
+    command = dispose_command("example.org", local, how, vmail=str(vmail),
+                              backup_root=str(backups), archive_dir=str(backups / "mailboxes"))
+    import subprocess
+
+    result = subprocess.run(["bash", "-c", command], cwd=cwd, capture_output=True, text=True)
+    assert result.returncode == 0, (command, result.stderr)
+    assert list(cwd.iterdir()) == [], f"{command!r} ran something: {list(cwd.iterdir())}"
+    return result.stdout, vmail / "example.org"
+
+
+def _mailbox(domain_dir: Path, local: str) -> None:
+    (domain_dir / local / "Maildir" / "cur").mkdir(parents=True)
+    (domain_dir / local / "Maildir" / "cur" / "1.eml").write_text("mail")
+
+
+@pytest.mark.parametrize("local", HOSTILE)
+def test_archiving_a_hostile_name_runs_nothing_and_names_the_archive_after_it(tmp_path, local):
+    import re
+    import tarfile
+
+    domain_dir = tmp_path / "vmail" / "example.org"
+    _mailbox(domain_dir, local)
+    _mailbox(domain_dir, "other")
+    out, _ = _run_disposal(tmp_path, local, "archive")
+    archive = Path(out.rstrip("\n"))
+    assert archive.parent == tmp_path / "backups" / "mailboxes"
+    assert re.fullmatch(re.escape(f"{local}@example.org-") + r"\d{8}-\d{6}\.tar\.gz",
+                        archive.name), archive.name
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600
+    with tarfile.open(archive) as tar:
+        assert f"{local}/Maildir/cur/1.eml" in tar.getnames()
+    assert sorted(p.name for p in domain_dir.iterdir()) == ["other"]
+    assert (domain_dir / "other" / "Maildir" / "cur" / "1.eml").exists()
+
+
+@pytest.mark.parametrize("local", HOSTILE)
+def test_purging_a_hostile_name_deletes_only_its_own_directory(tmp_path, local):
+    domain_dir = tmp_path / "vmail" / "example.org"
+    _mailbox(domain_dir, local)
+    _mailbox(domain_dir, "other")
+    _run_disposal(tmp_path, local, "purge")
+    assert sorted(p.name for p in domain_dir.iterdir()) == ["other"]
+
+
+@pytest.mark.parametrize("local", ["/", "..", ".", "", "a/b", "../x"])
+def test_a_name_that_is_no_single_path_component_is_never_archived_or_purged(tmp_path, local):
+    from mailfleet.cli.accounts import dispose_command
+
+    for how in ("archive", "purge"):
+        with pytest.raises(UsageError, match="not a single path component"):
+            dispose_command("example.org", local, how)
+    assert dispose_command("example.org", local, "keep") is None
+
+
+def test_archiving_a_whole_domain(tmp_path):
+    domain_dir = tmp_path / "vmail" / "example.org"
+    _mailbox(domain_dir, "ann")
+    out, _ = _run_disposal(tmp_path, None, "archive")
+    assert Path(out.strip()).name.startswith("example.org-") and not domain_dir.exists()
