@@ -86,22 +86,31 @@ def test_check_covers_radicale_and_clients_find_it(node: Node, radicale_on: Cli)
 OTHER = {"n1": "n2", "n2": "n1"}  # the lab host that plays the attacker
 
 # wrong CalDAV logins, one connection each, as a password-guessing client sends them; stops
-# at the first connection that is refused or times out (the ban)
+# at the first connection that cannot be made (the ban). Answers get slow (Dovecot delays
+# repeated failures, all from this host's own address): a slow answer is not a ban. It also
+# sends X-Forwarded-For naming the lab's own address, which must not hide the real one.
 GUESS = """
-import base64, http.client, ssl, time
+import base64, http.client, socket, ssl, time
 ctx = ssl._create_unverified_context()
 start = time.monotonic()
-for i in range(20):
+for i in range(10):
     auth = 'Basic ' + base64.b64encode(b'{user}:wrong-%d' % i).decode()
     try:
-        c = http.client.HTTPSConnection('{address}', 443, timeout=10, context=ctx)
-        c.request('PROPFIND', '/radicale/', headers={{'Authorization': auth, 'Depth': '0'}})
-        status = c.getresponse().status
-        c.close()
-        print('answer', status, round(time.monotonic() - start, 1), flush=True)
+        sock = socket.create_connection(('{address}', 443), timeout=5)
     except OSError as e:
         print('blocked', type(e).__name__, round(time.monotonic() - start, 1), flush=True)
         break
+    sock.settimeout(60)
+    c = http.client.HTTPSConnection('{address}', 443, timeout=60, context=ctx)
+    c.sock = ctx.wrap_socket(sock)
+    headers = {{'Authorization': auth, 'Depth': '0', 'X-Forwarded-For': '10.77.0.1'}}
+    try:
+        c.request('PROPFIND', '/radicale/', headers=headers)
+        status = c.getresponse().status
+    except OSError as e:  # the ban came while this request was under way
+        status = type(e).__name__
+    c.close()
+    print('answer', status, round(time.monotonic() - start, 1), flush=True)
 """
 
 
@@ -125,11 +134,11 @@ def test_password_guessing_from_another_host_gets_it_banned(node: Node, radicale
         out = _run_python(radicale_on, attacker, GUESS.format(user=owner, address=node.address))
         answers = [l.split() for l in out.splitlines()]
         refused = [a for a in answers if a[0] == "answer"]
-        # each wrong login was a 401 until the ban: maxretry (5) of them, give or take the
-        # one in flight while fail2ban acted
-        assert refused and all(a[1] == "401" for a in refused), out
         assert answers[-1][0] == "blocked", f"{attacker} was never banned:\n{out}"
-        assert len(refused) <= 7, out
+        # each wrong login was a 401 until the ban: maxretry (5) of them; the 5th answer may
+        # be cut off by the ban itself (Radicale logs the failure before it answers)
+        statuses = [a[1] for a in refused]
+        assert statuses[:4] == ["401"] * 4 and 5 <= len(statuses) <= 6, out
         print(f"\n{node.name}: {len(refused)} wrong logins, banned "
               f"{answers[-1][2]} s after the first one")
         # the ban, seen from the attacker with a plain new connection
@@ -150,8 +159,8 @@ def test_nginx_answers_429_past_the_burst(node: Node, radicale_on: Cli):
     # 150 requests without a login over one connection (no failed login: nothing for
     # fail2ban), faster than the 10 a second that refill the burst of 100
     url = f"https://{node.address}/radicale/"
-    codes = radicale_on.ssh(client, "curl -sk -X PROPFIND -H 'Depth: 0' -o /dev/null "
-                                    "-w '%{http_code}\\n' " + " ".join([url] * 150)).split()
+    codes = radicale_on.ssh(client, "curl -sk -X PROPFIND -H 'Depth: 0' -w '%{http_code}\\n' "
+                                    + " ".join([f"-o /dev/null {url}"] * 150)).split()
     assert len(codes) == 150, codes
     assert set(codes) == {"401", "429"}, codes
     assert codes[:90] == ["401"] * 90, codes  # a client's normal sync is far below the burst
