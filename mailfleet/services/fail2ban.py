@@ -1,4 +1,5 @@
-"""fail2ban: addresses that keep failing to log in (SSH, SMTP AUTH, IMAP, ManageSieve) are
+"""fail2ban: addresses that keep failing to log in (SSH, SMTP AUTH, IMAP, ManageSieve, and on
+the web tier Roundcube, SOGo and Radicale, by the client's address in their own logs) are
 banned for a while. Settings come from [fail2ban] in mailfleet.toml; the operator's own
 networks (`ignore`) are never banned.
 """
@@ -9,33 +10,45 @@ from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.lab.network import GATEWAY as LAB_GATEWAY
-from mailfleet.services import firewall, roundcube, sogo
+from mailfleet.services import firewall, radicale, roundcube, sogo
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
 # python3-systemd: the journal backend (a Recommends, and deploy installs no Recommends)
 PACKAGES = ["fail2ban", "python3-systemd", "iptables"]
 JAIL_FILE = "/etc/fail2ban/jail.d/mailfleet.local"
+# mailfleet's own filters (fail2ban ships none for these), under the same names on the host
+FILTERS = ("mailfleet-radicale",)
+FILTER_DIR = "/etc/fail2ban/filter.d"
 JAILS = ("sshd", "postfix", "dovecot")
 WEBMAIL_JAILS = {"roundcube": "roundcube-auth", "sogo": "sogo-auth"}
 
 
 def jails(config, roles: list[str]) -> list[str]:
+    """The jails a host with these roles runs: web logins only where that service is deployed."""
     webmail = WEBMAIL_JAILS.get(config.features.webmail) if "web" in roles else None
-    return [*JAILS, *([webmail] if webmail else [])]
+    return [*JAILS, *([webmail] if webmail else []),
+            *(["radicale"] if radicale.enabled(config, roles) else [])]
 snapshot.register_unit("fail2ban")
 
 
 def deploy(ctx: HostContext) -> None:
     settings = ctx.config.fail2ban
     *_, ssh_ports = firewall.parse(ctx.snapshot("firewall"))
+    # written everywhere (inert without a jail), so switching a feature on or off only
+    # changes the jail file
+    filters = [ctx.op(config_file, name=f"Write the fail2ban filter {name}",
+                      dest=f"{FILTER_DIR}/{name}.conf",
+                      content=render(f"fail2ban/filter.d/{name}.conf")) for name in FILTERS]
     jails = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
-                                  ignore=ignored(ctx.config, ctx.settings), roundcube=roundcube.enabled(ctx),
+                                  ignore=ignored(ctx.config, ctx.settings),
+                                  roundcube=roundcube.enabled(ctx),
                                   sogo=sogo.enabled(ctx.config, ctx.settings.roles),
+                                  radicale=radicale.enabled(ctx.config, ctx.settings.roles),
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
-    ctx.service("fail2ban", restart_when=(jails,))
+    ctx.service("fail2ban", restart_when=(*filters, jails))
 
 
 def ignored(config, settings) -> list[str]:

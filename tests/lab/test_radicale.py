@@ -1,17 +1,20 @@
 """Radicale on both lab hosts (Radicale 3.1 on Debian 12, 3.5 on Debian 13), enabled through
 mailfleet.toml and reached like a phone reaches it: HTTPS through nginx, the mail address and
-mail password as login, with the `caldav` client package."""
+mail password as login, with the `caldav` client package. Password guessing from another lab
+host gets that host banned by fail2ban, and nginx answers 429 past its burst."""
 
 from __future__ import annotations
 
+import base64
 import json
+import time
 import uuid
 
 import caldav
 import pytest
 import tomlkit
 from caldav.lib import error as dav_error
-from conftest import PASSWORD, Cli, Node
+from conftest import NODES, PASSWORD, Cli, Node
 
 from mailfleet.lab.lab import Lab
 
@@ -78,3 +81,89 @@ def test_check_covers_radicale_and_clients_find_it(node: Node, radicale_on: Cli)
                                        f"--resolve {node.fqdn}:443:127.0.0.1 "
                                        f"https://{node.fqdn}/.well-known/caldav")
     assert moved == f"301 https://{node.fqdn}/radicale/", moved
+
+
+OTHER = {"n1": "n2", "n2": "n1"}  # the lab host that plays the attacker
+
+# wrong CalDAV logins, one connection each, as a password-guessing client sends them; stops
+# at the first connection that cannot be made (the ban). Answers get slow (Dovecot delays
+# repeated failures, all from this host's own address): a slow answer is not a ban. It also
+# sends X-Forwarded-For naming the lab's own address, which must not hide the real one.
+GUESS = """
+import base64, http.client, socket, ssl, time
+ctx = ssl._create_unverified_context()
+start = time.monotonic()
+for i in range(10):
+    auth = 'Basic ' + base64.b64encode(b'{user}:wrong-%d' % i).decode()
+    try:
+        sock = socket.create_connection(('{address}', 443), timeout=5)
+    except OSError as e:
+        print('blocked', type(e).__name__, round(time.monotonic() - start, 1), flush=True)
+        break
+    sock.settimeout(60)
+    c = http.client.HTTPSConnection('{address}', 443, timeout=60, context=ctx)
+    c.sock = ctx.wrap_socket(sock)
+    headers = {{'Authorization': auth, 'Depth': '0', 'X-Forwarded-For': '10.77.0.1'}}
+    try:
+        c.request('PROPFIND', '/radicale/', headers=headers)
+        status = c.getresponse().status
+    except OSError as e:  # the ban came while this request was under way
+        status = type(e).__name__
+    c.close()
+    print('answer', status, round(time.monotonic() - start, 1), flush=True)
+"""
+
+
+def _run_python(cli: Cli, node: str, script: str) -> str:
+    encoded = base64.b64encode(script.encode()).decode()
+    return cli.ssh(node, f"echo {encoded} | base64 -d | python3")
+
+
+def _connect(cli: Cli, source: str, address: str) -> str:
+    """What a new TCP connection from `source` to `address`:443 meets."""
+    out = cli.ssh(source, f"timeout 5 bash -c 'echo > /dev/tcp/{address}/443' 2>&1 "
+                          "&& echo open || echo timeout")
+    return "refused" if "refused" in out else out.splitlines()[-1]
+
+
+def test_password_guessing_from_another_host_gets_it_banned(node: Node, radicale_on: Cli):
+    owner = node.user("cal-guess")
+    attacker, attacker_address = OTHER[node.name], NODES[OTHER[node.name]][0]
+    assert _connect(radicale_on, attacker, node.address) == "open"
+    try:
+        out = _run_python(radicale_on, attacker, GUESS.format(user=owner, address=node.address))
+        answers = [l.split() for l in out.splitlines()]
+        refused = [a for a in answers if a[0] == "answer"]
+        assert answers[-1][0] == "blocked", f"{attacker} was never banned:\n{out}"
+        # each wrong login was a 401 until the ban: maxretry (5) of them; the 5th answer may
+        # be cut off by the ban itself (Radicale logs the failure before it answers)
+        statuses = [a[1] for a in refused]
+        assert statuses[:4] == ["401"] * 4 and 5 <= len(statuses) <= 6, out
+        print(f"\n{node.name}: {len(refused)} wrong logins, banned "
+              f"{answers[-1][2]} s after the first one")
+        # the ban, seen from the attacker with a plain new connection
+        assert _connect(radicale_on, attacker, node.address) in ("refused", "timeout")
+        jail = radicale_on.ssh(node.name, "fail2ban-client status radicale")
+        banned = jail.rpartition("Banned IP list:")[2].split()
+        assert banned == [attacker_address], jail
+        # the operator (the lab's own address, in ignore) still logs in
+        assert _client(node, owner, PASSWORD).principal().calendars() == []
+    finally:
+        radicale_on.ssh(node.name, f"fail2ban-client set radicale unbanip {attacker_address} "
+                                   ">/dev/null 2>&1 || true")
+    assert _connect(radicale_on, attacker, node.address) == "open"
+
+
+def test_nginx_answers_429_past_the_burst(node: Node, radicale_on: Cli):
+    client = OTHER[node.name]
+    # 150 requests without a login over one connection (no failed login: nothing for
+    # fail2ban), faster than the 10 a second that refill the burst of 100
+    url = f"https://{node.address}/radicale/"
+    codes = radicale_on.ssh(client, "curl -sk -X PROPFIND -H 'Depth: 0' -w '%{http_code}\\n' "
+                                    + " ".join([f"-o /dev/null {url}"] * 150)).split()
+    assert len(codes) == 150, codes
+    assert set(codes) == {"401", "429"}, codes
+    assert codes[:90] == ["401"] * 90, codes  # a client's normal sync is far below the burst
+    assert codes.count("429") >= 20, codes
+    # one bucket per client address: the lab's own address still gets its answer
+    assert _client(node, node.user("cal-burst"), PASSWORD).principal().calendars() == []
