@@ -99,7 +99,6 @@ def test_verify_passes_then_finds_a_damaged_repository(node: Node, backups_on: C
     assert backups_on("backup", "verify", "--host", node.name, check=False).returncode == 0
 
 
-
 # a valid directory name full of shell syntax: if any shell parsed it, /tmp/pwned would appear
 # and restic would get another path (${IFS}: the config refuses whitespace in a repository)
 ODD_REPOSITORY = "/srv/restic-$(touch${IFS}/tmp/pwned)&x`id`'\"$HOME"
@@ -130,7 +129,6 @@ def test_a_repository_with_shell_syntax_reaches_restic_byte_for_byte(backups_on:
             backups_on.ssh(host, f"rm -rf {quoted} /tmp/pwned")
         restored = backups_on.json("deploy")
         assert restored["ok"], restored
-
 
 
 def test_deploy_diff_never_prints_the_repository_credentials(backups_on: Cli):
