@@ -120,13 +120,15 @@ def test_a_repository_with_shell_syntax_reaches_restic_byte_for_byte(backups_on:
             backups_on("backup", "run", "--host", host)
             snapshots = backups_on.json("backup", "list", "--host", host)["snapshots"]
             assert [s for s in snapshots if s["host"].startswith(f"{host}.")], snapshots
+            # at exactly that path (its `/` make it three directories deep), nowhere else
             made = backups_on.ssh(host, f"test -f {quoted}/config && ls -A /srv")
-            assert made == ODD_REPOSITORY.removeprefix("/srv/"), made
+            assert made == ODD_REPOSITORY.split("/")[2], made
             assert backups_on.ssh(host, "ls /tmp/pwned 2>/dev/null || echo absent") == "absent"
     finally:
         backups_on.config.write_text(original)
         for host in ("n1", "n2"):
-            backups_on.ssh(host, f"rm -rf {quoted} /tmp/pwned")
+            backups_on.ssh(host, f"rm -rf {shlex.quote('/srv/' + ODD_REPOSITORY.split('/')[2])} "
+                                 "/tmp/pwned")
         restored = backups_on.json("deploy")
         assert restored["ok"], restored
 
