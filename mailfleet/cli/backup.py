@@ -166,7 +166,7 @@ def restore(
         raise ConfigError("--to-time and --snapshot: give one of them (--to-time picks the "
                           "snapshot itself).")
     state = ssh_run(settings, f"hostname -f; ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1; "
-                              f"test -e {backup_mod.ENV_FILE} && echo deployed || true")
+                              f"test -e {backup_mod.REPOSITORY_FILE} && echo deployed || true")
     own_name, postgresql, deployed = (state.split() + ["", "", ""])[:3]
     if deployed != "deployed":
         raise ConfigError(f"{settings.name} has no backup set-up yet: run `mailfleet deploy "

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,6 +15,7 @@ from mailfleet.cli.state import globals_of
 from mailfleet.config import Config
 from mailfleet.engine import Engine
 from mailfleet.errors import ConfigError, DeployError, UsageError
+from mailfleet.localfile import write_private
 from mailfleet.services import wireguard
 from mailfleet.templating import render
 
@@ -120,10 +120,10 @@ def client(
                           "endpoint": wireguard.endpoint(config, h), "public_key": keys[h.name]}
                          for h in config.hosts])
     if output:
-        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.chmod(output, 0o600)
+        try:
+            write_private(output, text)  # 0600 from the first byte, an existing file too
+        except OSError as err:
+            raise ConfigError(f"--output {output}: cannot write it ({err.strerror}).") from None
         info(f"{output} written (mode 0600)")
     else:
         typer.echo(text, nl=False)

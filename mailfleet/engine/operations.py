@@ -100,10 +100,14 @@ def config_file(
     if parent and not host.get_fact(Directory, path=parent):
         yield StringCommand("mkdir", "-p", "-m", "0755", QuoteString(parent))
     tmp = dest + NEW_SUFFIX
+    # the new file is made empty with its final owner and mode first (`install` creates it
+    # 0600, then sets both), and the upload writes into it, keeping them: SFTP opens an
+    # existing file, a sudo upload `cp`s onto it. A secret is never readable by others, not
+    # even between the upload and a chmod.
+    yield StringCommand("install", "-m", QuoteString(mode), "-o", QuoteString(user), "-g",
+                        QuoteString(group), "/dev/null", QuoteString(tmp))
     yield FileUploadCommand(StringIO(content), tmp,
                             remote_temp_filename=host.get_temp_filename(tmp))
-    yield StringCommand("chown", QuoteString(f"{user}:{group}"), QuoteString(tmp))
-    yield StringCommand("chmod", QuoteString(mode), QuoteString(tmp))
     if validate:
         check = validate.replace("{path}", shlex.quote(tmp))
         yield StringCommand(

@@ -9,8 +9,10 @@ STAMP for `mailfleet check`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+import shlex
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.engine.operations import unit_restarted
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.errors import ConfigError
+from mailfleet.localfile import write_private
 from mailfleet.services import certs, mailstore, opendkim, postgres, radicale
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
@@ -33,13 +36,22 @@ ROOT = "/var/backups/mailfleet"
 PG_DIR = f"{ROOT}/postgres"
 WAL_DIR = f"{PG_DIR}/wal"
 SCRIPT = "/usr/local/lib/mailfleet/backup.sh"
-ENV_FILE = "/etc/mailfleet/backup.env"
+# restic reads its settings from files itself: the repository address (which can hold a
+# password and any character) never passes through a shell or an env file a shell sources
+REPOSITORY_FILE = "/etc/mailfleet/backup-repository"
 PASSWORD_FILE = f"{SECRETS_DIR}/backup-password"
+# written by mailfleet before: the repository address as shell code, sourced (now removed)
+OLD_ENV_FILE = "/etc/mailfleet/backup.env"
 STAMP = "/var/lib/mailfleet/backup-last-success"
+# the sha256 of the repository address that was initialised (the address may hold a password)
 REPOSITORY_MARK = "/var/lib/mailfleet/backup-repository"
 RESTORED = "/var/lib/mailfleet/backup-restored"
 UNIT = "mailfleet-backup"
-RESTIC = f"set -a; . {ENV_FILE}; set +a; restic"
+# constant paths only, quoted anyway: the prefix of every restic command on a host
+ENVIRONMENT = " ".join(f"{name}={shlex.quote(value)}" for name, value in {
+    "RESTIC_REPOSITORY_FILE": REPOSITORY_FILE, "RESTIC_PASSWORD_FILE": PASSWORD_FILE,
+    "RESTIC_CACHE_DIR": "/var/cache/mailfleet/restic"}.items())
+RESTIC = f"{ENVIRONMENT} restic"
 # what a rebuilt host needs besides the packages and mailfleet.toml
 PATHS = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, certs.TLS_DIR, "/etc/mailfleet", PG_DIR,
          "/var/lib/mailfleet"]
@@ -47,7 +59,7 @@ PATHS = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, certs.TLS_DIR, "/etc/mailfleet",
 snapshot.register("backup", f"printf 'repository '; cat {REPOSITORY_MARK} 2>/dev/null; echo; "
                             f"printf 'last '; cat {STAMP} 2>/dev/null; echo; "
                             # before its first backup: has this name a history to restore?
-                            f"if [ ! -e {STAMP} ] && [ ! -e {RESTORED} ] && [ -e {ENV_FILE} ]; "
+                            f"if [ ! -e {STAMP} ] && [ ! -e {RESTORED} ] && [ -e {REPOSITORY_FILE} ]; "
                             f"then printf 'history '; ({RESTIC} snapshots --json --tag mailfleet "
                             f"--host \"$(hostname -f)\" 2>/dev/null || true) | grep -o '\"id\"' "
                             f"| wc -l; fi")
@@ -68,8 +80,7 @@ def local_password(config) -> str:
     try:
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_text(secrets.token_urlsafe(32) + "\n")
-            path.chmod(0o600)
+            write_private(path, secrets.token_urlsafe(32) + "\n")
         password = path.read_text(encoding="utf-8").strip()
     except OSError as err:
         raise ConfigError(f"backup.password_file: cannot use {path} ({err.strerror}).") from None
@@ -78,15 +89,30 @@ def local_password(config) -> str:
     return password
 
 
+def repository_digest(url: str) -> str:
+    """What REPOSITORY_MARK holds: the address's sha256, not the address (it may hold a
+    password and the mark is not a secret file)."""
+    return hashlib.sha256(url.encode()).hexdigest()
+
+
 @operation()
-def repository(url: str, marked: str):
+def repository(digest: str, marked: str):
     """Initialise the restic repository once (an existing one is only checked to open)."""
-    if marked == url:
-        host.noop(f"restic repository {url} is initialised")
+    if marked == digest:
+        host.noop("the restic repository is initialised")
         return
-    yield (f"set -a; . {ENV_FILE}; set +a; "
-           f"restic cat config >/dev/null 2>&1 || restic init --quiet; "
-           f"echo '{url}' > {REPOSITORY_MARK}")
+    yield (f"{{ {RESTIC} cat config >/dev/null 2>&1 || {RESTIC} init --quiet; }} && "
+           f"echo {digest} > {REPOSITORY_MARK}")
+
+
+def script(config, postgresql: str) -> str:
+    """The backup script (run by the timer and by `backup run`)."""
+    settings = config.backup
+    return render("backup/mailfleet-backup.sh.j2", environment=ENVIRONMENT, pg_dir=PG_DIR,
+                  pg_bin=f"/usr/lib/postgresql/{postgresql}/bin",
+                  paths=paths(config), restored_file=RESTORED,
+                  keep_daily=settings.keep_daily, keep_weekly=settings.keep_weekly,
+                  keep_monthly=settings.keep_monthly, stamp_file=STAMP)
 
 
 def deploy(ctx: HostContext) -> None:
@@ -108,19 +134,16 @@ def deploy(ctx: HostContext) -> None:
                      user="postgres", group="postgres")
     ctx.op(unit_restarted, name="Restart postgresql (archiving)", unit="postgresql",
            _if=ctx.changed(archive))
-    ctx.op(config_file, name=f"Write {ENV_FILE}", dest=ENV_FILE, mode="600",
-           content=render("backup/restic.env.j2", repository=settings.repository,
-                          password_file=PASSWORD_FILE))
+    # the address byte for byte (restic reads it itself), root's only: it may hold a password
+    ctx.op(config_file, name=f"Write {REPOSITORY_FILE}", dest=REPOSITORY_FILE, mode="600",
+           content=settings.repository, secret=True)
+    ctx.op(files.file, name=f"Remove {OLD_ENV_FILE} (shell code; restic reads files now)",
+           path=OLD_ENV_FILE, present=False)
     state = parse_status(ctx.snapshot("backup"))
-    ctx.op(repository, name="Initialise the backup repository", url=settings.repository,
-           marked=state.get("repository", ""))
+    ctx.op(repository, name="Initialise the backup repository",
+           digest=repository_digest(settings.repository), marked=state.get("repository", ""))
     ctx.op(config_file, name="Install the backup script", dest=SCRIPT, mode="755",
-           content=render("backup/mailfleet-backup.sh.j2", env_file=ENV_FILE, pg_dir=PG_DIR,
-                          pg_bin=f"/usr/lib/postgresql/{release.postgresql}/bin",
-                          paths=paths(ctx.config), restored_file=RESTORED,
-                          keep_daily=settings.keep_daily,
-                          keep_weekly=settings.keep_weekly, keep_monthly=settings.keep_monthly,
-                          stamp_file=STAMP))
+           content=script(ctx.config, release.postgresql))
     units = [ctx.op(config_file, name=f"Write {UNIT}.{kind}",
                     dest=f"/etc/systemd/system/{UNIT}.{kind}",
                     content=render(f"backup/{UNIT}.{kind}.j2", script=SCRIPT,
@@ -266,7 +289,7 @@ def restore_script(chosen: dict, paths: list[str], target: datetime | None,
     units = STOPPED_FOR_RESTORE + (["radicale"] if radicale.STORAGE in paths else [])
     return render("backup/mailfleet-restore.sh.j2", snapshot=chosen["id"],
                   short_id=chosen.get("short_id", chosen["id"][:8]),
-                  source_host=chosen["hostname"], env_file=ENV_FILE, work_dir=RESTORE_WORK,
+                  source_host=chosen["hostname"], environment=ENVIRONMENT, work_dir=RESTORE_WORK,
                   data_dir=f"/var/lib/postgresql/{postgresql}/main",
                   restore_conf=f"/etc/postgresql/{postgresql}/main/conf.d/mailfleet-restore.conf",
                   paths=paths, owners=[(p, RESTORE_OWNERS[p]) for p in paths if p in RESTORE_OWNERS],

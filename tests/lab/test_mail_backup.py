@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -23,7 +24,7 @@ import tomlkit
 from conftest import (DOMAIN, PASSWORD, Cli, LabNet, Node, lab_leftovers, lab_name,
                       shared_node)
 
-from mailfleet.services import mailflow
+from mailfleet.services import backup, mailflow
 
 REPOSITORY = "/var/backups/mailfleet/restic"
 
@@ -68,15 +69,15 @@ def test_backup_run_adds_a_snapshot_holding_the_new_mail(node: Node, backups_on:
     # the message file in the snapshot is the delivered message, byte for byte
     found = node.cli.ssh(node.name, f"grep -rl 'Subject: {subject}' /var/mail/vmail | head -n 1")
     assert found, "the message is not in the Maildir"
-    restic = f"set -a; . /etc/mailfleet/backup.env; set +a; restic dump {newest} {found}"
+    restic = f"{backup.RESTIC} dump {newest} {found}"
     stored = node.cli.ssh(node.name, f"{restic} | sha256sum | cut -d' ' -f1")
     on_disk = node.cli.ssh(node.name, f"sha256sum {found} | cut -d' ' -f1")
     assert stored == on_disk
     # and the same message IMAP serves (Dovecot stores LF line ends, IMAP sends CRLF)
     assert hashlib.sha256(raw.replace(b"\r\n", b"\n")).hexdigest() == on_disk
     # the PostgreSQL base backups and archived WAL are in it too
-    listing = node.cli.ssh(node.name, "set -a; . /etc/mailfleet/backup.env; set +a; "
-                                      f"restic ls {newest} | grep /var/backups/mailfleet/postgres/")
+    listing = node.cli.ssh(node.name, f"{backup.RESTIC} ls {newest} "
+                                      "| grep /var/backups/mailfleet/postgres/")
     assert "/base.tar.gz" in listing and "/postgres/wal/0000" in listing, listing
 
 
@@ -96,6 +97,54 @@ def test_verify_passes_then_finds_a_damaged_repository(node: Node, backups_on: C
     finally:
         node.cli.ssh(node.name, "cp -p /root/pack.bak \"$(cat /root/pack.path)\"")
     assert backups_on("backup", "verify", "--host", node.name, check=False).returncode == 0
+
+
+# a valid directory name full of shell syntax: if any shell parsed it, /tmp/pwned would appear
+# and restic would get another path (${IFS}: the config refuses whitespace in a repository)
+ODD_REPOSITORY = "/srv/restic-$(touch${IFS}/tmp/pwned)&x`id`'\"$HOME"
+
+
+def test_a_repository_with_shell_syntax_reaches_restic_byte_for_byte(backups_on: Cli):
+    """The repository setting is data, never shell code: on both releases restic creates its
+    repository at exactly that path, `backup run` and `backup list` work, no command in it
+    runs."""
+    original = backups_on.config.read_text()
+    quoted = shlex.quote(ODD_REPOSITORY)
+    doc = tomlkit.parse(original)
+    doc["backup"]["repository"] = ODD_REPOSITORY
+    backups_on.config.write_text(tomlkit.dumps(doc))
+    try:
+        report = backups_on.json("deploy")
+        assert report["ok"], report
+        for host in ("n1", "n2"):
+            backups_on("backup", "run", "--host", host)
+            snapshots = backups_on.json("backup", "list", "--host", host)["snapshots"]
+            assert [s for s in snapshots if s["host"].startswith(f"{host}.")], snapshots
+            # at exactly that path (its `/` make it three directories deep), nowhere else
+            made = backups_on.ssh(host, f"test -f {quoted}/config && ls -A /srv")
+            assert made == ODD_REPOSITORY.split("/")[2], made
+            assert backups_on.ssh(host, "ls /tmp/pwned 2>/dev/null || echo absent") == "absent"
+    finally:
+        backups_on.config.write_text(original)
+        for host in ("n1", "n2"):
+            backups_on.ssh(host, f"rm -rf {shlex.quote('/srv/' + ODD_REPOSITORY.split('/')[2])} "
+                                 "/tmp/pwned")
+        restored = backups_on.json("deploy")
+        assert restored["ok"], restored
+
+
+def test_deploy_diff_never_prints_the_repository_credentials(backups_on: Cli):
+    """A repository URL can hold a password: `deploy --diff` says the file changed, not how."""
+    original = backups_on.config.read_text()
+    doc = tomlkit.parse(original)
+    doc["backup"]["repository"] = "rest:https://backup:Pa$$w0rd&x@127.0.0.1:1/mail"
+    backups_on.config.write_text(tomlkit.dumps(doc))
+    try:
+        shown = backups_on("deploy", "--check", "--diff", "--limit", "n1", check=False)
+    finally:
+        backups_on.config.write_text(original)
+    assert "(not shown)" in shown.stdout + shown.stderr, shown.stdout + shown.stderr
+    assert "Pa$$w0rd" not in shown.stdout + shown.stderr, shown.stdout + shown.stderr
 
 
 # -- the restore drill: host A (the shared lab's Debian 13 node) onto a fresh host B ---------

@@ -256,3 +256,27 @@ def test_nginx_serves_https_only_and_never_roundcube_internals(node: Node):
         answer = _https(node, node.fqdn, secret)
         assert answer.status == 404, (secret, answer.status)
         assert b"db_dsnw" not in answer.data and b"password_db_dsn" not in answer.data
+
+
+def test_roundcube_secrets_are_never_readable_while_a_deploy_rewrites_them(node: Node):
+    """The PHP files holding database passwords are 0640 root:www-data from their first byte:
+    a watcher on the host stats them (and the new file before it replaces the old) in a
+    loop while a deploy rewrites them, and never sees another mode or owner."""
+    files = "/etc/roundcube/config.inc.php* /etc/roundcube/plugins/password/config.inc.php*"
+    watcher = (f"while [ ! -e /root/watch.stop ]; do stat -c '%n %a %U:%G' {files} "
+               "2>/dev/null; done > /root/watch.log")
+    node.cli.ssh(node.name, "rm -f /root/watch.stop /root/watch.log; "
+                            "echo '// changed by hand' >> /etc/roundcube/config.inc.php; "
+                            "echo '// changed by hand' >> /etc/roundcube/plugins/password/config.inc.php; "
+                            f"nohup sh -c {shlex.quote(watcher)} >/dev/null 2>&1 &")
+    try:
+        report = node.cli.json("deploy", "--limit", node.name)
+    finally:
+        node.cli.ssh(node.name, "touch /root/watch.stop; sleep 1")
+    assert report["ok"], report
+    seen = node.cli.ssh(node.name, "sort /root/watch.log | uniq -c; rm -f /root/watch.*")
+    modes = {" ".join(line.split()[2:]) for line in seen.splitlines()}
+    assert modes == {"640 root:www-data"}, seen
+    # the watcher saw the new files before they replaced the old (it was fast enough)
+    assert ".mailfleet-new " in seen, seen
+    assert "changed by hand" not in node.cli.ssh(node.name, "cat /etc/roundcube/config.inc.php")
