@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,12 @@ _env = jinja2.Environment(
 #   php    '{{ v | php }}'     PHP single-quoted string (Roundcube's config)
 #   xml    {{ v | xml }}       XML text or attribute (autoconfig, autodiscover)
 #   pystr  {{ v | pystr }}     a Python string literal, quotes included
+#   toml   {{ v | toml }}      a TOML string, quotes included (mailfleet init)
 #   word   {{ v | word }}      one bare word in nginx, Postfix, Dovecot, INI/systemd files:
 #                              these have no usable escape ($ and quotes are live in nginx),
 #                              so anything beyond a plain word is refused
+#   line   {{ v | line }}      the rest of a line (Postfix query, sshd line): no line breaks
+#   int    {{ v | int }}       (Jinja's own) numbers
 
 
 class TemplateValueError(ValueError):
@@ -93,8 +97,22 @@ def word(value: object) -> str:
     return text
 
 
+def toml_string(value: object) -> str:
+    """A TOML basic string, quotes included (JSON's string escapes are TOML's too)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+def line(value: object) -> str:
+    """A value that runs to the end of its line (a Postfix map's query, an sshd line, a
+    comment): a line break would start a new setting, so control characters are refused."""
+    text = str(value)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise TemplateValueError(f"{text!r} cannot be written on one line of a config file")
+    return text
+
+
 _env.filters.update(plist=plist_string, php=php_string, xml=xml_text, pystr=python_string,
-                    word=word)
+                    word=word, line=line, toml=toml_string)
 
 
 def render(name: str, **values: Any) -> str:
