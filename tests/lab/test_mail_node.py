@@ -367,7 +367,7 @@ def test_the_server_chooses_the_tls12_cipher_strongest_first(node: Node, port: i
     context = node.context()
     context.maximum_version = ssl.TLSVersion.TLSv1_2
     context.set_ciphers(WEAKEST_FIRST)
-    offered = [c["name"] for c in context.get_ciphers()]
+    offered = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
     assert offered[0].endswith("AES128-GCM-SHA256"), offered  # OpenSSL kept the order we gave
 
     def negotiated() -> str:
