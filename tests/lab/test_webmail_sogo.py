@@ -213,12 +213,14 @@ def test_a_hostile_title_stays_a_title_and_no_header_logs_anyone_in(node: Node, 
     status, xml = _get(node, "/.well-known/autoconfig/mail/config-v1.1.xml", {})
     shown = ElementTree.fromstring(xml.encode()).find("emailProvider/displayName").text
     assert status == 200 and shown == f"{HOSTILE_TITLE} (example.test)", shown
-    # a client naming a user in SOGo's proxy headers gets no session: not that user's mail
+    # a client naming a user in SOGo's proxy headers gets no session: SOGo answers that user's
+    # mail view with its login page (the MainUI app, 200), not the mail app with the user in it
     user = node.user("sogo-victim")
     for header in ("x-webobjects-remote-user", "X-WebObjects-Remote-User"):
         status, page = _get(node, f"/SOGo/so/{user}/Mail/view",
                             {header: user, "x-webobjects-auth-type": "Basic"})
-        assert status != 200 and user not in page, (header, status, page[:2000])
+        assert 'ng-app="SOGo.MainUI"' in page and "SOGo.MailerUI" not in page, (header, page[:2000])
+        assert user not in page, (header, status, page[:2000])
 
 
 def test_switching_back_to_roundcube_removes_sogo(sogo_on: Cli):
