@@ -370,8 +370,12 @@ class WebSettings(_Strict):
     @field_validator("title")
     @classmethod
     def _check_title(cls, value: str) -> str:
-        if not value.strip() or any(c in value for c in "'\\<>\n"):
-            raise ValueError(f"{value!r} cannot be a title (no quotes, backslashes or <>)")
+        # quotes and backslashes are fine: each template escapes the title for its format;
+        # < and > are refused because the webmail pages show it as HTML
+        if not value.strip() or any(c in value for c in "<>") or any(
+                ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise ValueError(f"{value!r} cannot be a title (it must not be empty and must have "
+                             "no < or > and no control characters such as a line break)")
         return value.strip()
 
 

@@ -30,6 +30,14 @@ CHAIN_FILE = f"{TLS_DIR}/key-and-chain.pem"  # both in one (Postfix reads it per
 SCRIPT = "/usr/local/lib/mailfleet/local-ca.sh"
 DAYS = 825
 RENEW_DAYS = 30
+# TLS 1.2 suites of every TLS service (Postfix, Dovecot, nginx): forward secrecy and AEAD only,
+# strongest first; each server enforces this order over the client's (TLS 1.3 has its own).
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "DHE-RSA-AES256-GCM-SHA384:DHE-RSA-AES128-GCM-SHA256"
+)
 SOURCE_FILE = f"{TLS_DIR}/source"  # "acme" once certbot's deploy hook installed one
 # check: an ACME certificate warns this many days before it expires, and fails at the second
 ACME_WARN_DAYS, ACME_FAIL_DAYS = 21, 7

@@ -23,11 +23,6 @@ PACKAGES = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql",
             "dovecot-sieve", "dovecot-managesieved"]
 SQL_FILE = "/etc/dovecot/mailfleet-sql.conf.ext"
 PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
-CIPHER_LIST = (
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"
-    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
-    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384"
-)
 
 
 snapshot.register_unit("dovecot")
@@ -50,7 +45,7 @@ def deploy(ctx: HostContext) -> None:
         content=render(
             f"dovecot/dovecot-{version}.conf.j2", fqdn=ctx.fqdn, domain=mail.domain,
             sql_file=SQL_FILE, cert_file=certs.CERT_FILE, key_file=certs.KEY_FILE,
-            cipher_list=CIPHER_LIST, vmail_dir=VMAIL_DIR, vmail_uid=mail.vmail_uid,
+            cipher_list=certs.TLS12_CIPHERS, vmail_dir=VMAIL_DIR, vmail_uid=mail.vmail_uid,
             vmail_gid=mail.vmail_gid, default_quota_mb=mail.default_quota_mb,
             quota_status_port=QUOTA_STATUS_PORT,
         ),

@@ -55,7 +55,8 @@ def deploy(ctx: HostContext) -> None:
         config_file, name="Write the nginx site", dest=SITE, validate=VALIDATE,
         content=render(
             "nginx/mailfleet.conf.j2", fqdn=fqdn, acme_root=ACME_ROOT, web_root=WEB_ROOT,
-            cert_file=certs.CERT_FILE, key_file=certs.KEY_FILE, http2_on=release.nginx_http2_on,
+            cert_file=certs.CERT_FILE, key_file=certs.KEY_FILE, cipher_list=certs.TLS12_CIPHERS,
+            http2_on=release.nginx_http2_on,
             server_names=list(dict.fromkeys([fqdn, config.mail.hostname,
                                              *[n for n in names if not n.startswith("mta-sts.")]])),
             mta_sts_names=[n for n in names if n.startswith("mta-sts.")],

@@ -104,7 +104,7 @@ def deploy(ctx: HostContext) -> None:
             message_size_bytes=ctx.config.mail.message_size_mb * 1024 * 1024,
             quota_status_port=QUOTA_STATUS_PORT, opendkim_port=OPENDKIM_PORT,
             opendmarc_port=OPENDMARC_PORT,
-            chain_file=certs.CHAIN_FILE,
+            chain_file=certs.CHAIN_FILE, cipher_list=certs.TLS12_CIPHERS,
         ),
         validate=_validate("main.cf"),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import imaplib
 import smtplib
+import ssl
 import threading
 import time
 import uuid
@@ -374,3 +375,27 @@ def test_deploy_repairs_a_host_whose_postgresql_was_stopped(node: Node):
     assert node.cli.json("deploy", "--limit", node.name)["changes"] == 0
     checks = node.cli.json("check", "--limit", node.name)
     assert checks["ok"], [c for c in checks["checks"] if c["status"] != "ok"]
+
+
+# A client that offers the weakest TLS 1.2 suite we allow first and the strongest last: with the
+# server's order enforced it still gets the strongest. The lab's certificates are ECDSA; the RSA
+# names are offered too so that an RSA certificate would test the same.
+WEAKEST_FIRST = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                 "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+                 "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384")
+
+
+@pytest.mark.parametrize("port,mode", [(465, "smtp-tls"), (587, "smtp-starttls"), (25, "smtp-starttls"),
+                                       (993, "imap-tls"), (443, "https")])
+def test_the_server_chooses_the_tls12_cipher_strongest_first(node: Node, port: int, mode: str):
+    context = node.context()
+    context.maximum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(WEAKEST_FIRST)
+    offered = [c["name"] for c in context.get_ciphers() if c["protocol"] == "TLSv1.2"]
+    assert offered[0].endswith("AES128-GCM-SHA256"), offered  # OpenSSL kept the order we gave
+
+    def negotiated() -> str:
+        with mailflow.tls_handshake(node.address, port, mode, node.fqdn, context) as tls:
+            return tls.cipher()[0]
+
+    assert node.run(negotiated).endswith("AES256-GCM-SHA384"), f"port {port}: the client's order won"

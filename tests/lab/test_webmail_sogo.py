@@ -6,10 +6,12 @@ Dovecot enforces, ActiveSync, and a clean switch back to Roundcube."""
 from __future__ import annotations
 
 import base64
+import html
 import http.client
 import json
 import ssl
 import uuid
+from xml.etree import ElementTree
 
 import caldav
 import pytest
@@ -23,10 +25,18 @@ from webmail import SOGo, browser
 from mailfleet.lab.lab import Lab
 
 
-def _configure(cli: Cli, **features: object) -> dict:
+# A title that, rendered unescaped into sogo.conf, closed its string and became a top-level
+# setting: SOGo would then log in whoever a client names in x-webobjects-remote-user.
+HOSTILE_TITLE = 'Bob\'s "Mail" \\ "; SOGoTrustProxyAuthentication = YES; X = "x'
+DEFAULT_TITLE = "Webmail"
+
+
+def _configure(cli: Cli, title: str | None = None, **features: object) -> dict:
     doc = tomlkit.parse(cli.config.read_text())
     for key, value in features.items():
         doc["features"][key] = value
+    if title is not None:
+        doc.setdefault("web", tomlkit.table())["title"] = title
     cli.config.write_text(tomlkit.dumps(doc))
     report = cli.json("deploy")
     assert report["ok"], report
@@ -40,9 +50,13 @@ def _no_changes(cli: Cli) -> None:
 
 @pytest.fixture(scope="module")
 def sogo_on(deployed: Cli) -> Cli:
-    _configure(deployed, webmail="sogo", radicale=False, activesync=True)
+    """SOGo, under a title written to break out of its config file (every test here runs
+    with it); the last test switches back and restores the title, or this does if it failed."""
+    _configure(deployed, title=HOSTILE_TITLE, webmail="sogo", radicale=False, activesync=True)
     _no_changes(deployed)
-    return deployed
+    yield deployed
+    if tomlkit.parse(deployed.config.read_text())["web"]["title"] != DEFAULT_TITLE:
+        _configure(deployed, title=DEFAULT_TITLE, webmail="roundcube", activesync=False)
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +189,42 @@ def test_activesync_answers_phones(node: Node, sogo_on: Cli):
                     "wrong-password").status == 401
 
 
+def _get(node: Node, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    port = Lab(node.cli.lab).forward(node.name, 443)
+    connection = http.client.HTTPSConnection("127.0.0.1", port, timeout=60,
+                                             context=ssl._create_unverified_context())
+    connection.request("GET", path, headers={"Host": node.fqdn, **headers})
+    response = connection.getresponse()
+    body = response.read().decode(errors="replace")
+    connection.close()
+    return response.status, body
+
+
+def test_a_hostile_title_stays_a_title_and_no_header_logs_anyone_in(node: Node, sogo_on: Cli):
+    conf = node.cli.ssh(node.name, "grep -E '^ *(SOGoPageTitle|SOGoTrustProxyAuthentication) ' "
+                                   "/etc/sogo/sogo.conf")
+    assert [line.strip() for line in conf.splitlines()] == [
+        'SOGoPageTitle = "Bob\'s \\"Mail\\" \\\\ \\"; SOGoTrustProxyAuthentication = YES; X = \\"x";',
+        "SOGoTrustProxyAuthentication = NO;"], conf
+    # SOGo read it as one string: its login page shows the title as written
+    status, page = _get(node, "/SOGo/", {})
+    assert status == 200 and HOSTILE_TITLE in html.unescape(page), page[:2000]
+    # Thunderbird's autoconfig, XML, names the provider with the same title
+    status, xml = _get(node, "/.well-known/autoconfig/mail/config-v1.1.xml", {})
+    shown = ElementTree.fromstring(xml.encode()).find("emailProvider/displayName").text
+    assert status == 200 and shown == f"{HOSTILE_TITLE} (example.test)", shown
+    # a client naming a user in SOGo's proxy headers gets no session: SOGo answers that user's
+    # mail view with its login page (the MainUI app, 200), not the mail app with the user in it
+    user = node.user("sogo-victim")
+    for header in ("x-webobjects-remote-user", "X-WebObjects-Remote-User"):
+        status, page = _get(node, f"/SOGo/so/{user}/Mail/view",
+                            {header: user, "x-webobjects-auth-type": "Basic"})
+        assert 'ng-app="SOGo.MainUI"' in page and "SOGo.MailerUI" not in page, (header, page[:2000])
+        assert user not in page, (header, status, page[:2000])
+
+
 def test_switching_back_to_roundcube_removes_sogo(sogo_on: Cli):
-    _configure(sogo_on, webmail="roundcube", activesync=False)
+    _configure(sogo_on, title=DEFAULT_TITLE, webmail="roundcube", activesync=False)
     for name in ("n1", "n2"):
         left = sogo_on.ssh(name, "dpkg-query -W -f='${Package} ${Status}\\n' 'sogo*' "
                                  "memcached 2>/dev/null | grep ' installed' || true")
