@@ -21,7 +21,8 @@ _env = jinja2.Environment(
     lstrip_blocks=True,
     # XML templates escape every value even if a filter is forgotten; the other formats have
     # no such safety net in Jinja, so each value there goes through its format's filter below
-    autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",), default=False),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("xml.j2",), default=False,
+                                       default_for_string=False),
 )
 
 

@@ -229,7 +229,7 @@ def sogo_locations(text: str) -> list[str]:
 def test_nginx_empties_sogos_trust_headers_in_every_sogo_location():
     text = render("nginx/mailfleet.conf.j2", **NGINX)
     blocks = sogo_locations(text)
-    assert len(blocks) == 2  # the SOGo path and ActiveSync
+    assert len(blocks) == 3  # the SOGo path, its login (/connect, rate-limited) and ActiveSync
     for body in blocks:
         assert 'proxy_set_header x-webobjects-remote-user "";' in body
         assert 'proxy_set_header x-webobjects-auth-type "";' in body
