@@ -52,7 +52,7 @@ class _Strict(BaseModel):
 
 def domain_name(value: str) -> str:
     value = value.strip().lower().rstrip(".")
-    if not DOMAIN_RE.match(value):
+    if not DOMAIN_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a valid domain name (like example.org)")
     return value
 
@@ -102,7 +102,8 @@ SSHD_OWNED = frozenset(k.lower() for k in (
     "PermitEmptyPasswords", "MaxAuthTries", "LoginGraceTime", "AuthorizedKeysFile",
     "AuthorizedKeysCommand", "AuthorizedKeysCommandUser", "HostbasedAuthentication",
     "IgnoreRhosts", "GSSAPIAuthentication", "KerberosAuthentication", "StrictModes",
-    "PermitUserEnvironment",
+    "PermitUserEnvironment", "TrustedUserCAKeys", "AuthorizedPrincipalsFile",
+    "AuthorizedPrincipalsCommand", "AuthorizedPrincipalsCommandUser", "RevokedKeys",
     # no X11 or agent forwarding; idle sessions end
     "X11Forwarding", "AllowAgentForwarding", "ClientAliveInterval", "ClientAliveCountMax",
     # algorithms
@@ -123,7 +124,7 @@ def sshd_keyword(line: str) -> str | None:
 
 
 def _user_name(value: str, reason: str) -> str:
-    if value == "root" or not UNIX_USER_RE.match(value):
+    if value == "root" or not UNIX_USER_RE.fullmatch(value):
         raise ValueError(f"{value!r} {reason}")
     return value
 
@@ -315,7 +316,7 @@ class DnsSettings(_Strict):
             return None
         value = value.strip().removeprefix("mailto:")
         local, _, domain = value.rpartition("@")
-        if not local or not DOMAIN_RE.match(domain.lower()):
+        if not local or not DOMAIN_RE.fullmatch(domain.lower()):
             raise ValueError(f"{value!r} is not a mail address (like dmarc@example.org)")
         bad = next((c for c in local if not REPORT_LOCAL_CHARS.match(c)), None)
         if bad is not None:
@@ -384,7 +385,7 @@ WG_KEY_RE = re.compile(r"^[A-Za-z0-9+/]{42}[AEIMQUYcgkosw048]=$")
 
 def wireguard_key(value: str) -> str:
     value = value.strip()
-    if not WG_KEY_RE.match(value):
+    if not WG_KEY_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a WireGuard public key (44 characters of base64, "
                          "as `wg pubkey` prints it)")
     return value
@@ -403,7 +404,7 @@ class VpnPeer(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not HOST_NAME_RE.match(value):
+        if not HOST_NAME_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a peer name (lower case letters, digits, '-')")
         return value
 
@@ -478,7 +479,7 @@ class HostSettings(_Strict):
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not HOST_NAME_RE.match(value):
+        if not HOST_NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{value!r} is not a valid host name (lower case letters, digits and '-', "
                 "starting with a letter)"
@@ -537,14 +538,14 @@ class HostSettings(_Strict):
             return value
         except ValueError:
             pass
-        if not SSH_HOST_RE.match(value):
+        if not SSH_HOST_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not an IP address or host name")
         return value
 
     @field_validator("ssh_user")
     @classmethod
     def _check_ssh_user(cls, value: str) -> str:
-        if not UNIX_USER_RE.match(value):
+        if not UNIX_USER_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a Unix user name (lower case letters, digits, "
                              "'_' and '-', not starting with '-')")
         return value
@@ -661,6 +662,13 @@ class BackupSettings(_Strict):
         if not re.fullmatch(r"(/[^\s]+|(sftp|s3|rest|b2|azure|gs|swift|rclone):\S+)", value):
             raise ValueError(f"{value!r} is not a restic repository (an absolute path on the "
                              "host, or sftp:, s3:, rest:, ... with its address)")
+        # restic runs `ssh HOST ...` for sftp: and `rclone REMOTE ...`: a host, user or remote
+        # starting with "-" would be an option there (-oProxyCommand=... runs as root)
+        scheme, _, rest = value.partition(":")
+        target = rest.removeprefix("//") if scheme == "sftp" else rest
+        if scheme in ("sftp", "rclone") and re.match(r"([^@/:]*@)?-|-", target):
+            raise ValueError(f"{value!r} names a host or remote starting with '-', which ssh or "
+                             "rclone would take for an option")
         return value
 
     @field_validator("schedule")

@@ -48,10 +48,10 @@ def address(value: str, what: str = "address") -> str:
                          f"name may only contain letters, digits, '.', '-' and '_'")
     if len(local) > 64:
         raise ValueError(f"{what} {value!r} has a name longer than 64 characters before the @")
-    if not LOCAL_RE.match(local):
+    if not LOCAL_RE.fullmatch(local):
         raise ValueError(f"{what} {value!r} starts or ends with a dot or has two dots in a "
                          f"row before the @")
-    if not DOMAIN_RE.match(domain):
+    if not DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"{what} {value!r} has no valid domain after the @")
     return value
 
@@ -67,7 +67,7 @@ def existing(value: str, what: str = "address") -> str:
         raise ValueError(f"{what} {value!r} is not an email address (like someone@example.org)")
     if any(unicodedata.category(c).startswith("C") for c in local):
         raise ValueError(f"{what} {value!r} contains control characters")
-    if not DOMAIN_RE.match(domain):
+    if not DOMAIN_RE.fullmatch(domain):
         raise ValueError(f"{what} {value!r} has no valid domain after the @")
     return value
 
@@ -77,7 +77,7 @@ def alias_source(value: str, check: Callable[[str, str], str] = address) -> str:
     address() for a new alias, existing() to name one that is there."""
     value = value.strip().lower()
     if value.startswith("@"):
-        if not DOMAIN_RE.match(value[1:]):
+        if not DOMAIN_RE.fullmatch(value[1:]):
             raise ValueError(f"catch-all {value!r} has no valid domain after the @")
         return value
     return check(value, "alias")
@@ -92,12 +92,16 @@ def destination(value: str) -> str:
     """Where an alias delivers: any address, also outside (forwarding); "+" is allowed."""
     value = value.strip().lower()
     local, at, domain = value.rpartition("@")
-    if not at or not local or not DOMAIN_RE.match(domain) or any(c.isspace() for c in local):
+    if not at or not local or not DOMAIN_RE.fullmatch(domain) or any(c.isspace() for c in local):
         raise ValueError(f"destination {value!r} is not an email address")
-    # It only ever goes into SQL parameters (Postfix's lookup result), but control
-    # characters would still garble terminals and logs that show it.
-    if any(unicodedata.category(c).startswith("C") for c in local):
-        raise ValueError(f"destination {value!r} contains control characters")
+    # It goes into SQL parameters only, but Postfix splits a lookup result into addresses
+    # at commas (a,evil@elsewhere would forward to a second address) and reads <>"();:\@ as
+    # address syntax; control characters would garble terminals and logs that show it.
+    bad = next((c for c in local if c in ',<>"();:\\@[]' or
+                unicodedata.category(c).startswith("C")), None)
+    if bad is not None:
+        raise ValueError(f"destination {value!r} contains {bad!r} before the @, which is not "
+                         "part of a plain address")
     return value
 
 

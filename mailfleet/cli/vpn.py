@@ -39,7 +39,9 @@ def host_keys(config: Config, live: bool) -> tuple[dict[str, str | None], str | 
     if live:
         try:
             with Engine(config, config.hosts) as engine:
-                keys = {name: (text or "").strip() or None for name, text in
+                # a host's answer is used only if it is a key (a hostile host could send
+                # markup or config lines)
+                keys = {name: wireguard._public_key(text) for name, text in
                         engine.facts(Command, command=f"{wireguard.PUBLIC_KEY}; true").items()}
             for h in config.hosts:
                 if keys.get(h.name):

@@ -78,7 +78,14 @@ def read_key(path: str) -> TsigKey:
     if algorithm.group(1).lower() not in ALGORITHMS:
         raise ConfigError(f"{file}: unknown TSIG algorithm {algorithm.group(1)!r} "
                           f"(use {', '.join(ALGORITHMS)}).")
-    return TsigKey(match.group(1), algorithm.group(1).lower(), secret.group(1))
+    name, value = match.group(1), secret.group(1)
+    # both land in certbot's INI file and dnspython's keyring: a DNS name and base64, nothing
+    # that could start another setting
+    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,253}", name) or \
+            not re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", value):
+        raise ConfigError(f"{file} is not a TSIG key file (its key name must be a DNS name and "
+                          "its secret base64).")
+    return TsigKey(name, algorithm.group(1).lower(), value)
 
 
 def zone_of(name: str, zones: list[DnsZone]) -> DnsZone | None:

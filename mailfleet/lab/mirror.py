@@ -22,7 +22,7 @@ def lab_mirror(apt_dir: Path = APT_DIR) -> str:
     """The mirror URI for mmdebstrap, e.g. http://mirror.example/debian (no trailing slash)."""
     override = os.environ.get(ENV, "").strip()
     if override:
-        if not URI_RE.match(override):
+        if not URI_RE.fullmatch(override):
             raise UsageError(f"{ENV}={override!r} is not an http://, https:// or file:// URI.")
         return override.rstrip("/")
     for uri, suites in _entries(apt_dir):
@@ -56,7 +56,7 @@ def _one_line(text: str) -> list[tuple[str, list[str]]]:
     found = []
     for line in text.splitlines():
         words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
-        if len(words) >= 3 and words[0] == "deb" and URI_RE.match(words[1]):
+        if len(words) >= 3 and words[0] == "deb" and URI_RE.fullmatch(words[1]):
             found.append((words[1], [words[2]]))
     return found
 
@@ -80,5 +80,5 @@ def _deb822(text: str) -> list[tuple[str, list[str]]]:
         if fields.get("enabled", "yes").lower() == "no":
             continue
         suites = fields.get("suites", "").split()
-        found += [(uri, suites) for uri in fields.get("uris", "").split() if URI_RE.match(uri)]
+        found += [(uri, suites) for uri in fields.get("uris", "").split() if URI_RE.fullmatch(uri)]
     return found

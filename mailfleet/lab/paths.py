@@ -29,7 +29,7 @@ def state_root() -> Path:
 
 def lab_id() -> str:
     value = os.environ.get("MAILFLEET_LAB", "mf")
-    if not LAB_ID_RE.match(value):
+    if not LAB_ID_RE.fullmatch(value):
         raise UsageError(
             f"MAILFLEET_LAB={value!r} is not a valid lab name (1-8 lower case letters or digits)."
         )

@@ -91,7 +91,7 @@ def _public_key(text: str | None) -> str | None:
     other hosts' wg0.conf, whose PostUp lines wg-quick runs as root, so a line break or
     anything but base64 from one host must not reach them."""
     text = (text or "").strip()
-    return text if WG_KEY_RE.match(text) else None
+    return text if WG_KEY_RE.fullmatch(text) else None
 
 
 def _by_name(config: Config, name: str) -> HostSettings:
