@@ -56,7 +56,7 @@ def route_device(route: list[str]) -> str | None:
 
 def host_checks(name: str, settings: HostSettings, state: dict[str, list[str]],
                 dns_checked: bool, vpn_interface: str | None,
-                lab_dns_node: str | None = None) -> list[CheckResult]:
+                lab_without_dns: bool = False) -> list[CheckResult]:
     results = []
     links = interfaces(state.get("links", []))
     default = route_device(state.get("route4", []))
@@ -80,11 +80,11 @@ def host_checks(name: str, settings: HostSettings, state: dict[str, list[str]],
     if not resolvers:
         results.append(CheckResult(name, "name resolution", "fail", "no nameserver in /etc/resolv.conf",
                                    fix))
-    elif not answers and lab_dns_node:
+    elif not answers and lab_without_dns:
         results.append(CheckResult(
             name, "name resolution", "warn",
             f"{', '.join(resolvers)} gave no address for {fqdn}: no DNS server in this lab",
-            f"mailfleet lab dns {lab_dns_node}"))
+            f"mailfleet lab dns {name}"))
     elif not answers:
         results.append(CheckResult(
             name, "name resolution", "fail" if dns_checked else "warn",
@@ -127,4 +127,4 @@ def checks(engine: Engine) -> list[CheckResult]:
     return [result for name, text in engine.facts(Command, command=_STATE).items()
             for result in host_checks(name, engine.settings[name], parse(text or ""),
                                       engine.config.dns.check, vpn,
-                                      engine.config.lab_without_dns())]
+                                      engine.config.lab_without_dns() is not None)]
