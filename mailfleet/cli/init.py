@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
-import tomlkit
-import tomlkit.exceptions
 import typer
 
 from mailfleet.cli.output import info
 from mailfleet.cli.state import globals_of
 from mailfleet.config import parse
 from mailfleet.errors import UsageError
-from mailfleet.lab.inventory import write_hosts
+from mailfleet.lab.inventory import read_lab_hosts, write_hosts
 from mailfleet.templating import render_init
 
 
@@ -30,7 +27,7 @@ def init(
     It goes to -c PATH (default ./mailfleet.toml); an existing file is kept unless --force.
     """
     path = globals_of(ctx).config_path
-    lab_hosts = _lab_hosts(path)
+    lab_hosts = read_lab_hosts(path)
     if path.exists() and not force:
         kept = " (the lab's [[hosts]] in it are kept)" if lab_hosts else ""
         raise UsageError(f"{path} already exists.", hint=f"Use --force to overwrite it{kept}.")
@@ -51,15 +48,3 @@ def init(
         return
     info(f"wrote {path}: add your hosts under [[hosts]], then run `mailfleet deploy`")
 
-
-def _lab_hosts(path: Path) -> dict[str, list[dict]]:
-    """The [[hosts]] entries `lab up` wrote into `path`, by lab name (none if unreadable)."""
-    try:
-        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, tomlkit.exceptions.TOMLKitError):
-        return {}
-    found: dict[str, list[dict]] = {}
-    for host in doc.get("hosts") or []:
-        if isinstance(host, dict) and host.get("lab"):
-            found.setdefault(str(host["lab"]), []).append(host.unwrap())
-    return found

@@ -80,8 +80,9 @@ def _script(zones: list[str], acme: dict[str, list[str]] | None = None) -> str:
         f"chown root:bind {KEY_FILE}; chmod 0640 {KEY_FILE}",
     ]
     for host in sorted(acme):
-        path = _acme_key_file(host)
-        lines += [f"[ -s {path} ] || tsig-keygen -a hmac-sha256 {acme_key_name(host)} > {path}",
+        # host names are validated, and quoted anyway: this script runs as root
+        path, name = shlex.quote(_acme_key_file(host)), shlex.quote(acme_key_name(host))
+        lines += [f"[ -s {path} ] || tsig-keygen -a hmac-sha256 {name} > {path}",
                   f"chown root:bind {path}; chmod 0640 {path}"]
     for path, content in files.items():
         lines.append(f"cat > {path} <<'MAILFLEET_EOF'\n{content}MAILFLEET_EOF")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import tomlkit
+import tomlkit.exceptions
 
 from mailfleet.config import read_text, save
 from mailfleet.lab import network
@@ -63,6 +64,19 @@ def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> list[str]:
         text = tomlkit.dumps(doc).rstrip("\n") + "\n"
     save(path, text)
     return before
+
+
+def read_lab_hosts(path: Path) -> dict[str, list[dict]]:
+    """The [[hosts]] entries `lab up` wrote into `path`, by lab name (none if unreadable)."""
+    try:
+        doc = tomlkit.parse(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, tomlkit.exceptions.TOMLKitError):
+        return {}
+    found: dict[str, list[dict]] = {}
+    for host in doc.get("hosts") or []:
+        if isinstance(host, dict) and host.get("lab"):
+            found.setdefault(str(host["lab"]), []).append(host.unwrap())
+    return found
 
 
 def remove_hosts(path: Path, lab_id: str) -> list[str]:
