@@ -20,6 +20,7 @@ class Platform:
     dovecot: str  # "2.3" or "2.4": picks the template set
     postgresql: str  # major version, as in /etc/postgresql/VERSION/main
     postfix_compatibility: str  # the newest compatibility_level this Postfix knows
+    pgsql_reconnects: bool  # Postfix 3.9+ retries a single pgsql host at once after a failure
     php: str  # php-fpm's version: its unit, socket and /etc/php/VERSION
     nginx_http2_on: bool  # nginx 1.25.1+ spells HTTP/2 `http2 on;`, older ones `listen ... http2`
     gnustep_multiarch: bool  # SOGo's files under /usr/lib/TRIPLET/GNUstep (Debian 13) or not
@@ -33,8 +34,8 @@ class Platform:
 
 
 SUPPORTED = {
-    12: Platform(12, "bookworm", "2.3", "15", "3.6", "8.2", False, False),
-    13: Platform(13, "trixie", "2.4", "17", "3.9", "8.4", True, True),
+    12: Platform(12, "bookworm", "2.3", "15", "3.6", False, "8.2", False, False),
+    13: Platform(13, "trixie", "2.4", "17", "3.9", True, "8.4", True, True),
 }
 
 

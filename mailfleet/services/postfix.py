@@ -88,7 +88,8 @@ def deploy(ctx: HostContext) -> None:
     maps = [
         ctx.op(config_file, name=f"Write the {name} map", dest=f"{MAP_DIR}/{name}.cf",
                content=render("postfix/pgsql-map.cf.j2", purpose=purpose, query=query,
-                              password=password, path=f"{MAP_DIR}/{name}.cf"),
+                              password=password, path=f"{MAP_DIR}/{name}.cf",
+                              pgsql_reconnects=release.pgsql_reconnects),
                mode="640", group="postfix", secret=True)
         for name, (purpose, query) in MAPS.items()
     ]
