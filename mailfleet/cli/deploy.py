@@ -52,10 +52,10 @@ def deploy(
 def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
                diff: bool = False, quiet: bool = False) -> DeployReport:
     hosts = config.select_hosts(limit, g.config_path)
-    with Engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
+    with services.engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
         wireguard.prepare(engine, config.hosts)
         if quiet or check:
-            report = engine.deploy(services.DEPLOY_STEPS)
+            report = engine.deploy(services.deploy_steps())
         else:
             report = _deploy_with_progress(engine)
     if not check:
@@ -78,7 +78,7 @@ def _deploy_with_progress(engine: Engine) -> DeployReport:
             bar.update(tasks[host], advance=1, op=("[red]failed: " if kind == "error" else "") + op)
             bar.refresh()
 
-        return engine.deploy(services.DEPLOY_STEPS, on_event)
+        return engine.deploy(services.deploy_steps(), on_event)
 
 
 def switch_to_admin(g: Globals, config: Config, report: DeployReport) -> None:
@@ -182,9 +182,8 @@ def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
 
 def run_checks(g: Globals, config: Config, limit: list[str] | None) -> list[CheckResult]:
     hosts = config.select_hosts(limit, g.config_path)
-    with Engine(config, hosts, verbose=g.verbose) as engine:
-        return [result for check_fn in [*services.CHECKS, dns_health.checks]
-                for result in check_fn(engine)]
+    with services.engine(config, hosts, verbose=g.verbose) as engine:
+        return [*services.run_checks(engine), *dns_health.checks(engine)]
 
 
 def render_checks(results: list[CheckResult]) -> None:

@@ -20,15 +20,12 @@ from pyinfra.api.exceptions import OperationValueError
 from pyinfra.facts.files import Directory, File, FileContents, Sha1File
 from pyinfra.facts.server import Command
 
-from mailfleet.engine.snapshot import FileState, register
+from mailfleet.engine.snapshot import STAGING_DIR, FileState
 
 NEW_SUFFIX = ".mailfleet-new"
-# root-only (0700): files are uploaded here first, so a secret is never readable in transit
-STAGING_DIR = "/var/lib/mailfleet/staging"
 # owned by the SSH user when it is not root (0700): pyinfra's sudo uploads land here before
 # they are copied into place, instead of a predictable name in /tmp
 UPLOAD_DIR = "/var/lib/mailfleet/upload"
-register("staging", f"test -d {STAGING_DIR} && echo present")
 
 
 @operation()

@@ -45,12 +45,17 @@ class HostContext:
     host: Host
     state: State
     check: bool
+    # the services' plan of this host (services/plan.py: what runs here, with which settings)
+    plan: Any = None
+    layout: snapshot.Layout = field(default_factory=snapshot.Layout)
 
     # what steps share across hosts, gathered before any operation is added (WireGuard keys)
     shared: dict[str, Any] = field(default_factory=dict)
     secrets: dict[str, tuple[str, bool]] = field(default_factory=dict)
-    # operations later steps depend on, by name (e.g. "certificate": services reload on it)
-    produced: dict[str, OperationMeta | None] = field(default_factory=dict)
+    # the operation creating the staging directory (config_file stages uploads there)
+    staging: OperationMeta | None = None
+    # what the services' steps hand on to later steps (services/shape.py's Provided)
+    provided: Any = None
     _snapshot: dict[str, str] | None = None
     _files: dict[str, FileState] | None = None
 
@@ -66,15 +71,15 @@ class HostContext:
     def snapshot(self, section: str) -> str:
         """A section of the host snapshot (see engine/snapshot.py), read once per deploy."""
         if self._snapshot is None:
-            self._snapshot = snapshot.split(self.fact(Command, command=snapshot.command()) or "")
+            self._snapshot = snapshot.split(self.fact(Command, command=self.layout.command()) or "")
         return self._snapshot.get(section, "")
 
     def file_state(self, path: str) -> FileState | None | str:
         """The file's state before the deploy: from the snapshot, or "unknown" (which also
         makes config_file upload without the staging directory, until one exists)."""
-        if not snapshot.managed(path):
+        if not self.layout.managed(path):
             return "unknown"
-        if "staging" not in self.produced and self.snapshot("staging") != "present":
+        if self.staging is None and self.snapshot("staging") != "present":
             return "unknown"
         if self._files is None:
             self._files = snapshot.parse_files(self.snapshot("files"))
@@ -272,9 +277,12 @@ class Engine:
     """Connects to the selected hosts once and runs deploy steps or fact reads on them."""
 
     def __init__(self, config: Config, hosts: list[HostSettings], verbose: bool = False,
-                 diff: bool = False, check: bool = False) -> None:
+                 diff: bool = False, check: bool = False, plans: dict[str, Any] | None = None,
+                 layout: snapshot.Layout | None = None) -> None:
         self.config = config
         self.settings = {h.name: h for h in hosts}
+        self.plans = plans or {}
+        self.layout = layout or snapshot.Layout()
         self.check = check
         self.shared: dict[str, Any] = {}
         # sudo uploads are staged in the SSH user's own 0700 directory (see system.deploy)
@@ -324,6 +332,7 @@ class Engine:
             self.state.add_callback_handler(Progress(on_event))
         for host in self.hosts():
             ctx = HostContext(self.config, self.settings[host.name], host, self.state, self.check,
+                              plan=self.plans.get(host.name), layout=self.layout,
                               shared=self.shared)
             for step in steps:
                 step(ctx)

@@ -2,45 +2,73 @@
 need to decide what to change: file checksums, secrets, unit states, database state, ...
 
 Each SSH command costs about 90 ms here; reading these facts one by one made a no-change
-deploy of the mail stack 81 commands long. Services register a named shell snippet at import
-time; the first `HostContext.snapshot(name)` runs all of them in one command and splits the
-output. The snapshot is the state before the deploy: operations that act on it must be safe
-when an earlier operation of the same run has already done part of the work.
+deploy of the mail stack 81 commands long. Each service declares named shell snippets, its
+units and the paths it writes (its `SERVICE` record); the engine is handed them as one
+`Layout`, and the first `HostContext.snapshot(name)` runs all of them in one command and
+splits the output. The snapshot is the state before the deploy: operations that act on it
+must be safe when an earlier operation of the same run has already done part of the work.
 """
 
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-_SECTIONS: dict[str, str] = {}
 _MARK = "@@mailfleet-section"
-
-# Files mailfleet writes live below these; a path below them that the snapshot did not
-# list does not exist. Paths elsewhere are read with pyinfra's facts as usual.
-MANAGED_PATHS = ("/etc/mailfleet", "/etc/postfix", "/etc/dovecot", "/etc/opendkim",
-                 "/etc/opendkim.conf", "/etc/mailname", "/etc/aliases", "/etc/postgresql",
-                 "/usr/local/lib/mailfleet", "/etc/systemd/system/opendkim.service.d",
-                 "/etc/systemd/system/opendmarc.service.d",
-                 "/etc/ssh/sshd_config.d", "/etc/sudoers.d", "/etc/sysctl.d/60-mailfleet.conf",
-                 "/etc/apt/apt.conf.d/20auto-upgrades", "/etc/fail2ban/jail.d",
-                 "/etc/wireguard", "/etc/systemd/system/ssh.service.d",
-                 "/etc/systemd/system/wg-quick@wg0.service.d")
 SECRETS_DIR = "/etc/mailfleet/secrets"
+STATE_DIR = "/etc/mailfleet"  # the engine's own: secrets, markers
+# root-only (0700): files are uploaded here first, so a secret is never readable in transit
+STAGING_DIR = "/var/lib/mailfleet/staging"
+
+# What every snapshot reads, whatever the services: the engine's own sections.
+BASE_SECTIONS = {
+    "secrets": (f"for f in {SECRETS_DIR}/*; do [ -f \"$f\" ] && "
+                "printf '%s %s\\n' \"${f##*/}\" \"$(head -n 1 \"$f\")\"; done"),
+    "staging": f"test -d {STAGING_DIR} && echo present",
+    "os": '. /etc/os-release && echo "$ID $VERSION_ID $(uname -m)"',
+}
 
 
-def register(name: str, command: str) -> None:
-    """Add a shell snippet whose output the services read as `snapshot(name)`."""
-    _SECTIONS[name] = command
+@dataclass(frozen=True)
+class Layout:
+    """What a host snapshot reads: named snippets, the units whose state it lists, and the
+    directories (and files) below which mailfleet writes: a path below them that the
+    snapshot did not list does not exist. Paths elsewhere are read with pyinfra's facts."""
 
+    sections: dict[str, str] = field(default_factory=dict)
+    units: tuple[str, ...] = ()
+    managed_paths: tuple[str, ...] = ()
 
-_UNITS: list[str] = []
+    @classmethod
+    def of(cls, sections: Iterable[tuple[str, str]], units: Iterable[str],
+           managed_paths: Iterable[str]) -> Layout:
+        found: dict[str, str] = {}
+        for name, snippet in sections:
+            if found.setdefault(name, snippet) != snippet:
+                raise ValueError(f"snapshot section {name!r} is declared twice")
+        return cls(found, tuple(dict.fromkeys(units)),
+                   tuple(dict.fromkeys([STATE_DIR, *managed_paths])))
 
+    def managed(self, path: str) -> bool:
+        return any(path == p or path.startswith(p + "/") for p in self.managed_paths)
 
-def register_unit(unit: str) -> None:
-    """Read this systemd unit's active and enabled state in the snapshot ("units")."""
-    if unit not in _UNITS:
-        _UNITS.append(unit)
+    def command(self) -> str:
+        paths = " ".join(shlex.quote(p) for p in self.managed_paths)
+        sections = {
+            "files": (f"find {paths} -type f -printf '%m %u %g %p\\n'; echo ==; "
+                      f"find {paths} -type f -exec sha1sum {{}} +"),
+            **BASE_SECTIONS, **self.sections,
+        }
+        if self.units:
+            sections["units"] = (
+                f"for u in {' '.join(shlex.quote(u) for u in self.units)}; do "
+                'echo "$u $(systemctl is-active "$u") $(systemctl is-enabled "$u")"; done')
+        parts = []
+        for name, snippet in sections.items():
+            # a snippet whose output lacks a final newline must not swallow the next marker
+            parts.append(f"echo; echo '{_MARK} {name}'; ( {snippet} ) 2>/dev/null")
+        return "; ".join(parts) + "; true"
 
 
 def parse_units(text: str) -> dict[str, tuple[str, str]]:
@@ -51,19 +79,6 @@ def parse_units(text: str) -> dict[str, tuple[str, str]]:
         if len(parts) == 3:
             found[parts[0]] = (parts[1], parts[2])
     return found
-
-
-def command() -> str:
-    parts = []
-    sections = dict(_SECTIONS)
-    if _UNITS:
-        sections["units"] = (f"for u in {' '.join(shlex.quote(u) for u in _UNITS)}; do "
-                             'echo "$u $(systemctl is-active "$u") $(systemctl is-enabled "$u")"; '
-                             "done")
-    for name, snippet in sections.items():
-        # a snippet whose output lacks a final newline must not swallow the next marker
-        parts.append(f"echo; echo '{_MARK} {name}'; ( {snippet} ) 2>/dev/null")
-    return "; ".join(parts) + "; true"
 
 
 def split(output: str) -> dict[str, str]:
@@ -106,10 +121,6 @@ def parse_files(text: str) -> dict[str, FileState]:
     return found
 
 
-def managed(path: str) -> bool:
-    return any(path == p or path.startswith(p + "/") for p in MANAGED_PATHS)
-
-
 def parse_secrets(text: str) -> dict[str, str]:
     found = {}
     for line in text.splitlines():
@@ -117,11 +128,3 @@ def parse_secrets(text: str) -> dict[str, str]:
         if value.strip():
             found[name] = value.strip()
     return found
-
-
-_paths = " ".join(shlex.quote(p) for p in MANAGED_PATHS)
-register("files", f"find {_paths} -type f -printf '%m %u %g %p\\n'; echo ==; "
-                  f"find {_paths} -type f -exec sha1sum {{}} +")
-register("secrets", f"for f in {SECRETS_DIR}/*; do [ -f \"$f\" ] && "
-                    "printf '%s %s\\n' \"${f##*/}\" \"$(head -n 1 \"$f\")\"; done")
-register("os", '. /etc/os-release && echo "$ID $VERSION_ID $(uname -m)"')

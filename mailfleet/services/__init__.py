@@ -1,14 +1,20 @@
-"""One module per service: its packages and templates as data, its deploy steps, its checks.
+"""Every service mailfleet deploys, in the order a deploy applies them.
 
-`DEPLOY_STEPS` is the order `mailfleet deploy` applies them in; `CHECKS` feed `mailfleet check`.
+Each module exports one `SERVICE` record (services/shape.py); everything else is derived
+from this list: the packages a host installs, the deploy steps, the checks, the units and
+ports `check` expects, the firewall's ports, and what the host snapshot reads. A host runs
+the services whose `applies` accepts its plan (services/plan.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
+
 from pyinfra.operations import apt
 
-from mailfleet.config import Config
-from mailfleet.engine import HostContext
+from mailfleet.config import Config, HostSettings
+from mailfleet.engine import Engine, HostContext, snapshot
 from mailfleet.services import (
     acme,
     admin,
@@ -34,86 +40,101 @@ from mailfleet.services import (
     units,
     wireguard,
 )
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.plan import HostPlan, check_roles, full_plan, make_plan
+from mailfleet.services.shape import Port, Service
 
 
-def packages(config: Config | None, roles: list[str] | None = None) -> list[str]:
-    """Every Debian package `deploy` installs for this config on a host with these roles
-    (all roles when None: lab images preinstall them all)."""
-    wanted = {*system.BASE_PACKAGES, *hardening.PACKAGES, *fail2ban.PACKAGES, *certs.PACKAGES,
-              *postgres.PACKAGES, *postfix.PACKAGES, *dovecot.PACKAGES, *opendkim.PACKAGES,
-              *opendmarc.PACKAGES}
-    if config is None or config.features.firewall:
-        wanted.update(firewall.PACKAGES)
-    if config is None or config.features.wireguard:
-        wanted.update(wireguard.PACKAGES)
-    if config is not None and backup.enabled(config) and (roles is None or "mail" in roles):
-        wanted.update(backup.PACKAGES)
-    if config is not None and config.acme.enabled and (roles is None or "web" in roles):
-        wanted.update(acme.packages(config))
-    if roles is None or "web" in roles:
-        wanted.update(nginx.PACKAGES)
-        if config is None or config.features.webmail == "roundcube":
-            wanted.update(roundcube.PACKAGES)
-        elif config.features.webmail == "sogo":
-            wanted.update(sogo.packages(config))
-        if config is None or config.features.radicale:
-            wanted.update(radicale.PACKAGES)
-    return sorted(wanted)
-
-
-def install(ctx: HostContext) -> None:
+def _install(ctx: HostContext) -> None:
     """All packages in one apt run (one dpkg pass is much faster than one per service)."""
     postfix.preseed(ctx)
     roundcube.preseed(ctx)
     ctx.op(apt.packages, name="Install the mail system's packages",
-           packages=packages(ctx.config, ctx.settings.roles), no_recommends=True)
+           packages=packages(ctx.plan), no_recommends=True)
 
 
-DEPLOY_STEPS = [
-    system.deploy,
-    install,
-    hardening.deploy,
-    admin.deploy,
-    wireguard.deploy,
-    sshd.deploy,
-    mailstore.deploy,
-    certs.deploy,
-    postgres.deploy,
-    opendkim.deploy,
-    opendmarc.deploy,
-    dovecot.deploy,
-    postfix.deploy,
-    mailflow.deploy,
-    roundcube.deploy,
-    sogo.deploy,
-    radicale.deploy,
-    nginx.deploy,
-    firewall.deploy,
-    wireguard.restrict_ssh,  # once the firewall lets the tunnel in
-    acme.deploy,  # after nginx serves the challenges and the firewall lets the CA in
-    fail2ban.deploy,
-    backup.deploy,
+INSTALL = Service("packages", deploy=_install)
+
+# deploy order; `check` runs their checks in the same order
+SERVICES: list[Service] = [
+    system.SERVICE,
+    INSTALL,
+    hardening.SERVICE,
+    admin.SERVICE,
+    wireguard.SERVICE,
+    sshd.SERVICE,
+    mailstore.SERVICE,
+    certs.SERVICE,
+    postgres.SERVICE,
+    opendkim.SERVICE,
+    opendmarc.SERVICE,
+    dovecot.SERVICE,
+    postfix.SERVICE,
+    mailflow.SERVICE,
+    roundcube.SERVICE,
+    sogo.SERVICE,
+    radicale.SERVICE,
+    nginx.SERVICE,
+    firewall.SERVICE,
+    wireguard.SSH_OVER_VPN,  # once the firewall lets the tunnel in
+    acme.SERVICE,  # after nginx serves the challenges and the firewall lets the CA in
+    fail2ban.SERVICE,
+    backup.SERVICE,
+    network.SERVICE,  # checks only, like the one below
+    units.SERVICE,
 ]
-CHECKS = [
-    system.checks,
-    admin.checks,
-    sshd.checks,
-    hardening.checks,
-    firewall.checks,
-    network.checks,
-    wireguard.checks,
-    fail2ban.checks,
-    units.checks,
-    certs.checks,
-    acme.checks,
-    postgres.checks,
-    postfix.checks,
-    opendkim.checks,
-    mailstore.checks,
-    mailflow.checks,
-    nginx.checks,
-    roundcube.checks,
-    sogo.checks,
-    radicale.checks,
-    backup.checks,
-]
+
+
+def plan_host(config: Config, settings: HostSettings) -> HostPlan:
+    """The host's plan with the services that run there and the ports they open."""
+    plan = make_plan(config, settings)
+    running = [s for s in SERVICES if s.applies(plan)]
+    return replace(plan, services=tuple(s.name for s in running),
+                   units=tuple(unit for s in running for unit in s.units))
+
+
+def plans(config: Config, hosts: list[HostSettings]) -> dict[str, HostPlan]:
+    """Every selected host's plan; a role combination that cannot work yet is refused
+    (ConfigError, exit 2) before any host is touched."""
+    check_roles(config, config.hosts)
+    return {h.name: plan_host(config, h) for h in hosts}
+
+
+def packages(plan: HostPlan | None) -> list[str]:
+    """Every Debian package `deploy` installs on a host with this plan (None: the packages
+    of every role and the default features, which lab images preinstall)."""
+    plan = plan or full_plan()
+    return sorted({p for s in SERVICES if s.applies(plan) for p in s.packages_for(plan)})
+
+
+def layout() -> snapshot.Layout:
+    """What a host snapshot reads: every service's sections, units and paths."""
+    return snapshot.Layout.of(
+        [(name, snippet) for s in SERVICES for name, snippet in s.snapshot.items()],
+        [unit.name for s in SERVICES for unit in s.units],
+        [path for s in SERVICES for path in s.managed_paths])
+
+
+def engine(config: Config, hosts: list[HostSettings], **options) -> Engine:
+    """An engine for these hosts that knows their plans and the snapshot's layout."""
+    return Engine(config, hosts, plans=plans(config, hosts), layout=layout(), **options)
+
+
+def deploy_steps() -> list[Callable[[HostContext], None]]:
+    return [s.step for s in SERVICES if s.deploy is not None or s.retire is not None]
+
+
+def run_checks(engine: Engine) -> list[CheckResult]:
+    """Every service's checks, each kept for the hosts the service runs on."""
+    results = []
+    for service in SERVICES:
+        if service.checks is None:
+            continue
+        runs_on = {name for name, plan in engine.plans.items() if service.applies(plan)}
+        if runs_on:
+            results += [r for r in service.checks(engine) if r.host in runs_on]
+    return results
+
+
+__all__ = ["SERVICES", "HostPlan", "Port", "Service", "deploy_steps", "engine", "layout",
+           "packages", "plan_host", "plans", "run_checks"]

@@ -17,10 +17,12 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
 from mailfleet.dns import publish
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.errors import ConfigError
 from mailfleet.services import certs, nginx
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.plan import HostPlan
+from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["certbot"]
@@ -34,18 +36,13 @@ CERTBOT_DROP_IN = "/etc/systemd/system/certbot.service.d/mailfleet.conf"
 RFC2136_INI = "/etc/mailfleet/acme/rfc2136.ini"
 RELOADED = ("postfix", "dovecot", "nginx")  # every service that reads certs.CERT_FILE
 
-snapshot.register("acme", f"openssl x509 -in {LIVE}/cert.pem -noout -ext subjectAltName "
+SNAPSHOT = {"acme": f"openssl x509 -in {LIVE}/cert.pem -noout -ext subjectAltName "
                           f"2>/dev/null; grep -h -E '^(server|authenticator) ' {RENEWAL} "
-                          "2>/dev/null || true")
-snapshot.register_unit("certbot.timer")
+                          "2>/dev/null || true"}
 
 
-def enabled(ctx: HostContext) -> bool:
-    return ctx.config.acme.enabled and "web" in ctx.settings.roles
-
-
-def packages(config) -> list[str]:
-    return [*PACKAGES, *(DNS01_PACKAGES if config.acme.challenge == "dns-01" else [])]
+def packages(plan: HostPlan) -> list[str]:
+    return [*PACKAGES, *(DNS01_PACKAGES if plan.acme_dns01 else [])]
 
 
 def _lineage(inspection: str) -> tuple[set[str], dict[str, str]]:
@@ -122,8 +119,6 @@ def rfc2136_settings(config, names: list[str], host_name: str) -> dict[str, obje
 
 
 def deploy(ctx: HostContext) -> None:
-    if not enabled(ctx):
-        return
     settings = ctx.config.acme
     ca_bundle = None
     if settings.directory_ca_file:
@@ -169,3 +164,7 @@ def checks(engine: Engine) -> list[CheckResult]:
                                    f"certbot.timer {state}",
                                    "run `mailfleet deploy`; see `systemctl status certbot.timer`"))
     return results
+
+
+SERVICE = Service("acme", applies=lambda plan: plan.acme, packages=packages, deploy=deploy,
+                  checks=checks, snapshot=SNAPSHOT, units=(Unit("certbot.timer", checked=False),))

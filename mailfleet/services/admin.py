@@ -16,17 +16,18 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.operations import UPLOAD_DIR
 from mailfleet.errors import ConfigError, DeployError
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service
 from mailfleet.templating import render
 
 SUDOERS = "/etc/sudoers.d/mailfleet"
 KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-")
 
 _USERS = "getent passwd | cut -d: -f1,3,7"
-snapshot.register("users", _USERS)
+SNAPSHOT = {"users": _USERS}
 
 
 def public_keys(config: Config, settings: HostSettings) -> list[str]:
@@ -124,3 +125,7 @@ def checks(engine: Engine) -> list[CheckResult]:
                                    f"none of {', '.join(admin.remove_users) or '(none listed)'}",
                                    fix))
     return results
+
+
+SERVICE = Service("admin", deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  managed_paths=("/etc/sudoers.d",))

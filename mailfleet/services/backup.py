@@ -21,7 +21,7 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.operations import unit_restarted
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.errors import ConfigError
@@ -29,6 +29,7 @@ from mailfleet.localfile import write_private
 from mailfleet.services import certs, mailstore, opendkim, postgres, radicale
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Service
 from mailfleet.templating import render
 
 PACKAGES = ["restic"]
@@ -56,22 +57,18 @@ RESTIC = f"{ENVIRONMENT} restic"
 PATHS = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, certs.TLS_DIR, "/etc/mailfleet", PG_DIR,
          "/var/lib/mailfleet"]
 
-snapshot.register("backup", f"printf 'repository '; cat {REPOSITORY_MARK} 2>/dev/null; echo; "
+SNAPSHOT = {"backup": f"printf 'repository '; cat {REPOSITORY_MARK} 2>/dev/null; echo; "
                             f"printf 'last '; cat {STAMP} 2>/dev/null; echo; "
                             # before its first backup: has this name a history to restore?
                             f"if [ ! -e {STAMP} ] && [ ! -e {RESTORED} ] && [ -e {REPOSITORY_FILE} ]; "
                             f"then printf 'history '; ({RESTIC} snapshots --json --tag mailfleet "
                             f"--host \"$(hostname -f)\" 2>/dev/null || true) | grep -o '\"id\"' "
-                            f"| wc -l; fi")
+                            f"| wc -l; fi"}
 
 
 def paths(config) -> list[str]:
     """What the snapshots hold: PATHS, and Radicale's calendars when it runs."""
     return PATHS + ([radicale.STORAGE] if config.features.radicale else [])
-
-
-def enabled(config) -> bool:
-    return config.features.backups and config.backup.repository is not None
 
 
 def local_password(config) -> str:
@@ -116,8 +113,8 @@ def script(config, postgresql: str) -> str:
 
 
 def deploy(ctx: HostContext) -> None:
-    if not enabled(ctx.config) or "mail" not in ctx.settings.roles:
-        return
+    if not ctx.plan.backup_repository:
+        return  # `check` warns: backups are wanted but have nowhere to go
     settings = ctx.config.backup
     release = platform(ctx)
     ctx.op(config_file, name="Keep the backup repository password", dest=PASSWORD_FILE,
@@ -185,13 +182,9 @@ def parse_status(text: str) -> dict[str, str]:
 
 def checks(engine: Engine) -> list[CheckResult]:
     config = engine.config
-    if not config.features.backups:
-        return []
     results = []
     now = datetime.now(timezone.utc)
     for name, text in engine.facts(Command, command=STATUS).items():
-        if "mail" not in engine.settings[name].roles:
-            continue
         if config.backup.repository is None:
             results.append(CheckResult(name, "backups", "warn", "no [backup] repository set",
                                        "set [backup] repository in mailfleet.toml and deploy"))
@@ -296,3 +289,8 @@ def restore_script(chosen: dict, paths: list[str], target: datetime | None,
                   pg_dir=PG_DIR, units=units,
                   target_time=target and f"{target:%Y-%m-%d %H:%M:%S}+00",
                   base_before=target and f"{target:%Y%m%dT%H%M%SZ}", restored_file=RESTORED)
+
+
+SERVICE = Service("backup", applies=lambda plan: plan.backups,
+                  packages=lambda plan: PACKAGES if plan.backup_repository else [],
+                  deploy=deploy, checks=checks, snapshot=SNAPSHOT)

@@ -3,7 +3,7 @@
 The CA is made on the host itself, so the CA key never travels; clients that should trust
 the lab or a first-boot server import /etc/mailfleet/tls/ca.crt. The certificate is issued
 again when its names change or it has less than 30 days left; services that use it
-reload on that (see `ctx.produced["certificate"]`).
+reload on that (see `Provided.certificate` in services/shape.py).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
 from mailfleet.config import Config
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service, provided
 from mailfleet.templating import render
 
 PACKAGES = ["openssl"]
@@ -106,7 +107,7 @@ def parse_inspection(text: str) -> tuple[set[str], datetime | None, bool]:
     return found.names, found.not_after, found.verified
 
 
-snapshot.register("certificate", _INSPECT)
+SNAPSHOT = {"certificate": _INSPECT}
 
 
 @operation()
@@ -131,7 +132,7 @@ def local_certificate(names: list[str], inspection: str, acme: bool):
 def deploy(ctx: HostContext) -> None:
     ctx.op(config_file, name="Install the local CA script", dest=SCRIPT, mode="755",
            content=render("certs/local-ca.sh.j2", tls_dir=TLS_DIR, fqdn=ctx.fqdn, days=DAYS))
-    ctx.produced["certificate"] = ctx.op(
+    provided(ctx).certificate = ctx.op(
         local_certificate, name="Issue the host certificate",
         names=certificate_names(ctx.config, ctx.fqdn), inspection=ctx.snapshot("certificate"),
         acme=ctx.config.acme.enabled,
@@ -171,3 +172,7 @@ def checks(engine: Engine) -> list[CheckResult]:
                                        "not obtained yet: the local CA's certificate is in use",
                                        "run `mailfleet deploy`; it names what the CA refused"))
     return results
+
+
+SERVICE = Service("certs", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
+                  snapshot=SNAPSHOT)

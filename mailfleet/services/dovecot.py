@@ -11,21 +11,19 @@ from __future__ import annotations
 
 from pyinfra.operations import files
 
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.mailstore import VMAIL_DIR
 from mailfleet.services.platform import platform
 from mailfleet.services.postfix import QUOTA_STATUS_PORT
+from mailfleet.services.shape import Port, Service, Unit, provided
 from mailfleet.templating import render
 
 PACKAGES = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql",
             "dovecot-sieve", "dovecot-managesieved"]
 SQL_FILE = "/etc/dovecot/mailfleet-sql.conf.ext"
 PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
-
-
-snapshot.register_unit("dovecot")
 
 
 def deploy(ctx: HostContext) -> None:
@@ -55,8 +53,15 @@ def deploy(ctx: HostContext) -> None:
     # never started yet (Debian 13 with "No configuration") has not created.
     ctx.op(files.directory, name="Create Postfix's private socket directory",
            path="/var/spool/postfix/private", user="postfix", group="root", mode="700")
-    ctx.service("dovecot", restart_when=(sql, conf, ctx.produced.get("certificate")))
+    ctx.service("dovecot", restart_when=(sql, conf, provided(ctx).certificate))
 
 
 def checks(engine: Engine) -> list[CheckResult]:
     return []
+
+
+SERVICE = Service(
+    "dovecot", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
+    units=(Unit("dovecot", (*(Port(port, f"Dovecot {name}") for port, name in PORTS.items()),
+                            Port(QUOTA_STATUS_PORT, "Dovecot quota-status (localhost)", "local"))),),
+    managed_paths=("/etc/dovecot",))

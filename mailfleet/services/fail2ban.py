@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from pyinfra.facts.server import Command
 
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.lab.network import GATEWAY as LAB_GATEWAY
-from mailfleet.services import firewall, radicale, roundcube, sogo
+from mailfleet.services import firewall
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.plan import HostPlan
+from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
 # python3-systemd: the journal backend (a Recommends, and deploy installs no Recommends)
@@ -20,16 +22,15 @@ JAIL_FILE = "/etc/fail2ban/jail.d/mailfleet.local"
 # mailfleet's own filters (fail2ban ships none for these), under the same names on the host
 FILTERS = ("mailfleet-radicale",)
 FILTER_DIR = "/etc/fail2ban/filter.d"
-JAILS = ("sshd", "postfix", "dovecot")
+MAIL_JAILS = ("postfix", "dovecot")
 WEBMAIL_JAILS = {"roundcube": "roundcube-auth", "sogo": "sogo-auth"}
 
 
-def jails(config, roles: list[str]) -> list[str]:
-    """The jails a host with these roles runs: web logins only where that service is deployed."""
-    webmail = WEBMAIL_JAILS.get(config.features.webmail) if "web" in roles else None
-    return [*JAILS, *([webmail] if webmail else []),
-            *(["radicale"] if radicale.enabled(config, roles) else [])]
-snapshot.register_unit("fail2ban")
+def jails(plan: HostPlan) -> list[str]:
+    """The jails a host runs: logins only where that service is deployed."""
+    webmail = WEBMAIL_JAILS.get(plan.webmail)
+    return ["sshd", *(MAIL_JAILS if plan.mail else []), *([webmail] if webmail else []),
+            *(["radicale"] if plan.radicale else [])]
 
 
 def deploy(ctx: HostContext) -> None:
@@ -40,15 +41,13 @@ def deploy(ctx: HostContext) -> None:
     filters = [ctx.op(config_file, name=f"Write the fail2ban filter {name}",
                       dest=f"{FILTER_DIR}/{name}.conf",
                       content=render(f"fail2ban/filter.d/{name}.conf")) for name in FILTERS]
-    jails = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
+    jail_file = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
                                   ignore=ignored(ctx.config, ctx.settings),
-                                  roundcube=roundcube.enabled(ctx),
-                                  sogo=sogo.enabled(ctx.config, ctx.settings.roles),
-                                  radicale=radicale.enabled(ctx.config, ctx.settings.roles),
+                                  jails=jails(ctx.plan),
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
-    ctx.service("fail2ban", restart_when=(*filters, jails))
+    ctx.service("fail2ban", restart_when=(*filters, jail_file))
 
 
 def ignored(config, settings) -> list[str]:
@@ -70,7 +69,7 @@ def checks(engine: Engine) -> list[CheckResult]:
     results = []
     for name, text in engine.facts(Command, command="fail2ban-client status 2>&1").items():
         running = parse_jails(text or "")
-        wanted = jails(engine.config, engine.settings[name].roles)
+        wanted = jails(engine.plans[name])
         missing = [j for j in wanted if j not in running]
         results.append(CheckResult(
             name, "fail2ban jails", "fail" if missing else "ok",
@@ -78,3 +77,7 @@ def checks(engine: Engine) -> list[CheckResult]:
             else f"running: {', '.join(running)}", "run `mailfleet deploy`; see "
             "`journalctl -u fail2ban`"))
     return results
+
+
+SERVICE = Service("fail2ban", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
+                  units=(Unit("fail2ban", checked=False),), managed_paths=("/etc/fail2ban/jail.d",))

@@ -1,5 +1,5 @@
 """The host firewall (UFW): incoming traffic denied except the ports the deployed services
-listen on publicly, derived from the services' own port lists (units.UNITS), plus the port
+listen on publicly, derived from the ports its services declare (the host plan), plus the port
 sshd really listens on. Rules mailfleet did not ask for are removed, so what is open is
 exactly what `check` expects.
 """
@@ -14,31 +14,33 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
 from mailfleet.config import Config
-from mailfleet.engine import Engine, HostContext, snapshot
-from mailfleet.services import units, wireguard
+from mailfleet.engine import Engine, HostContext
+from mailfleet.services import wireguard
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.plan import HostPlan
+from mailfleet.services.shape import Service
 
 PACKAGES = ["ufw"]
 _STATE = ("ufw status 2>/dev/null | head -n 1; ufw show added 2>/dev/null | grep '^ufw '; "
           "grep -E '^DEFAULT_(INPUT|OUTPUT)_POLICY=' /etc/default/ufw 2>/dev/null; "
           "sshd -T 2>/dev/null | grep -i '^port '")
-snapshot.register("firewall", _STATE)
+SNAPSHOT = {"firewall": _STATE}
 
 
-def public_ports(ssh_ports: set[int]) -> dict[int, str]:
-    """{port: what} every deployed service needs reachable from outside."""
+def public_ports(plan: HostPlan, ssh_ports: set[int]) -> dict[int, str]:
+    """{port: what} the host's services need reachable from outside."""
     wanted = {port: "ssh" for port in ssh_ports}
-    for unit, ports in units.UNITS.items():
-        for port, what in ports.items():
-            if port not in units.LOCAL_ONLY:
-                wanted[port] = what
+    for port in plan.ports:
+        if port.exposure == "public":
+            wanted[port.number] = port.what
     return dict(sorted(wanted.items()))
 
 
-def wanted_rules(config: Config, ssh_ports: set[int], ssh_on_vpn: bool) -> dict[str, str]:
+def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
+                 ssh_on_vpn: bool) -> dict[str, str]:
     """{ufw rule as `ufw show added` prints it: what it is for}."""
     rules = {}
-    for port, what in public_ports(ssh_ports).items():
+    for port, what in public_ports(plan, ssh_ports).items():
         if what == "ssh" and ssh_on_vpn:
             rules[vpn_rule(port)] = "ssh over the VPN"
         else:
@@ -102,22 +104,19 @@ def firewall(wanted: dict[str, str], active: bool, rules: list[str], policies: d
 
 
 def deploy(ctx: HostContext) -> None:
-    if not ctx.config.features.firewall:
-        return
     active, rules, policies, ssh_ports = parse(ctx.snapshot("firewall"))
     # SSH stays open from everywhere until restrict_ssh has proven the VPN path
-    wanted = wanted_rules(ctx.config, ssh_ports, wireguard.ssh_on_vpn_now(ctx))
+    wanted = wanted_rules(ctx.config, ctx.plan, ssh_ports, wireguard.ssh_on_vpn_now(ctx))
     ctx.op(firewall, name=f"Allow only the services' ports in the firewall ({_port_list(wanted)})",
            wanted=wanted, active=active, rules=rules, policies=policies)
 
 
 def checks(engine: Engine) -> list[CheckResult]:
-    if not engine.config.features.firewall:
-        return []
     results = []
     for name, text in engine.facts(Command, command=_STATE).items():
         active, rules, policies, ssh_ports = parse(text or "")
-        wanted = set(wanted_rules(engine.config, ssh_ports, wireguard.vpn_only(engine.config)))
+        wanted = set(wanted_rules(engine.config, engine.plans[name], ssh_ports,
+                                  wireguard.vpn_only(engine.config)))
         fix = "run `mailfleet deploy`"
         if not active:
             results.append(CheckResult(name, "firewall", "fail", "UFW is not active", fix))
@@ -132,3 +131,7 @@ def checks(engine: Engine) -> list[CheckResult]:
             f"extra rules: {sorted(extra) or 'none'}, missing: {sorted(missing) or 'none'}, "
             f"incoming policy {policies.get('DEFAULT_INPUT_POLICY', 'unknown')}", fix))
     return results
+
+
+SERVICE = Service("firewall", applies=lambda plan: plan.firewall, packages=tuple(PACKAGES),
+                  deploy=deploy, checks=checks, snapshot=SNAPSHOT)

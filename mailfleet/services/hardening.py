@@ -12,8 +12,9 @@ import shlex
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service
 from mailfleet.templating import render
 
 PACKAGES = ["unattended-upgrades", "systemd-timesyncd"]
@@ -45,7 +46,7 @@ SYSCTL = {
     "fs.suid_dumpable": "0",
 }
 _LIVE = "for k in " + " ".join(SYSCTL) + "; do printf '%s ' $k; sysctl -n $k 2>/dev/null || echo -; done"
-snapshot.register("apache", "dpkg-query -W -f '${Status}' apache2 2>/dev/null || true")
+SNAPSHOT = {"apache": "dpkg-query -W -f '${Status}' apache2 2>/dev/null || true"}
 
 
 @operation()
@@ -118,3 +119,7 @@ def checks(engine: Engine) -> list[CheckResult]:
                                        "NTP synchronised" if synced else "clock not synchronised yet",
                                        "systemctl status systemd-timesyncd"))
     return results
+
+
+SERVICE = Service("hardening", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
+                  snapshot=SNAPSHOT, managed_paths=(SYSCTL_FILE, AUTO_UPGRADES))

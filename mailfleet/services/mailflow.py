@@ -35,6 +35,7 @@ from mailfleet.errors import MailfleetError
 from mailfleet.services import acme, certs, opendkim
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postgres import database_state, psql_script, sql_literal
+from mailfleet.services.shape import Service
 
 CHECK_LOCAL_PART = "mailfleet-check"
 SECRET = "check-mailbox"
@@ -337,3 +338,6 @@ def _check_host(name: str, fqdn: str, socket_of: Callable[[int], str], context: 
     results.append(CheckResult(name, "DKIM signature", "ok" if ok else "fail", why,
                                "see `journalctl -u opendkim` on the host"))
     return results
+
+
+SERVICE = Service("mailflow", applies=lambda plan: plan.mail, deploy=deploy, checks=checks)

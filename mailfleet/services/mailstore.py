@@ -12,6 +12,7 @@ from pyinfra.operations import files, server
 
 from mailfleet.engine import Engine, HostContext
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service
 
 VMAIL_DIR = "/var/mail/vmail"
 VMAIL_USER = "vmail"
@@ -66,3 +67,6 @@ def checks(engine: Engine) -> list[CheckResult]:
                                 f"not enabled on {fstype or 'this filesystem'}; Dovecot quotas apply")
         results.append(quota)
     return results
+
+
+SERVICE = Service("mailstore", applies=lambda plan: plan.mail, deploy=deploy, checks=checks)

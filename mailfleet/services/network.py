@@ -13,6 +13,7 @@ from pyinfra.facts.server import Command
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service
 
 _MARK = "@@"
 _STATE = "; ".join([
@@ -128,3 +129,6 @@ def checks(engine: Engine) -> list[CheckResult]:
             for result in host_checks(name, engine.settings[name], parse(text or ""),
                                       engine.config.dns.check, vpn,
                                       engine.config.lab_without_dns() is not None)]
+
+
+SERVICE = Service("network", checks=checks)

@@ -17,6 +17,7 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services import certs, radicale, roundcube, sogo
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Port, Service, Unit, provided
 from mailfleet.templating import render
 
 PACKAGES = ["nginx"]
@@ -32,8 +33,6 @@ PORTS = {80: "nginx HTTP (ACME, redirect)", 443: "nginx HTTPS"}
 
 
 def deploy(ctx: HostContext) -> None:
-    if "web" not in ctx.settings.roles:
-        return
     config, fqdn = ctx.config, ctx.fqdn
     ctx.op(files.directory, name="Create the web root", path=ACME_ROOT, mode="755")
     mx = [config.host_fqdn(h) for h in config.hosts_with("mail")] or [fqdn]
@@ -60,17 +59,17 @@ def deploy(ctx: HostContext) -> None:
             server_names=list(dict.fromkeys([fqdn, config.mail.hostname,
                                              *[n for n in names if not n.startswith("mta-sts.")]])),
             mta_sts_names=[n for n in names if n.startswith("mta-sts.")],
-            webmail=config.features.webmail, webmail_path=config.web.webmail_path,
+            webmail=ctx.plan.webmail, webmail_path=config.web.webmail_path,
             webmail_prefix=prefix, roundcube_root=roundcube.ROOT,
             php_socket=roundcube.php_socket(ctx), upload_mb=config.mail.message_size_mb + 5,
-            radicale=config.features.radicale, radicale_path=config.web.radicale_path,
+            radicale=ctx.plan.radicale, radicale_path=config.web.radicale_path,
             radicale_port=radicale.PORT, **sogo.nginx_values(ctx),
         ))
     link = ctx.op(files.link, name="Enable the nginx site", path=ENABLED, target=SITE)
     default = ctx.op(files.link, name="Remove Debian's default nginx site",
                      path="/etc/nginx/sites-enabled/default", present=False)
     ctx.service("nginx", reload_when=(site, link, default, *pages,
-                                      ctx.produced.get("certificate")))
+                                      provided(ctx).certificate))
 
 
 def checks(engine: Engine) -> list[CheckResult]:
@@ -79,11 +78,15 @@ def checks(engine: Engine) -> list[CheckResult]:
     found = engine.facts(Command, command=https_count(path, "<incomingServer"))
     results = []
     for name, text in found.items():
-        if "web" not in engine.settings[name].roles:
-            continue
         ok = (text or "").strip() == "2"
         results.append(CheckResult(
             name, "mail client autoconfig", "ok" if ok else "fail",
             path + ("" if ok else " is not served"),
             "see `journalctl -u nginx`; run `mailfleet deploy`"))
     return results
+
+
+SERVICE = Service(
+    "nginx", applies=lambda plan: plan.web, packages=tuple(PACKAGES), deploy=deploy,
+    checks=checks,
+    units=(Unit("nginx", tuple(Port(port, what) for port, what in PORTS.items())),))

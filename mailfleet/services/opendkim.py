@@ -12,10 +12,11 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
 from mailfleet.config import Config
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services import system
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
+from mailfleet.services.shape import Port, Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["opendkim", "opendkim-tools"]
@@ -27,8 +28,7 @@ def key_path(domain: str, selector: str, suffix: str = "private") -> str:
     return f"{KEY_DIR}/{domain}/{selector}.{suffix}"
 
 
-snapshot.register("dkim", f"for f in {KEY_DIR}/*/*.private; do [ -s \"$f\" ] && echo \"$f\"; done")
-snapshot.register_unit("opendkim")
+SNAPSHOT = {"dkim": f"for f in {KEY_DIR}/*/*.private; do [ -s \"$f\" ] && echo \"$f\"; done"}
 
 
 @operation()
@@ -114,3 +114,11 @@ def checks(engine: Engine) -> list[CheckResult]:
                 results.append(CheckResult(name, f"DKIM key {domain}", "fail", "no key on the host",
                                            "run `mailfleet deploy`"))
     return results
+
+
+SERVICE = Service("opendkim", applies=lambda plan: plan.mail, packages=tuple(PACKAGES),
+                  deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  units=(Unit("opendkim", (Port(OPENDKIM_PORT, "OpenDKIM milter (localhost)",
+                                                "local"),)),),
+                  managed_paths=("/etc/opendkim", "/etc/opendkim.conf",
+                                 "/etc/systemd/system/opendkim.service.d"))

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from pyinfra.operations import systemd
 
-from mailfleet.engine import HostContext, config_file, snapshot
+from mailfleet.engine import HostContext, config_file
 from mailfleet.services.postfix import OPENDMARC_PORT
+from mailfleet.services.shape import Port, Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["opendmarc", "publicsuffix"]
-
-snapshot.register_unit("opendmarc")
 
 
 def deploy(ctx: HostContext) -> None:
@@ -31,3 +30,10 @@ def deploy(ctx: HostContext) -> None:
                   content=render("opendmarc/service-override.conf.j2"))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
     ctx.service("opendmarc", restart_when=(*files, unit))
+
+
+SERVICE = Service("opendmarc", applies=lambda plan: plan.mail, packages=tuple(PACKAGES),
+                  deploy=deploy,
+                  units=(Unit("opendmarc", (Port(OPENDMARC_PORT, "OpenDMARC milter (localhost)",
+                                                 "local"),)),),
+                  managed_paths=("/etc/systemd/system/opendmarc.service.d",))

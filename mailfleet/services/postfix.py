@@ -12,10 +12,11 @@ import shlex
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
-from mailfleet.engine import Engine, HostContext, config_file, debconf, snapshot
+from mailfleet.engine import Engine, HostContext, config_file, debconf
 from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Port, Service, Unit, provided
 from mailfleet.templating import render
 
 PACKAGES = ["postfix", "postfix-pgsql"]
@@ -73,8 +74,7 @@ def _validate(this: str) -> str:
     return _VALIDATE.format(this=this, other=other, flag=flag, path="{path}")
 
 
-snapshot.register("aliases", "test /etc/aliases.db -nt /etc/aliases && echo fresh")
-snapshot.register_unit("postfix")
+SNAPSHOT = {"aliases": "test /etc/aliases.db -nt /etc/aliases && echo fresh"}
 
 
 @operation()
@@ -120,8 +120,8 @@ def deploy(ctx: HostContext) -> None:
     # PostgreSQL had to be started, a reload also replaces the proxymap processes, which
     # otherwise refuse to retry a database host they saw down for 60 s (451 4.3.0).
     ctx.service("postfix", restart_when=(master,),
-                reload_when=(main, *maps, ctx.produced.get("certificate"),
-                             ctx.produced.get("postgresql started")))
+                reload_when=(main, *maps, provided(ctx).certificate,
+                             provided(ctx).postgresql_started))
 
 
 def preseed(ctx: HostContext) -> None:
@@ -153,3 +153,10 @@ def checks(engine: Engine) -> list[CheckResult]:
         results.append(CheckResult(name, "mail queue", status, f"{count} message(s) waiting",
                                    "see `postqueue -p` and `journalctl -u postfix` on the host"))
     return results
+
+
+SERVICE = Service(
+    "postfix", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
+    checks=checks, snapshot=SNAPSHOT,
+    units=(Unit("postfix", tuple(Port(port, f"Postfix {name}") for port, name in PORTS.items())),),
+    managed_paths=("/etc/postfix", "/etc/aliases"))

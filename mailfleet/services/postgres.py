@@ -16,10 +16,11 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
 from mailfleet.accounts import schema
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Port, Service, Unit, provided
 from mailfleet.templating import render
 
 PACKAGES = ["postgresql"]
@@ -69,9 +70,8 @@ _STATE_QUERIES = (
     (schema.DATABASE, "SELECT 'domain ' || name FROM domains"),
     (schema.DATABASE, "SELECT 'mailbox ' || email FROM mailboxes WHERE system"),
 )
-snapshot.register("postgres", "; ".join(
-    f"{PSQL} -tA -d {db} -c {shlex.quote(sql)}" for db, sql in _STATE_QUERIES))
-snapshot.register_unit("postgresql")
+SNAPSHOT = {"postgres": "; ".join(
+    f"{PSQL} -tA -d {db} -c {shlex.quote(sql)}" for db, sql in _STATE_QUERIES)}
 
 
 def database_state(ctx: HostContext) -> DatabaseState:
@@ -141,7 +141,7 @@ def deploy(ctx: HostContext) -> None:
                      dest="/etc/systemd/system/postgresql@.service.d/mailfleet.conf",
                      content=render("postgresql/restart.conf.j2"))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(restart))
-    ctx.produced["postgresql started"] = ctx.service("postgresql", restart_when=(tuning,))
+    provided(ctx).postgresql_started = ctx.service("postgresql", restart_when=(tuning,))
     state = database_state(ctx)
     ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,
            exists=schema.DATABASE in state.databases)
@@ -206,3 +206,9 @@ def checks(engine: Engine) -> list[CheckResult]:
             f"version {version or 'none'}" + ("" if version == str(wanted) else f", expected {wanted}"),
             "run `mailfleet deploy`"))
     return results
+
+
+SERVICE = Service("postgres", applies=lambda plan: plan.db, packages=tuple(PACKAGES),
+                  deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  units=(Unit("postgresql", (Port(5432, "PostgreSQL (localhost)", "local"),)),),
+                  managed_paths=("/etc/postgresql",))

@@ -12,10 +12,11 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import FileState
 from mailfleet.services import certs, system
 from mailfleet.services.checks import CheckResult, https_fetch
+from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["radicale"]
@@ -24,12 +25,6 @@ STORAGE = "/var/lib/radicale/collections"
 MODULE_DIR = "/usr/local/lib/mailfleet/radicale"
 MODULE = f"{MODULE_DIR}/mailfleet_radicale_auth.py"
 DROP_IN_DIR = "/etc/systemd/system/radicale.service.d"
-
-snapshot.register_unit("radicale")
-
-
-def enabled(config, roles: list[str]) -> bool:
-    return config.features.radicale and "web" in roles
 
 
 @operation()
@@ -40,13 +35,14 @@ def remove():
            "systemctl daemon-reload")
 
 
+def retire(ctx: HostContext) -> None:
+    # only what mailfleet set up (its module is there): a Radicale installed by hand for
+    # something else is left alone
+    if isinstance(ctx.file_state(MODULE), FileState):
+        ctx.op(remove, name="Remove Radicale (radicale = false)")
+
+
 def deploy(ctx: HostContext) -> None:
-    if not enabled(ctx.config, ctx.settings.roles):
-        # only what mailfleet set up (its module is there): a Radicale installed by hand
-        # for something else is left alone
-        if isinstance(ctx.file_state(MODULE), FileState):
-            ctx.op(remove, name="Remove Radicale (radicale = false)")
-        return
     values = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, port=PORT, storage=STORAGE,
                   path=ctx.config.web.radicale_path, module_dir=MODULE_DIR)
     ctx.op(files.directory, name="Create Radicale's storage", path=STORAGE, user="radicale",
@@ -67,18 +63,19 @@ def deploy(ctx: HostContext) -> None:
 
 def checks(engine: Engine) -> list[CheckResult]:
     """Radicale answers through nginx and asks for a login (401), as clients see it."""
-    if not engine.config.features.radicale:
-        return []
     path = engine.config.web.radicale_path
     # a client's first question (PROPFIND) without a login: 401 (a browser's GET is redirected
     # to Radicale's web page instead)
     command = https_fetch(f"{path}/", '-o /dev/null -w "%{http_code}" -X PROPFIND -H "Depth: 0"')
     results = []
     for name, text in engine.facts(Command, command=command).items():
-        if not enabled(engine.config, engine.settings[name].roles):
-            continue
         ok = (text or "").strip() == "401"
         results.append(CheckResult(name, "CalDAV/CardDAV (Radicale)", "ok" if ok else "fail",
                                    f"{path}/ " + ("asks for a login" if ok else f"answers {text!r}"),
                                    "see `journalctl -u radicale` and the nginx error log"))
     return results
+
+
+SERVICE = Service("radicale", applies=lambda plan: plan.radicale, packages=tuple(PACKAGES),
+                  deploy=deploy, retire=retire, checks=checks,
+                  units=(Unit("radicale", checked=False),))

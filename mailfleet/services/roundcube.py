@@ -14,11 +14,12 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
 from mailfleet.accounts import passwords
-from mailfleet.engine import Engine, HostContext, config_file, debconf, snapshot
+from mailfleet.engine import Engine, HostContext, config_file, debconf
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.services import certs, postgres, system
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Service
 from mailfleet.templating import render
 
 # php-fpm named explicitly: otherwise roundcube-core's dependency pulls in Apache + mod_php;
@@ -32,15 +33,11 @@ STAMP = "/var/lib/mailfleet/roundcube-schema-version"
 SQL_DIR = "/usr/share/roundcube/SQL"
 SCHEMA_QUERY = "SELECT value FROM system WHERE name = 'roundcube-version'"
 
-snapshot.register("roundcube", "; ".join([
+SNAPSHOT = {"roundcube": "; ".join([
     "printf 'installed '; dpkg-query -W -f='${Version}' roundcube-core 2>/dev/null; echo",
     "printf 'schema '; { " + postgres.psql_query(SCHEMA_QUERY, DATABASE) + "; } 2>/dev/null; echo",
     f"printf 'stamp '; cat {STAMP} 2>/dev/null; echo",
-]))
-
-
-def enabled(ctx: HostContext) -> bool:
-    return ctx.config.features.webmail == "roundcube" and "web" in ctx.settings.roles
+])}
 
 
 def php_socket(ctx: HostContext) -> str:
@@ -48,7 +45,7 @@ def php_socket(ctx: HostContext) -> str:
 
 
 def preseed(ctx: HostContext) -> None:
-    if enabled(ctx):
+    if ctx.plan.webmail == "roundcube":
         ctx.op(debconf, name="Preseed Roundcube (no dbconfig-common)", package="roundcube-core",
                answers={"roundcube/dbconfig-install": ("boolean", False)})
 
@@ -94,13 +91,13 @@ def _state(ctx: HostContext) -> dict[str, str]:
             (line.partition(" ") for line in ctx.snapshot("roundcube").splitlines())}
 
 
+def retire(ctx: HostContext) -> None:
+    if _state(ctx).get("installed"):
+        ctx.op(remove, name="Remove Roundcube (webmail is not roundcube)", php=platform(ctx).php)
+
+
 def deploy(ctx: HostContext) -> None:
     state = _state(ctx)
-    if not enabled(ctx):
-        if state.get("installed"):
-            ctx.op(remove, name="Remove Roundcube (webmail is not roundcube)",
-                   php=platform(ctx).php)
-        return
     config = ctx.config
     db_state = postgres.database_state(ctx)
     db_password, fresh = ctx.secret(f"postgres-{ROLE}")
@@ -146,14 +143,10 @@ LOGIN_MARK = "rcmloginuser"
 
 def checks(engine: Engine) -> list[CheckResult]:
     """PHP-FPM runs and the login page renders (PHP, database and config all work)."""
-    if engine.config.features.webmail != "roundcube":
-        return []
     path = engine.config.web.webmail_path.rstrip("/") + "/"
     command = "systemctl is-active 'php*-fpm.service'; " + https_count(path, LOGIN_MARK)
     results = []
     for name, text in engine.facts(Command, command=command).items():
-        if "web" not in engine.settings[name].roles:
-            continue
         lines = (text or "").split()
         fpm = lines[0] if lines else "unknown"
         results.append(CheckResult(name, "php-fpm running", "ok" if fpm == "active" else "fail",
@@ -165,3 +158,8 @@ def checks(engine: Engine) -> list[CheckResult]:
             + ("" if ok else " shows no login form"),
             "see `journalctl -t roundcube` and the nginx error log"))
     return results
+
+
+SERVICE = Service("roundcube", applies=lambda plan: plan.webmail == "roundcube",
+                  packages=tuple(PACKAGES), deploy=deploy, retire=retire, checks=checks,
+                  snapshot=SNAPSHOT)

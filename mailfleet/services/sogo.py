@@ -13,10 +13,12 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 
 from mailfleet.accounts import schema
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services import postgres, system
 from mailfleet.services.checks import CheckResult, https_count
+from mailfleet.services.plan import HostPlan
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
 # memcached: SOGo keeps sessions and its failed-login counter there (a Depends, named so
@@ -29,18 +31,12 @@ PORT = 20000
 CONFIG = "/etc/sogo/sogo.conf"
 URL_PATH = "/SOGo"
 
-snapshot.register("sogo", "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' "
-                          "sogo sogo-activesync 2>/dev/null")
-snapshot.register_unit("sogo")
-snapshot.register_unit("memcached")
+SNAPSHOT = {"sogo": "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' "
+                          "sogo sogo-activesync 2>/dev/null"}
 
 
-def enabled(config, roles: list[str]) -> bool:
-    return config.features.webmail == "sogo" and "web" in roles
-
-
-def packages(config) -> list[str]:
-    return [*PACKAGES, *(ACTIVESYNC_PACKAGES if config.features.activesync else [])]
+def packages(plan: HostPlan) -> list[str]:
+    return [*PACKAGES, *(ACTIVESYNC_PACKAGES if plan.activesync else [])]
 
 
 def _installed(ctx: HostContext) -> set[str]:
@@ -57,15 +53,16 @@ def remove(packages: list[str], everything: bool):
            + (" && rm -rf /etc/sogo /var/log/sogo /var/spool/sogo" if everything else ""))
 
 
+def retire(ctx: HostContext) -> None:
+    if _installed(ctx):
+        ctx.op(remove, name="Remove SOGo (webmail is not sogo)",
+               packages=[*PACKAGES, *ACTIVESYNC_PACKAGES], everything=True)
+
+
 def deploy(ctx: HostContext) -> None:
     installed = _installed(ctx)
-    if not enabled(ctx.config, ctx.settings.roles):
-        if installed:
-            ctx.op(remove, name="Remove SOGo (webmail is not sogo)",
-                   packages=[*PACKAGES, *ACTIVESYNC_PACKAGES], everything=True)
-        return
     config = ctx.config
-    if not config.features.activesync and "sogo-activesync" in installed:
+    if not ctx.plan.activesync and "sogo-activesync" in installed:
         ctx.op(remove, name="Remove SOGo's ActiveSync (activesync = false)",
                packages=ACTIVESYNC_PACKAGES, everything=False)
     db_state = postgres.database_state(ctx)
@@ -80,7 +77,7 @@ def deploy(ctx: HostContext) -> None:
                                  db_password=password, db_name=DATABASE,
                                  accounts_db=schema.DATABASE, domain=config.mail.domain,
                                  title=config.web.title, port=PORT,
-                                 activesync=config.features.activesync,
+                                 activesync=ctx.plan.activesync,
                                  min_password_length=config.mail.min_password_length,
                                  min_password_regex=f".{{{config.mail.min_password_length},}}"))
     ctx.service("memcached")
@@ -91,7 +88,7 @@ def nginx_values(ctx: HostContext) -> dict[str, object]:
     """What the nginx site needs to proxy SOGo and serve its static files."""
     return dict(sogo_port=PORT, sogo_path=URL_PATH,
                 sogo_resources=f"{platform(ctx).gnustep_lib}/SOGo/WebServerResources/",
-                activesync=ctx.config.features.activesync)
+                activesync=ctx.plan.activesync)
 
 
 LOGIN_MARK = "SOGo.MainUI"  # the login page's Angular module: the page rendered, not an error
@@ -99,14 +96,10 @@ LOGIN_MARK = "SOGo.MainUI"  # the login page's Angular module: the page rendered
 
 def checks(engine: Engine) -> list[CheckResult]:
     """SOGo and memcached run, and the login page renders through nginx."""
-    if engine.config.features.webmail != "sogo":
-        return []
     command = ("systemctl is-active sogo.service memcached.service | tr '\\n' ' '; echo; "
                + https_count(f"{URL_PATH}/", LOGIN_MARK))
     results = []
     for name, text in engine.facts(Command, command=command).items():
-        if not enabled(engine.config, engine.settings[name].roles):
-            continue
         lines = (text or "").splitlines()
         states = (lines[0].split() if lines else []) + ["unknown", "unknown"]
         for unit, state in zip(("sogo", "memcached"), states):
@@ -120,3 +113,8 @@ def checks(engine: Engine) -> list[CheckResult]:
                                    f"SOGo at {url}" + ("" if ok else " shows no login page"),
                                    "see /var/log/sogo/sogo.log and the nginx error log"))
     return results
+
+
+SERVICE = Service("sogo", applies=lambda plan: plan.webmail == "sogo", packages=packages,
+                  deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
+                  units=(Unit("sogo", checked=False), Unit("memcached", checked=False)))

@@ -19,13 +19,14 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import python
 
 from mailfleet.config import HostSettings
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.tunnel import ssh_base
 from mailfleet.errors import DeployError
 from mailfleet.services import wireguard
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
+from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
 DROPIN = "/etc/ssh/sshd_config.d/00-mailfleet.conf"
@@ -36,7 +37,6 @@ KEX = {
         "curve25519-sha256@libssh.org",
 }
 OPENSSH = {12: "9.2", 13: "10.0"}
-snapshot.register_unit("ssh")
 # The candidate, read before everything else, tested against the real sshd_config.
 _VALIDATE = (
     "( d=$(mktemp -d) && "
@@ -217,3 +217,6 @@ def _probe_root(name: str, settings: HostSettings, fix: str) -> CheckResult:
     return CheckResult(name, "root login refused", "ok",
                        "root refused; only public keys offered (no passwords)")
 
+
+SERVICE = Service("sshd", deploy=deploy, checks=checks, units=(Unit("ssh", checked=False),),
+                  managed_paths=("/etc/ssh/sshd_config.d",))

@@ -6,9 +6,10 @@ from pyinfra.facts.files import FileContents
 from pyinfra.facts.server import Hostname
 from pyinfra.operations import apt, files, server
 
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.operations import STAGING_DIR, UPLOAD_DIR
 from mailfleet.services.checks import CheckResult, expect
+from mailfleet.services.shape import Service
 from mailfleet.templating import render
 
 BASE_PACKAGES = ["ca-certificates", "curl", "sudo", "less", "procps", "iproute2"]
@@ -16,7 +17,7 @@ BASE_PACKAGES = ["ca-certificates", "curl", "sudo", "less", "procps", "iproute2"
 APT_CACHE_SECONDS = 6 * 3600
 
 
-snapshot.register("resolvers", "awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf 2>/dev/null")
+SNAPSHOT = {"resolvers": "awk '$1 == \"nameserver\" {print $2}' /etc/resolv.conf 2>/dev/null"}
 
 
 def purge(packages: list[str]) -> str:
@@ -39,8 +40,8 @@ def resolvers(ctx: HostContext) -> list[str]:
 
 def deploy(ctx: HostContext) -> None:
     # first: config_file stages uploads here (root only)
-    ctx.produced["staging"] = ctx.op(files.directory, name="Create mailfleet's staging directory",
-                                     path=STAGING_DIR, mode="700")
+    ctx.staging = ctx.op(files.directory, name="Create mailfleet's staging directory",
+                         path=STAGING_DIR, mode="700")
     if ctx.settings.sudo:  # sudo uploads arrive here first (UPLOAD_DIR)
         ctx.op(files.directory, name="Create the SSH user's upload directory", path=UPLOAD_DIR,
                user=ctx.settings.ssh_user, mode="700")
@@ -79,3 +80,7 @@ def checks(engine: Engine) -> list[CheckResult]:
         mailname = (mailnames.get(name) or [""])[0].strip()
         results.append(expect(name, "mail name", mailname, fqdn, fix))
     return results
+
+
+SERVICE = Service("system", packages=tuple(BASE_PACKAGES), deploy=deploy, checks=checks,
+                  snapshot=SNAPSHOT, managed_paths=("/etc/mailname", "/usr/local/lib/mailfleet"))

@@ -1,32 +1,24 @@
 """Are the services running and listening where they should? One fact per host for all
-units, one for all listening sockets."""
+units, one for all listening sockets; which units and ports, each host's plan says (the
+units its services declare)."""
 
 from __future__ import annotations
+
+import shlex
 
 from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine
-from mailfleet.services import dovecot, nginx, postfix
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service, Unit
 
-# unit -> {port: what listens there}; loopback-only services are checked on 127.0.0.1
-UNITS: dict[str, dict[int, str]] = {
-    "postgresql": {5432: "PostgreSQL (localhost)"},
-    "postfix": {port: f"Postfix {name}" for port, name in postfix.PORTS.items()},
-    "dovecot": {**{port: f"Dovecot {name}" for port, name in dovecot.PORTS.items()},
-                postfix.QUOTA_STATUS_PORT: "Dovecot quota-status (localhost)"},
-    "opendkim": {postfix.OPENDKIM_PORT: "OpenDKIM milter (localhost)"},
-    "opendmarc": {postfix.OPENDMARC_PORT: "OpenDMARC milter (localhost)"},
-    "nginx": nginx.PORTS,
-}
-LOCAL_ONLY = {5432, postfix.QUOTA_STATUS_PORT, postfix.OPENDKIM_PORT, postfix.OPENDMARC_PORT}
-_COMMAND = f"systemctl is-active {' '.join(UNITS)}; echo ==; ss -Hltn"
+LOCALHOST = {"127.0.0.1", "::1"}
 
 
-def parse(text: str) -> tuple[dict[str, str], dict[int, set[str]]]:
-    """({unit: state}, {port: listening addresses}) from `_COMMAND`'s output."""
+def parse(text: str, units: list[str]) -> tuple[dict[str, str], dict[int, set[str]]]:
+    """({unit: state}, {port: listening addresses}) from `_command(units)`'s output."""
     states_text, _, sockets_text = text.partition("==")
-    states = dict(zip(UNITS, states_text.split()))
+    states = dict(zip(units, states_text.split()))
     listening: dict[int, set[str]] = {}
     for line in sockets_text.splitlines():
         parts = line.split()
@@ -37,27 +29,45 @@ def parse(text: str) -> tuple[dict[str, str], dict[int, set[str]]]:
     return states, listening
 
 
-def checks(engine: Engine) -> list[CheckResult]:
+def _command(units: list[str]) -> str:
+    return f"systemctl is-active {' '.join(shlex.quote(u) for u in units)}; echo ==; ss -Hltn"
+
+
+def host_checks(name: str, units: list[Unit], text: str) -> list[CheckResult]:
+    states, listening = parse(text, [u.name for u in units])
     results = []
-    for name, text in engine.facts(Command, command=_COMMAND).items():
-        states, listening = parse(text or "")
-        for unit, ports in UNITS.items():
-            state = states.get(unit, "unknown")
-            label = unit
-            if state != "active":
-                results.append(CheckResult(name, f"{label} running", "fail", state,
-                                           f"see `journalctl -u {unit}` on the host"))
-                continue
-            results.append(CheckResult(name, f"{label} running", "ok", "active"))
-            for port, what in ports.items():
-                addresses = listening.get(port, set())
-                if not addresses:
-                    results.append(CheckResult(name, f"port {port}", "fail", f"{what} is not listening",
-                                               f"see `journalctl -u {unit}` on the host"))
-                elif port in LOCAL_ONLY and addresses - {"127.0.0.1", "::1"}:
-                    results.append(CheckResult(name, f"port {port}", "fail",
-                                               f"{what} listens on {', '.join(sorted(addresses))}",
-                                               "it must listen on localhost only: run `mailfleet deploy`"))
-                else:
-                    results.append(CheckResult(name, f"port {port}", "ok", what))
+    for unit in units:
+        state = states.get(unit.name, "unknown")
+        if state != "active":
+            results.append(CheckResult(name, f"{unit.name} running", "fail", state,
+                                       f"see `journalctl -u {unit.name}` on the host"))
+            continue
+        results.append(CheckResult(name, f"{unit.name} running", "ok", "active"))
+        for port in unit.ports:
+            addresses = listening.get(port.number, set())
+            if not addresses:
+                results.append(CheckResult(name, f"port {port.number}", "fail",
+                                           f"{port.what} is not listening",
+                                           f"see `journalctl -u {unit.name}` on the host"))
+            elif port.exposure == "local" and addresses - LOCALHOST:
+                results.append(CheckResult(name, f"port {port.number}", "fail",
+                                           f"{port.what} listens on {', '.join(sorted(addresses))}",
+                                           "it must listen on localhost only: run `mailfleet deploy`"))
+            else:
+                results.append(CheckResult(name, f"port {port.number}", "ok", port.what))
     return results
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    wanted = {name: [u for u in plan.units if u.checked] for name, plan in engine.plans.items()}
+    texts: dict[str, str] = {}
+    for command in {_command([u.name for u in units]) for units in wanted.values() if units}:
+        # one read for all hosts with the same units (every host, on a one-shape fleet)
+        found = engine.facts(Command, command=command)
+        texts.update({name: found.get(name) or "" for name, units in wanted.items()
+                      if units and _command([u.name for u in units]) == command})
+    return [result for name, units in wanted.items() if units
+            for result in host_checks(name, units, texts[name])]
+
+
+SERVICE = Service("units", checks=checks)

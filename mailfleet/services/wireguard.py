@@ -27,13 +27,14 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, python, systemd
 
 from mailfleet.config import WG_KEY_RE, Config, HostSettings, VpnPeer
-from mailfleet.engine import Engine, HostContext, config_file, snapshot
+from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.snapshot import FileState
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError, DeployError
 from mailfleet.services import system
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["wireguard-tools", "wireguard-go"]
@@ -53,9 +54,8 @@ LISTEN_DROPIN = "/etc/ssh/sshd_config.d/01-mailfleet-vpn.conf"
 ORDER_DROPIN = "/etc/systemd/system/ssh.service.d/mailfleet-vpn.conf"
 KEEPALIVE = 25
 HANDSHAKE_MAX_AGE = 240
-snapshot.register_unit(UNIT)
 # the tunnel's live IPv4 addresses: is this deploy's own connection running over it?
-snapshot.register("wireguard", f"ip -o -4 address show dev {INTERFACE} | awk '{{print $4}}'")
+SNAPSHOT = {"wireguard": f"ip -o -4 address show dev {INTERFACE} | awk '{{print $4}}'"}
 
 # The public key from the private one with openssl (in every Debian), not `wg pubkey`: the
 # keys are needed before wireguard-tools is installed. The bytes are the fixed PKCS#8 header
@@ -216,9 +216,6 @@ def _take_down(ctx: HostContext) -> None:
 
 
 def deploy(ctx: HostContext) -> None:
-    if not ctx.config.features.wireguard:
-        _take_down(ctx)
-        return
     keys = ctx.shared.get("wireguard_keys", {})
     if not keys.get(ctx.settings.name) and not ctx.check:
         raise DeployError(f"{ctx.settings.name}: the WireGuard key could not be made "
@@ -443,8 +440,6 @@ def parse_status(text: str) -> tuple[dict[str, str], dict[str, int]]:
 
 def checks(engine: Engine) -> list[CheckResult]:
     config = engine.config
-    if not config.features.wireguard:
-        return []
     results = []
     fix = "run `mailfleet deploy`, then `journalctl -u " + UNIT + "` on the host"
     names = {v.name: v for v in config.hosts}
@@ -476,3 +471,12 @@ def checks(engine: Engine) -> list[CheckResult]:
         else:
             results.append(CheckResult(name, "VPN", "ok", message))
     return results
+
+
+SERVICE = Service("wireguard", applies=lambda plan: plan.wireguard, packages=tuple(PACKAGES),
+                  deploy=deploy, retire=_take_down, checks=checks, snapshot=SNAPSHOT,
+                  units=(Unit(UNIT, checked=False),),
+                  managed_paths=("/etc/wireguard", "/etc/systemd/system/wg-quick@wg0.service.d",
+                                 "/etc/systemd/system/ssh.service.d"))
+# runs after the firewall, which must let the tunnel in first
+SSH_OVER_VPN = Service("ssh over the VPN", deploy=restrict_ssh)

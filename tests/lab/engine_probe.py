@@ -14,6 +14,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from mailfleet.config import load  # noqa: E402
+from mailfleet import services  # noqa: E402
 from mailfleet.engine import Engine, HostContext, config_file, debconf  # noqa: E402
 
 GOOD_SSHD = "# mailfleet probe\nPermitRootLogin prohibit-password\n"
@@ -35,7 +36,8 @@ def steps(scenario: str):
 def main() -> None:
     config_path, scenario, *check = sys.argv[1:]
     config = load(Path(config_path))
-    with Engine(config, config.select_hosts(["n1", "n2"]), check=bool(check)) as engine:
+    with Engine(config, config.select_hosts(["n1", "n2"]), check=bool(check),
+                layout=services.layout()) as engine:
         report = engine.deploy(steps(scenario))
     print(json.dumps(report.as_dict()))
 

@@ -12,10 +12,15 @@ import pytest
 import tomlkit
 from conftest import NODES, Cli, key_login
 
-from mailfleet.services import firewall, units
+from mailfleet import services
+from mailfleet.config import HostSettings, parse
+from mailfleet.services import firewall
 
 OTHER = {"n1": "n2", "n2": "n1"}  # the lab host that plays the outside world
-OPEN = set(firewall.public_ports({22}))
+# what the lab's hosts (every role, default features) open to the world
+OPEN = set(firewall.public_ports(services.plan_host(
+    parse('[mail]\ndomain = "example.test"\nhostname = "mail.example.test"\n'),
+    HostSettings(name="n1", address="10.0.0.1")), {22}))
 PROBE = "for p in {ports}; do timeout 3 bash -c \"echo > /dev/tcp/{address}/$p\" 2>/dev/null " \
         "&& echo \"$p open\" || echo \"$p closed\"; done"
 
@@ -46,7 +51,9 @@ def test_only_the_services_ports_are_open_from_another_host(deployed: Cli, targe
     assert {p for p, is_open in seen.items() if is_open} == OPEN, seen
     status = deployed.ssh(target, "ufw status verbose")
     assert "Status: active" in status and "deny (incoming)" in status
-    assert units.LOCAL_ONLY.isdisjoint(OPEN)
+    local = {port.number for s in services.SERVICES for u in s.units for port in u.ports
+             if port.exposure == "local"}
+    assert local == {5432, 8891, 8893, 12340} and local.isdisjoint(OPEN)
 
 
 def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: Cli, target: str):

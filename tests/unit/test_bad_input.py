@@ -121,6 +121,13 @@ SINGLE = [
      "{dir}/binary.key is not a TSIG key file"),
     ("lab-up-bad-release", ["lab", "--name", "h5-nolab", "up", "--release", "buster"],
      "Unknown release 'buster'"),
+    # roles the services cannot deploy yet: refused before any host is reached
+    ("roles-web-alone-deploy", ["-c", "{dir}/web.toml", "deploy"],
+     "host 'mx1' has roles [\"web\"]: a host without both \"mail\" and \"db\""),
+    ("roles-web-alone-check", ["-c", "{dir}/web.toml", "check"],
+     "host 'mx1' has roles [\"web\"]"),
+    ("roles-mail-without-db-deploy-check", ["-c", "{dir}/mail.toml", "deploy", "--check"],
+     "host 'mx1' has roles [\"mail\", \"web\"]"),
 ]
 TABLE = [
     *((f"{problem}-{'-'.join(cmd[:2])}", ["-c", path, *cmd], message)
@@ -160,6 +167,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (d / "binary.key").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
     (d / "tsig.toml").write_text(GOOD + f'\n[[dns.zones]]\nzone = "example.org"\n'
                                  f'server = "127.0.0.1"\ntsig_key_file = "{d}/binary.key"\n')
+    (d / "web.toml").write_text(GOOD + 'roles = ["web"]\n')
+    (d / "mail.toml").write_text(GOOD + 'roles = ["web", "mail"]\n')
     (d / "users.csv").write_text("email\na@example.org\n")
     (d / "latin.csv").write_bytes("email,name\nb@example.org,Ren\xe9\n".encode("latin-1"))
     return d

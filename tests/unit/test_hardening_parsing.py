@@ -6,7 +6,7 @@ import pytest
 
 from mailfleet.config import HostSettings, parse
 from mailfleet.errors import ConfigError
-from mailfleet.services import admin, fail2ban, firewall, hardening, sshd
+from mailfleet.services import admin, fail2ban, firewall, hardening, plan_host, sshd
 from mailfleet.templating import render_init
 
 UFW = """Status: active
@@ -25,7 +25,9 @@ def test_firewall_state_and_wanted_ports():
     assert active and rules == ["allow 22/tcp", "allow 25/tcp", "allow 8080"]
     assert policies == {"DEFAULT_INPUT_POLICY": "DROP", "DEFAULT_OUTPUT_POLICY": "ACCEPT"}
     assert ssh_ports == {22, 2222}
-    wanted = firewall.public_ports(ssh_ports)
+    config = parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n')
+    host = HostSettings(name="mx1", address="192.0.2.1")
+    wanted = firewall.public_ports(plan_host(config, host), ssh_ports)
     assert set(wanted) == {22, 2222, 25, 465, 587, 143, 993, 4190, 80, 443}
     assert not {5432, 8891, 8893, 12340} & set(wanted)  # localhost-only services stay closed
     assert firewall.parse("Status: inactive\n") == (False, [], {}, {22})

@@ -8,14 +8,13 @@ import re
 import stat
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 
-from mailfleet.config import parse
+from mailfleet.config import HostSettings, parse
 from mailfleet.engine.operations import config_file
-from mailfleet.services import backup
+from mailfleet.services import backup, plan_host
 from mailfleet.templating import TEMPLATES
 
 # a valid repository address full of shell syntax (the config refuses only whitespace)
@@ -27,7 +26,8 @@ class RecordingContext:
 
     def __init__(self, config):
         self.config = config
-        self.settings = SimpleNamespace(name="mx1", roles=["mail", "db", "web"])
+        self.settings = HostSettings(name="mx1", address="192.0.2.1")
+        self.plan = plan_host(config, self.settings)
         self.ops: list[tuple[object, dict]] = []
 
     def snapshot(self, name: str) -> str:

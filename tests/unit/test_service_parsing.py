@@ -9,7 +9,8 @@ import pytest
 from mailfleet.accounts import schema
 from mailfleet.accounts.passwords import generate_password, hash_password, verify_password
 from mailfleet.config import parse
-from mailfleet.services import certs, fail2ban, mailflow, mailstore, opendkim, packages, units
+from mailfleet.config import HostSettings
+from mailfleet.services import certs, fail2ban, mailflow, mailstore, opendkim, packages, plan_host, units
 
 GENKEY_TXT = '''mail._domainkey	IN	TXT	( "v=DKIM1; h=sha256; k=rsa; "
 	  "p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyz"
@@ -38,7 +39,7 @@ def test_unit_and_socket_parsing():
     text = ("active\nactive\nfailed\nactive\n==\n"
             "LISTEN 0 100 0.0.0.0:25 0.0.0.0:*\nLISTEN 0 244 127.0.0.1:5432 0.0.0.0:*\n"
             "LISTEN 0 100 [::]:993 [::]:*\n")
-    states, listening = units.parse(text)
+    states, listening = units.parse(text, ["postgresql", "postfix", "dovecot", "opendkim"])
     assert states == {"postgresql": "active", "postfix": "active", "dovecot": "failed",
                       "opendkim": "active"}
     assert listening == {25: {"0.0.0.0"}, 5432: {"127.0.0.1"}, 993: {"::"}}
@@ -101,26 +102,30 @@ def test_config_mail_settings_and_package_list():
     with pytest.raises(Exception, match="dkim_selector"):
         parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\ndkim_selector = "a b"\n')
     assert {"postfix-pgsql", "dovecot-pgsql", "dovecot-sieve", "opendkim-tools",
-            "postgresql"} <= set(packages(config))
+            "postgresql"} <= set(packages(_plan(config)))
+
+
+def _plan(config, roles=("mail", "db", "web")):
+    return plan_host(config, HostSettings(name="mx1", address="192.0.2.1", roles=list(roles)))
 
 
 def test_webmail_choice_picks_packages_and_fail2ban_jail():
     base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[features]\n'
     sogo = parse(base + 'webmail = "sogo"\nactivesync = true\n')
     roundcube = parse(base + 'radicale = true\n')
-    web, mail_only = ["mail", "web"], ["mail"]
-    assert {"sogo", "memcached", "sogo-activesync"} <= set(packages(sogo, web))
-    assert not {"roundcube-core", "php-fpm", "radicale"} & set(packages(sogo, web))
-    assert not {"sogo", "nginx"} & set(packages(sogo, mail_only))
-    assert {"roundcube-core", "radicale"} <= set(packages(roundcube, web))
+    web, mail_only = ["mail", "db", "web"], ["mail", "db"]
+    assert {"sogo", "memcached", "sogo-activesync"} <= set(packages(_plan(sogo, web)))
+    assert not {"roundcube-core", "php-fpm", "radicale"} & set(packages(_plan(sogo, web)))
+    assert not {"sogo", "nginx"} & set(packages(_plan(sogo, mail_only)))
+    assert {"roundcube-core", "radicale"} <= set(packages(_plan(roundcube, web)))
     assert "sogo" not in packages(None)  # lab images: SOGo excludes Roundcube, never both
-    assert fail2ban.jails(sogo, web)[-1] == "sogo-auth"
+    assert fail2ban.jails(_plan(sogo, web))[-1] == "sogo-auth"
     # Radicale's failed logins reach Dovecot from the host itself: a jail of its own, on web
     # hosts with Radicale only
-    assert fail2ban.jails(roundcube, web)[-2:] == ["roundcube-auth", "radicale"]
-    assert "radicale" not in fail2ban.jails(roundcube, mail_only)
-    assert "radicale" not in fail2ban.jails(parse(base + 'webmail = "roundcube"\n'), web)
-    assert fail2ban.jails(sogo, mail_only) == list(fail2ban.JAILS)
+    assert fail2ban.jails(_plan(roundcube, web))[-2:] == ["roundcube-auth", "radicale"]
+    assert "radicale" not in fail2ban.jails(_plan(roundcube, mail_only))
+    assert "radicale" not in fail2ban.jails(_plan(parse(base + 'webmail = "roundcube"\n'), web))
+    assert fail2ban.jails(_plan(sogo, mail_only)) == ["sshd", "postfix", "dovecot"]
 
 
 def test_sogo_files_are_where_each_debian_puts_them():
@@ -171,9 +176,10 @@ def test_backup_settings_and_status_parsing():
     from mailfleet.services import backup
 
     base = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n[backup]\n'
-    assert not backup.enabled(parse(base))  # no repository: no backups set up
+    assert "restic" not in packages(_plan(parse(base)))  # no repository: no backups set up
     config = parse(base + 'repository = "sftp:backup@192.0.2.9:/srv/restic"\n')
-    assert backup.enabled(config) and "restic" in packages(config, ["mail"])
+    assert "restic" in packages(_plan(config, ["mail", "db"]))
+    assert "backup" in _plan(config).services
     with pytest.raises(Exception, match=r"backup.repository: 'backups' is not a restic repository"):
         parse(base + 'repository = "backups"\n')
     with pytest.raises(Exception, match=r"backup.schedule"):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from mailfleet import services
 from mailfleet.engine import snapshot
 from mailfleet.engine.snapshot import FileState
 from mailfleet.services.postgres import DatabaseState
 
 
 def test_command_runs_every_section_and_split_finds_them_again():
-    command = snapshot.command()
+    command = services.layout().command()
     for name in ("files", "secrets", "os", "postgres", "dkim", "certificate", "aliases", "units"):
         assert f"@@mailfleet-section {name}'" in command
     output = ("@@mailfleet-section os\ndebian 13\n@@mailfleet-section secrets\n"
@@ -25,8 +26,9 @@ def test_files_pair_metadata_with_checksums():
             f"{'a' * 40}  /etc/postfix/pgsql/virtual_domains.cf\n")
     assert snapshot.parse_files(text) == {
         "/etc/postfix/pgsql/virtual_domains.cf": FileState("640", "root", "postfix", "a" * 40)}
-    assert snapshot.managed("/etc/postfix/main.cf") and snapshot.managed("/etc/aliases")
-    assert not snapshot.managed("/etc/postfixx/main.cf") and not snapshot.managed("/etc/hosts")
+    layout = services.layout()
+    assert layout.managed("/etc/postfix/main.cf") and layout.managed("/etc/aliases")
+    assert not layout.managed("/etc/postfixx/main.cf") and not layout.managed("/etc/hosts")
 
 
 def test_units_and_database_state():

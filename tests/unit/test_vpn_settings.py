@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from mailfleet.config import ConfigError, parse
-from mailfleet.services import firewall, network, wireguard
+from mailfleet.services import firewall, network, plan_host, wireguard
 
 BASE = """
 [mail]
@@ -104,9 +104,10 @@ def test_a_given_public_key_is_used_and_a_kept_key_that_does_not_match_is_not_ha
 
 def test_firewall_keeps_ssh_public_until_the_vpn_path_is_proven(tmp_path):
     c = config(tmp_path)
-    public = firewall.wanted_rules(c, {22}, ssh_on_vpn=False)
+    plan = plan_host(c, c.hosts[0])
+    public = firewall.wanted_rules(c, plan, {22}, ssh_on_vpn=False)
     assert "allow 22/tcp" in public and "allow 51820/udp" in public
-    closed = firewall.wanted_rules(c, {22}, ssh_on_vpn=True)
+    closed = firewall.wanted_rules(c, plan, {22}, ssh_on_vpn=True)
     assert "allow 22/tcp" not in closed
     assert closed["allow in on wg0 to any port 22 proto tcp"] == "ssh over the VPN"
     assert "allow 25/tcp" in closed

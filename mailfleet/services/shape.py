@@ -1,0 +1,90 @@
+"""The one shape every service module exports as `SERVICE`.
+
+`services/__init__.py` lists the services in deploy order and derives everything else from
+these records: the packages a host installs, the steps a deploy runs, the checks, the units
+`check` expects running, the firewall's ports, and what the host snapshot reads. Adding a
+service is one module (with its templates) and one line in that list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from pyinfra.api.operation import OperationMeta
+
+from mailfleet.engine import Engine, HostContext
+from mailfleet.services.checks import CheckResult
+
+if TYPE_CHECKING:
+    from mailfleet.services.plan import HostPlan
+
+# public: open to everyone; private: to the other hosts of the fleet only (cluster traffic);
+# local: 127.0.0.1 only, never in the firewall
+Exposure = Literal["public", "private", "local"]
+
+
+@dataclass(frozen=True)
+class Port:
+    number: int
+    what: str  # as `check` names it: "Postfix smtp", "PostgreSQL (localhost)"
+    exposure: Exposure = "public"
+    protocol: Literal["tcp", "udp"] = "tcp"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A systemd unit the service runs and the ports it listens on (checked by `check`)."""
+
+    name: str
+    ports: tuple[Port, ...] = ()
+    # reported by `check` as "NAME running" and its ports as listening (units.py); False
+    # for units whose service checks them in its own words
+    checked: bool = True
+
+
+@dataclass
+class Provided:
+    """Operations of earlier steps that later steps react to (restart or reload on them)."""
+
+    certificate: OperationMeta | None = None  # the host certificate was (re)written
+    postgresql_started: OperationMeta | None = None
+
+
+def provided(ctx: HostContext) -> Provided:
+    if ctx.provided is None:
+        ctx.provided = Provided()
+    return ctx.provided
+
+
+def always(plan: HostPlan) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    # whether it runs on a host: decided from the host's plan (roles and features), once
+    applies: Callable[[HostPlan], bool] = always
+    packages: Callable[[HostPlan], Iterable[str]] | tuple[str, ...] = ()
+    deploy: Callable[[HostContext], None] | None = None
+    # what a deploy does on a host where the service no longer applies (switched off)
+    retire: Callable[[HostContext], None] | None = None
+    checks: Callable[[Engine], list[CheckResult]] | None = None
+    units: tuple[Unit, ...] = ()
+    # shell snippets the host snapshot runs, read by the deploy step as ctx.snapshot(name)
+    snapshot: dict[str, str] = field(default_factory=dict)
+    # files mailfleet writes live below these: the snapshot lists them all (see engine/snapshot)
+    managed_paths: tuple[str, ...] = ()
+
+    def packages_for(self, plan: HostPlan) -> list[str]:
+        return list(self.packages(plan) if callable(self.packages) else self.packages)
+
+    def step(self, ctx: HostContext) -> None:
+        """This service's part of a deploy on one host: set up, or retire when switched off."""
+        if self.applies(ctx.plan):
+            if self.deploy is not None:
+                self.deploy(ctx)
+        elif self.retire is not None:
+            self.retire(ctx)
