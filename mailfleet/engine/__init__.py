@@ -1,4 +1,5 @@
-"""The deploy engine: the only package that talks to pyinfra."""
+"""The deploy engine: the only package that drives pyinfra (inventory, connections, facts,
+execution). Services add pyinfra operations to a HostContext; they never run anything."""
 
 from mailfleet.engine import snapshot
 from mailfleet.engine.operations import config_file, debconf
