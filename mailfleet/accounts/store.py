@@ -48,14 +48,6 @@ def domain_names(conn: psycopg.Connection) -> set[str]:
     return {row[0] for row in conn.execute("SELECT name FROM domains")}
 
 
-def add_domain(conn: psycopg.Connection, domain: str) -> bool:
-    """True when added, False when it was there already."""
-    with conn.transaction():
-        cur = conn.execute("INSERT INTO domains (name) VALUES (%s) ON CONFLICT DO NOTHING",
-                           (domain,))
-        return cur.rowcount == 1
-
-
 def remove_domain(conn: psycopg.Connection, domain: str) -> list[str]:
     """Delete the domain with its mailboxes and aliases; returns the deleted mailboxes."""
     with conn.transaction():

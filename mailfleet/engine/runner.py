@@ -23,6 +23,7 @@ from pyinfra.api.facts import get_facts
 from pyinfra.api.host import Host
 from pyinfra.api.operation import OperationMeta, add_op
 from pyinfra.api.operations import run_ops
+from pyinfra.context import ctx_state
 from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
@@ -56,6 +57,8 @@ class HostContext:
     staging: OperationMeta | None = None
     # what the services' steps hand on to later steps (services/shape.py's Provided)
     provided: Any = None
+    # each operation's name, by (host name, operation hash): the engine's, shared by its hosts
+    op_names: dict[tuple[str, str], str] = field(default_factory=dict)
     _snapshot: dict[str, str] | None = None
     _files: dict[str, FileState] | None = None
 
@@ -118,7 +121,7 @@ class HostContext:
                 return None
             kwargs.pop("_if")
         meta = add_op(self.state, operation, *args, host=self.host, name=name, **kwargs)[self.host]
-        _OP_NAMES[(self.host.name, meta._hash)] = name
+        self.op_names[(self.host.name, meta._hash)] = name
         return meta
 
     def service(self, unit: str, *, restart_when: tuple[OperationMeta | None, ...] = (),
@@ -210,14 +213,16 @@ class DeployReport:
 class Progress(BaseStateCallback):
     """Forwards pyinfra's per-host operation events to a UI callback."""
 
-    def __init__(self, on_event: Callable[[str, str, str], None]) -> None:
+    def __init__(self, on_event: Callable[[str, str, str], None],
+                 op_names: dict[tuple[str, str], str]) -> None:
         self.on_event = on_event
+        self.op_names = op_names
 
     def operation_host_success(self, state, host, op_hash, retry_count=0):
-        self.on_event("ok", host.name, _op_name(state, host, op_hash))
+        self.on_event("ok", host.name, _op_name(state, host, op_hash, self.op_names))
 
     def operation_host_error(self, state, host, op_hash, retry_count=0, max_retries=0):
-        self.on_event("error", host.name, _op_name(state, host, op_hash))
+        self.on_event("error", host.name, _op_name(state, host, op_hash, self.op_names))
 
 
 class _ConnectErrors(BaseStateCallback):
@@ -231,23 +236,31 @@ class _ConnectErrors(BaseStateCallback):
         self.reasons[host.name] = text or type(error).__name__
 
 
-# Why an operation failed, in a sentence, from code that runs during execution (python.call
-# callbacks): pyinfra itself only logs "executed 0 commands".
-_REASONS: dict[str, list[str]] = {}
+class _EngineState(State):
+    """pyinfra's State, knowing the Engine that runs it: code that runs during execution
+    (python.call callbacks) reaches its own engine through pyinfra's context, so two
+    engines in one process keep their notes apart."""
+
+    def __init__(self, engine: Engine, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine = engine
 
 
 def explain_failure(host_name: str, message: str) -> None:
-    _REASONS.setdefault(host_name, []).append(message)
+    """Why an operation failed, in a sentence, from code that runs during execution
+    (python.call callbacks): pyinfra itself only logs "executed 0 commands". The sentence
+    becomes the host's error in the report of the engine running the operation."""
+    state = ctx_state.get()
+    if not isinstance(state, _EngineState):
+        raise RuntimeError("explain_failure() is for code that an Engine runs")
+    state.engine.reasons.setdefault(host_name, []).append(message)
 
 
-# Each operation's name for its host. pyinfra keeps one set of names per operation hash for
-# all hosts, and hosts whose step lists differ share hashes for different operations.
-_OP_NAMES: dict[tuple[str, str], str] = {}
-
-
-def _op_name(state: State, host: Host, op_hash: str) -> str:
-    if (host.name, op_hash) in _OP_NAMES:
-        return _OP_NAMES[(host.name, op_hash)]
+def _op_name(state: State, host: Host, op_hash: str, op_names: dict[tuple[str, str], str]) -> str:
+    """The operation's name for this host. pyinfra keeps one set of names per operation hash
+    for all hosts, and hosts whose step lists differ share hashes for different operations."""
+    if (host.name, op_hash) in op_names:
+        return op_names[(host.name, op_hash)]
     names = state.get_op_meta(op_hash).names
     return sorted(names)[0] if names else op_hash
 
@@ -285,9 +298,14 @@ class Engine:
         self.layout = layout or snapshot.Layout()
         self.check = check
         self.shared: dict[str, Any] = {}
+        # each operation's name per host (HostContext.op notes them; the report and the
+        # progress events read them), and why operations failed (explain_failure), per host
+        self.op_names: dict[tuple[str, str], str] = {}
+        self.reasons: dict[str, list[str]] = {}
         # sudo uploads are staged in the SSH user's own 0700 directory (see system.deploy)
         pyinfra_config = PyinfraConfig(DIFF=diff, CONNECT_TIMEOUT=15, TEMP_DIR=UPLOAD_DIR)
-        self.state = State(build_inventory(hosts), pyinfra_config, check_for_changes=check)
+        self.state = _EngineState(self, build_inventory(hosts), pyinfra_config,
+                                  check_for_changes=check)
         self._log_handler = _quiet_pyinfra(verbose or diff)
 
     def __enter__(self) -> Engine:
@@ -327,13 +345,13 @@ class Engine:
 
     def deploy(self, steps: list[ServiceStep],
                on_event: Callable[[str, str, str], None] | None = None) -> DeployReport:
-        _OP_NAMES.clear()
+        self.op_names.clear()
         if on_event:
-            self.state.add_callback_handler(Progress(on_event))
+            self.state.add_callback_handler(Progress(on_event, self.op_names))
         for host in self.hosts():
             ctx = HostContext(self.config, self.settings[host.name], host, self.state, self.check,
                               plan=self.plans.get(host.name), layout=self.layout,
-                              shared=self.shared)
+                              shared=self.shared, op_names=self.op_names)
             for step in steps:
                 step(ctx)
         if not self.check:
@@ -356,7 +374,7 @@ class Engine:
                     continue
                 report.operations += 1
                 meta = data.operation_meta
-                name = _op_name(self.state, host, op_hash)
+                name = _op_name(self.state, host, op_hash, self.op_names)
                 if self.check:
                     if meta._maybe_is_change:
                         report.changed.append(name)
@@ -368,8 +386,8 @@ class Engine:
                     report.changed.append(name)
             if host in self.state.failed_hosts and not report.failed:
                 report.error = "failed"
-            if _REASONS.get(host.name):
-                report.error = " ".join(_REASONS.pop(host.name))
+            if self.reasons.get(host.name):
+                report.error = " ".join(self.reasons.pop(host.name))
             reports[host.name] = report
         return DeployReport(check=self.check, hosts=reports)
 

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from pyinfra.operations import files
 
-from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine import HostContext, config_file
 from mailfleet.services import certs
-from mailfleet.services.checks import CheckResult
 from mailfleet.services.mailstore import VMAIL_DIR
 from mailfleet.services.platform import platform
 from mailfleet.services.postfix import QUOTA_STATUS_PORT
@@ -54,10 +53,6 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(files.directory, name="Create Postfix's private socket directory",
            path="/var/spool/postfix/private", user="postfix", group="root", mode="700")
     ctx.service("dovecot", restart_when=(sql, conf, provided(ctx).certificate))
-
-
-def checks(engine: Engine) -> list[CheckResult]:
-    return []
 
 
 SERVICE = Service(
