@@ -29,6 +29,7 @@ from mailfleet.services import (
     radicale,
     roundcube,
     sogo,
+    ssh_vpn,
     sshd,
     system,
     units,
@@ -89,7 +90,7 @@ DEPLOY_STEPS = [
     radicale.deploy,
     nginx.deploy,
     firewall.deploy,
-    wireguard.restrict_ssh,  # once the firewall lets the tunnel in
+    ssh_vpn.restrict_ssh,  # once the firewall lets the tunnel in
     acme.deploy,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.deploy,
     backup.deploy,
@@ -98,6 +99,7 @@ CHECKS = [
     system.checks,
     admin.checks,
     sshd.checks,
+    ssh_vpn.checks,
     hardening.checks,
     firewall.checks,
     network.checks,

@@ -10,7 +10,7 @@ from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file, snapshot
 from mailfleet.lab.network import GATEWAY as LAB_GATEWAY
-from mailfleet.services import firewall, radicale, roundcube, sogo
+from mailfleet.services import radicale, roundcube, sogo, sshd
 from mailfleet.services.checks import CheckResult
 from mailfleet.templating import render
 
@@ -34,7 +34,7 @@ snapshot.register_unit("fail2ban")
 
 def deploy(ctx: HostContext) -> None:
     settings = ctx.config.fail2ban
-    *_, ssh_ports = firewall.parse(ctx.snapshot("firewall"))
+    ssh_ports = sshd.ports(ctx)
     # written everywhere (inert without a jail), so switching a feature on or off only
     # changes the jail file
     filters = [ctx.op(config_file, name=f"Write the fail2ban filter {name}",

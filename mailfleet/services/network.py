@@ -13,6 +13,7 @@ from pyinfra.facts.server import Command
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.wireguard import INTERFACE
 
 _MARK = "@@"
 _STATE = "; ".join([
@@ -121,8 +122,6 @@ def ipv6_check(name: str, settings: HostSettings, state: dict[str, list[str]]) -
 
 
 def checks(engine: Engine) -> list[CheckResult]:
-    from mailfleet.services.wireguard import INTERFACE
-
     vpn = INTERFACE if engine.config.features.wireguard else None
     return [result for name, text in engine.facts(Command, command=_STATE).items()
             for result in host_checks(name, engine.settings[name], parse(text or ""),
