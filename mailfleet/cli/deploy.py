@@ -17,7 +17,7 @@ from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
-from mailfleet.services import sshd, wireguard
+from mailfleet.services import ssh_vpn, sshd, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -115,7 +115,7 @@ def switch_to_vpn(g: Globals, report: DeployReport) -> None:
     for h in config.hosts:
         result = report.hosts.get(h.name)
         vpn = config.vpn_address(h)
-        if (wireguard.vpn_only(config) and result and not result.failed and not result.error
+        if (ssh_vpn.vpn_only(config) and result and not result.failed and not result.error
                 and h.address != vpn):
             moved[h.name] = (h, vpn)
     if not moved:

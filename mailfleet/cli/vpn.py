@@ -16,7 +16,7 @@ from mailfleet.config import Config
 from mailfleet.engine import Engine
 from mailfleet.errors import ConfigError, DeployError, UsageError
 from mailfleet.localfile import write_private
-from mailfleet.services import wireguard
+from mailfleet.services import vpn_keys, wireguard
 from mailfleet.templating import render
 
 app = typer.Typer(help="The private admin network (WireGuard): keys, and peers' configs.",
@@ -45,11 +45,11 @@ def host_keys(config: Config, live: bool) -> tuple[dict[str, str | None], str | 
                         engine.facts(Command, command=f"{wireguard.PUBLIC_KEY}; true").items()}
             for h in config.hosts:
                 if keys.get(h.name):
-                    wireguard.remember_host_key(config, config.host_fqdn(h), keys[h.name])
+                    vpn_keys.remember_host_key(config, config.host_fqdn(h), keys[h.name])
             return keys, None
         except DeployError as err:
             why = str(err)
-    return {h.name: wireguard.known_host_key(config, config.host_fqdn(h)) for h in config.hosts}, why
+    return {h.name: vpn_keys.known_host_key(config, config.host_fqdn(h)) for h in config.hosts}, why
 
 
 def show(ctx: typer.Context, json: Json = False) -> None:
@@ -61,7 +61,7 @@ def show(ctx: typer.Context, json: Json = False) -> None:
              for h in config.hosts]
     peers = []
     for peer in config.vpn.peers:
-        private, public = wireguard.peer_keys(config, peer, create=False)
+        private, public = vpn_keys.peer_keys(config, peer, create=False)
         peers.append({"name": peer.name, "address": peer.address, "public_key": public,
                       "key_kept_here": private is not None})
     if json:
@@ -106,7 +106,7 @@ def client(
     if peer is None:
         names = ", ".join(p.name for p in config.vpn.peers) or "none"
         raise ConfigError(f"{g.config_path}: no [[vpn.peers]] named {name!r} (peers: {names}).")
-    private, public = wireguard.peer_keys(config, peer, create=True)
+    private, public = vpn_keys.peer_keys(config, peer, create=True)
     keys, _ = host_keys(config, live=False)
     if not all(keys.values()):
         keys, why = host_keys(config, live=True)

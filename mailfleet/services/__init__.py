@@ -35,6 +35,7 @@ from mailfleet.services import (
     radicale,
     roundcube,
     sogo,
+    ssh_vpn,
     sshd,
     system,
     units,
@@ -76,7 +77,7 @@ SERVICES: list[Service] = [
     radicale.SERVICE,
     nginx.SERVICE,
     firewall.SERVICE,
-    wireguard.SSH_OVER_VPN,  # once the firewall lets the tunnel in
+    ssh_vpn.SERVICE,  # once the firewall lets the tunnel in
     acme.SERVICE,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.SERVICE,
     backup.SERVICE,

@@ -21,8 +21,7 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.errors import ConfigError
 from mailfleet.services import certs, nginx
 from mailfleet.services.checks import CheckResult
-from mailfleet.services.plan import HostPlan
-from mailfleet.services.shape import Service, Unit
+from mailfleet.services.shape import HostPlan, Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["certbot"]

@@ -10,10 +10,9 @@ from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.lab.network import GATEWAY as LAB_GATEWAY
-from mailfleet.services import firewall
+from mailfleet.services import sshd
 from mailfleet.services.checks import CheckResult
-from mailfleet.services.plan import HostPlan
-from mailfleet.services.shape import Service, Unit
+from mailfleet.services.shape import HostPlan, Service, Unit
 from mailfleet.templating import render
 
 # python3-systemd: the journal backend (a Recommends, and deploy installs no Recommends)
@@ -35,7 +34,7 @@ def jails(plan: HostPlan) -> list[str]:
 
 def deploy(ctx: HostContext) -> None:
     settings = ctx.config.fail2ban
-    *_, ssh_ports = firewall.parse(ctx.snapshot("firewall"))
+    ssh_ports = sshd.ports(ctx)
     # written everywhere (inert without a jail), so switching a feature on or off only
     # changes the jail file
     filters = [ctx.op(config_file, name=f"Write the fail2ban filter {name}",

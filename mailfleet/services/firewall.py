@@ -15,16 +15,16 @@ from pyinfra.facts.server import Command
 
 from mailfleet.config import Config
 from mailfleet.engine import Engine, HostContext
-from mailfleet.services import wireguard
+from mailfleet.services import ssh_vpn, sshd
 from mailfleet.services.checks import CheckResult
-from mailfleet.services.plan import HostPlan
-from mailfleet.services.shape import Service
+from mailfleet.services.shape import HostPlan, Service
+from mailfleet.services.wireguard import INTERFACE
 
 PACKAGES = ["ufw"]
-_STATE = ("ufw status 2>/dev/null | head -n 1; ufw show added 2>/dev/null | grep '^ufw '; "
-          "grep -E '^DEFAULT_(INPUT|OUTPUT)_POLICY=' /etc/default/ufw 2>/dev/null; "
-          "sshd -T 2>/dev/null | grep -i '^port '")
-SNAPSHOT = {"firewall": _STATE}
+_UFW = ("ufw status 2>/dev/null | head -n 1; ufw show added 2>/dev/null | grep '^ufw '; "
+        "grep -E '^DEFAULT_(INPUT|OUTPUT)_POLICY=' /etc/default/ufw 2>/dev/null")
+SNAPSHOT = {"firewall": _UFW}  # (deploy reads sshd's ports from sshd's own section)
+_STATE = f"{_UFW}; {sshd.PORTS}"
 
 
 def public_ports(plan: HostPlan, ssh_ports: set[int]) -> dict[int, str]:
@@ -51,8 +51,6 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
 
 
 def vpn_rule(port: int) -> str:
-    from mailfleet.services.wireguard import INTERFACE
-
     return f"allow in on {INTERFACE} to any port {port} proto tcp"
 
 
@@ -62,11 +60,11 @@ def _port_list(rules: Iterable[str]) -> str:
 
 
 def parse(text: str) -> tuple[bool, list[str], dict[str, str], set[int]]:
-    """(active, added rules like "allow 25/tcp", default policies, sshd ports)."""
+    """(active, added rules like "allow 25/tcp", default policies, sshd ports (22 when the
+    text has none))."""
     active = False
     rules: list[str] = []
     policies: dict[str, str] = {}
-    ssh_ports: set[int] = set()
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("Status:"):
@@ -76,9 +74,7 @@ def parse(text: str) -> tuple[bool, list[str], dict[str, str], set[int]]:
         elif line.startswith("DEFAULT_"):
             key, _, value = line.partition("=")
             policies[key] = value.strip('"')
-        elif line.lower().startswith("port ") and line.split()[-1].isdigit():
-            ssh_ports.add(int(line.split()[-1]))
-    return active, rules, policies, ssh_ports or {22}
+    return active, rules, policies, sshd.parse_ports(text)
 
 
 def rule(port: int) -> str:
@@ -104,9 +100,9 @@ def firewall(wanted: dict[str, str], active: bool, rules: list[str], policies: d
 
 
 def deploy(ctx: HostContext) -> None:
-    active, rules, policies, ssh_ports = parse(ctx.snapshot("firewall"))
-    # SSH stays open from everywhere until restrict_ssh has proven the VPN path
-    wanted = wanted_rules(ctx.config, ctx.plan, ssh_ports, wireguard.ssh_on_vpn_now(ctx))
+    active, rules, policies, _ = parse(ctx.snapshot("firewall"))
+    # SSH stays open from everywhere until ssh_vpn.restrict_ssh has proven the VPN path
+    wanted = wanted_rules(ctx.config, ctx.plan, sshd.ports(ctx), ssh_vpn.ssh_on_vpn_now(ctx))
     ctx.op(firewall, name=f"Allow only the services' ports in the firewall ({_port_list(wanted)})",
            wanted=wanted, active=active, rules=rules, policies=policies)
 
@@ -116,7 +112,7 @@ def checks(engine: Engine) -> list[CheckResult]:
     for name, text in engine.facts(Command, command=_STATE).items():
         active, rules, policies, ssh_ports = parse(text or "")
         wanted = set(wanted_rules(engine.config, engine.plans[name], ssh_ports,
-                                  wireguard.vpn_only(engine.config)))
+                                  ssh_vpn.vpn_only(engine.config)))
         fix = "run `mailfleet deploy`"
         if not active:
             results.append(CheckResult(name, "firewall", "fail", "UFW is not active", fix))

@@ -14,6 +14,7 @@ from mailfleet.config import HostSettings
 from mailfleet.engine import Engine
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.shape import Service
+from mailfleet.services.wireguard import INTERFACE
 
 _MARK = "@@"
 _STATE = "; ".join([
@@ -122,8 +123,6 @@ def ipv6_check(name: str, settings: HostSettings, state: dict[str, list[str]]) -
 
 
 def checks(engine: Engine) -> list[CheckResult]:
-    from mailfleet.services.wireguard import INTERFACE
-
     vpn = INTERFACE if engine.config.features.wireguard else None
     return [result for name, text in engine.facts(Command, command=_STATE).items()
             for result in host_checks(name, engine.settings[name], parse(text or ""),

@@ -7,56 +7,13 @@ Role combinations mailfleet cannot deploy yet are refused here, before any host 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
-
 from mailfleet.config import Config, HostSettings
 from mailfleet.errors import ConfigError
-from mailfleet.services.shape import Port, Unit
+from mailfleet.services.shape import HostPlan
 
 ROLES = ("mail", "db", "web")
 # what works today: everything on one host, or a host without the web tier
 SUPPORTED = (frozenset({"mail", "db", "web"}), frozenset({"mail", "db"}))
-
-
-@dataclass(frozen=True)
-class HostPlan:
-    host: str
-    roles: frozenset[str]
-    webmail: Literal["roundcube", "sogo", "none"]  # on this host ("none" without the web role)
-    activesync: bool
-    radicale: bool
-    acme: bool  # certificates by ACME (served through this host's nginx)
-    acme_dns01: bool  # ... by DNS-01 (certbot's RFC 2136 plugin), else HTTP-01
-    backups: bool  # backups wanted here (features.backups on a mail host)
-    backup_repository: bool  # ... and a repository to write them to
-    firewall: bool
-    wireguard: bool
-    database_host: str  # where this host's services find the accounts database
-    mail_host: str  # where clients and webmail find IMAP and submission
-    # filled in by services.plan_host(): the services that run here, and the ports they
-    # listen on (the firewall opens the public ones)
-    services: tuple[str, ...] = field(default=())
-    units: tuple[Unit, ...] = field(default=())
-
-    @property
-    def ports(self) -> list[Port]:
-        return [port for unit in self.units for port in unit.ports]
-
-    @property
-    def web(self) -> bool:
-        return "web" in self.roles
-
-    @property
-    def mail(self) -> bool:
-        return "mail" in self.roles
-
-    @property
-    def db(self) -> bool:
-        return "db" in self.roles
-
-    def runs(self, service: str) -> bool:
-        return service in self.services
 
 
 def check_roles(config: Config, hosts: list[HostSettings]) -> None:

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pyinfra.api.operation import OperationMeta
 
 from mailfleet.engine import Engine, HostContext
 from mailfleet.services.checks import CheckResult
-
-if TYPE_CHECKING:
-    from mailfleet.services.plan import HostPlan
 
 # public: open to everyone; private: to the other hosts of the fleet only (cluster traffic);
 # local: 127.0.0.1 only, never in the firewall
@@ -42,6 +39,48 @@ class Unit:
     # reported by `check` as "NAME running" and its ports as listening (units.py); False
     # for units whose service checks them in its own words
     checked: bool = True
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """What one host runs, decided once from the config and its roles (services/plan.py)."""
+
+    host: str
+    roles: frozenset[str]
+    webmail: Literal["roundcube", "sogo", "none"]  # on this host ("none" without the web role)
+    activesync: bool
+    radicale: bool
+    acme: bool  # certificates by ACME (served through this host's nginx)
+    acme_dns01: bool  # ... by DNS-01 (certbot's RFC 2136 plugin), else HTTP-01
+    backups: bool  # backups wanted here (features.backups on a mail host)
+    backup_repository: bool  # ... and a repository to write them to
+    firewall: bool
+    wireguard: bool
+    database_host: str  # where this host's services find the accounts database
+    mail_host: str  # where clients and webmail find IMAP and submission
+    # filled in by services.plan_host(): the services that run here, and the ports they
+    # listen on (the firewall opens the public ones)
+    services: tuple[str, ...] = field(default=())
+    units: tuple[Unit, ...] = field(default=())
+
+    @property
+    def ports(self) -> list[Port]:
+        return [port for unit in self.units for port in unit.ports]
+
+    @property
+    def web(self) -> bool:
+        return "web" in self.roles
+
+    @property
+    def mail(self) -> bool:
+        return "mail" in self.roles
+
+    @property
+    def db(self) -> bool:
+        return "db" in self.roles
+
+    def runs(self, service: str) -> bool:
+        return service in self.services
 
 
 @dataclass

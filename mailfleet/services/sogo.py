@@ -16,9 +16,8 @@ from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services import postgres, system
 from mailfleet.services.checks import CheckResult, https_count
-from mailfleet.services.plan import HostPlan
 from mailfleet.services.platform import platform
-from mailfleet.services.shape import Service, Unit
+from mailfleet.services.shape import HostPlan, Service, Unit
 from mailfleet.templating import render
 
 # memcached: SOGo keeps sessions and its failed-login counter there (a Depends, named so

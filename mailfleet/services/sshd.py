@@ -23,7 +23,6 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.tunnel import ssh_base
 from mailfleet.errors import DeployError
-from mailfleet.services import wireguard
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Service, Unit
@@ -37,8 +36,12 @@ KEX = {
         "curve25519-sha256@libssh.org",
 }
 OPENSSH = {12: "9.2", 13: "10.0"}
+# the ports sshd listens on: the firewall opens them, fail2ban watches them, ssh.vpn_only
+# moves their firewall rule onto the tunnel
+PORTS = "sshd -T 2>/dev/null | grep -i '^port '"
+SNAPSHOT = {"sshd ports": PORTS}
 # The candidate, read before everything else, tested against the real sshd_config.
-_VALIDATE = (
+VALIDATE = (
     "( d=$(mktemp -d) && "
     "sed 's#^Include /etc/ssh/sshd_config.d/\\*.conf#Include {path}\\n&#' /etc/ssh/sshd_config "
     "> \"$d/sshd_config\" && sshd -t -f \"$d/sshd_config\"; rc=$?; rm -rf \"$d\"; exit $rc )"
@@ -49,6 +52,18 @@ def settings(ctx: HostContext) -> str:
     debian = platform(ctx).debian
     return render("ssh/mailfleet.conf.j2", admin=ctx.config.admin.user, kex=KEX[debian],
                   openssh=OPENSSH[debian], extra=ctx.config.admin.sshd_settings)
+
+
+def parse_ports(text: str) -> set[int]:
+    """The ports in `sshd -T`'s `port N` lines (other lines are ignored); 22 if none."""
+    found = {int(line.split()[-1]) for line in text.splitlines()
+             if line.strip().lower().startswith("port ") and line.split()[-1].isdigit()}
+    return found or {22}
+
+
+def ports(ctx: HostContext) -> set[int]:
+    """The ports sshd listens on now (from the deploy's host snapshot)."""
+    return parse_ports(ctx.snapshot("sshd ports"))
 
 
 @operation()
@@ -92,7 +107,7 @@ def deploy(ctx: HostContext) -> None:
     if changing:
         ctx.op(keep_previous, name="Keep the current SSH settings for a rollback")
     written = ctx.op(config_file, name=f"Write the SSH server settings {DROPIN}", dest=DROPIN,
-                     content=content, validate=_VALIDATE)
+                     content=content, validate=VALIDATE)
     ctx.service("ssh", reload_when=(written,))
     if changing and not ctx.check:
         ctx.op(python.call, name=verify_step(ctx.config.admin.user),
@@ -104,7 +119,7 @@ def deploy(ctx: HostContext) -> None:
 # without one shows nothing. A documentation address, only a string for `sshd -T`: no traffic.
 FROM = "203.0.113.1"
 _KEYS = ("permitrootlogin", "passwordauthentication", "kbdinteractiveauthentication",
-         "permitemptypasswords", "authenticationmethods", "allowusers", "listenaddress")
+         "permitemptypasswords", "authenticationmethods", "allowusers")
 # lines outside mailfleet's drop-in that can loosen it, named when the check fails
 _ELSEWHERE = ("match", "include", "permitrootlogin", "passwordauthentication",
               "kbdinteractiveauthentication", "challengeresponseauthentication",
@@ -180,7 +195,6 @@ def checks(engine: Engine) -> list[CheckResult]:
     for name, text in engine.facts(Command, command=effective_command(admin)).items():
         sections = split_sections(text or "")
         views = {user: parse_effective(sections.get(f"user {user}", "")) for user in ("root", admin)}
-        listen = views["root"].get("listenaddress", "")
         problems = [f"{user}: " + ", ".join(loose) for user, found in views.items()
                     if (loose := loosened(found, admin))]
         if problems:
@@ -191,11 +205,6 @@ def checks(engine: Engine) -> list[CheckResult]:
             message = f"keys only, no root, only {admin} (asked sshd for root and {admin})"
         results.append(CheckResult(name, "SSH settings", "fail" if problems else "ok", message,
                                    "remove those lines, then " + fix if problems else fix))
-        if wireguard.vpn_only(engine.config):
-            vpn = engine.config.vpn_address(engine.settings[name])
-            on_vpn = bool(listen) and all(a.rpartition(":")[0] == vpn for a in listen.split())
-            results.append(CheckResult(name, "SSH only over the VPN", "ok" if on_vpn else "fail",
-                                       f"sshd listens on {listen or 'nothing'}", fix))
     for name, settings in engine.settings.items():
         results.append(_probe_root(name, settings, fix))
     return results
@@ -219,4 +228,4 @@ def _probe_root(name: str, settings: HostSettings, fix: str) -> CheckResult:
 
 
 SERVICE = Service("sshd", deploy=deploy, checks=checks, units=(Unit("ssh", checked=False),),
-                  managed_paths=("/etc/ssh/sshd_config.d",))
+                  snapshot=SNAPSHOT, managed_paths=("/etc/ssh/sshd_config.d",))

@@ -1,40 +1,36 @@
-"""WireGuard: the private network of the mail hosts and their operators, and SSH only over it.
+"""WireGuard: the private network of the mail hosts and their operators.
 
 Each host makes its own key pair (the private key never leaves it); the hosts' public keys
 are read before any operation is added (`prepare`), because every host's config names all
 the others. The kernel module is used where the kernel has one; wg-quick falls back to
 wireguard-go by itself where it has not (containers, the lab).
 
-`ssh.vpn_only` is the change that can lock the operator out, so it is made in steps, after
-the firewall (which must already let the tunnel's UDP port in): a *new* SSH connection as the
-admin user over the VPN must work before sshd is told to listen only there; after the reload
-it must work again, or the listen setting is taken back. A failed VPN path leaves SSH open
-where it was and fails the deploy with the reason. When mailfleet already reaches the host
-over the VPN, a change of the tunnel's config is armed with a rollback timer on the host,
-cancelled only once a new SSH connection over the new tunnel works.
+When mailfleet already reaches the host over the VPN, a change of the tunnel's config is armed
+with a rollback timer on the host, cancelled only once a new SSH connection over the new
+tunnel works. SSH only over the VPN (`ssh.vpn_only`) is services/ssh_vpn.py; the keys kept on
+the operator's machine are services/vpn_keys.py.
 """
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import time
-from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
-from pyinfra.operations import files, python, systemd
+from pyinfra.operations import python, systemd
 
-from mailfleet.config import WG_KEY_RE, Config, HostSettings, VpnPeer
+from mailfleet.config import WG_KEY_RE, Config, HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.runner import explain_failure
 from mailfleet.engine.snapshot import FileState
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError, DeployError
-from mailfleet.services import system
+from mailfleet.services import system, vpn_keys
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.shape import Service, Unit
+from mailfleet.services.sshd import admin_login_works
 from mailfleet.templating import render
 
 PACKAGES = ["wireguard-tools", "wireguard-go"]
@@ -50,9 +46,6 @@ APPLY_UNIT = "mailfleet-vpn-apply"
 APPLY_DELAY = 3
 APPLY = "/usr/local/lib/mailfleet/wg-apply"
 RELOAD_DROPIN = f"/etc/systemd/system/{UNIT}.service.d/mailfleet.conf"
-LISTEN_DROPIN = "/etc/ssh/sshd_config.d/01-mailfleet-vpn.conf"
-ORDER_DROPIN = "/etc/systemd/system/ssh.service.d/mailfleet-vpn.conf"
-KEEPALIVE = 25
 HANDSHAKE_MAX_AGE = 240
 # the tunnel's live IPv4 addresses: is this deploy's own connection running over it?
 SNAPSHOT = {"wireguard": f"ip -o -4 address show dev {INTERFACE} | awk '{{print $4}}'"}
@@ -82,7 +75,7 @@ def prepare(engine: Engine, all_settings: list[HostSettings]) -> None:
             keys[settings.name] = _public_key(ssh_run(settings, f"{PUBLIC_KEY}; true"))
     for name, key in keys.items():
         if key:
-            remember_host_key(config, config.host_fqdn(_by_name(config, name)), key)
+            vpn_keys.remember_host_key(config, config.host_fqdn(_by_name(config, name)), key)
     engine.shared["wireguard_keys"] = keys
 
 
@@ -96,60 +89,6 @@ def _public_key(text: str | None) -> str | None:
 
 def _by_name(config: Config, name: str) -> HostSettings:
     return next(h for h in config.hosts if h.name == name)
-
-
-def keys_dir(config: Config) -> Path:
-    return Path(config.vpn.keys_dir).expanduser()
-
-
-def remember_host_key(config: Config, fqdn: str, key: str) -> None:
-    """Kept on this machine so `vpn client` can write a config while the VPN is down."""
-    path = keys_dir(config) / "hosts" / f"{fqdn}.pub"
-    if not path.exists() or path.read_text().strip() != key:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(key + "\n")
-
-
-def known_host_key(config: Config, fqdn: str) -> str | None:
-    path = keys_dir(config) / "hosts" / f"{fqdn}.pub"
-    return path.read_text().strip() if path.exists() else None
-
-
-def generate_private_key() -> str:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
-
-    raw = X25519PrivateKey.generate().private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    return base64.b64encode(raw).decode()
-
-
-def public_key_of(private_key: str) -> str:
-    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
-    key = X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
-    return base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
-
-
-def peer_keys(config: Config, peer: VpnPeer, create: bool) -> tuple[str | None, str | None]:
-    """(private key or None, public key) of a peer: its public_key from the config, else the
-    key pair mailfleet keeps for it on this machine (made when `create`)."""
-    path = keys_dir(config) / f"{peer.name}.key"
-    private = None
-    if path.exists():
-        private = path.read_text().strip()
-    elif create and peer.public_key is None:
-        private = generate_private_key()
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path.touch(mode=0o600)
-        path.write_text(private + "\n")
-    try:
-        derived = public_key_of(private) if private else None
-    except ValueError:
-        raise ConfigError(f"{path} does not hold a WireGuard private key.") from None
-    if peer.public_key:
-        return (private if derived == peer.public_key else None), peer.public_key
-    return private, derived
 
 
 # -- the tunnel on each host ----------------------------------------------------------------
@@ -170,7 +109,7 @@ def peers(config: Config, me: HostSettings, keys: dict[str, str | None]) -> list
             found.append({"name": other.name, "host": True, "public_key": keys[other.name],
                           "address": config.vpn_address(other), "endpoint": endpoint(config, other)})
     for peer in config.vpn.peers:
-        public = peer_keys(config, peer, create=True)[1]
+        public = vpn_keys.peer_keys(config, peer, create=True)[1]
         found.append({"name": peer.name, "host": False, "public_key": public,
                       "address": peer.address, "endpoint": None})
     return found
@@ -291,41 +230,11 @@ def _confirm(settings: HostSettings, vpn: str, admin: str) -> None:
     raise DeployError(message)
 
 
-# -- SSH only over the VPN --------------------------------------------------------------------
-
-def vpn_only(config: Config) -> bool:
-    return config.features.wireguard and config.ssh.vpn_only
-
-
-def ssh_on_vpn_now(ctx: HostContext) -> bool:
-    """sshd already listens only on the VPN (as this config wants it)."""
-    wanted = render("wireguard/sshd-listen.conf.j2", address=ctx.config.vpn_address(ctx.settings))
-    return vpn_only(ctx.config) and ctx.file_matches(LISTEN_DROPIN, wanted)
-
-
-def learn_host_keys(settings: HostSettings, vpn: str) -> None:
-    """The host's SSH keys under its VPN address in known_hosts, read over the connection
-    that is trusted already: the new path is the same host."""
-    ok, output = host.run_shell_command("cat /etc/ssh/ssh_host_*_key.pub", _sudo=settings.sudo)
-    if not ok:
-        return
-    name = vpn if settings.ssh_port == 22 else f"[{vpn}]:{settings.ssh_port}"
-    path = Path(settings.ssh_known_hosts or "~/.ssh/known_hosts").expanduser()
-    lines = path.read_text().splitlines() if path.exists() else []
-    wanted = [f"{name} {' '.join(line.split()[:2])}" for line in output.stdout.splitlines()
-              if len(line.split()) >= 2]
-    # keys an earlier host at this VPN address had are replaced (a rebuilt host)
-    kept = [line for line in lines if line.split(" ", 1)[0] != name]
-    if wanted and kept + wanted != lines:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(f"{line}\n" for line in kept + wanted))
-
+# -- a login over the tunnel -------------------------------------------------------------------
 
 def vpn_login_works(settings: HostSettings, vpn: str, admin: str, attempts: int = 3,
                     command: str = "sudo -n true") -> tuple[bool, str]:
     """A brand-new SSH connection as the admin user to the host's VPN address."""
-    from mailfleet.services.sshd import admin_login_works
-
     over_vpn = settings.model_copy(update={"address": vpn})
     why = ""
     for attempt in range(attempts):
@@ -334,87 +243,6 @@ def vpn_login_works(settings: HostSettings, vpn: str, admin: str, attempts: int 
             return True, ""
         time.sleep(1 + attempt)
     return False, why
-
-
-def _try_vpn_path(settings: HostSettings, vpn: str, admin: str, result: dict[str, bool]) -> None:
-    learn_host_keys(settings, vpn)
-    ok, why = vpn_login_works(settings, vpn, admin)
-    result["ok"] = ok
-    if not ok:
-        explain_failure(settings.name, (
-            f"SSH over the VPN to {admin}@{vpn} does not work ({why}), so SSH was not "
-            f"restricted to the VPN and stays open at {settings.address}. Bring up this "
-            "machine's side of the tunnel (`mailfleet vpn client NAME`) and check its "
-            "[[vpn.peers]] entry and the firewall on the way."))
-
-
-def _verify_or_reopen(settings: HostSettings, vpn: str, admin: str) -> None:
-    ok, why = vpn_login_works(settings, vpn, admin)
-    if ok:
-        return
-    host.run_shell_command(f"rm -f {LISTEN_DROPIN} && systemctl reload ssh", _sudo=settings.sudo)
-    message = (f"With sshd on the VPN only, {admin}@{vpn} could not log in ({why}); sshd "
-               f"listens on every address again.")
-    explain_failure(settings.name, message)
-    raise DeployError(message)
-
-
-@operation()
-def ssh_rule_on_vpn(port: int):
-    """The firewall's SSH rule: only on the VPN interface, no longer from everywhere."""
-    yield (f"ufw allow in on {INTERFACE} to any port {port} proto tcp comment 'mailfleet: ssh "
-           f"over the VPN' && {{ ufw --force delete allow {port}/tcp || true; }}")
-
-
-def restrict_ssh(ctx: HostContext) -> None:
-    """After the firewall step: sshd only on the VPN address, ordered after the tunnel."""
-    if not vpn_only(ctx.config):
-        _reopen_ssh(ctx)
-        return
-    vpn = ctx.config.vpn_address(ctx.settings)
-    admin = ctx.config.admin.user
-    listen = render("wireguard/sshd-listen.conf.j2", address=vpn)
-    gate: dict = {}
-    switching = not ssh_on_vpn_now(ctx)
-    if switching and not ctx.check:
-        result: dict[str, bool] = {}
-        ctx.op(python.call, name="Reach SSH over the VPN before closing it elsewhere",
-               function=_try_vpn_path, settings=ctx.settings, vpn=vpn, admin=admin,
-               result=result)
-        gate = {"_if": lambda: result.get("ok", False)}
-    from mailfleet.services.sshd import _VALIDATE
-
-    order = ctx.op(config_file, name=f"Start sshd after the VPN ({ORDER_DROPIN})",
-                   dest=ORDER_DROPIN, content=render("wireguard/ssh-after-vpn.conf.j2", unit=UNIT),
-                   **gate)
-    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(order))
-    written = ctx.op(config_file, name=f"Let sshd listen only on the VPN ({LISTEN_DROPIN})",
-                     dest=LISTEN_DROPIN, content=listen, validate=_VALIDATE, **gate)
-    ctx.op(systemd.service, name="Reload ssh", service="ssh", reloaded=True,
-           _if=ctx.changed(written))
-    if gate:
-        ctx.op(python.call, name="Log in over the VPN with sshd on the VPN only (else reopened)",
-               function=_verify_or_reopen, settings=ctx.settings, vpn=vpn, admin=admin, **gate)
-    if switching and ctx.config.features.firewall:  # (--check shows it too)
-        from mailfleet.services import firewall
-
-        for port in sorted(firewall.parse(ctx.snapshot("firewall"))[3]):
-            ctx.op(ssh_rule_on_vpn, name=f"Admit SSH ({port}) only over the VPN in the firewall",
-                   port=port, **gate)
-
-
-def _reopen_ssh(ctx: HostContext) -> None:
-    """vpn_only turned off (or never on): no listen or ordering drop-in of ours."""
-    present = [p for p in (LISTEN_DROPIN, ORDER_DROPIN) if isinstance(ctx.file_state(p), FileState)]
-    if not present:
-        return
-    removed = ctx.op(files.file, name="Let sshd listen on every address again",
-                     path=LISTEN_DROPIN, present=False)
-    order = ctx.op(files.file, name="Start sshd without waiting for the VPN",
-                   path=ORDER_DROPIN, present=False)
-    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(order))
-    ctx.op(systemd.service, name="Reload ssh", service="ssh", reloaded=True,
-           _if=ctx.changed(removed))
 
 
 # -- checks -----------------------------------------------------------------------------------
@@ -457,7 +285,7 @@ def checks(engine: Engine) -> list[CheckResult]:
         for other in config.hosts:
             if other.name == name:
                 continue
-            key = keys.get(other.name) or known_host_key(config, config.host_fqdn(other))
+            key = keys.get(other.name) or vpn_keys.known_host_key(config, config.host_fqdn(other))
             seen = handshakes.get(key or "", 0)
             # a live session re-handshakes every 2 minutes and expires after 3
             if not seen or now - seen > HANDSHAKE_MAX_AGE:
@@ -476,7 +304,4 @@ def checks(engine: Engine) -> list[CheckResult]:
 SERVICE = Service("wireguard", applies=lambda plan: plan.wireguard, packages=tuple(PACKAGES),
                   deploy=deploy, retire=_take_down, checks=checks, snapshot=SNAPSHOT,
                   units=(Unit(UNIT, checked=False),),
-                  managed_paths=("/etc/wireguard", "/etc/systemd/system/wg-quick@wg0.service.d",
-                                 "/etc/systemd/system/ssh.service.d"))
-# runs after the firewall, which must let the tunnel in first
-SSH_OVER_VPN = Service("ssh over the VPN", deploy=restrict_ssh)
+                  managed_paths=("/etc/wireguard", "/etc/systemd/system/wg-quick@wg0.service.d"))

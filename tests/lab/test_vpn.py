@@ -20,7 +20,7 @@ import tomlkit
 
 from conftest import Cli, LabNet, lab_leftovers, lab_name
 from mailfleet.lab.lab import Lab
-from mailfleet.services import wireguard
+from mailfleet.services import ssh_vpn, vpn_keys, wireguard
 
 LAB = lab_name(7)
 ADMIN = "mfadmin"
@@ -155,7 +155,7 @@ def test_a_misconfigured_peer_cannot_lock_the_operator_out(vpn: Vpn):
     assert "PrivateKey = " in conf.read_text() and "Endpoint = 10.77.0.11:51820" in conf.read_text()
     vpn.lab.operator_tunnel(conf)
     # the hosts are told a key that is not the laptop's: its tunnel cannot come up
-    wrong = wireguard.public_key_of(wireguard.generate_private_key())
+    wrong = vpn_keys.public_key_of(vpn_keys.generate_private_key())
 
     def break_peer(doc) -> None:
         doc["vpn"]["peers"][0]["public_key"] = wrong
@@ -167,9 +167,9 @@ def test_a_misconfigured_peer_cannot_lock_the_operator_out(vpn: Vpn):
     preview = json.loads(vpn.operator("deploy", "--check", "--json").stdout)
     for name in ("n1", "n2"):  # what would change, touching nothing
         changes = preview["hosts"][name]["changed"]
-        assert f"Let sshd listen only on the VPN ({wireguard.LISTEN_DROPIN})" in changes, changes
+        assert f"Let sshd listen only on the VPN ({ssh_vpn.LISTEN_DROPIN})" in changes, changes
         assert "Admit SSH (22) only over the VPN in the firewall" in changes, changes
-        assert vpn.on(name, f"test -e {wireguard.LISTEN_DROPIN} && echo there || echo absent") == "absent"
+        assert vpn.on(name, f"test -e {ssh_vpn.LISTEN_DROPIN} && echo there || echo absent") == "absent"
     failed = vpn.operator("deploy", check=False)
     assert failed.returncode == 1, failed.stdout + failed.stderr
     said = " ".join((failed.stdout + failed.stderr).split())
@@ -178,7 +178,7 @@ def test_a_misconfigured_peer_cannot_lock_the_operator_out(vpn: Vpn):
     # the old access is kept: the config, sshd, the firewall, a new login at the public address
     assert vpn.hosts()["n1"]["address"] == PUBLIC["n1"]
     for name in ("n1", "n2"):
-        assert vpn.on(name, f"test -e {wireguard.LISTEN_DROPIN} && echo there || echo absent") == "absent"
+        assert vpn.on(name, f"test -e {ssh_vpn.LISTEN_DROPIN} && echo there || echo absent") == "absent"
         assert "22/tcp" in vpn.on(name, "ufw status | grep -v wg0")
         assert vpn.ssh(PUBLIC[name]).returncode == 0
 
@@ -252,7 +252,7 @@ def test_a_reboot_brings_the_tunnel_back_before_sshd(vpn: Vpn):
 def test_a_tunnel_change_that_cuts_the_operator_off_is_undone_by_the_host(vpn: Vpn):
     """Over the VPN already, the hosts are told a wrong key for the laptop: the deploy cannot
     log in again over the changed tunnel, and each host puts its previous config back."""
-    wrong = wireguard.public_key_of(wireguard.generate_private_key())
+    wrong = vpn_keys.public_key_of(vpn_keys.generate_private_key())
     vpn.edit(lambda doc: doc["vpn"]["peers"][0].__setitem__("public_key", wrong))
     started = time.monotonic()
     failed = vpn.operator("deploy", check=False)
@@ -289,13 +289,13 @@ def test_turning_the_vpn_off_reopens_ssh_then_removes_the_tunnel(vpn: Vpn):
     assert "features.wireguard is off, but mailfleet reaches n1 over the VPN (10.8.0.1)" in said, said
     for name in ("n1", "n2"):  # nothing was done
         assert vpn.on(name, f"systemctl is-active {wireguard.UNIT}") == "active"
-        assert vpn.on(name, f"test -e {wireguard.LISTEN_DROPIN} && echo there || echo absent") == "there"
+        assert vpn.on(name, f"test -e {ssh_vpn.LISTEN_DROPIN} && echo there || echo absent") == "there"
     # step 1, over the tunnel: SSH everywhere again
     vpn.edit(lambda doc: doc["features"].__setitem__("wireguard", True))
     vpn.operator("deploy")
     for name in ("n1", "n2"):
         assert vpn.ssh(PUBLIC[name]).returncode == 0
-        assert vpn.on(name, f"ls {wireguard.LISTEN_DROPIN} {wireguard.ORDER_DROPIN} 2>/dev/null; true") == ""
+        assert vpn.on(name, f"ls {ssh_vpn.LISTEN_DROPIN} {ssh_vpn.ORDER_DROPIN} 2>/dev/null; true") == ""
         assert "22/tcp on wg0" not in vpn.on(name, "ufw status")
     # step 2, at the public addresses: WireGuard off
     def public(doc) -> None:

@@ -33,6 +33,14 @@ def test_firewall_state_and_wanted_ports():
     assert firewall.parse("Status: inactive\n") == (False, [], {}, {22})
 
 
+def test_sshd_ports_from_sshd_t():
+    """The firewall, fail2ban and ssh.vpn_only all take sshd's ports from these lines."""
+    assert sshd.parse_ports("port 22\nPort 2222\naddressfamily any\n") == {22, 2222}
+    assert sshd.parse_ports("") == {22}  # sshd -T failed: the default, never an empty set
+    assert sshd.parse_ports("port x\n") == {22}
+    assert sshd.PORTS in firewall._STATE  # check reads them in the same command
+
+
 def test_fail2ban_jail_list():
     text = "Status\n|- Number of jail:\t3\n`- Jail list:\tdovecot, postfix, sshd\n"
     assert fail2ban.parse_jails(text) == ["dovecot", "postfix", "sshd"]

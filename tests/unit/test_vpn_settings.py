@@ -7,7 +7,8 @@ import subprocess
 import pytest
 
 from mailfleet.config import ConfigError, parse
-from mailfleet.services import firewall, network, plan_host, wireguard
+import mailfleet.services as services
+from mailfleet.services import firewall, network, plan_host, ssh_vpn, sshd, vpn_keys, wireguard
 
 BASE = """
 [mail]
@@ -65,28 +66,28 @@ def test_bad_vpn_settings_are_one_sentence(tmp_path, vpn, hosts, message):
 
 
 def test_the_openssl_snippet_derives_the_same_public_key_as_wireguard(tmp_path):
-    private = wireguard.generate_private_key()
+    private = vpn_keys.generate_private_key()
     key_file = tmp_path / "wg0.key"
     key_file.write_text(private + "\n")
     snippet = wireguard.PUBLIC_KEY.replace(wireguard.KEY, str(key_file))
     done = subprocess.run(["sh", "-c", snippet], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == wireguard.public_key_of(private)
+    assert done.stdout.strip() == vpn_keys.public_key_of(private)
     # and `wg pubkey`, where wireguard-tools is installed (it is on the lab machine)
     wg = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True)
-    assert wg.returncode != 0 or wg.stdout.strip() == wireguard.public_key_of(private)
+    assert wg.returncode != 0 or wg.stdout.strip() == vpn_keys.public_key_of(private)
 
 
 def test_host_config_names_the_other_hosts_with_endpoints_and_the_peers_without(tmp_path):
     c = config(tmp_path, '[[vpn.peers]]\nname = "laptop"\naddress = "10.8.0.100"')
-    keys = {"mx1": wireguard.public_key_of(wireguard.generate_private_key()),
-            "mx2": wireguard.public_key_of(wireguard.generate_private_key())}
+    keys = {"mx1": vpn_keys.public_key_of(vpn_keys.generate_private_key()),
+            "mx2": vpn_keys.public_key_of(vpn_keys.generate_private_key())}
     text = wireguard.interface_config(c, c.hosts[0], keys)
     assert "Address = 10.8.0.1/24\nListenPort = 51820\n" in text
     assert f"PostUp = wg set %i private-key {wireguard.KEY}" in text
     assert "PrivateKey" not in text  # the private key stays in its own file on the host
     assert f"PublicKey = {keys['mx2']}\nAllowedIPs = 10.8.0.2/32\nEndpoint = [2001:db8::2]:51820" in text
     assert keys["mx1"] not in text
-    laptop = wireguard.peer_keys(c, c.vpn.peers[0], create=False)
+    laptop = vpn_keys.peer_keys(c, c.vpn.peers[0], create=False)
     assert laptop[0] and (tmp_path / "keys/laptop.key").stat().st_mode & 0o777 == 0o600
     assert f"PublicKey = {laptop[1]}\nAllowedIPs = 10.8.0.100/32\n" in text
     assert text.count("Endpoint") == 1
@@ -95,10 +96,10 @@ def test_host_config_names_the_other_hosts_with_endpoints_and_the_peers_without(
 
 
 def test_a_given_public_key_is_used_and_a_kept_key_that_does_not_match_is_not_handed_out(tmp_path):
-    other = wireguard.public_key_of(wireguard.generate_private_key())
+    other = vpn_keys.public_key_of(vpn_keys.generate_private_key())
     c = config(tmp_path, f'[[vpn.peers]]\nname = "laptop"\naddress = "10.8.0.100"\n'
                          f'public_key = "{other}"')
-    assert wireguard.peer_keys(c, c.vpn.peers[0], create=True) == (None, other)
+    assert vpn_keys.peer_keys(c, c.vpn.peers[0], create=True) == (None, other)
     assert not (tmp_path / "keys/laptop.key").exists()
 
 
@@ -111,6 +112,21 @@ def test_firewall_keeps_ssh_public_until_the_vpn_path_is_proven(tmp_path):
     assert "allow 22/tcp" not in closed
     assert closed["allow in on wg0 to any port 22 proto tcp"] == "ssh over the VPN"
     assert "allow 25/tcp" in closed
+
+
+def test_ssh_moves_onto_the_vpn_right_after_the_firewall():
+    """The firewall must already let the tunnel in when sshd is told to listen only there."""
+    order = services.SERVICES
+    assert order.index(ssh_vpn.SERVICE) == order.index(firewall.SERVICE) + 1
+    assert order.index(wireguard.SERVICE) < order.index(sshd.SERVICE) < order.index(firewall.SERVICE)
+    assert ssh_vpn.SERVICE.deploy is ssh_vpn.restrict_ssh and ssh_vpn.SERVICE.checks is ssh_vpn.checks
+
+
+def test_sshd_listen_addresses_from_sshd_t():
+    text = "listenaddress 10.8.0.1:22\nlistenaddress 10.8.0.1:2222\nport 22\n"
+    assert ssh_vpn.parse_listen(text) == ["10.8.0.1:22", "10.8.0.1:2222"]
+    assert ssh_vpn.parse_listen("Bad configuration option\n") == []
+    assert "user=root,host=203.0.113.1,addr=203.0.113.1" in ssh_vpn._LISTEN
 
 
 def test_wireguard_status_parsing():
