@@ -28,10 +28,12 @@ DEMO_LOCAL_PART = "demo"
 def demo(
     ctx: typer.Context,
     keep: Annotated[bool, typer.Option("--keep/--down", help="Leave the lab host running.")] = True,
+    name: Annotated[str, typer.Option("--name", help="Lab name of the demo host (1-8 lower "
+                                                    "case letters or digits).")] = "demo",
 ) -> None:
     """Deploy the mail system to a local Debian 13 lab host and use it.
 
-    Boots a lab host (lab name "demo"), deploys the full stack, creates the account
+    Boots a lab host (lab name "demo" unless --name), deploys the full stack, creates the account
     demo@example.test, sends it a real mail on port 587 and reads it back over IMAP,
     prints the health check, and the webmail URL on 127.0.0.1 (a loopback forward to the
     host) with the account's credentials. Needs root.
@@ -39,8 +41,8 @@ def demo(
     from mailfleet.lab.inventory import host_entries, write_hosts
     from mailfleet.lab.lab import Lab
 
-    lab = Lab("demo", log=info)
-    config_path = lab.paths.state_dir.parent / "demo.toml"
+    lab = Lab(name, log=info)
+    config_path = lab.paths.state_dir.parent / f"{lab.paths.id}.toml"
     g = Globals(Path(config_path), globals_of(ctx).verbose)
     info("booting a Debian 13 lab host")
     state = lab.up(["trixie"], 1)
@@ -56,8 +58,8 @@ def demo(
     render_checks(results)
     web_ok = account is not None and show_webmail(config, lab.forward("n1", 443), *account, keep)
     if keep:
-        info(f"the lab host is still running: `mailfleet -c {config_path} lab --name demo ssh n1`; "
-             "stop it with `mailfleet lab --name demo down`")
+        info(f"the lab host is still running: `mailfleet -c {config_path} lab --name "
+             f"{lab.paths.id} ssh n1`; stop it with `mailfleet lab --name {lab.paths.id} down`")
     else:
         lab.down()
     raise typer.Exit(0 if account and web_ok and all_passed(results) else 1)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import re
 
-from conftest import Cli, lab_leftovers
+from conftest import LAB_PREFIX, Cli, lab_leftovers
+
+# its own lab name per test run: two runs (or a user's own demo) on one machine never meet
+LAB = f"{LAB_PREFIX}demo"[:8]
 
 
 def test_demo_deploys_sends_reads_and_checks_then_cleans_up(tmp_path):
-    cli = Cli("demo", tmp_path / "unused.toml")
-    result = cli("demo", "--down", timeout=900)
+    cli = Cli(LAB, tmp_path / "unused.toml")
+    result = cli("demo", "--down", "--name", LAB, timeout=900)
     out = result.stdout
     assert "n1:" in out and "changed" in out
     assert "sent on 587 and read over IMAP: Hello from mailfleet demo" in out
@@ -22,4 +25,4 @@ def test_demo_deploys_sends_reads_and_checks_then_cleans_up(tmp_path):
         assert any(l[:2] == ["ok", "n1"] and l[2:2 + len(check)] == check for l in lines), check
     score = re.search(r"score (\d+)/(\d+)", out)
     assert score and score[1] == score[2] and int(score[2]) >= 30, out[-2000:]
-    assert lab_leftovers("demo") == {"namespaces": [], "processes": [], "mounts": []}
+    assert lab_leftovers(LAB) == {"namespaces": [], "processes": [], "mounts": []}
