@@ -9,12 +9,13 @@ config before it replaces the old one; Debian's default site is removed.
 from __future__ import annotations
 
 
+from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
 from mailfleet.dns.records import mta_sts_policy
 from mailfleet.engine import Engine, HostContext, config_file
-from mailfleet.services import certs, radicale, roundcube, sogo
+from mailfleet.services import certs, radicale, roundcube, sogo, system
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Port, Service, Unit, provided
@@ -30,6 +31,19 @@ TEST_CONF = "/etc/nginx/mailfleet-test.conf"  # where relative includes (fastcgi
 VALIDATE = (f"printf 'events {{}}\\nhttp {{\\ninclude /etc/nginx/mime.types;\\ninclude %s;\\n}}\\n' "
             f"{{path}} > {TEST_CONF} && nginx -t -q -c {TEST_CONF}")
 PORTS = {80: "nginx HTTP (ACME, redirect)", 443: "nginx HTTPS"}
+SNAPSHOT = {"nginx": f"test -e {SITE} && echo mailfleet"}
+
+
+@operation()
+def remove():
+    """The host lost its web role: nginx and mailfleet's web root go (only an nginx that
+    serves mailfleet's site: one set up by hand for something else is left alone)."""
+    yield f"{system.purged(PACKAGES)} && rm -rf {WEB_ROOT} {SITE} {ENABLED} {TEST_CONF}"
+
+
+def retire(ctx: HostContext) -> None:
+    if ctx.snapshot("nginx") == "mailfleet":
+        ctx.op(remove, name="Remove nginx (this host has no web role)")
 
 
 def deploy(ctx: HostContext) -> None:
@@ -88,5 +102,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service(
     "nginx", applies=lambda plan: plan.web, packages=tuple(PACKAGES), deploy=deploy,
-    checks=checks,
+    retire=retire, checks=checks, snapshot=SNAPSHOT,
     units=(Unit("nginx", tuple(Port(port, what) for port, what in PORTS.items())),))

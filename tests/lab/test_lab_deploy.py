@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import signal
 import os
+import signal
+
+import tomlkit
 
 from conftest import Cli, key_login, lab_leftovers, lab_name, password_login
 
@@ -132,11 +134,19 @@ def test_lab_down_leaves_nothing_behind(tmp_path):
     assert load(cli.config).hosts == []
 
 
-def test_preinstalled_image_skips_installation_not_the_deploy(tmp_path):
+def _installed(cli: Cli, package: str) -> bool:
+    return cli.ssh("n1", f"dpkg-query -W -f '${{Status}}' {package} 2>/dev/null || true") \
+        == "install ok installed"
+
+
+def test_preinstalled_image_skips_installation_then_a_mail_and_db_host_sheds_the_web_tier(tmp_path):
+    """Debian 13 from the preinstalled image (every role's packages): the deploy installs
+    nothing. Then the host gets roles ["mail", "db"]: the web tier goes (nginx, PHP,
+    Roundcube), 80/443 close, the mail system stays and `check` passes."""
     cli = Cli(lab_name(3), tmp_path / "mailfleet.toml")
     try:
         cli("lab", "up", "--preinstall")
-        assert cli.ssh("n1", "dpkg-query -W -f '${Status}' curl") == "install ok installed"
+        assert _installed(cli, "curl")
         report = cli.json("deploy")
         assert report["ok"], report
         changed = report["hosts"]["n1"]["changed"]
@@ -144,6 +154,27 @@ def test_preinstalled_image_skips_installation_not_the_deploy(tmp_path):
         assert "Set the host name" in changed
         assert cli.ssh("n1", "hostname") == "mail.example.test"
         assert cli.json("deploy")["changes"] == 0
+
+        doc = tomlkit.parse(cli.config.read_text())
+        doc["hosts"][0]["roles"] = ["mail", "db"]
+        cli.config.write_text(tomlkit.dumps(doc))
+        shed = cli.json("deploy")
+        assert shed["ok"], shed
+        changed = shed["hosts"]["n1"]["changed"]
+        assert {"Remove Roundcube (webmail is not roundcube)",
+                "Remove nginx (this host has no web role)"} <= set(changed), changed
+        for package in ("nginx", "roundcube-core", "php-fpm"):
+            assert not _installed(cli, package), f"{package} is still installed"
+        for package in ("postfix", "dovecot-core", "postgresql", "opendkim"):
+            assert _installed(cli, package), f"{package} went too"
+        rules = cli.ssh("n1", "ufw show added")
+        assert "allow 25/tcp" in rules and "allow 993/tcp" in rules
+        assert "80/tcp" not in rules and "443/tcp" not in rules, rules
+        assert cli.json("deploy")["changes"] == 0
+        health = cli.json("check")
+        names = {c["name"] for c in health["checks"]}
+        assert "nginx running" not in names and "webmail login page" not in names, names
+        assert health["ok"], [c for c in health["checks"] if c["status"] != "ok"]
     finally:
         cli("lab", "down", check=False)
     assert lab_leftovers(lab_name(3)) == {"namespaces": [], "processes": [], "mounts": []}
