@@ -21,8 +21,7 @@ from rich.table import Table
 from mailfleet import config as config_mod
 from mailfleet.accounts import db, store
 from mailfleet.cli.accounts import (
-    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose, kick,
-    parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, parse,
 )
 from mailfleet.cli.deploy import _render_report, run_deploy
 from mailfleet.cli.output import console, info, print_json
@@ -31,6 +30,7 @@ from mailfleet.config import Config, HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import DeployError, UsageError
 from mailfleet.services import opendkim
+from mailfleet.services.mailboxes import dispose, kick
 
 app = typer.Typer(help="Mail domains: add, list, remove.", no_args_is_help=True)
 Domain = Annotated[str, typer.Argument(metavar="DOMAIN", help="Like example.org.")]

@@ -14,6 +14,7 @@ from mailfleet.services import (
     admin,
     backup,
     certs,
+    dns_checks,
     dovecot,
     fail2ban,
     firewall,
@@ -116,4 +117,5 @@ CHECKS = [
     sogo.checks,
     radicale.checks,
     backup.checks,
+    dns_checks.checks,  # last: the records, once the hosts' own checks are done
 ]

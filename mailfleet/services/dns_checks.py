@@ -1,5 +1,8 @@
 """DNS as part of `mailfleet check`: the records of every domain, looked up as the world sees
-them. A required record that is missing or wrong fails the check; the others warn."""
+them. A required record that is missing or wrong fails the check; the others warn.
+
+A service-layer check (it reads the hosts' DKIM keys): dns/ builds, looks up and compares
+records and knows no service."""
 
 from __future__ import annotations
 
