@@ -140,19 +140,14 @@ def restore(
     if target and snapshot != "latest":
         raise ConfigError("--to-time and --snapshot: give one of them (--to-time picks the "
                           "snapshot itself).")
-    own_name, postgresql, deployed = restore_mod.host_state(settings)
-    if not deployed:
-        raise ConfigError(f"{settings.name} has no backup set-up yet: run `mailfleet deploy "
-                          f"--limit {settings.name}` first, then restore.")
-    source = source or own_name
-    chosen = restore_mod.choose_snapshot(backup_mod.snapshots(settings), source, snapshot, target)
-    restore_mod.check_restore_values(chosen, postgresql)
-    paths = restore_mod.restore_paths(chosen, source == own_name, config)
+    plan = restore_mod.plan(settings, config, source, snapshot, target)
+    chosen = plan.chosen
     moment = f" with its database as of {target:%Y-%m-%d %H:%M:%S} UTC" if target else ""
     confirm(f"Replace the mail, DKIM keys, secrets and database of {settings.name} with "
-            f"snapshot {chosen['short_id']} of {source} ({chosen['time'][:19]}){moment}?", yes)
+            f"snapshot {chosen['short_id']} of {plan.source} ({chosen['time'][:19]}){moment}?",
+            yes)
     started = datetime.now(timezone.utc)
-    out = restore_mod.run(settings, restore_mod.restore_script(chosen, paths, target, postgresql))
+    out = restore_mod.run(settings, plan.script())
     restored = (datetime.now(timezone.utc) - started).total_seconds()
     if not json:
         info(f"{settings.name}: snapshot {chosen['short_id']} restored in {restored:.0f} s "
@@ -161,8 +156,9 @@ def restore(
     results = run_checks(g, config, [settings.name])
     ok = report.ok and all_passed(results)
     if json:
-        print_json({"ok": ok, "host": settings.name, "snapshot": chosen["id"], "from": source,
-                    "to_time": target and target.isoformat(), "paths": paths,
+        print_json({"ok": ok, "host": settings.name, "snapshot": chosen["id"],
+                    "from": plan.source, "to_time": target and target.isoformat(),
+                    "paths": plan.paths,
                     "restore_seconds": round(restored, 1), "deploy": report.as_dict(),
                     "checks": [r.as_dict() for r in results]})
     else:

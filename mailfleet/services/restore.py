@@ -8,9 +8,10 @@ themselves are services/backup.py's.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from mailfleet.config import HostSettings
+from mailfleet.config import Config, HostSettings
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
@@ -112,6 +113,34 @@ def check_restore_values(chosen: dict, postgresql: str) -> None:
 
 
 # -- on the host ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RestorePlan:
+    """What `backup restore` will do, decided before it asks for confirmation."""
+    source: str  # whose snapshots (a host's full name)
+    chosen: dict  # restic's JSON of the snapshot
+    paths: list[str]
+    target: datetime | None
+    postgresql: str  # the host's PostgreSQL version
+
+    def script(self) -> str:
+        return restore_script(self.chosen, self.paths, self.target, self.postgresql)
+
+
+def plan(settings: HostSettings, config: Config, source: str | None, wanted: str | None,
+         target: datetime | None) -> RestorePlan:
+    """Read the host and the repository (two SSH commands) and choose what to restore; a
+    ConfigError, before anything is changed, when it cannot be done."""
+    own_name, postgresql, deployed = host_state(settings)
+    if not deployed:
+        raise ConfigError(f"{settings.name} has no backup set-up yet: run `mailfleet deploy "
+                          f"--limit {settings.name}` first, then restore.")
+    source = source or own_name
+    chosen = choose_snapshot(backup.snapshots(settings), source, wanted, target)
+    check_restore_values(chosen, postgresql)
+    return RestorePlan(source, chosen, restore_paths(chosen, source == own_name, config),
+                       target, postgresql)
+
 
 def host_state(settings: HostSettings) -> tuple[str, str, bool]:
     """(the host's full name, its newest PostgreSQL version, whether deploy set up its
