@@ -60,7 +60,7 @@ def existing(value: str, what: str = "address") -> str:
     """The address of a mailbox or alias that may already exist (remove, disable, passwd,
     quota): looser than address(), because a database from before today's rules may hold
     names like x`id`@ that must stay manageable. Such a value only ever travels as an SQL
-    parameter or shlex-quoted; its mail directory is checked by cli.accounts.mail_dir."""
+    parameter or shlex-quoted; its mail directory is checked by services.mailboxes.mail_dir."""
     value = value.strip().lower()
     local, at, domain = value.rpartition("@")
     if not at or not local:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,10 +15,8 @@ from mailfleet.accounts.passwords import generate_password
 from mailfleet.cli.output import err_console
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import UsageError
-from mailfleet.services.backup import ROOT as BACKUP_ROOT
-from mailfleet.services.mailstore import VMAIL_DIR
+from mailfleet.services.mailboxes import ARCHIVE_DIR
 
 HostOption = Annotated[
     Optional[str],
@@ -28,7 +25,6 @@ HostOption = Annotated[
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
 Yes = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
-ARCHIVE_DIR = f"{BACKUP_ROOT}/mailboxes"
 Archive = Annotated[bool, typer.Option(
     "--archive", help=f"Pack its mail into {ARCHIVE_DIR}, then delete it.")]
 Purge = Annotated[bool, typer.Option("--purge", help="Delete its mail.")]
@@ -88,75 +84,6 @@ def confirm(question: str, yes: bool) -> None:
                          hint="Add --yes to confirm.")
     if not typer.confirm(question, default=False):
         raise UsageError("Not confirmed; nothing was changed.")
-
-
-def path_component(value: str, what: str) -> str:
-    """`value` as one directory name under the mail store, or a usage error: a database
-    from before today's rules may hold a mailbox named "/" or "..", whose "mail directory"
-    would be the whole domain's (rm -rf /var/mail/vmail/DOMAIN//)."""
-    if value in ("", ".", "..") or "/" in value or "\0" in value:
-        raise UsageError(f"The {what} {value!r} is not a single path component, so mailfleet "
-                         "will not archive or delete a mail directory named after it; "
-                         "nothing was changed.",
-                         hint="Remove it without --archive or --purge (its mail is kept), "
-                              "then look after that mail by hand.")
-    return value
-
-
-def mail_dir(domain: str, local: str | None = None, vmail: str = VMAIL_DIR) -> str:
-    """The mail directory of a mailbox (or of a whole domain), each part checked to be a
-    single path component."""
-    path = f"{vmail}/{path_component(domain, 'domain')}"
-    return path + (f"/{path_component(local, 'mailbox name')}" if local is not None else "")
-
-
-def kick(settings: HostSettings, mask: str) -> None:
-    """End the IMAP/ManageSieve sessions of removed or disabled users (`*@domain` for a
-    whole domain): without it an open session keeps reading mail until it logs out."""
-    ssh_run(settings, f"doveadm kick {shlex.quote(mask)} >/dev/null 2>&1 || true")
-
-
-def dispose_command(domain: str, local: str | None, how: str, vmail: str = VMAIL_DIR,
-                    backup_root: str = BACKUP_ROOT, archive_dir: str = ARCHIVE_DIR) -> str | None:
-    """The root shell command that archives ("archive") or deletes ("purge") a mailbox's
-    (or domain's) mail; None for "keep". Every value is shlex-quoted (names come from the
-    database, which may predate today's rules); the directories are parameters so a test
-    can run the command against a temporary directory."""
-    if how == "keep":
-        return None
-    path = mail_dir(domain, local, vmail)
-    if how == "purge":
-        return f"rm -rf -- {shlex.quote(path)}"
-    parent, name = path.rsplit("/", 1)
-    who = f"{local}@{domain}" if local is not None else domain
-    archive = shlex.quote(f"{archive_dir}/{who}-") + '"$(date -u +%Y%m%d-%H%M%S)".tar.gz'
-    return (
-        f'if [ -d {shlex.quote(path)} ]; then '
-        # the parent stays traversable: PostgreSQL's backups live there too
-        f'install -d -m 755 {shlex.quote(backup_root)} && '
-        f'install -d -m 700 {shlex.quote(archive_dir)} && '
-        f'umask 077 && '
-        f'a={archive} && tar -C {shlex.quote(parent)} -czf "$a" -- {shlex.quote(name)} && '
-        f'rm -rf -- {shlex.quote(path)} && printf "%s\\n" "$a"; fi')
-
-
-def dispose(settings: HostSettings, domain: str, local: str | None, how: str) -> str:
-    """Keep, archive or delete a removed mailbox's (or whole domain's) mail on the host;
-    one clause saying what happened to it."""
-    command = dispose_command(domain, local, how)
-    path = f"{VMAIL_DIR}/{domain}" + (f"/{local}" if local is not None else "")
-    who = f"{local}@{domain}" if local is not None else domain
-    if command is None:
-        again = f"adding {who} again" if local else f"adding {domain} and its users again"
-        return (f"its mail is kept in {path} on {settings.name} ({again} gives it back; "
-                f"--archive or --purge removes it)")
-    if how == "purge":
-        ssh_run(settings, command)
-        return f"its mail in {path} on {settings.name} was deleted"
-    out = ssh_run(settings, command).strip()
-    if not out:
-        return f"it had no mail on {settings.name} yet ({path} did not exist)"
-    return f"its mail was archived to {out} on {settings.name} and removed from {path}"
 
 
 def disposal(archive: bool, purge: bool) -> str:

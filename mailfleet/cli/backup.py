@@ -3,8 +3,6 @@ restore a host from a snapshot."""
 
 from __future__ import annotations
 
-import json as json_mod
-import re
 from datetime import datetime, timezone
 from typing import Annotated, Optional
 
@@ -17,9 +15,9 @@ from mailfleet.cli.deploy import Json, render_checks, run_checks, run_deploy
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
 from mailfleet.services import backup as backup_mod
+from mailfleet.services import restore as restore_mod
 from mailfleet.services.checks import all_passed
 
 app = typer.Typer(help="Backups: run one now, list the snapshots, verify the repository, "
@@ -28,7 +26,6 @@ app = typer.Typer(help="Backups: run one now, list the snapshots, verify the rep
 
 Host = Annotated[Optional[str], typer.Option(
     "--host", "-H", metavar="HOST", help="The mail host [default: the first with the mail role].")]
-RESTIC = backup_mod.RESTIC
 
 
 def _host(ctx: typer.Context, name: str | None) -> tuple[Config, HostSettings]:
@@ -53,16 +50,9 @@ def run(ctx: typer.Context, host: Host = None,
     """Back the host up now (what the daily timer does), and wait for it to finish."""
     _, settings = _host(ctx, host)
     started = datetime.now(timezone.utc)
-    # the script as the timer's unit runs it (and serialised with it by a lock)
-    ssh_run(settings, ("MAILFLEET_BACKUP_FORCE=1 " if force else "")
-            + f"nice -n 10 ionice -c 3 {backup_mod.SCRIPT}", timeout=6 * 3600)
+    backup_mod.run_now(settings, force)
     seconds = (datetime.now(timezone.utc) - started).total_seconds()
     info(f"{settings.name}: backup done in {seconds:.0f} s")
-
-
-def _snapshots(settings: HostSettings) -> list[dict]:
-    text = ssh_run(settings, f"{RESTIC} snapshots --json --tag mailfleet", timeout=600)
-    return json_mod.loads(text or "[]") or []
 
 
 @app.command("list")
@@ -70,7 +60,7 @@ def list_(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
     """The snapshots in the repository, oldest first."""
     _, settings = _host(ctx, host)
     snapshots = [{"id": s["short_id"], "time": s["time"][:19] + "Z", "host": s["hostname"],
-                  "paths": s["paths"]} for s in _snapshots(settings)]
+                  "paths": s["paths"]} for s in backup_mod.snapshots(settings)]
     if json:
         print_json({"snapshots": snapshots})
         return
@@ -89,11 +79,10 @@ def verify(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
     [backup] max_age_hours, or there is none."""
     config, settings = _host(ctx, host)
     problems = []
-    integrity = ssh_run(settings, f"{RESTIC} check 2>&1 && echo MAILFLEET-CHECK-OK || true",
-                        timeout=3600)
-    if "MAILFLEET-CHECK-OK" not in integrity:
-        problems.append("restic check: " + (integrity.strip().splitlines() or ["failed"])[-1])
-    snapshots = _snapshots(settings)
+    damage = backup_mod.integrity_problem(settings)
+    if damage is not None:
+        problems.append(f"restic check: {damage}")
+    snapshots = backup_mod.snapshots(settings)
     newest = max((s["time"] for s in snapshots), default=None)
     age_hours = None
     if newest is None:
@@ -116,20 +105,6 @@ def verify(ctx: typer.Context, host: Host = None, json: Json = False) -> None:
             info(f"{settings.name}: repository intact, {len(snapshots)} snapshot(s), newest "
                  f"{age_hours:.1f} hours old")
     raise typer.Exit(0 if not problems else 1)
-
-
-def check_restore_values(chosen: dict, postgresql: str) -> None:
-    """What the restore script is built from comes from the repository (any host that can
-    write to it names its snapshots) and from the host: each must be what restic and Debian
-    make (hex ids, a host name, a PostgreSQL version) before it goes into a root script."""
-    wanted = [("snapshot id", chosen.get("id", ""), r"[0-9a-f]{8,64}"),
-              ("snapshot id", chosen.get("short_id", chosen.get("id", "")[:8]), r"[0-9a-f]{8,64}"),
-              ("snapshot host name", chosen.get("hostname", ""), r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}"),
-              ("PostgreSQL version on the host", postgresql, r"[0-9]{1,3}")]
-    for what, value, pattern in wanted:
-        if not isinstance(value, str) or not re.fullmatch(pattern, value):
-            raise ConfigError(f"The {what} {value!r} is not one restic or Debian would make; "
-                              "nothing was restored.")
 
 
 @app.command()
@@ -158,29 +133,21 @@ def restore(
     g = globals_of(ctx)
     config, settings = _host(ctx, host)
     try:
-        target = backup_mod.parse_time(to_time) if to_time else None
+        target = restore_mod.parse_time(to_time) if to_time else None
     except ValueError:
         raise ConfigError(f"--to-time {to_time}: not an ISO 8601 time "
                           "(e.g. 2026-11-26T09:30:00Z).") from None
     if target and snapshot != "latest":
         raise ConfigError("--to-time and --snapshot: give one of them (--to-time picks the "
                           "snapshot itself).")
-    state = ssh_run(settings, f"hostname -f; ls /etc/postgresql 2>/dev/null | sort -n | tail -n 1; "
-                              f"test -e {backup_mod.REPOSITORY_FILE} && echo deployed || true")
-    own_name, postgresql, deployed = (state.split() + ["", "", ""])[:3]
-    if deployed != "deployed":
-        raise ConfigError(f"{settings.name} has no backup set-up yet: run `mailfleet deploy "
-                          f"--limit {settings.name}` first, then restore.")
-    source = source or own_name
-    chosen = backup_mod.choose_snapshot(_snapshots(settings), source, snapshot, target)
-    check_restore_values(chosen, postgresql)
-    paths = backup_mod.restore_paths(chosen, source == own_name, config)
+    plan = restore_mod.plan(settings, config, source, snapshot, target)
+    chosen = plan.chosen
     moment = f" with its database as of {target:%Y-%m-%d %H:%M:%S} UTC" if target else ""
     confirm(f"Replace the mail, DKIM keys, secrets and database of {settings.name} with "
-            f"snapshot {chosen['short_id']} of {source} ({chosen['time'][:19]}){moment}?", yes)
+            f"snapshot {chosen['short_id']} of {plan.source} ({chosen['time'][:19]}){moment}?",
+            yes)
     started = datetime.now(timezone.utc)
-    out = ssh_run(settings, backup_mod.restore_script(chosen, paths, target, postgresql),
-                  timeout=6 * 3600)
+    out = restore_mod.run(settings, plan.script())
     restored = (datetime.now(timezone.utc) - started).total_seconds()
     if not json:
         info(f"{settings.name}: snapshot {chosen['short_id']} restored in {restored:.0f} s "
@@ -189,8 +156,9 @@ def restore(
     results = run_checks(g, config, [settings.name])
     ok = report.ok and all_passed(results)
     if json:
-        print_json({"ok": ok, "host": settings.name, "snapshot": chosen["id"], "from": source,
-                    "to_time": target and target.isoformat(), "paths": paths,
+        print_json({"ok": ok, "host": settings.name, "snapshot": chosen["id"],
+                    "from": plan.source, "to_time": target and target.isoformat(),
+                    "paths": plan.paths,
                     "restore_seconds": round(restored, 1), "deploy": report.as_dict(),
                     "checks": [r.as_dict() for r in results]})
     else:

@@ -17,9 +17,9 @@ from mailfleet.cli.deploy import _render_report, render_checks, run_checks, run_
 from mailfleet.cli.output import console, info
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
-from mailfleet.engine import Engine
+from mailfleet.engine import Engine, mailclient
 from mailfleet.engine.tunnel import tunnel
-from mailfleet.services import certs, mailflow, opendkim
+from mailfleet.services import certs, opendkim
 from mailfleet.services.checks import all_passed
 
 DEMO_LOCAL_PART = "demo"
@@ -107,19 +107,19 @@ def send_and_read(config: Config) -> tuple[str, str] | None:
     console.print(f"\naccount [bold]{address}[/] password [bold]{password}[/] "
                   f"(IMAP {fqdn}:993, SMTP {fqdn}:587, CA {certs.CA_FILE} on the host)",
                   soft_wrap=True)
-    context = mailflow.tls_context(ca)
-    message = mailflow.check_message(address, address, "demo", subject="Hello from mailfleet demo")
+    context = mailclient.tls_context(ca)
+    message = mailclient.check_message(address, address, "demo", subject="Hello from mailfleet demo")
     message.set_content("This message went through Postfix (587, STARTTLS, AUTH), OpenDKIM, "
                         "LMTP into Dovecot, and was read back over IMAP.\n")
     with tunnel(host, [587, 993]) as forward:
-        mailflow.submit(forward.socket(587), 587, fqdn, context, address, password, message)
-        raw = mailflow.fetch(forward.socket(993), 993, fqdn, context, address, password,
+        mailclient.submit(forward.socket(587), 587, fqdn, context, address, password, message)
+        raw = mailclient.fetch(forward.socket(993), 993, fqdn, context, address, password,
                              message["Subject"], delete=False)
     if raw is None:
         console.print("[bold red]the demo mail did not arrive[/]")
         return None
     received = email.message_from_bytes(raw, policy=email.policy.default)
-    dkim_ok, why = mailflow.verify_dkim(raw, keys)
+    dkim_ok, why = mailclient.verify_dkim(raw, keys)
     console.print(f"sent on 587 and read over IMAP: [bold]{received['Subject']}[/] "
                   f"from {received['From']}, DKIM {why}\n", soft_wrap=True)
     return (address, password) if dkim_ok else None

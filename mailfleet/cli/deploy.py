@@ -11,7 +11,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from mailfleet import services
-from mailfleet.dns import health as dns_health
 from mailfleet import config as config_mod
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
@@ -183,7 +182,7 @@ def check(ctx: typer.Context, limit: Limit = None, json: Json = False) -> None:
 def run_checks(g: Globals, config: Config, limit: list[str] | None) -> list[CheckResult]:
     hosts = config.select_hosts(limit, g.config_path)
     with services.engine(config, hosts, verbose=g.verbose) as engine:
-        return [*services.run_checks(engine), *dns_health.checks(engine)]
+        return services.run_checks(engine)
 
 
 def render_checks(results: list[CheckResult]) -> None:

@@ -17,7 +17,6 @@ from mailfleet.dns import publish as publish_mod
 from mailfleet.dns import records as records_mod
 from mailfleet.dns.check import check as check_records
 from mailfleet.dns.lookup import Lookup, ResolverLookup, ZoneFileLookup
-from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError, UsageError
 from mailfleet.services import opendkim
 
@@ -30,7 +29,7 @@ def dkim_keys(config: Config) -> dict[str, str | None]:
     hosts = config.hosts_with("mail")
     if not hosts:
         return {}
-    keys = opendkim.parse_public_keys(ssh_run(hosts[0], opendkim.print_keys_command(config)))
+    keys = opendkim.read_public_keys(hosts[0], config)
     for domain in config.mail.all_domains:
         if not keys.get(domain):
             info(f"warning: {hosts[0].name} has no DKIM key for {domain} yet (run `mailfleet "

@@ -8,7 +8,6 @@ config like `mailfleet deploy`; the file is only rewritten once the hosts took i
 
 from __future__ import annotations
 
-import shlex
 from contextlib import ExitStack
 from typing import Annotated
 
@@ -21,16 +20,15 @@ from rich.table import Table
 from mailfleet import config as config_mod
 from mailfleet.accounts import db, store
 from mailfleet.cli.accounts import (
-    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose, kick,
-    parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, parse,
 )
 from mailfleet.cli.deploy import _render_report, run_deploy
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import DeployError, UsageError
 from mailfleet.services import opendkim
+from mailfleet.services.mailboxes import dispose, kick
 
 app = typer.Typer(help="Mail domains: add, list, remove.", no_args_is_help=True)
 Domain = Annotated[str, typer.Argument(metavar="DOMAIN", help="Like example.org.")]
@@ -81,8 +79,7 @@ def add(ctx: typer.Context, domain: Domain) -> None:
     console.print(f"{domain} is served (written to {escape(str(g.config_path))})")
     selector = config.mail.dkim_selector
     for host in g.load().hosts:  # as deploy left them (it may have switched the SSH user)
-        record = opendkim.public_key_record(ssh_run(
-            host, f"cat {shlex.quote(opendkim.key_path(domain, selector, 'txt'))}"))
+        record = opendkim.read_key_record(host, domain, selector)
         console.print(f"publish on {host.name}'s DNS: {selector}._domainkey.{domain} TXT "
                       f"\"{escape(record)}\"", soft_wrap=True)
     console.print("all of its DNS records (MX, SPF, DKIM, DMARC, ...): `mailfleet dns records`; "

@@ -13,12 +13,11 @@ from rich.table import Table
 from mailfleet.accounts import bulk, rules, store
 from mailfleet.accounts.passwords import hash_many, hash_password
 from mailfleet.cli.accounts import (
-    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, dispose,
-    dispose_command, kick,
-    new_password, parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, new_password, parse,
 )
 from mailfleet.cli.output import console, err_console, info, print_json
 from mailfleet.errors import UsageError
+from mailfleet.services.mailboxes import dispose, dispose_command, kick
 
 app = typer.Typer(help="Mailboxes: add, list, change passwords and quotas, disable, remove, "
                        "import from CSV.", no_args_is_help=True)

@@ -20,6 +20,7 @@ from mailfleet.services import (
     admin,
     backup,
     certs,
+    dns_checks,
     dovecot,
     fail2ban,
     firewall,
@@ -81,8 +82,9 @@ SERVICES: list[Service] = [
     acme.SERVICE,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.SERVICE,
     backup.SERVICE,
-    network.SERVICE,  # checks only, like the one below
+    network.SERVICE,  # checks only, like the two below
     units.SERVICE,
+    dns_checks.SERVICE,  # last: the records, once the hosts' own checks are done
 ]
 
 
@@ -133,7 +135,9 @@ def run_checks(engine: Engine) -> list[CheckResult]:
             continue
         runs_on = {name for name, plan in engine.plans.items() if service.applies(plan)}
         if runs_on:
-            results += [r for r in service.checks(engine) if r.host in runs_on]
+            # a fleet-wide result (the DNS records: host "dns") is kept as it is
+            results += [r for r in service.checks(engine)
+                        if r.host in runs_on or r.host not in engine.plans]
     return results
 
 

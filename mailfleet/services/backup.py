@@ -10,7 +10,7 @@ STAMP for `mailfleet check`.
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import secrets
 import shlex
 from datetime import datetime, timezone
@@ -21,9 +21,11 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
+from mailfleet.config import HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.operations import unit_restarted
 from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
 from mailfleet.localfile import write_private
 from mailfleet.services import certs, mailstore, opendkim, postgres, radicale
@@ -211,84 +213,28 @@ def checks(engine: Engine) -> list[CheckResult]:
     return results
 
 
-# -- restore ---------------------------------------------------------------------------------
+# -- what `backup run`, `backup list` and `backup verify` run on the host ---------------------
 
-RESTORE_WORK = "/var/tmp/mailfleet-restore"
-# what a restore puts back, and whose it is (restic restores numeric owners; a rebuilt host
-# may have numbered its system users differently)
-RESTORE_OWNERS = {mailstore.VMAIL_DIR: "vmail:vmail", opendkim.KEY_DIR: "opendkim:opendkim",
-                  PG_DIR: "postgres:postgres", radicale.STORAGE: "radicale:radicale",
-                  SECRETS_DIR: "root:root"}
-STOPPED_FOR_RESTORE = ["mailfleet-backup.timer", "postfix", "dovecot", "opendkim"]
+def run_now(settings: HostSettings, force: bool = False) -> None:
+    """The backup script as the timer's unit runs it (and serialised with it by a lock); with
+    `force`, also on a rebuilt host that has not been restored yet."""
+    ssh_run(settings, ("MAILFLEET_BACKUP_FORCE=1 " if force else "")
+            + f"nice -n 10 ionice -c 3 {SCRIPT}", timeout=6 * 3600)
 
 
-def parse_time(text: str) -> datetime:
-    """An ISO 8601 moment; without a zone it is UTC."""
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+def snapshots(settings: HostSettings) -> list[dict]:
+    """restic's JSON list of mailfleet's snapshots in the repository, oldest first."""
+    text = ssh_run(settings, f"{RESTIC} snapshots --json --tag mailfleet", timeout=600)
+    return json.loads(text or "[]") or []
 
 
-def snapshot_time(snapshot: dict) -> datetime:
-    """restic's time (nanoseconds, the host's zone) as an aware datetime."""
-    return parse_time(re.sub(r"(\.\d{1,6})\d*", r"\1", snapshot["time"]))
-
-
-def choose_snapshot(snapshots: list[dict], source: str, wanted: str | None,
-                    target: datetime | None) -> dict:
-    """The snapshot a restore reads: the one asked for; for a point in time the first taken
-    after it (its archived WAL reaches that moment, its mail is the closest after); else
-    the newest. `snapshots` is restic's JSON, oldest first."""
-    mine = [s for s in snapshots if s.get("hostname") == source]
-    if not mine:
-        raise ConfigError(f"the repository holds no snapshot of {source}"
-                          + (f" (it has: {', '.join(sorted({s['hostname'] for s in snapshots}))})"
-                             if snapshots else "") + "; give --from HOSTNAME.")
-    if wanted and wanted != "latest":
-        for s in mine:
-            if wanted in (s["id"], s.get("short_id")):
-                return s
-        raise ConfigError(f"--snapshot {wanted}: no snapshot of {source} has this id "
-                          "(see `mailfleet backup list`).")
-    if target is None:
-        return mine[-1]
-    later = [s for s in mine if snapshot_time(s) > target]
-    if not later:
-        raise ConfigError(f"--to-time {target:%Y-%m-%dT%H:%M:%SZ}: the newest snapshot of {source} "
-                          f"was taken at {mine[-1]['time'][:19]}Z; WAL archived after it is not in "
-                          "the repository, so the latest state is as far as a restore can go.")
-    return later[0]
-
-
-def restore_paths(chosen: dict, same_host: bool, config) -> list[str]:
-    """The paths put back: data, keys, secrets, the PostgreSQL backups; the TLS material
-    only onto a host of the same name (a certificate names its host)."""
-    wanted = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, SECRETS_DIR, PG_DIR]
-    if config.features.radicale:
-        wanted.append(radicale.STORAGE)
-    if same_host:
-        wanted.append(certs.TLS_DIR)
-    held = chosen.get("paths", [])
-    covered = [p for p in wanted if any(p == h or p.startswith(h.rstrip("/") + "/") for h in held)]
-    missing = [p for p in (mailstore.VMAIL_DIR, SECRETS_DIR, PG_DIR) if p not in covered]
-    if missing:
-        raise ConfigError(f"snapshot {chosen.get('short_id', chosen['id'])} does not hold "
-                          f"{', '.join(missing)}: it cannot rebuild a mail host.")
-    return covered
-
-
-def restore_script(chosen: dict, paths: list[str], target: datetime | None,
-                   postgresql: str) -> str:
-    # what writes to the restored paths stops first (Radicale when its collections return)
-    units = STOPPED_FOR_RESTORE + (["radicale"] if radicale.STORAGE in paths else [])
-    return render("backup/mailfleet-restore.sh.j2", snapshot=chosen["id"],
-                  short_id=chosen.get("short_id", chosen["id"][:8]),
-                  source_host=chosen["hostname"], environment=ENVIRONMENT, work_dir=RESTORE_WORK,
-                  data_dir=f"/var/lib/postgresql/{postgresql}/main",
-                  restore_conf=f"/etc/postgresql/{postgresql}/main/conf.d/mailfleet-restore.conf",
-                  paths=paths, owners=[(p, RESTORE_OWNERS[p]) for p in paths if p in RESTORE_OWNERS],
-                  pg_dir=PG_DIR, units=units,
-                  target_time=target and f"{target:%Y-%m-%d %H:%M:%S}+00",
-                  base_before=target and f"{target:%Y%m%dT%H%M%SZ}", restored_file=RESTORED)
+def integrity_problem(settings: HostSettings) -> str | None:
+    """`restic check` on the repository: None when intact, else its last line."""
+    out = ssh_run(settings, f"{RESTIC} check 2>&1 && echo MAILFLEET-CHECK-OK || true",
+                  timeout=3600)
+    if "MAILFLEET-CHECK-OK" in out:
+        return None
+    return (out.strip().splitlines() or ["failed"])[-1]
 
 
 SERVICE = Service("backup", applies=lambda plan: plan.backups,

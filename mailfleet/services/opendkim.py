@@ -11,8 +11,9 @@ from pyinfra.api import operation
 from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
-from mailfleet.config import Config
+from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine.tunnel import ssh_run
 from mailfleet.services import system
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
@@ -26,6 +27,17 @@ KEY_BITS = 2048
 
 def key_path(domain: str, selector: str, suffix: str = "private") -> str:
     return f"{KEY_DIR}/{domain}/{selector}.{suffix}"
+
+
+def read_public_keys(settings: HostSettings, config: Config) -> dict[str, str | None]:
+    """{domain: TXT value} from one host's key files, in one SSH command (for the commands
+    that run without a deploy's engine: `dns records`, `dns publish`)."""
+    return parse_public_keys(ssh_run(settings, print_keys_command(config)))
+
+
+def read_key_record(settings: HostSettings, domain: str, selector: str) -> str | None:
+    """The TXT value of one domain's key on one host (`domain add` prints it)."""
+    return public_key_record(ssh_run(settings, f"cat {shlex.quote(key_path(domain, selector, 'txt'))}"))
 
 
 SNAPSHOT = {"dkim": f"for f in {KEY_DIR}/*/*.private; do [ -s \"$f\" ] && echo \"$f\"; done"}

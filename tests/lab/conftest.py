@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from mailfleet.engine import mailclient
 from mailfleet.lab.lab import Lab
-from mailfleet.services import mailflow, opendkim
+from mailfleet.services import opendkim
 
 pytestmark = pytest.mark.lab
 
@@ -152,7 +153,7 @@ class Node:
         return f"{self.name}.{DOMAIN}"
 
     def context(self):
-        return mailflow.tls_context(self.ca)
+        return mailclient.tls_context(self.ca)
 
     def user(self, local: str, quota: int | None = None) -> str:
         address = f"{local}-{self.name}@{DOMAIN}"
@@ -163,21 +164,21 @@ class Node:
                subject: str | None = None, body: str | None = None,
                password: str = PASSWORD) -> str:
         subject = subject or f"test {uuid.uuid4().hex[:10]}"
-        message = mailflow.check_message(sender, recipient, subject, subject=subject)
+        message = mailclient.check_message(sender, recipient, subject, subject=subject)
         if body:
             message.set_content(body)
-        self.net.run(mailflow.submit, self.address, port, self.fqdn, self.context(),
+        self.net.run(mailclient.submit, self.address, port, self.fqdn, self.context(),
                      login or sender, password, message, implicit_tls=port == 465)
         return subject
 
     def fetch(self, user: str, subject: str, wait: float = 30,
               password: str = PASSWORD, mailbox: str = "INBOX") -> bytes | None:
-        return self.net.run(mailflow.fetch, self.address, 993, self.fqdn, self.context(), user,
+        return self.net.run(mailclient.fetch, self.address, 993, self.fqdn, self.context(), user,
                             password, subject, delete=False, wait=wait, mailbox=mailbox)
 
     def create_folder(self, user: str, folder: str, password: str = PASSWORD) -> None:
         def create() -> None:
-            imap = mailflow.IMAP4SSLTo(self.address, 993, self.fqdn, self.context())
+            imap = mailclient.IMAP4SSLTo(self.address, 993, self.fqdn, self.context())
             try:
                 imap.login(user, password)
                 assert imap.create(f'"{folder}"')[0] == "OK"
@@ -190,7 +191,7 @@ class Node:
     def imap_login(self, user: str, password: str) -> bool:
         """Does Dovecot accept this login on 993?"""
         def attempt() -> bool:
-            imap = mailflow.IMAP4SSLTo(self.address, 993, self.fqdn, self.context())
+            imap = mailclient.IMAP4SSLTo(self.address, 993, self.fqdn, self.context())
             try:
                 imap.login(user, password)
                 return True

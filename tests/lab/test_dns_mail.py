@@ -30,11 +30,11 @@ import tomlkit
 
 from mailfleet.config import load as load_config
 from mailfleet.dns.publish import read_key
+from mailfleet.engine import mailclient
 from mailfleet.lab import dns as lab_dns
 from mailfleet.lab.inventory import write_acme_keys
 from mailfleet.lab.lab import Lab
 from mailfleet.services import certs
-from mailfleet.services import mailflow
 from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
 
 LAB = lab_name(5)
@@ -156,10 +156,10 @@ def test_mail_from_a_reaches_b_through_its_mx_with_spf_dkim_dmarc_pass(published
     (a, b, _), _, _ = published
     alice, bob = _add_user(a, "alice"), _add_user(b, "bob")
     subject = f"dns {uuid.uuid4().hex[:8]}"
-    message = mailflow.check_message(alice, bob, subject, subject=subject)
-    net.run(mailflow.submit, a.address, 587, a.fqdn, mailflow.tls_context(_ca(a)), alice,
+    message = mailclient.check_message(alice, bob, subject, subject=subject)
+    net.run(mailclient.submit, a.address, 587, a.fqdn, mailclient.tls_context(_ca(a)), alice,
             PASSWORD, message)
-    raw = net.run(mailflow.fetch, b.address, 993, b.fqdn, mailflow.tls_context(_ca(b)), bob,
+    raw = net.run(mailclient.fetch, b.address, 993, b.fqdn, mailclient.tls_context(_ca(b)), bob,
                   PASSWORD, subject, delete=False, wait=60)
     assert raw, "the mail did not arrive at b.test"
     received = email.message_from_bytes(raw, policy=email.policy.default)
@@ -197,7 +197,7 @@ def test_mail_forged_as_a_from_a_third_host_is_refused_by_dmarc(published, net):
     script = FORGE.format(to=bob, subject=subject)
     answer = lab("lab", "ssh", "n3", "--", "python3", "-", input=script).stdout.strip()
     assert answer == "550 5.7.1 rejected by DMARC policy for a.test", answer
-    assert net.run(mailflow.fetch, b.address, 993, b.fqdn, mailflow.tls_context(_ca(b)), bob,
+    assert net.run(mailclient.fetch, b.address, 993, b.fqdn, mailclient.tls_context(_ca(b)), bob,
                    PASSWORD, subject, delete=False, wait=3) is None
 
 
@@ -315,7 +315,7 @@ def _handshake(install: Install, port: int, context: ssl.SSLContext) -> dict:
         with socket.create_connection((install.address, port), timeout=20) as sock, \
                 context.wrap_socket(sock, server_hostname=install.fqdn) as tls:
             return tls.getpeercert()
-    with mailflow.tls_handshake(install.address, port, PORTS[port], install.fqdn,
+    with mailclient.tls_handshake(install.address, port, PORTS[port], install.fqdn,
                                 context) as tls:
         return tls.getpeercert()
 
@@ -327,7 +327,7 @@ def _serials(net, install: Install, context: ssl.SSLContext) -> dict[int, str]:
 
 def test_acme_certificate_is_what_every_service_presents(acme_on, net):
     a, b, root = acme_on
-    trusting_pebble = mailflow.tls_context(root)
+    trusting_pebble = mailclient.tls_context(root)
     for install in (a, b):
         for port in PORTS:
             cert = net.run(_handshake, install, port, trusting_pebble)
@@ -348,7 +348,7 @@ def test_acme_certificate_is_what_every_service_presents(acme_on, net):
 
 def test_forced_renewal_reaches_every_service_without_a_failed_connection(acme_on, net):
     a, b, root = acme_on
-    context = mailflow.tls_context(root)
+    context = mailclient.tls_context(root)
     for install in (a, b):
         before = _serials(net, install, context)
         assert len(set(before.values())) == 1, before
@@ -430,7 +430,7 @@ def test_dns01_challenge_through_the_zone_server_replaces_the_certificate(publis
                                                                           net):
     (_, _, lab), _, _ = published
     a, b, root = acme_on
-    context = mailflow.tls_context(root)
+    context = mailclient.tls_context(root)
     before = _serials(net, b, context)
     # b's host gets a key of its own for its challenge records (finding 9); n1 and n2 are
     # deployed, so the lab logs in to them as their admins

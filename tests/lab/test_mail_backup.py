@@ -24,7 +24,8 @@ import tomlkit
 from conftest import (DOMAIN, PASSWORD, Cli, LabNet, Node, lab_leftovers, lab_name,
                       shared_node)
 
-from mailfleet.services import backup, mailflow
+from mailfleet.engine import mailclient
+from mailfleet.services import backup
 
 REPOSITORY = "/var/backups/mailfleet/restic"
 
@@ -240,7 +241,7 @@ def test_restore_onto_a_fresh_host_brings_back_mail_logins_and_dkim(drill):
     # mail sent on B is signed with A's DKIM key: the published record still verifies it
     subject = b.submit(user, user, password=NEW_PASSWORD)
     raw = b.fetch(user, subject, password=NEW_PASSWORD)
-    ok, why = mailflow.verify_dkim(raw, {DOMAIN: drill["a"].dkim_record})
+    ok, why = mailclient.verify_dkim(raw, {DOMAIN: drill["a"].dkim_record})
     assert ok, why
     assert b.cli.json("deploy")["changes"] == 0
 

@@ -14,7 +14,7 @@ import uuid
 import pytest
 from conftest import DOMAIN, NODES, PASSWORD, Cli, Node
 
-from mailfleet.services import mailflow
+from mailfleet.engine import mailclient
 
 def test_submission_on_587_and_465_is_read_back_over_imap_with_valid_dkim(node: Node):
     alice, bob = node.user("alice"), node.user("bob")
@@ -22,7 +22,7 @@ def test_submission_on_587_and_465_is_read_back_over_imap_with_valid_dkim(node: 
         subject = node.submit(alice, bob, port=port)
         raw = node.fetch(bob, subject)
         assert raw is not None, f"message sent on {port} never reached {bob}'s INBOX"
-        ok, why = mailflow.verify_dkim(raw, {DOMAIN: node.dkim_record})
+        ok, why = mailclient.verify_dkim(raw, {DOMAIN: node.dkim_record})
         assert ok, f"port {port}: {why}\n{raw[:1500].decode(errors='replace')}"
         assert b"d=example.test" in raw and b"s=mail" in raw
 
@@ -308,7 +308,7 @@ def _managesieve_upload(node: Node, user: str, script: str) -> list[bytes]:
     import base64
 
     answers = []
-    with mailflow.tls_handshake(node.address, 4190, "sieve-starttls", node.fqdn, node.context()) as tls:
+    with mailclient.tls_handshake(node.address, 4190, "sieve-starttls", node.fqdn, node.context()) as tls:
         def command(line: bytes) -> bytes:
             tls.sendall(line)
             data = b""
@@ -339,7 +339,7 @@ def test_sieve_filter_uploaded_over_managesieve_files_mail(node: Node):
     subject = node.submit(user, user, subject=f"[to-junk] {uuid.uuid4().hex[:8]}")
 
     def in_junk() -> bool:
-        imap = mailflow.IMAP4SSLTo(node.address, 993, node.fqdn, node.context())
+        imap = mailclient.IMAP4SSLTo(node.address, 993, node.fqdn, node.context())
         try:
             imap.login(user, PASSWORD)
             for _ in range(60):
@@ -365,7 +365,7 @@ def test_a_new_certificate_is_issued_and_picked_up_by_the_services(node: Node):
     assert after != before
 
     def served_serial(port: int, mode: str) -> int:
-        with mailflow.tls_handshake(node.address, port, mode, node.fqdn, node.context()) as tls:
+        with mailclient.tls_handshake(node.address, port, mode, node.fqdn, node.context()) as tls:
             return int(tls.getpeercert()["serialNumber"], 16)
 
     wanted = int(after.split("=", 1)[1], 16)
@@ -418,7 +418,7 @@ def test_the_server_chooses_the_tls12_cipher_strongest_first(node: Node, port: i
     assert offered[0].endswith("AES128-GCM-SHA256"), offered  # OpenSSL kept the order we gave
 
     def negotiated() -> str:
-        with mailflow.tls_handshake(node.address, port, mode, node.fqdn, context) as tls:
+        with mailclient.tls_handshake(node.address, port, mode, node.fqdn, context) as tls:
             return tls.cipher()[0]
 
     assert node.run(negotiated).endswith("AES256-GCM-SHA384"), f"port {port}: the client's order won"

@@ -280,7 +280,7 @@ HOSTILE = ["x`id`y", "$(touch pwned)", "a'; touch pwned; '", '"$(touch pwned)"',
 
 
 def _run_disposal(tmp_path: Path, local: str | None, how: str):
-    from mailfleet.cli.accounts import dispose_command
+    from mailfleet.services.mailboxes import dispose_command
 
     vmail, backups = tmp_path / "vmail", tmp_path / "backups"
     cwd = tmp_path / "cwd"  # where a relative `touch pwned` would land
@@ -331,7 +331,7 @@ def test_purging_a_hostile_name_deletes_only_its_own_directory(tmp_path, local):
 
 @pytest.mark.parametrize("local", ["/", "..", ".", "", "a/b", "../x"])
 def test_a_name_that_is_no_single_path_component_is_never_archived_or_purged(tmp_path, local):
-    from mailfleet.cli.accounts import dispose_command
+    from mailfleet.services.mailboxes import dispose_command
 
     for how in ("archive", "purge"):
         with pytest.raises(UsageError, match="not a single path component"):

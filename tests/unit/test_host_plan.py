@@ -12,7 +12,7 @@ from mailfleet.services import firewall, plan_host
 
 BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
 EVERYWHERE = {"system", "packages", "hardening", "admin", "sshd", "certs", "ssh over the VPN",
-              "fail2ban", "network", "units"}
+              "fail2ban", "network", "units", "dns"}
 MAIL = {"mailstore", "postgres", "opendkim", "opendmarc", "dovecot", "postfix", "mailflow"}
 MAIL_PORTS = {25, 465, 587, 143, 993, 4190}
 

@@ -14,7 +14,7 @@ import pytest
 
 from mailfleet.config import HostSettings, parse
 from mailfleet.engine.operations import config_file
-from mailfleet.services import backup, plan_host
+from mailfleet.services import backup, plan_host, restore
 from mailfleet.templating import TEMPLATES
 
 # a valid repository address full of shell syntax (the config refuses only whitespace)
@@ -79,7 +79,7 @@ def test_no_backup_script_sources_a_file():
     chosen = {"id": "a" * 64, "short_id": "aaaaaaaa", "hostname": "mail.example.org",
               "time": "2026-11-26T03:00:02Z", "paths": backup.PATHS}
     for text in (backup.script(config, "17"), backup.RESTIC, backup.STATUS,
-                 backup.restore_script(chosen, ["/var/mail/vmail"], None, "17")):
+                 restore.restore_script(chosen, ["/var/mail/vmail"], None, "17")):
         assert not sourcing.search(text), text
         assert "pa$$w0rd" not in text
 

@@ -10,7 +10,8 @@ from mailfleet.accounts import schema
 from mailfleet.accounts.passwords import generate_password, hash_password, verify_password
 from mailfleet.config import parse
 from mailfleet.config import HostSettings
-from mailfleet.services import certs, fail2ban, mailflow, mailstore, opendkim, packages, plan_host, units
+from mailfleet.engine import mailclient
+from mailfleet.services import certs, fail2ban, mailstore, opendkim, packages, plan_host, units
 
 GENKEY_TXT = '''mail._domainkey	IN	TXT	( "v=DKIM1; h=sha256; k=rsa; "
 	  "p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyz"
@@ -86,12 +87,12 @@ def test_dkim_verification_of_a_signed_message():
     public = key.public_key().public_bytes(serialization.Encoding.DER,
                                            serialization.PublicFormat.SubjectPublicKeyInfo)
     record = "v=DKIM1; k=rsa; p=" + base64.b64encode(public).decode()
-    raw = mailflow.check_message("a@example.test", "b@example.test", "t1").as_bytes()
+    raw = mailclient.check_message("a@example.test", "b@example.test", "t1").as_bytes()
     signature = dkim.sign(raw, b"mail", b"example.test", private, include_headers=[b"from", b"subject"])
-    assert mailflow.verify_dkim(signature + raw, {"example.test": record}) == (True, "signature verifies")
+    assert mailclient.verify_dkim(signature + raw, {"example.test": record}) == (True, "signature verifies")
     tampered = signature + raw.replace(b"check t1", b"check t2")
-    assert mailflow.verify_dkim(tampered, {"example.test": record})[0] is False
-    assert mailflow.verify_dkim(raw, {"example.test": record}) == (False, "message has no DKIM-Signature")
+    assert mailclient.verify_dkim(tampered, {"example.test": record})[0] is False
+    assert mailclient.verify_dkim(raw, {"example.test": record}) == (False, "message has no DKIM-Signature")
 
 
 def test_config_mail_settings_and_package_list():

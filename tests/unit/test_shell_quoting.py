@@ -79,7 +79,7 @@ def test_an_ssh_user_that_is_no_login_name_is_refused(user):
 
 def test_a_restore_takes_only_ids_and_names_restic_and_debian_make():
     """The snapshot's host name comes from the repository: whoever can write there names it."""
-    from mailfleet.cli.backup import check_restore_values
+    from mailfleet.services.restore import check_restore_values
     from mailfleet.errors import ConfigError
 
     good = {"id": "a" * 64, "short_id": "a" * 8, "hostname": "n1.example.test"}

@@ -1,5 +1,8 @@
 """DNS as part of `mailfleet check`: the records of every domain, looked up as the world sees
-them. A required record that is missing or wrong fails the check; the others warn."""
+them. A required record that is missing or wrong fails the check; the others warn.
+
+A service-layer check (it reads the hosts' DKIM keys): dns/ builds, looks up and compares
+records and knows no service."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from mailfleet.dns.lookup import DnsUnreachable, ResolverLookup
 from mailfleet.engine import Engine
 from mailfleet.services import opendkim
 from mailfleet.services.checks import CheckResult
+from mailfleet.services.shape import Service
 
 HOST = "dns"
 
@@ -47,3 +51,6 @@ def checks(engine: Engine) -> list[CheckResult]:
     except DnsUnreachable as err:
         return [CheckResult(HOST, "DNS resolver", "fail", err.message, err.hint)]
     return [as_check(f) for f in findings]
+
+
+SERVICE = Service("dns", checks=checks)
