@@ -2,6 +2,15 @@
 
 They need root. Without it they fail (loudly), they never skip: a lab test that did not
 run has proven nothing.
+
+Labs: the two-release lab (`two_release_lab`, Debian 12 n1 + Debian 13 n2) is booted once per
+session and shared by every module that uses it; each of those modules starts with its own
+deploy (`deployed`). Modules that need other hosts boot a lab of their own (test_dns_mail,
+test_vpn, test_readme_lab, test_demo, parts of test_lab_deploy and test_mail_backup).
+Modules pass in any order: a module that changes the shared lab's mailfleet.toml does it
+through `lab_settings` (for the module) or `edited_config` (for a test), and the file goes
+back when it ends; no test module imports another (shared helpers live here and in
+webmail.py).
 """
 
 from __future__ import annotations
