@@ -2,6 +2,15 @@
 
 They need root. Without it they fail (loudly), they never skip: a lab test that did not
 run has proven nothing.
+
+Labs: the two-release lab (`two_release_lab`, Debian 12 n1 + Debian 13 n2) is booted once per
+session and shared by every module that uses it; each of those modules starts with its own
+deploy (`deployed`). Modules that need other hosts boot a lab of their own (test_dns_mail,
+test_vpn, test_readme_lab, test_demo, parts of test_lab_deploy and test_mail_backup).
+Modules pass in any order: a module that changes the shared lab's mailfleet.toml does it
+through `lab_settings` (for the module) or `edited_config` (for a test), and the file goes
+back when it ends; no test module imports another (shared helpers live here and in
+webmail.py).
 """
 
 from __future__ import annotations
@@ -14,11 +23,14 @@ import subprocess
 import smtplib
 import sys
 import uuid
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import tomlkit
 
 from mailfleet.engine import mailclient
 from mailfleet.lab.lab import Lab
@@ -118,17 +130,42 @@ def lab_leftovers(lab: str) -> dict[str, list[str]]:
     }
 
 
-@pytest.fixture(scope="session")
-def two_release_lab(tmp_path_factory):
-    """One Debian 12 node (n1) and one Debian 13 node (n2); always torn down."""
-    cli = Cli(lab_name(1), tmp_path_factory.mktemp("lab") / "mailfleet.toml")
+@contextmanager
+def booted_two_release_lab(cli: Cli) -> Iterator[Cli]:
+    """Debian 12 (n1) and Debian 13 (n2) booted bare under `cli`'s lab name; always torn down."""
     try:
         cli("lab", "up", "--release", "bookworm", "--release", "trixie", timeout=600)
         yield cli
     finally:
         down = cli("lab", "down", check=False)
     assert down.returncode == 0, down.stderr
-    assert lab_leftovers(lab_name(1)) == {"namespaces": [], "processes": [], "mounts": []}
+    assert lab_leftovers(cli.lab) == {"namespaces": [], "processes": [], "mounts": []}
+
+
+@pytest.fixture(scope="session")
+def two_release_lab(tmp_path_factory):
+    """One Debian 12 node (n1) and one Debian 13 node (n2), booted once per session and
+    shared by every module that asks for it (directly or through `deployed`)."""
+    with booted_two_release_lab(Cli(lab_name(1), tmp_path_factory.mktemp("lab") / "mailfleet.toml")) as cli:
+        yield cli
+
+
+# Has any module deployed the shared lab yet? (a bare lab cannot be had back afterwards)
+_SHARED_LAB = {"deployed": False}
+
+
+@pytest.fixture(scope="module")
+def bare_two_release_lab(request, tmp_path_factory):
+    """The two-release lab before anything was deployed to it, for a module that deploys
+    a fresh VPS itself. The shared lab while no module has deployed it (the usual order: no
+    second boot); otherwise one of this module's own, so the module passes in any order."""
+    if not _SHARED_LAB["deployed"]:
+        _SHARED_LAB["deployed"] = True  # this module deploys it: it is bare no longer
+        yield request.getfixturevalue("two_release_lab")
+        return
+    own = Cli(lab_name(9), tmp_path_factory.mktemp("bare-lab") / "mailfleet.toml")
+    with booted_two_release_lab(own) as cli:
+        yield cli
 
 
 # -- the deployed two-release lab, shared by the mail node and accounts tests ------------
@@ -224,10 +261,77 @@ class Node:
 
 
 @pytest.fixture(scope="module")
-def deployed(two_release_lab: Cli) -> Cli:
+def deployed(two_release_lab: Cli) -> Iterator[Cli]:
+    """The shared lab deployed from its mailfleet.toml as it stands. Every module that asks
+    for it starts with this deploy, which also puts back on the hosts whatever an earlier
+    module changed; and the file goes back to this text when the module ends, whatever the
+    module (or a CLI command it ran, such as `domain add`) wrote into it."""
+    _SHARED_LAB["deployed"] = True
     report = two_release_lab.json("deploy")
     assert report["ok"], report
-    return two_release_lab
+    as_deployed = two_release_lab.config.read_text()
+    yield two_release_lab
+    two_release_lab.config.write_text(as_deployed)
+
+
+@contextmanager
+def edited_config(cli: Cli, edit: Callable[[tomlkit.TOMLDocument], None]) -> Iterator[Cli]:
+    """mailfleet.toml changed by `edit` inside the with block and put back byte for byte
+    after it (even when the block failed); the hosts are not touched."""
+    original = cli.config.read_text()
+    doc = tomlkit.parse(original)
+    edit(doc)
+    cli.config.write_text(tomlkit.dumps(doc))
+    try:
+        yield cli
+    finally:
+        cli.config.write_text(original)
+
+
+@dataclass
+class LabSettings:
+    """Settings of the shared lab's mailfleet.toml that one module runs with (see
+    `lab_settings`)."""
+
+    cli: Cli
+    original: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.original = self.cli.config.read_text()
+
+    def set(self, features: dict[str, object] | None = None,
+            edit: Callable[[tomlkit.TOMLDocument], None] | None = None,
+            deploy: bool = True) -> dict:
+        """Set [features] keys (and whatever `edit` changes), then deploy; the report."""
+        doc = tomlkit.parse(self.cli.config.read_text())
+        for key, value in (features or {}).items():
+            doc["features"][key] = value
+        if edit:
+            edit(doc)
+        self.cli.config.write_text(tomlkit.dumps(doc))
+        if not deploy:
+            return {}
+        report = self.cli.json("deploy")
+        assert report["ok"], report
+        return report
+
+    def restore(self) -> None:
+        self.cli.config.write_text(self.original)
+
+
+@pytest.fixture(scope="module")
+def lab_settings(deployed: Cli) -> Iterator[LabSettings]:
+    """Changes the shared lab's settings for one module and takes them back when it ends:
+    the file at once; the hosts at the start of the next module that uses the lab, whose
+    `deployed` deploys the restored file (that deploy runs anyway, so taking the hosts back
+    costs no deploy of its own). Modules that read host state without `deployed` do not
+    depend on features (test_engine_helpers) or get a lab of their own
+    (`bare_two_release_lab`)."""
+    settings = LabSettings(deployed)
+    try:
+        yield settings
+    finally:
+        settings.restore()
 
 
 @pytest.fixture(scope="module")
@@ -250,6 +354,23 @@ def shared_node(deployed: Cli, lab_net: LabNet, name: str) -> Node:
     assert record and record.startswith("v=DKIM1")
     assert deployed.ssh(name, "dovecot --version").startswith(dovecot)
     return Node(deployed, lab_net, name, address, dovecot, ca, record)
+
+
+# -- shared test data --------------------------------------------------------------------
+
+# a one-event calendar, as a CalDAV client sends it (Radicale's and SOGo's tests)
+EVENT = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//mailfleet tests//EN
+BEGIN:VEVENT
+UID:{uid}
+DTSTAMP:20261126T080000Z
+DTSTART:20261201T090000Z
+DTEND:20261201T100000Z
+SUMMARY:{summary}
+END:VEVENT
+END:VCALENDAR
+"""
 
 
 # -- logging in to lab nodes the way an outsider would ------------------------------------

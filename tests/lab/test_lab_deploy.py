@@ -1,4 +1,7 @@
-"""The chain end to end: boot Debian 12 and 13, deploy, check, redeploy with zero changes, tear down."""
+"""The chain end to end: boot Debian 12 and 13, deploy, check, redeploy with zero changes, tear down.
+
+The first tests need hosts nothing was deployed to (`bare_two_release_lab`: the shared lab
+when this module is the first to deploy it, else a lab of its own)."""
 
 from __future__ import annotations
 
@@ -14,35 +17,36 @@ from mailfleet.lab.lab import VPS_PASSWORD, VPS_USER
 from mailfleet.config import load
 
 
-def test_lab_status_lists_both_releases(two_release_lab: Cli):
-    status = two_release_lab.json("lab", "status")
+def test_lab_status_lists_both_releases(bare_two_release_lab: Cli):
+    status = bare_two_release_lab.json("lab", "status")
     assert status["running"] is True
     nodes = {n["name"]: n for n in status["nodes"]}
     assert (nodes["n1"]["release"], nodes["n1"]["address"]) == ("bookworm", "10.77.0.11")
     assert (nodes["n2"]["release"], nodes["n2"]["address"]) == ("trixie", "10.77.0.12")
-    assert two_release_lab.ssh("n1", "cut -d. -f1 /etc/debian_version") == "12"
-    assert two_release_lab.ssh("n2", "cat /etc/debian_version").startswith("13")
-    assert two_release_lab.ssh("n2", "systemctl is-system-running") == "running"
+    assert bare_two_release_lab.ssh("n1", "cut -d. -f1 /etc/debian_version") == "12"
+    assert bare_two_release_lab.ssh("n2", "cat /etc/debian_version").startswith("13")
+    assert bare_two_release_lab.ssh("n2", "systemctl is-system-running") == "running"
 
 
-def test_nodes_reach_each_other_and_the_lab_network_reaches_them(two_release_lab: Cli):
+def test_nodes_reach_each_other_and_the_lab_network_reaches_them(bare_two_release_lab: Cli):
     probe = 'timeout 3 bash -c "echo > /dev/tcp/{}/22" && echo open'
-    assert two_release_lab.ssh("n1", probe.format("n2")) == "open"
-    assert two_release_lab.ssh("n2", probe.format("10.77.0.11")) == "open"
-    banner = two_release_lab(
+    assert bare_two_release_lab.ssh("n1", probe.format("n2")) == "open"
+    assert bare_two_release_lab.ssh("n2", probe.format("10.77.0.11")) == "open"
+    banner = bare_two_release_lab(
         "lab", "exec", "--", "python3", "-c",
         "import socket; s = socket.create_connection(('10.77.0.12', 22), 3); print(s.recv(7).decode())",
     ).stdout
     assert banner.startswith("SSH-2.0")
 
 
-def test_lab_hosts_are_written_to_the_config(two_release_lab: Cli):
-    cfg = load(two_release_lab.config)
-    assert [(h.name, h.lab) for h in cfg.hosts] == [("n1", lab_name(1)), ("n2", lab_name(1))]
+def test_lab_hosts_are_written_to_the_config(bare_two_release_lab: Cli):
+    cfg = load(bare_two_release_lab.config)
+    lab = bare_two_release_lab.lab  # the shared lab (lab_name(1)) in the usual order
+    assert [(h.name, h.lab) for h in cfg.hosts] == [("n1", lab), ("n2", lab)]
 
 
-def test_deploy_check_then_deploy_then_zero_changes(two_release_lab: Cli):
-    cli = two_release_lab
+def test_deploy_check_then_deploy_then_zero_changes(bare_two_release_lab: Cli):
+    cli = bare_two_release_lab
     dry = cli.json("deploy", "--check")
     assert dry["check"] is True and dry["changes"] > 0
     assert "Set the host name" in dry["hosts"]["n1"]["changed"]
@@ -88,8 +92,8 @@ def test_deploy_check_then_deploy_then_zero_changes(two_release_lab: Cli):
     assert {(c["host"], c["name"]) for c in checks["checks"]} >= {("n1", "host name"), ("n2", "mail name")}
 
 
-def test_check_fails_when_a_host_drifts(two_release_lab: Cli):
-    cli = two_release_lab
+def test_check_fails_when_a_host_drifts(bare_two_release_lab: Cli):
+    cli = bare_two_release_lab
     cli.json("deploy", "--limit", "n2")
     cli.ssh("n2", "echo wrong.example > /etc/mailname")
     result = cli("check", "--limit", "n2", check=False)
@@ -101,8 +105,8 @@ def test_check_fails_when_a_host_drifts(two_release_lab: Cli):
     assert cli("check", "--limit", "n2").returncode == 0
 
 
-def test_diff_shows_the_file_change(two_release_lab: Cli):
-    cli = two_release_lab
+def test_diff_shows_the_file_change(bare_two_release_lab: Cli):
+    cli = bare_two_release_lab
     cli.ssh("n1", "echo other.example > /etc/mailname")
     shown = cli("deploy", "--check", "--diff", "--limit", "n1")
     assert "-other.example" in shown.stdout + shown.stderr

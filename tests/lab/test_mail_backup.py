@@ -3,9 +3,8 @@ PostgreSQL 17 on Debian 13): switched on through mailfleet.toml, the first backu
 deploy, `backup run|list|verify` work, WAL is archived, a snapshot holds a delivered message
 byte for byte, and damage to the repository is found.
 
-The repository is a path on each host (the simplest restic repository); the backups stay
-on for the modules that run after this one on the shared lab. (Named to run after
-test_lab_deploy.py, which needs the shared lab not yet deployed.)"""
+The repository is a path on each host (the simplest restic repository), set for this module
+only (`lab_settings` puts mailfleet.toml back when it ends)."""
 
 from __future__ import annotations
 
@@ -21,8 +20,8 @@ from datetime import datetime, timezone
 
 import pytest
 import tomlkit
-from conftest import (DOMAIN, PASSWORD, Cli, LabNet, Node, lab_leftovers, lab_name,
-                      shared_node)
+from conftest import (DOMAIN, PASSWORD, Cli, LabNet, LabSettings, Node, lab_leftovers,
+                      lab_name, shared_node)
 
 from mailfleet.engine import mailclient
 from mailfleet.services import backup
@@ -31,13 +30,14 @@ REPOSITORY = "/var/backups/mailfleet/restic"
 
 
 @pytest.fixture(scope="module")
-def backups_on(deployed: Cli, tmp_path_factory) -> Cli:
+def backups_on(lab_settings: LabSettings, tmp_path_factory) -> Cli:
+    deployed = lab_settings.cli
     password = tmp_path_factory.mktemp("backup") / "backup-password"
-    doc = tomlkit.parse(deployed.config.read_text())
-    doc["backup"] = {"repository": REPOSITORY, "password_file": str(password)}
-    deployed.config.write_text(tomlkit.dumps(doc))
-    report = deployed.json("deploy")
-    assert report["ok"], report
+
+    def repository(doc) -> None:
+        doc["backup"] = {"repository": REPOSITORY, "password_file": str(password)}
+
+    report = lab_settings.set(edit=repository)
     for host in ("n1", "n2"):
         assert "Run the first backup" in report["hosts"][host]["changed"], report
     assert password.stat().st_mode & 0o777 == 0o600  # made on this machine, kept here

@@ -9,8 +9,7 @@ import json
 import time
 
 import pytest
-import tomlkit
-from conftest import NODES, Cli, key_login
+from conftest import NODES, Cli, edited_config, key_login
 
 from mailfleet import services
 from mailfleet.config import HostSettings, parse
@@ -98,10 +97,9 @@ def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: 
     assert deployed.ssh(source, f"timeout 5 bash -c 'echo > /dev/tcp/{address}/587' && echo open") == "open"
 
 
-def _set_sshd_settings(cli: Cli, lines: list[str]) -> None:
-    doc = tomlkit.parse(cli.config.read_text())
-    doc["admin"]["sshd_settings"] = lines
-    cli.config.write_text(tomlkit.dumps(doc))
+def _sshd_settings(cli: Cli, lines: list[str]):
+    """[admin] sshd_settings set to `lines` inside the with block, the file as it was after."""
+    return edited_config(cli, lambda doc: doc["admin"].__setitem__("sshd_settings", lines))
 
 
 @pytest.mark.parametrize("setting, why", [
@@ -112,8 +110,7 @@ def test_a_deploy_that_would_lock_the_admin_out_is_rolled_back(deployed: Cli, ta
                                                                setting: str, why: str):
     dropin = "/etc/ssh/sshd_config.d/00-mailfleet.conf"
     before = deployed.ssh(target, f"sha1sum {dropin}")
-    _set_sshd_settings(deployed, [setting])
-    try:
+    with _sshd_settings(deployed, [setting]):
         result = deployed("deploy", "--limit", target, check=False)
         assert result.returncode == 1, result.stdout
         assert why in result.stdout + result.stderr, result.stdout + result.stderr
@@ -122,8 +119,6 @@ def test_a_deploy_that_would_lock_the_admin_out_is_rolled_back(deployed: Cli, ta
         assert key_login(deployed, target, "mfadmin", "sudo -n true").returncode == 0
         assert deployed.ssh(target, f"sha1sum {dropin}") == before
         assert setting.split()[0] not in deployed.ssh(target, f"cat {dropin}")
-    finally:
-        _set_sshd_settings(deployed, [])
     again = deployed.json("deploy", "--limit", target)
     assert again["ok"] and again["changes"] == 0, again
 
@@ -134,15 +129,12 @@ LOOSENING = ["Match all", "PasswordAuthentication yes", "PermitRootLogin yes", "
 
 def test_sshd_settings_that_would_loosen_ssh_are_refused_before_any_host_is_touched(deployed: Cli):
     before = {name: deployed.ssh(name, f"sha1sum {DROPIN}") for name in NODES}
-    _set_sshd_settings(deployed, LOOSENING)
-    try:
+    with _sshd_settings(deployed, LOOSENING):
         result = deployed("deploy", check=False)
         out = result.stdout + result.stderr
         assert result.returncode == 2, out
         assert "admin.sshd_settings" in out and "'Match all'" in out and "line" in out, out
         assert "Traceback" not in out and "Deploy" not in out, out
-    finally:
-        _set_sshd_settings(deployed, [])
     assert {name: deployed.ssh(name, f"sha1sum {DROPIN}") for name in NODES} == before
     for name in NODES:
         assert "PasswordAuthentication yes" not in deployed.ssh(name, f"cat {DROPIN}")

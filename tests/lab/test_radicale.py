@@ -1,5 +1,5 @@
 """Radicale on both lab hosts (Radicale 3.1 on Debian 12, 3.5 on Debian 13), enabled through
-mailfleet.toml and reached like a phone reaches it: HTTPS through nginx, the mail address and
+mailfleet.toml for this module only and reached like a phone reaches it: HTTPS through nginx, the mail address and
 mail password as login, with the `caldav` client package. Password guessing from another lab
 host gets that host banned by fail2ban, and nginx answers 429 past its burst."""
 
@@ -11,35 +11,18 @@ import uuid
 
 import caldav
 import pytest
-import tomlkit
 from caldav.lib import error as dav_error
-from conftest import NODES, PASSWORD, Cli, Node
+from conftest import EVENT, NODES, PASSWORD, Cli, LabSettings, Node
 
 from mailfleet.lab.lab import Lab
 
-EVENT = """BEGIN:VCALENDAR
-VERSION:2.0
-PRODID:-//mailfleet tests//EN
-BEGIN:VEVENT
-UID:{uid}
-DTSTAMP:20261126T080000Z
-DTSTART:20261201T090000Z
-DTEND:20261201T100000Z
-SUMMARY:{summary}
-END:VEVENT
-END:VCALENDAR
-"""
-
 
 @pytest.fixture(scope="module")
-def radicale_on(deployed: Cli) -> Cli:
-    doc = tomlkit.parse(deployed.config.read_text())
-    doc["features"]["radicale"] = True
-    deployed.config.write_text(tomlkit.dumps(doc))
-    report = deployed.json("deploy")
-    assert report["ok"], report
-    assert deployed.json("deploy")["changes"] == 0
-    return deployed
+def radicale_on(lab_settings: LabSettings) -> Cli:
+    """Radicale on for this module (with Roundcube, its default webmail); off again after."""
+    lab_settings.set(features={"webmail": "roundcube", "radicale": True})
+    assert lab_settings.cli.json("deploy")["changes"] == 0
+    return lab_settings.cli
 
 
 def _client(node: Node, user: str, password: str) -> caldav.DAVClient:

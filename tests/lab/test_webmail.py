@@ -17,10 +17,7 @@ import pytest
 
 from mailfleet.lab.lab import Lab
 from conftest import DOMAIN, PASSWORD, Node
-from webmail import Roundcube, browser
-
-ARTIFACTS = Path(os.environ.get("MAILFLEET_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "artifacts")) / "screenshots"
+from webmail import ARTIFACTS, Roundcube, browser
 
 
 @pytest.fixture(scope="module")

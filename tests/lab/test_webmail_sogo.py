@@ -1,5 +1,5 @@
 """SOGo instead of Roundcube on both lab hosts (SOGo 5.8 on Debian 12, 5.12 on Debian 13),
-switched on through mailfleet.toml and back off again at the end: the login page, a login
+switched on through mailfleet.toml for this module and back off again at the end: the login page, a login
 in the browser that shows the inbox, calendars with the `caldav` package, a password change
 Dovecot enforces, ActiveSync, and a clean switch back to Roundcube."""
 
@@ -17,10 +17,8 @@ import caldav
 import pytest
 import tomlkit
 from caldav.lib import error as dav_error
-from conftest import PASSWORD, Cli, Node
-from test_radicale import EVENT
-from test_webmail import ARTIFACTS
-from webmail import SOGo, browser
+from conftest import EVENT, PASSWORD, Cli, LabSettings, Node
+from webmail import ARTIFACTS, SOGo, browser
 
 from mailfleet.lab.lab import Lab
 
@@ -31,16 +29,12 @@ HOSTILE_TITLE = 'Bob\'s "Mail" \\ "; SOGoTrustProxyAuthentication = YES; X = "x'
 DEFAULT_TITLE = "Webmail"
 
 
-def _configure(cli: Cli, title: str | None = None, **features: object) -> dict:
-    doc = tomlkit.parse(cli.config.read_text())
-    for key, value in features.items():
-        doc["features"][key] = value
-    if title is not None:
+def _configure(settings: LabSettings, title: str, **features: object) -> dict:
+    """Set these features and [web] title, and deploy (`settings` takes them back after)."""
+    def web_title(doc) -> None:
         doc.setdefault("web", tomlkit.table())["title"] = title
-    cli.config.write_text(tomlkit.dumps(doc))
-    report = cli.json("deploy")
-    assert report["ok"], report
-    return report
+
+    return settings.set(features=features, edit=web_title)
 
 
 def _no_changes(cli: Cli) -> None:
@@ -49,14 +43,14 @@ def _no_changes(cli: Cli) -> None:
 
 
 @pytest.fixture(scope="module")
-def sogo_on(deployed: Cli) -> Cli:
+def sogo_on(lab_settings: LabSettings) -> Cli:
     """SOGo, under a title written to break out of its config file (every test here runs
-    with it); the last test switches back and restores the title, or this does if it failed."""
-    _configure(deployed, title=HOSTILE_TITLE, webmail="sogo", radicale=False, activesync=True)
-    _no_changes(deployed)
-    yield deployed
-    if tomlkit.parse(deployed.config.read_text())["web"]["title"] != DEFAULT_TITLE:
-        _configure(deployed, title=DEFAULT_TITLE, webmail="roundcube", activesync=False)
+    with it); the last test switches back to Roundcube. mailfleet.toml goes back to what it
+    was when the module ends (`lab_settings`), and the next module's deploy takes the hosts
+    back even if that last test failed."""
+    _configure(lab_settings, HOSTILE_TITLE, webmail="sogo", radicale=False, activesync=True)
+    _no_changes(lab_settings.cli)
+    return lab_settings.cli
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +217,8 @@ def test_a_hostile_title_stays_a_title_and_no_header_logs_anyone_in(node: Node, 
         assert user not in page, (header, status, page[:2000])
 
 
-def test_switching_back_to_roundcube_removes_sogo(sogo_on: Cli):
-    _configure(sogo_on, title=DEFAULT_TITLE, webmail="roundcube", activesync=False)
+def test_switching_back_to_roundcube_removes_sogo(sogo_on: Cli, lab_settings: LabSettings):
+    _configure(lab_settings, DEFAULT_TITLE, webmail="roundcube", activesync=False)
     for name in ("n1", "n2"):
         left = sogo_on.ssh(name, "dpkg-query -W -f='${Package} ${Status}\\n' 'sogo*' "
                                  "memcached 2>/dev/null | grep ' installed' || true")

@@ -1,21 +1,12 @@
 """Switching webmail off in mailfleet.toml removes Roundcube cleanly, and switching it back
-brings it back with the users' data (runs after the other tests of the shared lab)."""
+brings it back with the users' data (the file goes back to what it was after the module:
+`lab_settings`)."""
 
 from __future__ import annotations
 
 import json
 
-import tomlkit
-from conftest import Cli
-
-
-def _set_webmail(cli: Cli, choice: str) -> dict:
-    doc = tomlkit.parse(cli.config.read_text())
-    doc["features"]["webmail"] = choice
-    cli.config.write_text(tomlkit.dumps(doc))
-    report = cli.json("deploy")
-    assert report["ok"], report
-    return report
+from conftest import Cli, LabSettings
 
 
 def _login_page(cli: Cli, node: str) -> str:
@@ -23,8 +14,9 @@ def _login_page(cli: Cli, node: str) -> str:
                          f"{node}.example.test:443:127.0.0.1 https://{node}.example.test/")
 
 
-def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(deployed: Cli):
-    _set_webmail(deployed, "none")
+def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(lab_settings: LabSettings):
+    deployed = lab_settings.cli
+    lab_settings.set(features={"webmail": "none"})
     for node in ("n1", "n2"):
         assert _login_page(deployed, node) == "404"
         left = deployed.ssh(node, "dpkg-query -W -f='${Package} ${Status}\\n' 'roundcube*' "
@@ -41,7 +33,7 @@ def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(deployed: C
     assert health["ok"], [c for c in health["checks"] if c["status"] != "ok"]
     assert not [c for c in health["checks"] if c["name"] == "webmail login page"]
 
-    _set_webmail(deployed, "roundcube")
+    lab_settings.set(features={"webmail": "roundcube"})
     for node in ("n1", "n2"):
         assert _login_page(deployed, node) == "200"
     again = deployed.json("deploy")

@@ -6,6 +6,7 @@ downloads a browser here.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,6 +16,9 @@ CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--no-first-run"]
 TIMEOUT_MS = 30_000
+# where the browser tests leave their screenshots (Roundcube's and SOGo's)
+ARTIFACTS = Path(os.environ.get("MAILFLEET_ARTIFACTS",
+                                Path(__file__).resolve().parents[2] / "artifacts")) / "screenshots"
 
 
 @contextmanager
