@@ -6,12 +6,10 @@ nginx must never serve."""
 from __future__ import annotations
 
 import http.client
-import os
 import shlex
 import socket
 import uuid
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import pytest
 
