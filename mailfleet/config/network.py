@@ -196,7 +196,7 @@ class HostSettings(Strict):
             )
         return value
 
-    @field_validator("ipv4")
+    @field_validator("ipv4", "vpn_address")
     @classmethod
     def _check_ipv4(cls, value: str | None) -> str | None:
         return checked_ip(value, 4)
@@ -205,11 +205,6 @@ class HostSettings(Strict):
     @classmethod
     def _check_ipv6(cls, value: str | None) -> str | None:
         return checked_ip(value, 6)
-
-    @field_validator("vpn_address")
-    @classmethod
-    def _check_vpn_address(cls, value: str | None) -> str | None:
-        return checked_ip(value, 4)
 
     @field_validator("vpn_endpoint")
     @classmethod

@@ -79,9 +79,6 @@ class HostPlan:
     def db(self) -> bool:
         return "db" in self.roles
 
-    def runs(self, service: str) -> bool:
-        return service in self.services
-
 
 @dataclass
 class Provided:

@@ -59,15 +59,13 @@ def host_checks(name: str, units: list[Unit], text: str) -> list[CheckResult]:
 
 
 def checks(engine: Engine) -> list[CheckResult]:
-    wanted = {name: [u for u in plan.units if u.checked] for name, plan in engine.plans.items()}
-    texts: dict[str, str] = {}
-    for command in {_command([u.name for u in units]) for units in wanted.values() if units}:
-        # one read for all hosts with the same units (every host, on a one-shape fleet)
-        found = engine.facts(Command, command=command)
-        texts.update({name: found.get(name) or "" for name, units in wanted.items()
-                      if units and _command([u.name for u in units]) == command})
-    return [result for name, units in wanted.items() if units
-            for result in host_checks(name, units, texts[name])]
+    wanted = {name: units for name, plan in engine.plans.items()
+              if (units := [u for u in plan.units if u.checked])}
+    commands = {name: _command([u.name for u in units]) for name, units in wanted.items()}
+    # one read for all hosts with the same units (every host, on a one-shape fleet)
+    found = {command: engine.facts(Command, command=command) for command in set(commands.values())}
+    return [result for name, units in wanted.items()
+            for result in host_checks(name, units, found[commands[name]].get(name) or "")]
 
 
 SERVICE = Service("units", checks=checks)
