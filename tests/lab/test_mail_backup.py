@@ -278,7 +278,8 @@ def test_removing_the_repository_stops_backups_and_wal_archiving(backups_on: Cli
         report = backups_on.json("deploy")
         assert report["ok"], report
         for host in ("n1", "n2"):
-            assert backups_on.ssh(host, "runuser -u postgres -- psql -XAtc 'SHOW archive_mode'") == "off"
+            mode = backups_on.ssh(host, "runuser -u postgres -- psql -XAtc 'SHOW archive_mode'")
+            assert mode == "off", mode
             timer = backups_on.ssh(host, f"systemctl is-active {backup.UNIT}.timer || true")
             assert timer in ("inactive", "unknown"), timer
             gone = backups_on.ssh(host, f"ls {backup.REPOSITORY_FILE} {backup.PASSWORD_FILE} "
