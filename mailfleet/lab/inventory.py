@@ -12,7 +12,8 @@ from mailfleet.config import read_text, save
 from mailfleet.lab import network
 from mailfleet.lab.acme import LabAcme
 from mailfleet.lab.dns import LabDns
-from mailfleet.lab.lab import Lab, LabState
+from mailfleet.lab.lab import Lab
+from mailfleet.lab.state import LabState
 from mailfleet.templating import render_init
 
 LAB_DOMAIN = "example.test"

@@ -24,7 +24,7 @@ from pyinfra.operations import files, systemd
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.operations import unit_restarted
-from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
 from mailfleet.localfile import write_private
@@ -50,10 +50,12 @@ STAMP = "/var/lib/mailfleet/backup-last-success"
 REPOSITORY_MARK = "/var/lib/mailfleet/backup-repository"
 RESTORED = "/var/lib/mailfleet/backup-restored"
 UNIT = "mailfleet-backup"
+UNIT_FILES = tuple(f"/etc/systemd/system/{UNIT}.{kind}" for kind in ("service", "timer"))
+CACHE_DIR = "/var/cache/mailfleet/restic"
 # constant paths only, quoted anyway: the prefix of every restic command on a host
 ENVIRONMENT = " ".join(f"{name}={shlex.quote(value)}" for name, value in {
     "RESTIC_REPOSITORY_FILE": REPOSITORY_FILE, "RESTIC_PASSWORD_FILE": PASSWORD_FILE,
-    "RESTIC_CACHE_DIR": "/var/cache/mailfleet/restic"}.items())
+    "RESTIC_CACHE_DIR": CACHE_DIR}.items())
 RESTIC = f"{ENVIRONMENT} restic"
 # what a rebuilt host needs besides the packages and mailfleet.toml
 PATHS = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, certs.TLS_DIR, "/etc/mailfleet", PG_DIR,
@@ -114,9 +116,44 @@ def script(config, postgresql: str) -> str:
                   keep_monthly=settings.keep_monthly, stamp_file=STAMP)
 
 
+def archive_conf(ctx: HostContext) -> str:
+    return f"{postgres.conf_dir(ctx)}/mailfleet-archive.conf"
+
+
+@operation()
+def stop_backups(paths: list[str]):
+    """Backups switched off: the timer stops, mailfleet's units, script, repository address,
+    password copy and restic cache go. The repository itself and the local base backups and
+    WAL in ROOT stay: they are the user's data (a restore may still need them)."""
+    quoted = " ".join(shlex.quote(p) for p in paths)
+    yield (f"systemctl disable --now {UNIT}.timer >/dev/null 2>&1; "
+           f"systemctl stop {UNIT}.service >/dev/null 2>&1; "
+           f"rm -f {quoted} && rm -rf {shlex.quote(CACHE_DIR)} && systemctl daemon-reload")
+
+
+def retire(ctx: HostContext) -> None:
+    """Undo what deploy set up, where backups are off (features.backups = false, no [backup]
+    repository, no mail role): only when mailfleet's setup is there (per the snapshot), so a
+    second deploy changes nothing. PostgreSQL stops archiving WAL (archive_mode needs a
+    restart: once, only when the archive file was there)."""
+    archive = archive_conf(ctx)
+    present = [path for path in (REPOSITORY_FILE, PASSWORD_FILE, OLD_ENV_FILE, SCRIPT,
+                                 *UNIT_FILES, archive)
+               if isinstance(ctx.file_state(path), FileState)]
+    if not present:
+        return
+    ctx.op(stop_backups, name=f"Stop backups (the repository and {ROOT} are kept)",
+           paths=present)
+    if archive in present:
+        ctx.op(unit_restarted, name="Restart postgresql (WAL archiving off)", unit="postgresql")
+
+
 def deploy(ctx: HostContext) -> None:
     if not ctx.plan.backup_repository:
-        return  # `check` warns: backups are wanted but have nowhere to go
+        # `check` warns: backups are wanted but have nowhere to go; what an earlier
+        # repository set up goes, as when backups are switched off
+        retire(ctx)
+        return
     settings = ctx.config.backup
     release = platform(ctx)
     ctx.op(config_file, name="Keep the backup repository password", dest=PASSWORD_FILE,
@@ -128,7 +165,7 @@ def deploy(ctx: HostContext) -> None:
         ctx.op(files.directory, name=f"Create {path}", path=path, user="postgres",
                group="postgres", mode="700")
     archive = ctx.op(config_file, name="Archive PostgreSQL's WAL",
-                     dest=f"{postgres.conf_dir(ctx)}/mailfleet-archive.conf",
+                     dest=archive_conf(ctx),
                      content=render("backup/archive.conf.j2", wal_dir=WAL_DIR),
                      user="postgres", group="postgres")
     ctx.op(unit_restarted, name="Restart postgresql (archiving)", unit="postgresql",
@@ -239,4 +276,7 @@ def integrity_problem(settings: HostSettings) -> str | None:
 
 SERVICE = Service("backup", applies=lambda plan: plan.backups,
                   packages=lambda plan: PACKAGES if plan.backup_repository else [],
-                  deploy=deploy, checks=checks, snapshot=SNAPSHOT)
+                  deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
+                  # the units (the rest of its files lie below other services' paths): the
+                  # snapshot lists them, so retire knows whether mailfleet's setup is there
+                  managed_paths=UNIT_FILES)

@@ -12,7 +12,7 @@ import tomlkit
 
 from conftest import Cli, key_login, lab_leftovers, lab_name, password_login
 
-from mailfleet.lab.lab import VPS_PASSWORD, VPS_USER
+from mailfleet.lab.boot import VPS_PASSWORD, VPS_USER
 
 from mailfleet.config import load
 

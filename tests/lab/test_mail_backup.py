@@ -20,8 +20,8 @@ from datetime import datetime, timezone
 
 import pytest
 import tomlkit
-from conftest import (DOMAIN, PASSWORD, Cli, LabNet, LabSettings, Node, lab_leftovers,
-                      lab_name, shared_node)
+from conftest import (DOMAIN, PASSWORD, Cli, LabNet, LabSettings, Node, edited_config,
+                      lab_leftovers, lab_name, shared_node)
 
 from mailfleet.engine import mailclient
 from mailfleet.services import backup
@@ -262,3 +262,35 @@ def test_point_in_time_restore_returns_to_before_the_password_change(drill):
                  "--to-time", "2099-01-01T00:00:00Z", "--yes", check=False)
     assert late.returncode == 2 and "the latest state is as far as a restore can go" in late.stderr
     assert b.imap_login(user, PASSWORD)
+
+
+# -- switched off (last: the module's other tests need the backups) --------------------------
+
+def test_removing_the_repository_stops_backups_and_wal_archiving(backups_on: Cli):
+    """Without [backup] a deploy undoes the backup setup on both releases: no WAL archiving,
+    no timer, no repository address or password on the host; the local base backups and WAL
+    (and the repository) stay, being the user's data. `check` passes, a second deploy
+    changes nothing."""
+    def no_repository(doc) -> None:
+        del doc["backup"]
+
+    with edited_config(backups_on, no_repository):
+        report = backups_on.json("deploy")
+        assert report["ok"], report
+        for host in ("n1", "n2"):
+            mode = backups_on.ssh(host, "runuser -u postgres -- psql -XAtc 'SHOW archive_mode'")
+            assert mode == "off", mode
+            timer = backups_on.ssh(host, f"systemctl is-active {backup.UNIT}.timer || true")
+            assert timer in ("inactive", "unknown"), timer
+            gone = backups_on.ssh(host, f"ls {backup.REPOSITORY_FILE} {backup.PASSWORD_FILE} "
+                                        f"{backup.SCRIPT} 2>/dev/null || true")
+            assert gone == "", gone
+            kept = backups_on.ssh(host, f"test -d {backup.WAL_DIR} && test -f {REPOSITORY}/config "
+                                        "&& echo kept")
+            assert kept == "kept"
+        health = json.loads(backups_on("check", "--json", check=False).stdout)
+        names = {c["name"] for c in health["checks"]}
+        assert "last backup" not in names and "WAL archiving" not in names, names
+        assert health["ok"], [c for c in health["checks"] if c["status"] == "fail"]
+        again = backups_on.json("deploy")
+        assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
