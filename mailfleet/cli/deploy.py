@@ -16,7 +16,7 @@ from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine
-from mailfleet.services import ssh_vpn, sshd, wireguard
+from mailfleet.services import ssh_vpn, sshd, upstream, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -53,6 +53,7 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
     hosts = config.select_hosts(limit, g.config_path)
     with services.engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
         wireguard.prepare(engine, config.hosts)
+        upstream.prepare(engine, config.hosts)
         if quiet or check:
             report = engine.deploy(services.deploy_steps())
         else:

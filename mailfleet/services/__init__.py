@@ -40,6 +40,7 @@ from mailfleet.services import (
     sshd,
     system,
     units,
+    upstream,
     wireguard,
 )
 from mailfleet.services.checks import CheckResult
@@ -67,6 +68,7 @@ SERVICES: list[Service] = [
     sshd.SERVICE,
     mailstore.SERVICE,
     certs.SERVICE,
+    upstream.SERVICE,  # a web-only host: trust and find its mail host
     postgres.SERVICE,
     opendkim.SERVICE,
     opendmarc.SERVICE,

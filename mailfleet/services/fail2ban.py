@@ -43,7 +43,7 @@ def deploy(ctx: HostContext) -> None:
     jail_file = ctx.op(config_file, name=f"Write the fail2ban jails {JAIL_FILE}", dest=JAIL_FILE,
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
-                                  ignore=ignored(ctx.config, ctx.settings),
+                                  ignore=[*ignored(ctx.config, ctx.settings), *ctx.plan.peers],
                                   jails=jails(ctx.plan),
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
     ctx.service("fail2ban", restart_when=(*filters, jail_file))

@@ -1,6 +1,7 @@
 """The host firewall (UFW): incoming traffic denied except the ports the deployed services
 listen on publicly, derived from the ports its services declare (the host plan), plus the port
-sshd really listens on. Rules mailfleet did not ask for are removed, so what is open is
+sshd really listens on; a `private` port (PostgreSQL for web-only hosts) is opened to those
+hosts' addresses alone. Rules mailfleet did not ask for are removed, so what is open is
 exactly what `check` expects.
 """
 
@@ -45,9 +46,17 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
             rules[vpn_rule(port)] = "ssh over the VPN"
         else:
             rules[rule(port)] = what
+    for port in plan.ports:  # what only the fleet's other hosts use: to them alone
+        if port.exposure == "private":
+            for peer in plan.peers:
+                rules[private_rule(peer, port.number)] = f"{port.what} for {peer}"
     if config.features.wireguard:
         rules[f"allow {config.vpn.port}/udp"] = "wireguard"
     return rules
+
+
+def private_rule(source: str, port: int) -> str:
+    return f"allow from {source} to any port {port} proto tcp"
 
 
 def vpn_rule(port: int) -> str:
@@ -56,7 +65,7 @@ def vpn_rule(port: int) -> str:
 
 def _port_list(rules: Iterable[str]) -> str:
     return ", ".join(r.removeprefix("allow ").replace(" to any port ", " ")
-                     .replace(" proto tcp", "/tcp") for r in rules)
+                     .replace(" proto tcp", "/tcp").replace("from ", "") for r in rules)
 
 
 def parse(text: str) -> tuple[bool, list[str], dict[str, str], set[int]]:
@@ -120,7 +129,7 @@ def checks(engine: Engine) -> list[CheckResult]:
         extra, missing = set(rules) - wanted, wanted - set(rules)
         deny = policies.get("DEFAULT_INPUT_POLICY") == "DROP"
         ok = not extra and not missing and deny
-        ports = _port_list(sorted(wanted, key=lambda r: int(re.findall(r"\d+", r)[0])))
+        ports = _port_list(sorted(wanted, key=lambda r: int(re.findall(r"(\d+)(?:/| proto)", r)[0])))
         results.append(CheckResult(
             name, "firewall", "ok" if ok else "fail",
             f"active, incoming denied except {ports}" if ok else

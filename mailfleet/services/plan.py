@@ -7,27 +7,58 @@ Role combinations mailfleet cannot deploy yet are refused here, before any host 
 
 from __future__ import annotations
 
+import ipaddress
+
 from mailfleet.config import Config, HostSettings
 from mailfleet.errors import ConfigError
-from mailfleet.services.shape import HostPlan
+from mailfleet.services.shape import HostPlan, Upstream
 
 ROLES = ("mail", "db", "web")
-# what works today: everything on one host, or a host without the web tier
-SUPPORTED = (frozenset({"mail", "db", "web"}), frozenset({"mail", "db"}))
+MAIL_AND_DB = frozenset({"mail", "db"})
+# what works today: everything on one host, a host without the web tier, and a web-only
+# host beside exactly one mail and database host
+SUPPORTED = (frozenset(ROLES), MAIL_AND_DB, frozenset({"web"}))
+
+
+def _listed(roles: frozenset[str]) -> str:
+    return ", ".join(f'"{r}"' for r in ROLES if r in roles)
+
+
+def private_address(config: Config, host: HostSettings) -> str:
+    """Where the other hosts of the fleet reach this one: its VPN address when WireGuard is
+    on, else the address mailfleet connects to."""
+    return config.vpn_address(host) if config.features.wireguard else host.address
 
 
 def check_roles(config: Config, hosts: list[HostSettings]) -> None:
     """Refuse, in one sentence naming the host, a role combination that cannot work yet."""
     for host in hosts:
         roles = frozenset(host.roles)
-        if roles in SUPPORTED:
-            continue
-        listed = ", ".join(f'"{r}"' for r in ROLES if r in roles)
+        if roles not in SUPPORTED:
+            raise ConfigError(
+                f"host {host.name!r} has roles [{_listed(roles)}]: a host without both \"mail\" "
+                "and \"db\" would need the accounts database or the mail store on another "
+                "host, which mailfleet cannot deploy yet.",
+                hint='Give it roles ["mail", "db", "web"], ["mail", "db"] or ["web"].')
+    web_only = [h for h in hosts if frozenset(h.roles) == {"web"}]
+    if not web_only:
+        return
+    mail_hosts = [h for h in hosts if MAIL_AND_DB <= frozenset(h.roles)]
+    if len(mail_hosts) != 1:
         raise ConfigError(
-            f"host {host.name!r} has roles [{listed}]: a host without both \"mail\" and \"db\" "
-            "would need the accounts database or the mail store on another host, which "
-            "mailfleet cannot deploy yet.",
-            hint='Give it roles ["mail", "db", "web"] or ["mail", "db"].')
+            f"host {web_only[0].name!r} has roles [\"web\"]: a web-only host needs exactly one "
+            f"host with roles \"mail\" and \"db\" to talk to, and the config has "
+            f"{len(mail_hosts)}.",
+            hint='Give one host roles ["mail", "db"] and the web hosts ["web"].')
+    for host in [*web_only, *mail_hosts]:
+        address = private_address(config, host)
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(
+                f"host {host.name!r}: its address {address!r} is a name, but the web and mail "
+                "hosts admit each other by IP address (firewall, PostgreSQL).",
+                hint="Give its IP address as `address`, or turn on features.wireguard.") from None
 
 
 def make_plan(config: Config, host: HostSettings) -> HostPlan:
@@ -35,7 +66,14 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
     roles = frozenset(host.roles)
     web = "web" in roles
     features = config.features
-    # a host of the supported combinations holds its own database and mail store
+    upstream = None
+    if not MAIL_AND_DB <= roles:  # web-only: check_roles made sure there is one mail host
+        mail_host = next(h for h in config.hosts if MAIL_AND_DB <= frozenset(h.roles))
+        upstream = Upstream(mail_host.name, config.host_fqdn(mail_host),
+                            private_address(config, mail_host))
+    peers = () if upstream else tuple(
+        private_address(config, h) for h in config.hosts if frozenset(h.roles) == {"web"})
+    any_web = web or bool(peers)
     return HostPlan(
         host=host.name, roles=roles,
         webmail=features.webmail if web else "none",
@@ -47,8 +85,12 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         backup_repository=config.backup.repository is not None,
         firewall=features.firewall,
         wireguard=features.wireguard,
-        database_host=host.name,
-        mail_host=host.name,
+        database_host=upstream.name if upstream else host.name,
+        mail_host=upstream.name if upstream else host.name,
+        upstream=upstream, peers=peers,
+        private_address=private_address(config, host) if upstream or peers else "",
+        webmail_databases=((features.webmail,) if "db" in roles and any_web
+                           and features.webmail != "none" else ()),
     )
 
 
@@ -58,4 +100,4 @@ def full_plan() -> HostPlan:
     return HostPlan(host="*", roles=frozenset(ROLES), webmail="roundcube", activesync=False,
                     radicale=True, acme=False, acme_dns01=False, backups=True,
                     backup_repository=True, firewall=True, wireguard=True,
-                    database_host="*", mail_host="*")
+                    database_host="*", mail_host="*", webmail_databases=("roundcube",))

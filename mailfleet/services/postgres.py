@@ -1,23 +1,27 @@
 """PostgreSQL from Debian: the `mailfleet` database, its roles, its schema, small-VPS tuning.
 
-Listens on localhost only. Postfix and Dovecot connect over TCP to 127.0.0.1 with SCRAM
-(Postfix's chrooted smtpd cannot reach the unix socket, and Debian's `peer` rule refuses
-non-system roles there); mailfleet itself works as `postgres` through the unix socket.
+Listens on localhost, and on the private address when web-only hosts use it (their
+webmail's roles only, over TLS with the host certificate, from their addresses alone).
+Postfix and Dovecot connect over TCP to 127.0.0.1 with SCRAM (Postfix's chrooted smtpd
+cannot reach the unix socket, and Debian's `peer` rule refuses non-system roles there);
+mailfleet itself works as `postgres` through the unix socket.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
-from pyinfra.operations import systemd
+from pyinfra.operations import files, systemd
 
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Port, Service, Unit, provided
@@ -129,19 +133,48 @@ def conf_dir(ctx: HostContext) -> str:
     return f"/etc/postgresql/{platform(ctx).postgresql}/main/conf.d"
 
 
+# what each webmail's role may reach on the database host, from a web host
+_WEBMAIL_ACCESS = {
+    "roundcube": (("roundcube", "mailfleet_roundcube"), (schema.DATABASE, "mailfleet_password")),
+    "sogo": (("sogo", "mailfleet_sogo"), (schema.DATABASE, "mailfleet_sogo")),
+}
+
+
+def hba_peers(plan) -> list[dict]:
+    """pg_hba.conf's lines for the web hosts this host serves: their webmail's roles, from
+    their address alone, over TLS."""
+    lines = [{"database": db, "role": role} for kind in plan.webmail_databases
+             for db, role in _WEBMAIL_ACCESS.get(kind, ())]
+    return [{"address": peer, "network": str(ipaddress.ip_network(peer)), "lines": lines}
+            for peer in plan.peers] if lines else []
+
+
 def deploy(ctx: HostContext) -> None:
+    peers = hba_peers(ctx.plan)
+    listen = ctx.plan.private_address if peers else ""
+    key = None
+    if peers:  # PostgreSQL (in group ssl-cert) reads the host's key as Postfix and Dovecot do
+        key = ctx.op(files.file, name="Let PostgreSQL read the host's TLS key",
+                     path=certs.KEY_FILE, user="root", group="ssl-cert", mode="640")
     tuning = ctx.op(
         config_file,
         name="Configure PostgreSQL for a small host",
         dest=f"{conf_dir(ctx)}/mailfleet.conf",
-        content=render("postgresql/mailfleet.conf.j2"),
+        content=render("postgresql/mailfleet.conf.j2", listen=listen, cert_file=certs.CERT_FILE,
+                       key_file=certs.KEY_FILE),
         user="postgres", group="postgres",
     )
+    hba = ctx.op(config_file, name="Admit local roles and the web hosts (pg_hba.conf)",
+                 dest=f"{conf_dir(ctx).removesuffix('/conf.d')}/pg_hba.conf",
+                 content=render("postgresql/pg_hba.conf.j2", peers=peers),
+                 user="postgres", group="postgres", mode="640")
     restart = ctx.op(config_file, name="Restart PostgreSQL when it dies",
                      dest="/etc/systemd/system/postgresql@.service.d/mailfleet.conf",
                      content=render("postgresql/restart.conf.j2"))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(restart))
-    provided(ctx).postgresql_started = ctx.service("postgresql", restart_when=(tuning,))
+    provided(ctx).postgresql_started = ctx.service(
+        "postgresql", restart_when=(tuning,),
+        reload_when=(hba, key, provided(ctx).certificate) if peers else (hba,))
     state = database_state(ctx)
     ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,
            exists=schema.DATABASE in state.databases)
@@ -154,6 +187,26 @@ def deploy(ctx: HostContext) -> None:
            version=state.schema_version)
     missing = [d for d in ctx.config.mail.all_domains if d not in state.domains]
     ctx.op(domains, name="Add the configured domains", names=missing)
+    for kind in ctx.plan.webmail_databases:
+        webmail_database(ctx, kind, state)
+
+
+# webmail's own database: name, owner role, and whether the role is the schema's own
+WEBMAIL_DATABASES = {"roundcube": ("roundcube", "mailfleet_roundcube", False),
+                     "sogo": ("sogo", "mailfleet_sogo", True)}
+
+
+def webmail_database(ctx: HostContext, kind: str, state: DatabaseState) -> None:
+    """The database Roundcube or SOGo keeps its own data in (settings, address books,
+    calendars), owned by its role: on the database host, for itself or for web hosts."""
+    dbname, owner, schema_role = WEBMAIL_DATABASES[kind]
+    if not schema_role:
+        _, fresh = ctx.secret(f"postgres-{owner}")
+        ctx.op(role, name=f"Create the {owner} role", rolename=owner,
+               password_file=f"{SECRETS_DIR}/postgres-{owner}", exists=owner in state.roles,
+               set_password=fresh)
+    ctx.op(database, name=f"Create the {dbname} database", dbname=dbname,
+           exists=dbname in state.databases, owner=owner)
 
 
 @operation()
@@ -210,5 +263,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("postgres", applies=lambda plan: plan.db, packages=tuple(PACKAGES),
                   deploy=deploy, checks=checks, snapshot=SNAPSHOT,
-                  units=(Unit("postgresql", (Port(5432, "PostgreSQL (localhost)", "local"),)),),
+                  units=(Unit("postgresql", (Port(5432, "PostgreSQL", "private"),)),),
                   managed_paths=("/etc/postgresql",))

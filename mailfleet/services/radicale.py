@@ -14,7 +14,7 @@ from pyinfra.operations import files, systemd
 
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import FileState
-from mailfleet.services import certs, system
+from mailfleet.services import system, upstream
 from mailfleet.services.checks import CheckResult, https_fetch
 from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
@@ -43,7 +43,8 @@ def retire(ctx: HostContext) -> None:
 
 
 def deploy(ctx: HostContext) -> None:
-    values = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, port=PORT, storage=STORAGE,
+    where = upstream.endpoints(ctx)  # logins are checked by the mail host's IMAP
+    values = dict(fqdn=ctx.fqdn, mail_host=where.mail_host, ca_file=where.ca_file, port=PORT, storage=STORAGE,
                   path=ctx.config.web.radicale_path, module_dir=MODULE_DIR)
     ctx.op(files.directory, name="Create Radicale's storage", path=STORAGE, user="radicale",
            group="radicale", mode="750")

@@ -1,5 +1,6 @@
 """Roundcube from Debian's packages: its own PostgreSQL database and role, IMAP/SMTP/Sieve
-over TLS to this host, the ManageSieve and password plugins, PHP-FPM on demand.
+over TLS to the mail host (this one, or the upstream of a web-only host), the ManageSieve
+and password plugins, PHP-FPM on demand.
 
 Debian's dbconfig-common is kept out (it needs PostgreSQL running in the middle of the one
 apt run): mailfleet makes the database, loads Roundcube's schema once and runs its
@@ -8,6 +9,8 @@ apt run): mailfleet makes the database, loads Roundcube's schema once and runs i
 
 from __future__ import annotations
 
+import shlex
+
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
@@ -15,8 +18,7 @@ from pyinfra.operations import files
 
 from mailfleet.accounts import passwords
 from mailfleet.engine import Engine, HostContext, config_file, debconf
-from mailfleet.engine.snapshot import SECRETS_DIR
-from mailfleet.services import certs, postgres, system
+from mailfleet.services import postgres, system, upstream
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Service
@@ -73,6 +75,24 @@ def schema(installed: str, loaded: str, stamp: str):
            f"&& {version} > {STAMP}")
 
 
+def _libpq_tls(ca_file: str) -> str:
+    return f"PGSSLMODE=verify-full PGSSLROOTCERT={shlex.quote(ca_file)}"
+
+
+@operation()
+def remote_schema(installed: str, stamp: str, ca_file: str):
+    """On a web-only host: Roundcube's own scripts load its tables over the network (as
+    its role, through the config's DSN), or upgrade them after a package upgrade. The
+    stamp says which package version the tables were made for."""
+    if installed and stamp == installed:
+        host.noop(f"Roundcube schema made for roundcube-core {installed}")
+        return
+    version = "dpkg-query -W -f='${Version}' roundcube-core"
+    run = f"runuser -u www-data -- env {_libpq_tls(ca_file)} /usr/share/roundcube/bin"
+    yield (f"{{ {run}/initdb.sh --dir={SQL_DIR} || "
+           f"{run}/updatedb.sh --package=roundcube --dir={SQL_DIR}; }} && {version} > {STAMP}")
+
+
 @operation()
 def remove(php: str):
     """Webmail switched away from Roundcube: its packages, PHP-FPM and config files go; its
@@ -99,25 +119,24 @@ def retire(ctx: HostContext) -> None:
 def deploy(ctx: HostContext) -> None:
     state = _state(ctx)
     config = ctx.config
-    db_state = postgres.database_state(ctx)
-    db_password, fresh = ctx.secret(f"postgres-{ROLE}")
-    ctx.op(postgres.role, name=f"Create the {ROLE} role", rolename=ROLE,
-           password_file=f"{SECRETS_DIR}/postgres-{ROLE}", exists=ROLE in db_state.roles,
-           set_password=fresh)
-    ctx.op(postgres.database, name="Create the roundcube database", dbname=DATABASE,
-           exists=DATABASE in db_state.databases, owner=ROLE)
-    password_role_password, _ = ctx.secret("postgres-mailfleet_password")
+    # its database and role are the database host's (postgres.webmail_database)
+    where = upstream.endpoints(ctx)
     des_key, _ = ctx.secret("roundcube-des-key")
-    common = dict(fqdn=ctx.fqdn, ca_file=certs.CA_FILE, upload_mb=config.mail.message_size_mb)
+    common = dict(fqdn=where.mail_host, ca_file=where.ca_file,
+                  server=where.mail_host if where.remote else "localhost",
+                  upload_mb=config.mail.message_size_mb)
     php_files = {
         "/etc/roundcube/config.inc.php": render(
-            "roundcube/config.inc.php.j2", **common, db_user=ROLE, db_password=db_password,
-            db_name=DATABASE, des_key=des_key[:24], title=config.web.title),
+            "roundcube/config.inc.php.j2", **common, db_user=ROLE,
+            db_password=upstream.secret(ctx, f"postgres-{ROLE}"), db_host=where.db_host,
+            db_name=DATABASE, des_key=des_key[:24], title=config.web.title,
+            remote=where.remote),
         "/etc/roundcube/plugins/managesieve/config.inc.php": render(
             "roundcube/managesieve.inc.php.j2", **common),
         "/etc/roundcube/plugins/password/config.inc.php": render(
             "roundcube/password.inc.php.j2", db_user="mailfleet_password",
-            db_password=password_role_password, db_name="mailfleet",
+            db_password=upstream.secret(ctx, "postgres-mailfleet_password"),
+            db_host=where.db_host, db_name="mailfleet",
             argon2=passwords.PARAMETERS, min_length=config.mail.min_password_length),
     }
     for dest, content in php_files.items():
@@ -125,14 +144,21 @@ def deploy(ctx: HostContext) -> None:
                group="www-data", secret=True)
 
     # after the config: updatedb.sh reads the database settings from it
-    ctx.op(schema, name="Load or upgrade Roundcube's schema", installed=state.get("installed", ""),
-           loaded=state.get("schema", ""), stamp=state.get("stamp", ""))
+    if where.remote:
+        ctx.op(remote_schema, name="Load or upgrade Roundcube's schema on the database host",
+               installed=state.get("installed", ""), stamp=state.get("stamp", ""),
+               ca_file=where.ca_file)
+    else:
+        ctx.op(schema, name="Load or upgrade Roundcube's schema",
+               installed=state.get("installed", ""), loaded=state.get("schema", ""),
+               stamp=state.get("stamp", ""))
 
     release = platform(ctx)
     pool_dir = f"/etc/php/{release.php}/fpm/pool.d"
     pool = ctx.op(config_file, name="Write the Roundcube PHP-FPM pool", dest=f"{pool_dir}/roundcube.conf",
                   content=render("roundcube/php-fpm-pool.conf.j2", socket=php_socket(ctx),
-                                 max_children=4, upload_mb=config.mail.message_size_mb + 5))
+                                 max_children=4, upload_mb=config.mail.message_size_mb + 5,
+                                 db_ca_file=where.ca_file if where.remote else ""))
     www = ctx.op(files.file, name="Remove PHP-FPM's default pool", path=f"{pool_dir}/www.conf",
                  present=False)
     ctx.service(f"php{release.php}-fpm", restart_when=(pool, www))

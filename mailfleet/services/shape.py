@@ -42,6 +42,17 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class Upstream:
+    """Where a host without the mail and db roles finds them (services/upstream.py): the
+    mail host's name, the FQDN its certificate names, and its private address (on the VPN
+    when WireGuard is on, else the address mailfleet reaches it at)."""
+
+    name: str
+    fqdn: str
+    address: str
+
+
+@dataclass(frozen=True)
 class HostPlan:
     """What one host runs, decided once from the config and its roles (services/plan.py)."""
 
@@ -58,6 +69,14 @@ class HostPlan:
     wireguard: bool
     database_host: str  # where this host's services find the accounts database
     mail_host: str  # where clients and webmail find IMAP and submission
+    # a web-only host: the mail and database host it talks to (None: it is this host)
+    upstream: Upstream | None = None
+    # a mail and database host: the private addresses of the web-only hosts it serves (the
+    # firewall opens its `private` ports to them alone, PostgreSQL admits them over TLS)
+    peers: tuple[str, ...] = ()
+    private_address: str = ""  # this host's own private address (where peers reach it)
+    # the webmail databases this (db) host holds: for itself and for the hosts it serves
+    webmail_databases: tuple[str, ...] = ()
     # filled in by services.plan_host(): the services that run here, and the ports they
     # listen on (the firewall opens the public ones)
     services: tuple[str, ...] = field(default=())

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
+from pyinfra.operations import systemd
 
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file
-from mailfleet.services import postgres, system
+from mailfleet.services import system, upstream
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import HostPlan, Service, Unit
@@ -28,6 +29,8 @@ DATABASE = "sogo"
 ROLE = "mailfleet_sogo"
 PORT = 20000
 CONFIG = "/etc/sogo/sogo.conf"
+DROP_IN_DIR = "/etc/systemd/system/sogo.service.d"
+DROP_IN = f"{DROP_IN_DIR}/mailfleet.conf"
 URL_PATH = "/SOGo"
 
 SNAPSHOT = {"sogo": "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' "
@@ -49,7 +52,8 @@ def remove(packages: list[str], everything: bool):
     SOGo any more) also its config, logs and spool; its database (users' calendars,
     contacts and preferences) stays until dropped by hand."""
     yield (system.purged(packages)
-           + (" && rm -rf /etc/sogo /var/log/sogo /var/spool/sogo" if everything else ""))
+           + (f" && rm -rf /etc/sogo /var/log/sogo /var/spool/sogo {DROP_IN_DIR}"
+              if everything else ""))
 
 
 def retire(ctx: HostContext) -> None:
@@ -64,23 +68,26 @@ def deploy(ctx: HostContext) -> None:
     if not ctx.plan.activesync and "sogo-activesync" in installed:
         ctx.op(remove, name="Remove SOGo's ActiveSync (activesync = false)",
                packages=ACTIVESYNC_PACKAGES, everything=False)
-    db_state = postgres.database_state(ctx)
-    password, _ = ctx.secret(f"postgres-{ROLE}")
-    # the role itself is one of the schema's (postgres.deploy made it): SOGo reads the
-    # users' view with it; here it gets SOGo's own database too
-    ctx.op(postgres.database, name="Create the sogo database", dbname=DATABASE,
-           exists=DATABASE in db_state.databases, owner=ROLE)
+    # its database and role are the database host's (postgres.webmail_database)
+    where = upstream.endpoints(ctx)
     conf = ctx.op(config_file, name=f"Write {CONFIG}", dest=CONFIG, mode="640", group="sogo",
                   secret=True,
                   content=render("sogo/sogo.conf.j2", fqdn=ctx.fqdn, db_user=ROLE,
-                                 db_password=password, db_name=DATABASE,
+                                 db_password=upstream.secret(ctx, f"postgres-{ROLE}"),
+                                 db_host=where.db_host, db_name=DATABASE, remote=where.remote,
+                                 server=where.mail_host,
                                  accounts_db=schema.DATABASE, domain=config.mail.domain,
                                  title=config.web.title, port=PORT,
                                  activesync=ctx.plan.activesync,
                                  min_password_length=config.mail.min_password_length,
                                  min_password_regex=f".{{{config.mail.min_password_length},}}"))
+    # libpq reads these from SOGo's environment: the database on the mail host is verified
+    env = ctx.op(config_file, name="Write SOGo's database TLS settings", dest=DROP_IN,
+                 content=render("sogo/service-override.conf.j2", ca_file=where.ca_file,
+                                remote=where.remote))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(env))
     ctx.service("memcached")
-    ctx.service("sogo", restart_when=(conf,))
+    ctx.service("sogo", restart_when=(conf, env))
 
 
 def nginx_values(ctx: HostContext) -> dict[str, object]:
@@ -116,4 +123,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("sogo", applies=lambda plan: plan.webmail == "sogo", packages=packages,
                   deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
+                  managed_paths=(DROP_IN_DIR,),
                   units=(Unit("sogo", checked=False), Unit("memcached", checked=False)))

@@ -123,7 +123,8 @@ SINGLE = [
      "Unknown release 'buster'"),
     # roles the services cannot deploy yet: refused before any host is reached
     ("roles-web-alone-deploy", ["-c", "{dir}/web.toml", "deploy"],
-     "host 'mx1' has roles [\"web\"]: a host without both \"mail\" and \"db\""),
+     "host 'mx1' has roles [\"web\"]: a web-only host needs exactly one host with roles "
+     "\"mail\" and \"db\" to talk to, and the config has 0"),
     ("roles-web-alone-check", ["-c", "{dir}/web.toml", "check"],
      "host 'mx1' has roles [\"web\"]"),
     ("roles-mail-without-db-deploy-check", ["-c", "{dir}/mail.toml", "deploy", "--check"],

@@ -114,6 +114,7 @@ class Plist:
 def sogo_conf(title: str = "Webmail", password: str = "pw", activesync: bool = True) -> dict:
     text = render("sogo/sogo.conf.j2", fqdn="mx1.example.org", db_user="mailfleet_sogo",
                   db_password=password, db_name="sogo", accounts_db="mailfleet",
+                  db_host="127.0.0.1", remote=False, server="localhost",
                   domain="example.org", title=title, port=20000, activesync=activesync,
                   min_password_length=12, min_password_regex=".{12,}")
     return Plist(text).document()
@@ -157,6 +158,7 @@ def php_single_quoted(text: str, key: str) -> str:
 def test_roundcube_config_keeps_hostile_values_in_php_strings(title):
     values = dict(fqdn="mx1.example.org", ca_file="/etc/mailfleet/tls/ca.crt",
                   db_user="roundcube", db_password=title, db_name="roundcube",
+                  db_host="127.0.0.1", server="localhost", remote=False,
                   des_key="0123456789abcdef01234567", upload_mb=30)
     text = render("roundcube/config.inc.php.j2", title=title, **values)
     assert php_single_quoted(text, "product_name") == title
@@ -191,7 +193,7 @@ def test_xml_refuses_what_xml_cannot_hold_and_autoescapes_the_rest():
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_radicale_auth_module_holds_hostile_strings_as_python_literals(value):
-    text = render("radicale/mailfleet_radicale_auth.py.j2", fqdn=value, ca_file=value)
+    text = render("radicale/mailfleet_radicale_auth.py.j2", mail_host=value, ca_file=value)
     tree = ast.parse(text)
     assigned = {node.targets[0].id: ast.literal_eval(node.value) for node in tree.body
                 if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
