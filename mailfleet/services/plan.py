@@ -26,8 +26,11 @@ def _listed(roles: frozenset[str]) -> str:
 
 def private_address(config: Config, host: HostSettings) -> str:
     """Where the other hosts of the fleet reach this one: its VPN address when WireGuard is
-    on, else the address mailfleet connects to."""
-    return config.vpn_address(host) if config.features.wireguard else host.address
+    on, else its public address (`ipv4`, `ipv6`, else `address`: what mailfleet connects
+    to may be a forward or a jump host's)."""
+    if config.features.wireguard:
+        return config.vpn_address(host)
+    return host.ipv4 or host.ipv6 or host.address
 
 
 def check_roles(config: Config, hosts: list[HostSettings]) -> None:
@@ -58,7 +61,8 @@ def check_roles(config: Config, hosts: list[HostSettings]) -> None:
             raise ConfigError(
                 f"host {host.name!r}: its address {address!r} is a name, but the web and mail "
                 "hosts admit each other by IP address (firewall, PostgreSQL).",
-                hint="Give its IP address as `address`, or turn on features.wireguard.") from None
+                hint="Give its IP address as `ipv4` (or `address`), or turn on "
+                     "features.wireguard.") from None
 
 
 def make_plan(config: Config, host: HostSettings) -> HostPlan:

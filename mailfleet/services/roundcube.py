@@ -33,6 +33,7 @@ DATABASE = "roundcube"
 ROLE = "mailfleet_roundcube"
 STAMP = "/var/lib/mailfleet/roundcube-schema-version"
 SQL_DIR = "/usr/share/roundcube/SQL"
+INITDB = "/usr/local/lib/mailfleet/roundcube-initdb.php"  # a web-only host's
 SCHEMA_QUERY = "SELECT value FROM system WHERE name = 'roundcube-version'"
 
 SNAPSHOT = {"roundcube": "; ".join([
@@ -88,9 +89,9 @@ def remote_schema(installed: str, stamp: str, ca_file: str):
         host.noop(f"Roundcube schema made for roundcube-core {installed}")
         return
     version = "dpkg-query -W -f='${Version}' roundcube-core"
-    run = f"runuser -u www-data -- env {_libpq_tls(ca_file)} /usr/share/roundcube/bin"
-    yield (f"{{ {run}/initdb.sh --dir={SQL_DIR} || "
-           f"{run}/updatedb.sh --package=roundcube --dir={SQL_DIR}; }} && {version} > {STAMP}")
+    run = f"runuser -u www-data -- env {_libpq_tls(ca_file)}"
+    yield (f"{{ {run} php {INITDB} || {run} /usr/share/roundcube/bin/updatedb.sh "
+           f"--package=roundcube --dir={SQL_DIR}; }} && {version} > {STAMP}")
 
 
 @operation()
@@ -103,7 +104,7 @@ def remove(php: str):
     yield (f"{system.purged([*PACKAGES, f'php{php}-fpm', 'php', f'php{php}'])} && "
            f"if dpkg-query -W -f '${{Status}}' apache2 2>/dev/null | grep -q 'ok installed'; then "
            f"{system.purge(apache)}; fi && "
-           f"rm -rf /etc/roundcube /var/lib/roundcube /etc/php/{php}/fpm {STAMP}")
+           f"rm -rf /etc/roundcube /var/lib/roundcube /etc/php/{php}/fpm {STAMP} {INITDB}")
 
 
 def _state(ctx: HostContext) -> dict[str, str]:
@@ -145,6 +146,8 @@ def deploy(ctx: HostContext) -> None:
 
     # after the config: updatedb.sh reads the database settings from it
     if where.remote:
+        ctx.op(config_file, name="Install Roundcube's schema loader", dest=INITDB,
+               content=render("roundcube/initdb.php.j2", sql_dir=SQL_DIR))
         ctx.op(remote_schema, name="Load or upgrade Roundcube's schema on the database host",
                installed=state.get("installed", ""), stamp=state.get("stamp", ""),
                ca_file=where.ca_file)

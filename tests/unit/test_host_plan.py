@@ -88,3 +88,79 @@ def test_every_service_has_a_unique_name_and_a_part_to_play():
     names = [s.name for s in services.SERVICES]
     assert len(names) == len(set(names))
     assert all(s.deploy or s.retire or s.checks for s in services.SERVICES)
+
+
+# -- the split tiers: a web-only host beside one mail and database host --------------------
+
+SPLIT = BASE + """
+[[hosts]]
+name = "mx1"
+address = "192.0.2.1"
+roles = ["mail", "db"]
+
+[[hosts]]
+name = "web1"
+address = "192.0.2.2"
+roles = ["web"]
+"""
+
+
+def _split(extra: str = "") -> dict:
+    config = parse(SPLIT + extra)
+    return services.plans(config, config.hosts)
+
+
+def test_a_web_only_host_runs_the_web_tier_and_finds_the_mail_host():
+    plans = _split()
+    web, mail = plans["web1"], plans["mx1"]
+    assert {"nginx", "roundcube", "upstream"} <= set(web.services)
+    assert not {"postgres", "postfix", "dovecot", "mailstore", "opendkim", "backup"} & set(web.services)
+    assert not {"nginx", "roundcube", "upstream"} & set(mail.services)
+    assert (web.upstream.name, web.upstream.fqdn, web.upstream.address) == \
+        ("mx1", "mx1.example.org", "192.0.2.1")
+    assert (web.database_host, web.mail_host) == ("mx1", "mx1")
+    assert mail.peers == ("192.0.2.2",) and mail.private_address == "192.0.2.1"
+    assert mail.webmail_databases == ("roundcube",) and web.webmail_databases == ()
+    web_packages, mail_packages = set(services.packages(web)), set(services.packages(mail))
+    assert {"nginx", "roundcube-core", "php-fpm", "ca-certificates"} <= web_packages
+    assert not {"postfix", "dovecot-core", "postgresql", "opendkim"} & web_packages
+    assert not {"nginx", "roundcube-core", "php-fpm"} & mail_packages
+
+
+def test_postgresql_is_opened_to_the_web_host_alone():
+    plans = _split()
+    mail_rules = firewall.wanted_rules(parse(SPLIT), plans["mx1"], {22}, False)
+    assert "allow from 192.0.2.2 to any port 5432 proto tcp" in mail_rules
+    assert "allow 5432/tcp" not in mail_rules and "allow 443/tcp" not in mail_rules
+    assert set(firewall.public_ports(plans["web1"], {22})) == {22, 80, 443}
+    assert not any("5432" in r for r in firewall.wanted_rules(parse(SPLIT), plans["web1"], {22}, False))
+
+
+def test_over_wireguard_the_tiers_use_their_vpn_addresses():
+    plans = _split('[features]\nwireguard = true\nwebmail = "sogo"\n')
+    assert plans["mx1"].peers == ("10.8.0.2",) and plans["web1"].upstream.address == "10.8.0.1"
+    assert plans["mx1"].webmail_databases == ("sogo",)
+
+
+def test_pg_hba_admits_only_webmail_roles_from_the_web_host():
+    from mailfleet.services import postgres
+    from mailfleet.templating import render
+
+    text = render("postgresql/pg_hba.conf.j2", peers=postgres.hba_peers(_split()["mx1"]))
+    remote = [line.split() for line in text.splitlines() if line.startswith("hostssl")]
+    assert remote == [["hostssl", "roundcube", "mailfleet_roundcube", "192.0.2.2/32", "scram-sha-256"],
+                      ["hostssl", "mailfleet", "mailfleet_password", "192.0.2.2/32", "scram-sha-256"]]
+    assert not [line for line in text.splitlines() if line.startswith("host ") and "127.0.0.1" not in line
+                and "::1" not in line]
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ('\n[[hosts]]\nname = "mx2"\naddress = "192.0.2.3"\nroles = ["mail", "db"]\n',
+     "needs exactly one host with roles \"mail\" and \"db\" to talk to, and the config has 2"),
+    ('\n[[hosts]]\nname = "web2"\naddress = "web2.example.org"\nroles = ["web"]\n',
+     "host 'web2': its address 'web2.example.org' is a name"),
+])
+def test_split_tiers_that_cannot_work_are_refused(extra, message):
+    config = parse(SPLIT + extra)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        services.plans(config, config.hosts)
