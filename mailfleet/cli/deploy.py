@@ -15,7 +15,8 @@ from mailfleet import config as config_mod
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
-from mailfleet.engine import DeployReport, Engine
+from mailfleet.engine import DeployReport, Engine, HostReport
+from mailfleet.engine.report import merged
 from mailfleet.services import ssh_vpn, sshd, upstream, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
@@ -50,18 +51,31 @@ def deploy(
 
 def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
                diff: bool = False, quiet: bool = False) -> DeployReport:
-    hosts = config.select_hosts(limit, g.config_path)
-    with services.engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
-        wireguard.prepare(engine, config.hosts)
-        upstream.prepare(engine, config.hosts)
-        if quiet or check:
-            report = engine.deploy(services.deploy_steps())
-        else:
-            report = _deploy_with_progress(engine)
-    if not check:
-        switch_to_admin(g, config, report)
-        switch_to_vpn(g, report)
-    return report
+    selected = [h.name for h in config.select_hosts(limit, g.config_path)]
+    services.plans(config, config.hosts)  # a role combination that cannot work: exit 2 first
+    reports: list[DeployReport] = []
+    for phase in services.phases(config, config.select_hosts(limit, g.config_path)):
+        names = [h.name for h in phase]
+        if reports and not reports[-1].ok:  # the hosts it would use are not set up
+            reports.append(DeployReport(check, {name: HostReport(
+                name, error="not deployed: a mail or database host it uses failed first")
+                for name in names}))
+            continue
+        if reports and not check:  # as the earlier phase left it (SSH user, VPN address)
+            config = g.load()
+        hosts = [h for h in config.hosts if h.name in names]
+        with services.engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
+            wireguard.prepare(engine, config.hosts, make=set(selected))
+            upstream.prepare(engine, config.hosts)
+            if quiet or check:
+                report = engine.deploy(services.deploy_steps())
+            else:
+                report = _deploy_with_progress(engine)
+        if not check:
+            switch_to_admin(g, config, report)
+            switch_to_vpn(g, report)
+        reports.append(report)
+    return merged(reports)
 
 
 def _deploy_with_progress(engine: Engine) -> DeployReport:

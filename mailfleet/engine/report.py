@@ -44,3 +44,11 @@ class DeployReport:
             "changes": self.changes,
             "hosts": {n: h.as_dict() for n, h in self.hosts.items()},
         }
+
+
+def merged(reports: list[DeployReport]) -> DeployReport:
+    """One report of a deploy that ran in phases (each host is in one of them)."""
+    hosts: dict[str, HostReport] = {}
+    for report in reports:
+        hosts.update(report.hosts)
+    return DeployReport(check=bool(reports) and reports[0].check, hosts=hosts)

@@ -105,6 +105,16 @@ def plans(config: Config, hosts: list[HostSettings]) -> dict[str, HostPlan]:
     return {h.name: plan_host(config, h) for h in hosts}
 
 
+def phases(config: Config, hosts: list[HostSettings]) -> list[list[HostSettings]]:
+    """The selected hosts in the order a deploy takes them: the mail and database hosts
+    first, then the web-only hosts, which use them (their webmail loads its tables into the
+    mail host's PostgreSQL, which must listen for them by then). pyinfra runs the n-th
+    operation of every host together, so hosts of one run cannot wait for each other."""
+    first = [h for h in hosts if "db" in h.roles]
+    later = [h for h in hosts if "db" not in h.roles]
+    return [group for group in (first, later) if group]
+
+
 def packages(plan: HostPlan | None) -> list[str]:
     """Every Debian package `deploy` installs on a host with this plan (None: the packages
     of every role and the default features, which lab images preinstall)."""
@@ -144,4 +154,4 @@ def run_checks(engine: Engine) -> list[CheckResult]:
 
 
 __all__ = ["SERVICES", "HostPlan", "Port", "Service", "deploy_steps", "engine", "layout",
-           "packages", "plan_host", "plans", "run_checks"]
+           "packages", "phases", "plan_host", "plans", "run_checks"]

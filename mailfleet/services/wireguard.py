@@ -62,9 +62,11 @@ MAKE_KEY = (f"[ -s {KEY} ] || ( umask 077 && mkdir -p {DIR} && "
 
 # -- keys --------------------------------------------------------------------------------
 
-def prepare(engine: Engine, all_settings: list[HostSettings]) -> None:
+def prepare(engine: Engine, all_settings: list[HostSettings], make: set[str] = frozenset()) -> None:
     """Every host's public key, made on the host when missing (not in check mode), for the
-    peers sections of the others; hosts outside --limit are asked over SSH."""
+    peers sections of the others; hosts outside this engine are asked over SSH, and those
+    of this deploy's later phases (`make`) get theirs made now, so that the hosts of an
+    earlier phase already list them."""
     config = engine.config
     if not config.features.wireguard:
         return
@@ -72,7 +74,9 @@ def prepare(engine: Engine, all_settings: list[HostSettings]) -> None:
     keys = {name: _public_key(text) for name, text in engine.facts(Command, command=command).items()}
     for settings in all_settings:
         if settings.name not in keys:
-            keys[settings.name] = _public_key(ssh_run(settings, f"{PUBLIC_KEY}; true"))
+            making = settings.name in make and not engine.check
+            keys[settings.name] = _public_key(ssh_run(settings, MAKE_KEY if making
+                                                      else f"{PUBLIC_KEY}; true"))
     for name, key in keys.items():
         if key:
             vpn_keys.remember_host_key(config, config.host_fqdn(_by_name(config, name)), key)
