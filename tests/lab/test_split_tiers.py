@@ -84,7 +84,7 @@ def mail_node(split) -> Node:
     n1 = next(h for h in config.hosts if h.name == "n1")
     domain = config.mail.domain
     record = opendkim.public_key_record(cli.ssh("n1", f"cat /etc/dkimkeys/{domain}/mail.txt"))
-    return Node(cli, net, "n1", n1.address, "2.4", cli.ssh("n1", "cat /etc/mailfleet/tls/ca.crt"),
+    return Node(cli, net, "n1", n1.ipv4, "2.4", cli.ssh("n1", "cat /etc/mailfleet/tls/ca.crt"),
                 record)
 
 
@@ -116,7 +116,7 @@ def test_each_tier_has_only_its_own_packages_and_a_second_deploy_changes_nothing
 
 def test_ports_seen_from_a_third_machine_are_only_each_tiers_own(split, mail_node):
     cli, net = split
-    hosts = {h.name: h.address for h in load(cli.config).hosts}
+    hosts = {h.name: h.ipv4 for h in load(cli.config).hosts}  # (address: a loopback forward)
     assert net.run(_open_ports, hosts["n1"]) == MAIL_PORTS
     assert net.run(_open_ports, hosts["n2"]) == WEB_PORTS
     # PostgreSQL on n1 is n2's alone: reachable from there, with n1's certificate
