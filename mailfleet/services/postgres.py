@@ -170,7 +170,8 @@ def deploy(ctx: HostContext) -> None:
                  user="postgres", group="postgres", mode="640")
     restart = ctx.op(config_file, name="Restart PostgreSQL when it dies",
                      dest="/etc/systemd/system/postgresql@.service.d/mailfleet.conf",
-                     content=render("postgresql/restart.conf.j2"))
+                     content=render("postgresql/restart.conf.j2",
+                                    after_vpn=bool(peers) and ctx.plan.wireguard))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(restart))
     provided(ctx).postgresql_started = ctx.service(
         "postgresql", restart_when=(tuning,),

@@ -163,7 +163,9 @@ def checks(engine: Engine) -> list[CheckResult]:
         upstream = plan.upstream
         if upstream is None:
             continue
-        command = f"{_tls(upstream, 993)}; {_tls(upstream, 5432, '-starttls postgres ')}"
+        # (run on every host of the engine: the others skip it, they have no such CA file)
+        command = (f"if [ -s {shlex.quote(ca_file(upstream))} ]; then {_tls(upstream, 993)}; "
+                   f"{_tls(upstream, 5432, '-starttls postgres ')}; fi")
         text = engine.facts(Command, command=command).get(name) or ""
         answers = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
         for port, what in ((993, "IMAP"), (5432, "PostgreSQL")):
