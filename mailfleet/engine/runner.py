@@ -9,20 +9,23 @@ only after execution, from the operations' own results.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import gevent
 from pyinfra.api import BaseStateCallback, Config as PyinfraConfig, Inventory, State
 from pyinfra.api.connect import connect_all, disconnect_all
 from pyinfra.api.exceptions import PyinfraError
-from pyinfra.api.facts import get_facts
+from pyinfra.api.facts import get_fact, get_facts
 from pyinfra.api.host import Host
 from pyinfra.api.operations import run_ops
-from pyinfra.context import ctx_state
+from pyinfra.context import ctx_host, ctx_state
+from pyinfra.facts.server import Command
 
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine import snapshot
+from mailfleet.engine import reads as read_batch, snapshot
 from mailfleet.engine.context import HostContext, ServiceStep
 from mailfleet.engine.operations import UPLOAD_DIR
 from mailfleet.engine.report import DeployReport, HostReport
@@ -118,6 +121,9 @@ class Engine:
         self.layout = layout or snapshot.Layout()
         self.check = check
         self.shared: dict[str, Any] = {}
+        # answers of `prefetch`: {command: {host name: output}}
+        self._reads: dict[str, dict[str, Any]] = {}
+        self._only: set[str] | None = None
         # each operation's name per host (HostContext.op notes them; the report and the
         # progress events read them), and why operations failed (explain_failure), per host
         self.op_names: dict[tuple[str, str], str] = {}
@@ -158,10 +164,53 @@ class Engine:
     def hosts(self) -> list[Host]:
         return list(self.state.inventory)
 
-    def facts(self, fact: Any, **kwargs: Any) -> dict[str, Any]:
-        """One fact from every host, in parallel: {host name: value}."""
-        results = get_facts(self.state, fact, kwargs=kwargs)
-        return {host.name: value for host, value in results.items()}
+    def facts(self, fact: Any, hosts: Iterable[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+        """One fact from every host (or these; or those of `only`), in parallel: {host name:
+        value}. A shell read that `prefetch` made already is answered from there."""
+        wanted = set(hosts) if hosts is not None else self._only
+        known = self._reads.get(kwargs.get("command", ""), {}) if fact is Command else {}
+        if wanted is None and not known:
+            results = get_facts(self.state, fact, kwargs=kwargs)
+            return {host.name: value for host, value in results.items()}
+        wanted = wanted if wanted is not None else {host.name for host in self.hosts()}
+        missing = wanted - set(known)
+        return {**{name: value for name, value in known.items() if name in wanted},
+                **(self._facts_on(missing, fact, kwargs) if missing else {})}
+
+    @contextmanager
+    def only(self, names: Iterable[str]) -> Iterator[None]:
+        """Fact reads inside ask these hosts only (a service's checks, of the hosts that
+        run it)."""
+        before, self._only = self._only, set(names)
+        try:
+            yield
+        finally:
+            self._only = before
+
+    def prefetch(self, reads: dict[str, list[str]]) -> None:
+        """Each host's shell reads (what `check` will ask) in one SSH command per host;
+        `facts(Command, command=...)` answers them from here afterwards."""
+        groups: dict[tuple[str, ...], set[str]] = {}
+        for name, commands in reads.items():
+            if commands:
+                groups.setdefault(tuple(dict.fromkeys(commands)), set()).add(name)
+        for commands, names in groups.items():  # hosts with the same reads: one call
+            texts = self._facts_on(names, Command, {"command": read_batch.combined(list(commands))})
+            for name, text in texts.items():
+                for command, value in read_batch.answers(list(commands), text).items():
+                    self._reads.setdefault(command, {})[name] = value
+
+    def _facts_on(self, names: set[str], fact: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """One fact from the named hosts only, in parallel."""
+        def one(host: Host) -> Any:
+            with ctx_host.use(host):
+                return get_fact(self.state, host, fact, kwargs=kwargs)
+
+        with ctx_state.use(self.state):
+            jobs = {self.state.pool.spawn(one, host): host for host in self.hosts()
+                    if host.name in names}
+        gevent.joinall(list(jobs))
+        return {host.name: job.get() for job, host in jobs.items()}
 
     def deploy(self, steps: list[ServiceStep],
                on_event: Callable[[str, str, str], None] | None = None) -> DeployReport:

@@ -141,15 +141,19 @@ def deploy_steps() -> list[Callable[[HostContext], None]]:
 
 def run_checks(engine: Engine) -> list[CheckResult]:
     """Every service's checks, each kept for the hosts the service runs on."""
+    engine.prefetch({name: [read for s in SERVICES if s.checks is not None and s.applies(plan)
+                            for read in s.reads_for(engine, plan)]
+                     for name, plan in engine.plans.items()})
     results = []
     for service in SERVICES:
         if service.checks is None:
             continue
         runs_on = {name for name, plan in engine.plans.items() if service.applies(plan)}
         if runs_on:
+            with engine.only(runs_on):
+                found = service.checks(engine)
             # a fleet-wide result (the DNS records: host "dns") is kept as it is
-            results += [r for r in service.checks(engine)
-                        if r.host in runs_on or r.host not in engine.plans]
+            results += [r for r in found if r.host in runs_on or r.host not in engine.plans]
     return results
 
 

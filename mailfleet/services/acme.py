@@ -148,12 +148,15 @@ def deploy(ctx: HostContext) -> None:
     ctx.service("certbot.timer")
 
 
+_TIMER = "systemctl is-active certbot.timer || true"
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """The timer that renews the certificate runs (a stopped one fails only weeks later)."""
     if not engine.config.acme.enabled:
         return []
     results = []
-    found = engine.facts(Command, command="systemctl is-active certbot.timer || true")
+    found = engine.facts(Command, command=_TIMER)
     for name, state in found.items():
         if "web" not in engine.settings[name].roles:
             continue
@@ -166,4 +169,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("acme", applies=lambda plan: plan.acme, packages=packages, deploy=deploy,
-                  checks=checks, snapshot=SNAPSHOT, units=(Unit("certbot.timer", checked=False),))
+                  checks=checks, reads=(_TIMER,), snapshot=SNAPSHOT,
+                  units=(Unit("certbot.timer", checked=False),))

@@ -104,11 +104,15 @@ def deploy(ctx: HostContext) -> None:
                user=admin.user, group=admin.user, mode="700")
 
 
+def _check_read(engine: Engine, plan: object = None) -> str:
+    user = engine.config.admin.user
+    return (f"id -nG {shlex.quote(user)} 2>/dev/null | tr ' ' '\\n' | grep -qx sudo "
+            f"&& echo sudo; visudo -cf {SUDOERS} >/dev/null 2>&1 && echo sudoers; {_USERS}")
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     admin = engine.config.admin
-    command = (f"id -nG {shlex.quote(admin.user)} 2>/dev/null | tr ' ' '\\n' | grep -qx sudo "
-               f"&& echo sudo; visudo -cf {SUDOERS} >/dev/null 2>&1 && echo sudoers; "
-               f"{_USERS}")
+    command = _check_read(engine)
     results = []
     for name, text in engine.facts(Command, command=command).items():
         text = text or ""
@@ -128,4 +132,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("admin", deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  reads=lambda engine, plan: [_check_read(engine)],
                   managed_paths=("/etc/sudoers.d",))

@@ -276,7 +276,7 @@ def integrity_problem(settings: HostSettings) -> str | None:
 
 SERVICE = Service("backup", applies=lambda plan: plan.backups,
                   packages=lambda plan: PACKAGES if plan.backup_repository else [],
-                  deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
+                  deploy=deploy, retire=retire, checks=checks, reads=(STATUS,), snapshot=SNAPSHOT,
                   # the units (the rest of its files lie below other services' paths): the
                   # snapshot lists them, so retire knows whether mailfleet's setup is there
                   managed_paths=UNIT_FILES)

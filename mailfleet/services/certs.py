@@ -175,4 +175,4 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("certs", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
-                  snapshot=SNAPSHOT)
+                  reads=(_INSPECT,), snapshot=SNAPSHOT)

@@ -64,9 +64,12 @@ def parse_jails(text: str) -> list[str]:
     return []
 
 
+_STATUS = "fail2ban-client status 2>&1"
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     results = []
-    for name, text in engine.facts(Command, command="fail2ban-client status 2>&1").items():
+    for name, text in engine.facts(Command, command=_STATUS).items():
         running = parse_jails(text or "")
         wanted = jails(engine.plans[name])
         missing = [j for j in wanted if j not in running]
@@ -79,4 +82,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("fail2ban", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
+                  reads=(_STATUS,),
                   units=(Unit("fail2ban", checked=False),), managed_paths=("/etc/fail2ban/jail.d",))

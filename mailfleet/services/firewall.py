@@ -139,4 +139,4 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("firewall", applies=lambda plan: plan.firewall, packages=tuple(PACKAGES),
-                  deploy=deploy, checks=checks, snapshot=SNAPSHOT)
+                  deploy=deploy, checks=checks, reads=(_STATE,), snapshot=SNAPSHOT)

@@ -122,4 +122,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("hardening", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
+                  reads=(_STATUS,),
                   snapshot=SNAPSHOT, managed_paths=(SYSCTL_FILE, AUTO_UPGRADES))

@@ -79,6 +79,8 @@ def checks(engine: Engine) -> list[CheckResult]:
     keys = opendkim.public_keys(engine)
     results: list[CheckResult] = []
     for name, settings in engine.settings.items():
+        if name not in cas:  # not a host this check is for (engine.only)
+            continue
         fqdn = engine.config.host_fqdn(settings)
         ca = "\n".join([*(cas.get(name) or []), *(chains.get(name) or [])]) or None
         password = (secrets.get(name) or [""])[0].strip()

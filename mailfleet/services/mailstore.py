@@ -69,4 +69,5 @@ def checks(engine: Engine) -> list[CheckResult]:
     return results
 
 
-SERVICE = Service("mailstore", applies=lambda plan: plan.mail, deploy=deploy, checks=checks)
+SERVICE = Service("mailstore", applies=lambda plan: plan.mail, deploy=deploy, checks=checks,
+                  reads=(_DISK,))

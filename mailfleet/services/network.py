@@ -130,4 +130,4 @@ def checks(engine: Engine) -> list[CheckResult]:
                                       engine.config.lab_without_dns() is not None)]
 
 
-SERVICE = Service("network", checks=checks)
+SERVICE = Service("network", checks=checks, reads=(_STATE,))

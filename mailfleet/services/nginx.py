@@ -86,10 +86,14 @@ def deploy(ctx: HostContext) -> None:
                                       provided(ctx).certificate))
 
 
+AUTOCONFIG = "/.well-known/autoconfig/mail/config-v1.1.xml"
+_AUTOCONFIG_READ = https_count(AUTOCONFIG, "<incomingServer")
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """The autoconfig file as a mail client fetches it, over HTTPS on the host itself."""
-    path = "/.well-known/autoconfig/mail/config-v1.1.xml"
-    found = engine.facts(Command, command=https_count(path, "<incomingServer"))
+    path = AUTOCONFIG
+    found = engine.facts(Command, command=_AUTOCONFIG_READ)
     results = []
     for name, text in found.items():
         ok = (text or "").strip() == "2"
@@ -102,5 +106,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service(
     "nginx", applies=lambda plan: plan.web, packages=tuple(PACKAGES), deploy=deploy,
-    retire=retire, checks=checks, snapshot=SNAPSHOT,
+    retire=retire, checks=checks, reads=(_AUTOCONFIG_READ,), snapshot=SNAPSHOT,
     units=(Unit("nginx", tuple(Port(port, what) for port, what in PORTS.items())),))

@@ -130,6 +130,7 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("opendkim", applies=lambda plan: plan.mail, packages=tuple(PACKAGES),
                   deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  reads=lambda engine, plan: [print_keys_command(engine.config)],
                   units=(Unit("opendkim", (Port(OPENDKIM_PORT, "OpenDKIM milter (localhost)",
                                                 "local"),)),),
                   managed_paths=("/etc/opendkim", "/etc/opendkim.conf",

@@ -134,12 +134,16 @@ def preseed(ctx: HostContext) -> None:
 QUEUE_WARN = 100
 
 
+def _check_read(engine: Engine) -> str:
+    domain = engine.config.mail.domain
+    return (f"postmap -q {shlex.quote(domain)} proxy:pgsql:{MAP_DIR}/virtual_domains.cf 2>&1 "
+            "| tail -n 1; echo ==; postqueue -j 2>/dev/null | wc -l")
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """Postfix's own view: can it look up the domain in PostgreSQL, how full is its queue."""
     domain = engine.config.mail.domain
-    command = (f"postmap -q {shlex.quote(domain)} proxy:pgsql:{MAP_DIR}/virtual_domains.cf 2>&1 "
-               "| tail -n 1; "
-               "echo ==; postqueue -j 2>/dev/null | wc -l")
+    command = _check_read(engine)
     results = []
     for name, text in engine.facts(Command, command=command).items():
         lookup, _, queued = (text or "").partition("==")
@@ -157,6 +161,6 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service(
     "postfix", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
-    checks=checks, snapshot=SNAPSHOT,
+    checks=checks, reads=lambda engine, plan: [_check_read(engine)], snapshot=SNAPSHOT,
     units=(Unit("postfix", tuple(Port(port, f"Postfix {name}") for port, name in PORTS.items())),),
     managed_paths=("/etc/postfix", "/etc/aliases"))

@@ -263,6 +263,6 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("postgres", applies=lambda plan: plan.db, packages=tuple(PACKAGES),
-                  deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  deploy=deploy, checks=checks, reads=(_ROLE_CHECK,), snapshot=SNAPSHOT,
                   units=(Unit("postgresql", (Port(5432, "PostgreSQL", "private"),)),),
                   managed_paths=("/etc/postgresql",))

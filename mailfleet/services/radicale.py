@@ -62,12 +62,17 @@ def deploy(ctx: HostContext) -> None:
     ctx.service("radicale", restart_when=(*written, unit))
 
 
+def _check_read(engine: Engine) -> str:
+    # a client's first question (PROPFIND) without a login: 401 (a browser's GET is redirected
+    # to Radicale's web page instead)
+    return https_fetch(f"{engine.config.web.radicale_path}/",
+                       '-o /dev/null -w "%{http_code}" -X PROPFIND -H "Depth: 0"')
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """Radicale answers through nginx and asks for a login (401), as clients see it."""
     path = engine.config.web.radicale_path
-    # a client's first question (PROPFIND) without a login: 401 (a browser's GET is redirected
-    # to Radicale's web page instead)
-    command = https_fetch(f"{path}/", '-o /dev/null -w "%{http_code}" -X PROPFIND -H "Depth: 0"')
+    command = _check_read(engine)
     results = []
     for name, text in engine.facts(Command, command=command).items():
         ok = (text or "").strip() == "401"
@@ -79,4 +84,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("radicale", applies=lambda plan: plan.radicale, packages=tuple(PACKAGES),
                   deploy=deploy, retire=retire, checks=checks,
+                  reads=lambda engine, plan: [_check_read(engine)],
                   units=(Unit("radicale", checked=False),))

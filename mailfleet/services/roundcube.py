@@ -170,10 +170,15 @@ def deploy(ctx: HostContext) -> None:
 LOGIN_MARK = "rcmloginuser"
 
 
+def _check_read(engine: Engine) -> str:
+    path = engine.config.web.webmail_path.rstrip("/") + "/"
+    return "systemctl is-active 'php*-fpm.service'; " + https_count(path, LOGIN_MARK)
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """PHP-FPM runs and the login page renders (PHP, database and config all work)."""
     path = engine.config.web.webmail_path.rstrip("/") + "/"
-    command = "systemctl is-active 'php*-fpm.service'; " + https_count(path, LOGIN_MARK)
+    command = _check_read(engine)
     results = []
     for name, text in engine.facts(Command, command=command).items():
         lines = (text or "").split()
@@ -191,4 +196,4 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("roundcube", applies=lambda plan: plan.webmail == "roundcube",
                   packages=tuple(PACKAGES), deploy=deploy, retire=retire, checks=checks,
-                  snapshot=SNAPSHOT)
+                  reads=lambda engine, plan: [_check_read(engine)], snapshot=SNAPSHOT)

@@ -127,11 +127,17 @@ class Service:
     # what a deploy does on a host where the service no longer applies (switched off)
     retire: Callable[[HostContext], None] | None = None
     checks: Callable[[Engine], list[CheckResult]] | None = None
+    # the shell reads its checks make on a host (`engine.facts(Command, command=...)`):
+    # `check` runs every service's in one SSH command per host first (engine.prefetch)
+    reads: Callable[[Engine, HostPlan], Iterable[str]] | tuple[str, ...] = ()
     units: tuple[Unit, ...] = ()
     # shell snippets the host snapshot runs, read by the deploy step as ctx.snapshot(name)
     snapshot: dict[str, str] = field(default_factory=dict)
     # files mailfleet writes live below these: the snapshot lists them all (see engine/snapshot)
     managed_paths: tuple[str, ...] = ()
+
+    def reads_for(self, engine: Engine, plan: HostPlan) -> list[str]:
+        return list(self.reads(engine, plan) if callable(self.reads) else self.reads)
 
     def packages_for(self, plan: HostPlan) -> list[str]:
         return list(self.packages(plan) if callable(self.packages) else self.packages)

@@ -100,10 +100,13 @@ def nginx_values(ctx: HostContext) -> dict[str, object]:
 LOGIN_MARK = "SOGo.MainUI"  # the login page's Angular module: the page rendered, not an error
 
 
+_CHECK_READ = ("systemctl is-active sogo.service memcached.service | tr '\\n' ' '; echo; "
+               + https_count(f"{URL_PATH}/", LOGIN_MARK))
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """SOGo and memcached run, and the login page renders through nginx."""
-    command = ("systemctl is-active sogo.service memcached.service | tr '\\n' ' '; echo; "
-               + https_count(f"{URL_PATH}/", LOGIN_MARK))
+    command = _CHECK_READ
     results = []
     for name, text in engine.facts(Command, command=command).items():
         lines = (text or "").splitlines()
@@ -123,5 +126,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("sogo", applies=lambda plan: plan.webmail == "sogo", packages=packages,
                   deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
-                  managed_paths=(DROP_IN_DIR,),
+                  reads=(_CHECK_READ,), managed_paths=(DROP_IN_DIR,),
                   units=(Unit("sogo", checked=False), Unit("memcached", checked=False)))

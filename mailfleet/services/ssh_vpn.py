@@ -168,4 +168,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 # applies everywhere: with ssh.vpn_only off it puts SSH back on every address
 SERVICE = Service("ssh over the VPN", deploy=restrict_ssh, checks=checks,
+                  reads=lambda engine, plan: [_LISTEN] if vpn_only(engine.config) else [],
                   managed_paths=("/etc/systemd/system/ssh.service.d",))

@@ -228,4 +228,5 @@ def _probe_root(name: str, settings: HostSettings, fix: str) -> CheckResult:
 
 
 SERVICE = Service("sshd", deploy=deploy, checks=checks, units=(Unit("ssh", checked=False),),
+                  reads=lambda engine, plan: [effective_command(engine.config.admin.user)],
                   snapshot=SNAPSHOT, managed_paths=("/etc/ssh/sshd_config.d",))

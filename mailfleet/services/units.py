@@ -63,9 +63,16 @@ def checks(engine: Engine) -> list[CheckResult]:
               if (units := [u for u in plan.units if u.checked])}
     commands = {name: _command([u.name for u in units]) for name, units in wanted.items()}
     # one read for all hosts with the same units (every host, on a one-shape fleet)
-    found = {command: engine.facts(Command, command=command) for command in set(commands.values())}
+    found = {command: engine.facts(Command, command=command,
+                                   hosts=[n for n, c in commands.items() if c == command])
+             for command in set(commands.values())}
     return [result for name, units in wanted.items()
             for result in host_checks(name, units, found[commands[name]].get(name) or "")]
 
 
-SERVICE = Service("units", checks=checks)
+def _reads(engine: Engine, plan) -> list[str]:
+    units = [u.name for u in plan.units if u.checked]
+    return [_command(units)] if units else []
+
+
+SERVICE = Service("units", checks=checks, reads=_reads)

@@ -155,6 +155,12 @@ def _tls(upstream: Upstream, port: int, starttls: str = "") -> str:
             "</dev/null 2>&1 | grep -c '^Verification: OK' || true")
 
 
+def _check_read(upstream: Upstream) -> str:
+    # (run on every host of the engine: the others skip it, they have no such CA file)
+    return (f"if [ -s {shlex.quote(ca_file(upstream))} ]; then {_tls(upstream, 993)}; "
+            f"{_tls(upstream, 5432, '-starttls postgres ')}; fi")
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     """From each web-only host: IMAP and PostgreSQL on the mail host answer with TLS that
     verifies against its CA, under the name the web tier uses."""
@@ -163,10 +169,8 @@ def checks(engine: Engine) -> list[CheckResult]:
         upstream = plan.upstream
         if upstream is None:
             continue
-        # (run on every host of the engine: the others skip it, they have no such CA file)
-        command = (f"if [ -s {shlex.quote(ca_file(upstream))} ]; then {_tls(upstream, 993)}; "
-                   f"{_tls(upstream, 5432, '-starttls postgres ')}; fi")
-        text = engine.facts(Command, command=command).get(name) or ""
+        command = _check_read(upstream)
+        text = engine.facts(Command, command=command, hosts=[name]).get(name) or ""
         answers = dict(line.split(" ", 1) for line in text.splitlines() if " " in line)
         for port, what in ((993, "IMAP"), (5432, "PostgreSQL")):
             ok = answers.get(str(port), "0").strip() not in ("", "0")
@@ -181,4 +185,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("upstream", applies=lambda plan: plan.upstream is not None,
                   packages=tuple(PACKAGES), deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  reads=lambda engine, plan: [_check_read(plan.upstream)] if plan.upstream else [],
                   managed_paths=(CA_DIR,))

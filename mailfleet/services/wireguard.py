@@ -270,13 +270,16 @@ def parse_status(text: str) -> tuple[dict[str, str], dict[str, int]]:
     return facts, handshakes
 
 
+_KEY_READ = f"{PUBLIC_KEY}; true"
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     config = engine.config
     results = []
     fix = "run `mailfleet deploy`, then `journalctl -u " + UNIT + "` on the host"
     names = {v.name: v for v in config.hosts}
     keys = {name: (key or "").strip() for name, key in
-            engine.facts(Command, command=f"{PUBLIC_KEY}; true").items()}
+            engine.facts(Command, command=_KEY_READ).items()}
     for name, text in engine.facts(Command, command=_STATUS).items():
         facts, handshakes = parse_status(text or "")
         if facts.get("unit") != "active" or not facts.get("kind"):
@@ -307,5 +310,6 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("wireguard", applies=lambda plan: plan.wireguard, packages=tuple(PACKAGES),
                   deploy=deploy, retire=_take_down, checks=checks, snapshot=SNAPSHOT,
+                  reads=(_KEY_READ, _STATUS),
                   units=(Unit(UNIT, checked=False),),
                   managed_paths=("/etc/wireguard", "/etc/systemd/system/wg-quick@wg0.service.d"))
