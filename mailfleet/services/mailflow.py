@@ -18,7 +18,8 @@ from collections.abc import Callable
 
 from pyinfra import host
 from pyinfra.api import operation
-from pyinfra.facts.files import FileContents
+
+from pyinfra.facts.server import Command
 
 from mailfleet.accounts.passwords import hash_password
 from mailfleet.accounts.schema import DATABASE
@@ -69,21 +70,24 @@ def deploy(ctx: HostContext) -> None:
            exists=exists, reset=fresh)
 
 
+def _files_read(acme_on: bool) -> str:
+    """The CA (and ACME's chain) the check trusts, then its mailbox's password."""
+    chain = f"cat {acme.LIVE}/chain.pem 2>/dev/null; " if acme_on else ""
+    return (f"cat {certs.CA_FILE} 2>/dev/null; {chain}"
+            f"echo '== secret'; cat /etc/mailfleet/secrets/{SECRET} 2>/dev/null; true")
+
+
 def checks(engine: Engine) -> list[CheckResult]:
     domain = engine.config.mail.domain
     address = check_address(domain)
-    cas = engine.facts(FileContents, path=certs.CA_FILE)
     acme_on = engine.config.acme.enabled
-    chains = engine.facts(FileContents, path=f"{acme.LIVE}/chain.pem") if acme_on else {}
-    secrets = engine.facts(FileContents, path=f"/etc/mailfleet/secrets/{SECRET}")
     keys = opendkim.public_keys(engine)
     results: list[CheckResult] = []
-    for name, settings in engine.settings.items():
-        if name not in cas:  # not a host this check is for (engine.only)
-            continue
+    for name, text in engine.facts(Command, command=_files_read(acme_on)).items():
+        settings = engine.settings[name]
         fqdn = engine.config.host_fqdn(settings)
-        ca = "\n".join([*(cas.get(name) or []), *(chains.get(name) or [])]) or None
-        password = (secrets.get(name) or [""])[0].strip()
+        ca, _, password = (text or "").partition("== secret")
+        ca, password = ca.strip() or None, password.strip()
         try:
             with tunnel(settings, list(TLS_PORTS)) as forward:
                 results += _check_host(name, fqdn, forward.socket, tls_context(ca, acme_on),
@@ -141,4 +145,6 @@ def _check_host(name: str, fqdn: str, socket_of: Callable[[int], str], context: 
     return results
 
 
-SERVICE = Service("mailflow", applies=lambda plan: plan.mail, deploy=deploy, checks=checks)
+SERVICE = Service("mailflow", applies=lambda plan: plan.mail, deploy=deploy, checks=checks,
+                  reads=lambda engine, plan: [_files_read(engine.config.acme.enabled),
+                                              opendkim.print_keys_command(engine.config)])

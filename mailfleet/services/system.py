@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pyinfra.facts.files import FileContents
-from pyinfra.facts.server import Hostname
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt, files, server
 
 from mailfleet.engine import Engine, HostContext, config_file
@@ -69,18 +68,20 @@ def deploy(ctx: HostContext) -> None:
            mode="700")
 
 
+_NAMES = "uname -n; echo ==; head -n 1 /etc/mailname 2>/dev/null"
+
+
 def checks(engine: Engine) -> list[CheckResult]:
-    hostnames = engine.facts(Hostname)
-    mailnames = engine.facts(FileContents, path="/etc/mailname")
     results = []
-    for name, settings in engine.settings.items():
-        fqdn = engine.config.host_fqdn(settings)
+    for name, text in engine.facts(Command, command=_NAMES).items():
+        hostname, _, mailname = (text or "").partition("==")
+        fqdn = engine.config.host_fqdn(engine.settings[name])
         fix = "run `mailfleet deploy`"
-        results.append(expect(name, "host name", hostnames.get(name), fqdn, fix))
-        mailname = (mailnames.get(name) or [""])[0].strip()
-        results.append(expect(name, "mail name", mailname, fqdn, fix))
+        results.append(expect(name, "host name", hostname.strip() or None, fqdn, fix))
+        results.append(expect(name, "mail name", mailname.strip(), fqdn, fix))
     return results
 
 
 SERVICE = Service("system", packages=tuple(BASE_PACKAGES), deploy=deploy, checks=checks,
+                  reads=(_NAMES,),
                   snapshot=SNAPSHOT, managed_paths=("/etc/mailname", "/usr/local/lib/mailfleet"))
