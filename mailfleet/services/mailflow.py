@@ -18,7 +18,6 @@ from collections.abc import Callable
 
 from pyinfra import host
 from pyinfra.api import operation
-
 from pyinfra.facts.server import Command
 
 from mailfleet.accounts.passwords import hash_password
