@@ -164,3 +164,13 @@ def test_split_tiers_that_cannot_work_are_refused(extra, message):
     config = parse(SPLIT + extra)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         services.plans(config, config.hosts)
+
+
+def test_a_deploy_takes_the_database_host_before_the_web_hosts_that_use_it():
+    config = parse(SPLIT.replace('name = "mx1"', 'name = "mx0"').replace(
+        '[[hosts]]\nname = "mx0"', '[[hosts]]\nname = "web0"\naddress = "192.0.2.9"\nroles = ["web"]\n\n'
+        '[[hosts]]\nname = "mx0"', 1))
+    assert [[h.name for h in phase] for phase in services.phases(config, config.hosts)] == \
+        [["mx0"], ["web0", "web1"]]
+    one = parse(BASE + '[[hosts]]\nname = "mx1"\naddress = "192.0.2.1"\n')
+    assert [[h.name for h in phase] for phase in services.phases(one, one.hosts)] == [["mx1"]]
