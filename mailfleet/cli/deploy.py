@@ -17,6 +17,7 @@ from mailfleet.cli.state import Globals, globals_of
 from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine, HostReport
 from mailfleet.engine.report import merged
+from mailfleet.errors import DeployError
 from mailfleet.services import ssh_vpn, sshd, upstream, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
@@ -66,7 +67,15 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
         hosts = [h for h in config.hosts if h.name in names]
         with services.engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
             wireguard.prepare(engine, config.hosts, make=set(selected))
-            upstream.prepare(engine, config.hosts)
+            try:
+                upstream.prepare(engine, config.hosts)
+            except DeployError as err:
+                if not reports:
+                    raise  # nothing was done yet: one sentence
+                # the earlier phase's hosts were deployed: report them, and why these were not
+                reports.append(DeployReport(check, {name: HostReport(name, error=err.message)
+                                                    for name in names}))
+                continue
             if quiet or check:
                 report = engine.deploy(services.deploy_steps())
             else:

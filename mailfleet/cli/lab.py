@@ -196,7 +196,8 @@ def dns(
     # each web host proves its certificate names by DNS-01 with a key of its own
     acme = {}
     for host in config.hosts:
-        names = [n for n in certs.certificate_names(config, config.host_fqdn(host))
+        names = [n for n in certs.certificate_names(config, config.host_fqdn(host),
+                                                    "mail" in host.roles)
                  if any(n == z or n.endswith(f".{z}") for z in zones)]
         if host.lab == lab.paths.id and "web" in host.roles and names:
             acme[host.name] = names

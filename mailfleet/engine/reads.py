@@ -1,9 +1,10 @@
 """Many shell reads in one SSH command: what `check` asks of a host goes in one round trip.
 
 Each read's standard output comes back base64-encoded on one line of its own, with its exit
-status, so no output can be mistaken for another's or for the framing. A read answers as
-pyinfra's `Command` fact would: its output (trailing newlines dropped), or None when it
-failed or printed nothing.
+status, so no output can be mistaken for another's or for the framing. A read answers much
+as pyinfra's `Command` fact would: its output, or None when it failed or printed nothing.
+Two differences, on purpose: a failed read does not mark the host failed (a check reports
+it), and trailing blank lines are dropped (output of blank lines only is None, not "").
 """
 
 from __future__ import annotations

@@ -207,8 +207,8 @@ class Engine:
                 return get_fact(self.state, host, fact, kwargs=kwargs)
 
         with ctx_state.use(self.state):
-            jobs = {self.state.pool.spawn(one, host): host for host in self.hosts()
-                    if host.name in names}
+            jobs = {self.state.pool.spawn(one, host): host
+                    for host in self.state.inventory.get_active_hosts() if host.name in names}
         gevent.joinall(list(jobs))
         return {host.name: job.get() for job, host in jobs.items()}
 

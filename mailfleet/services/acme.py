@@ -133,7 +133,7 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(config_file, name="Install the certificate deploy hook", dest=HOOK, mode="755",
            content=render("acme/deploy-hook.sh.j2", lineage=LINEAGE, live=LIVE,
                           tls_dir=certs.TLS_DIR, units=RELOADED))
-    names = certs.certificate_names(ctx.config, ctx.fqdn)
+    names = certs.certificate_names(ctx.config, ctx.fqdn, ctx.plan.mail)
     if settings.challenge == "dns-01":
         ctx.op(config_file, name=f"Write certbot's RFC 2136 credentials {RFC2136_INI}",
                dest=RFC2136_INI, mode="600", secret=True,

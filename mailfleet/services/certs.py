@@ -62,10 +62,12 @@ def web_names(config: Config) -> list[str]:
     return names
 
 
-def certificate_names(config: Config, fqdn: str) -> list[str]:
-    """The names the host certificate covers: the host itself, the mail host name, and the
-    names its web server answers for (autoconfig, autodiscover, mta-sts of each domain)."""
-    return list(dict.fromkeys([fqdn, config.mail.hostname, *web_names(config)]))
+def certificate_names(config: Config, fqdn: str, mail: bool = True) -> list[str]:
+    """The names the host certificate covers: the host itself, the mail host name (not on a
+    host without the mail role: that name is the mail host's), and the names its web server
+    answers for (autoconfig, autodiscover, mta-sts of each domain)."""
+    return list(dict.fromkeys([fqdn, *([config.mail.hostname] if mail else []),
+                               *web_names(config)]))
 
 
 @dataclass(frozen=True)
@@ -134,7 +136,8 @@ def deploy(ctx: HostContext) -> None:
            content=render("certs/local-ca.sh.j2", tls_dir=TLS_DIR, fqdn=ctx.fqdn, days=DAYS))
     provided(ctx).certificate = ctx.op(
         local_certificate, name="Issue the host certificate",
-        names=certificate_names(ctx.config, ctx.fqdn), inspection=ctx.snapshot("certificate"),
+        names=certificate_names(ctx.config, ctx.fqdn, ctx.plan.mail),
+        inspection=ctx.snapshot("certificate"),
         acme=ctx.config.acme.enabled,
     )
 
@@ -144,7 +147,8 @@ def checks(engine: Engine) -> list[CheckResult]:
     acme = engine.config.acme.enabled
     for name, text in engine.facts(Command, command=_INSPECT).items():
         found = inspect(text or "")
-        wanted = set(certificate_names(engine.config, engine.config.host_fqdn(engine.settings[name])))
+        wanted = set(certificate_names(engine.config, engine.config.host_fqdn(engine.settings[name]),
+                                       engine.plans[name].mail))
         fix = "run `mailfleet deploy` to issue it again"
         if not found.not_after:
             results.append(CheckResult(name, "TLS certificate", "fail", f"no certificate at {CERT_FILE}", fix))

@@ -53,4 +53,6 @@ def checks(engine: Engine) -> list[CheckResult]:
     return [as_check(f) for f in findings]
 
 
-SERVICE = Service("dns", checks=checks)
+SERVICE = Service("dns", checks=checks,
+                  reads=lambda engine, plan: [opendkim.print_keys_command(engine.config)]
+                  if engine.config.dns.check else [])

@@ -48,7 +48,7 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
             rules[rule(port)] = what
     for port in plan.ports:  # what only the fleet's other hosts use: to them alone
         if port.exposure == "private":
-            for peer in plan.peers:
+            for peer in plan.database_peers:
                 rules[private_rule(peer, port.number)] = f"{port.what} for {peer}"
     if config.features.wireguard:
         rules[f"allow {config.vpn.port}/udp"] = "wireguard"

@@ -28,9 +28,12 @@ def private_address(config: Config, host: HostSettings) -> str:
     """Where the other hosts of the fleet reach this one: its VPN address when WireGuard is
     on, else its public address (`ipv4`, `ipv6`, else `address`: what mailfleet connects
     to may be a forward or a jump host's)."""
-    if config.features.wireguard:
-        return config.vpn_address(host)
-    return host.ipv4 or host.ipv6 or host.address
+    address = config.vpn_address(host) if config.features.wireguard else (
+        host.ipv4 or host.ipv6 or host.address)
+    try:
+        return ipaddress.ip_address(address).compressed  # as ufw and pg_hba print it
+    except ValueError:
+        return address  # a name: check_roles refuses it where it matters
 
 
 def check_roles(config: Config, hosts: list[HostSettings]) -> None:
@@ -53,16 +56,28 @@ def check_roles(config: Config, hosts: list[HostSettings]) -> None:
             f"host with roles \"mail\" and \"db\" to talk to, and the config has "
             f"{len(mail_hosts)}.",
             hint='Give one host roles ["mail", "db"] and the web hosts ["web"].')
-    for host in [*web_only, *mail_hosts]:
+    seen: dict[str, str] = {}
+    for host in [*mail_hosts, *web_only]:
         address = private_address(config, host)
         try:
-            ipaddress.ip_address(address)
+            ip = ipaddress.ip_address(address)
         except ValueError:
             raise ConfigError(
                 f"host {host.name!r}: its address {address!r} is a name, but the web and mail "
                 "hosts admit each other by IP address (firewall, PostgreSQL).",
                 hint="Give its IP address as `ipv4` (or `address`), or turn on "
                      "features.wireguard.") from None
+        if ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast:
+            raise ConfigError(
+                f"host {host.name!r}: {address} cannot be where the other hosts reach it "
+                "(a loopback, unspecified, link-local or multicast address).",
+                hint="Give the address the other hosts reach it at as `ipv4` or `ipv6`.")
+        if ip.compressed in seen:
+            raise ConfigError(
+                f"hosts {seen[ip.compressed]!r} and {host.name!r} have the same address "
+                f"{ip.compressed}: the web and mail hosts admit each other by address.",
+                hint="Give each host its own `ipv4` or `ipv6`.")
+        seen[ip.compressed] = host.name
 
 
 def make_plan(config: Config, host: HostSettings) -> HostPlan:

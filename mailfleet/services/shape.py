@@ -87,6 +87,11 @@ class HostPlan:
         return [port for unit in self.units for port in unit.ports]
 
     @property
+    def database_peers(self) -> tuple[str, ...]:
+        """The peers this host's PostgreSQL serves (none when no webmail needs it)."""
+        return self.peers if self.webmail_databases else ()
+
+    @property
     def web(self) -> bool:
         return "web" in self.roles
 

@@ -33,7 +33,10 @@ def _command(units: list[str]) -> str:
     return f"systemctl is-active {' '.join(shlex.quote(u) for u in units)}; echo ==; ss -Hltn"
 
 
-def host_checks(name: str, units: list[Unit], text: str) -> list[CheckResult]:
+def host_checks(name: str, units: list[Unit], text: str,
+                private: frozenset[str] = frozenset()) -> list[CheckResult]:
+    """Each unit running, each port listening: a `local` port on localhost only, a
+    `private` one also on `private` (the host's address for the fleet) and nowhere else."""
     states, listening = parse(text, [u.name for u in units])
     results = []
     for unit in units:
@@ -49,10 +52,13 @@ def host_checks(name: str, units: list[Unit], text: str) -> list[CheckResult]:
                 results.append(CheckResult(name, f"port {port.number}", "fail",
                                            f"{port.what} is not listening",
                                            f"see `journalctl -u {unit.name}` on the host"))
-            elif port.exposure == "local" and addresses - LOCALHOST:
+            elif port.exposure != "public" and addresses - LOCALHOST - (
+                    private if port.exposure == "private" else frozenset()):
+                where = " and ".join(["localhost", *(sorted(private) if port.exposure == "private"
+                                                     else [])])
                 results.append(CheckResult(name, f"port {port.number}", "fail",
                                            f"{port.what} listens on {', '.join(sorted(addresses))}",
-                                           "it must listen on localhost only: run `mailfleet deploy`"))
+                                           f"it must listen on {where} only: run `mailfleet deploy`"))
             else:
                 results.append(CheckResult(name, f"port {port.number}", "ok", port.what))
     return results
@@ -67,7 +73,8 @@ def checks(engine: Engine) -> list[CheckResult]:
                                    hosts=[n for n, c in commands.items() if c == command])
              for command in set(commands.values())}
     return [result for name, units in wanted.items()
-            for result in host_checks(name, units, found[commands[name]].get(name) or "")]
+            for result in host_checks(name, units, found[commands[name]].get(name) or "",
+                                      frozenset({engine.plans[name].private_address} - {""}))]
 
 
 def _reads(engine: Engine, plan) -> list[str]:

@@ -1,19 +1,23 @@
 """A web-only host's way to its mail and database host (`HostPlan.upstream`).
 
-Before any operation is added (`prepare`), the mail host's local CA certificate and the
-passwords of the database roles webmail uses are read from it (made there first when
-missing, so one deploy sets up both tiers). The web host then trusts that CA (Debian's
-trust store, so SOGo's TLS verifies too; Roundcube, libpq and Radicale's login name the
-file itself) and finds the mail host by the name its certificate carries (/etc/hosts, at
-its private address). Every connection from the web tier is TLS, verified against that
+Before any operation is added (`prepare`), the mail host's local CA certificate (checked to
+be that and nothing else) and the passwords of the database roles webmail uses are read
+from it; a deploy takes the mail host first (services.phases), which makes them. Roundcube,
+libpq and Radicale's login name that CA's file; only SOGo, which has no such setting, needs
+it in Debian's trust store. The web host finds the mail host by the name its certificate
+carries (/etc/hosts, at its private address). Every connection from the web tier is TLS, verified against that
 certificate: IMAP, submission, ManageSieve, PostgreSQL (`sslmode=verify-full`).
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass, field
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
@@ -27,15 +31,20 @@ from mailfleet.errors import DeployError
 from mailfleet.services import certs
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.shape import Service, Upstream
-from mailfleet.templating import render
 
 PACKAGES = ["ca-certificates", "openssl"]
-CA_DIR = "/usr/local/share/ca-certificates/mailfleet"
+# the mail host's CA, for the clients that name a CA file (Roundcube, libpq, Radicale)
+CA_DIR = f"{certs.TLS_DIR}/upstream"
+# ... and in Debian's trust store only for SOGo, which has no CA setting of its own
+SYSTEM_CA_DIR = "/usr/local/share/ca-certificates/mailfleet"
 HOSTS_MARK = "# mailfleet: mail host"
-# the database roles whose passwords the web tier needs (accounts/schema.py and roundcube)
-SECRETS = ("postgres-mailfleet_roundcube", "postgres-mailfleet_password",
-           "postgres-mailfleet_sogo")
-SNAPSHOT = {"upstream hosts": f"grep -F {shlex.quote(HOSTS_MARK)} /etc/hosts || true"}
+# the database roles whose passwords each webmail needs (accounts/schema.py, postgres.py)
+SECRETS = {"roundcube": ("postgres-mailfleet_roundcube", "postgres-mailfleet_password"),
+           "sogo": ("postgres-mailfleet_sogo",), "none": ()}
+_ALL_SECRETS = sorted({name for names in SECRETS.values() for name in names})
+_SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")  # what HostContext.secret makes
+SNAPSHOT = {"upstream": (f"grep -F {shlex.quote(HOSTS_MARK)} /etc/hosts; "
+                         f"find {CA_DIR} {SYSTEM_CA_DIR} -type f 2>/dev/null; true")}
 
 
 @dataclass
@@ -50,46 +59,67 @@ def ca_file(upstream: Upstream) -> str:
     return f"{CA_DIR}/{upstream.name}.crt"
 
 
-def _read_command(fqdn: str, create: bool) -> str:
-    """Print the mail host's CA certificate and the web tier's role passwords; with
-    `create`, make what is missing first (the CA as certs' script would, the passwords
-    as HostContext.secret would: 0600, never on a command line)."""
-    make = ""
-    if create:
-        secret_files = " ".join(shlex.quote(f"{SECRETS_DIR}/{name}") for name in SECRETS)
-        make = (f"set -e; dir={shlex.quote(certs.TLS_DIR)}; umask 077; "
-                'install -d -m 0755 "$dir"; work=$(mktemp -d); trap \'rm -rf "$work"\' EXIT; '
-                + render("certs/make-ca.sh.j2", fqdn=fqdn) + "\n"
-                f"install -d -m 0700 {shlex.quote(SECRETS_DIR)}; "
-                f"for f in {secret_files}; do [ -s \"$f\" ] || "
-                "{ openssl rand -base64 24 | tr '+/' '-_' > \"$f.new\" && mv \"$f.new\" \"$f\"; }; "
-                "done; ")
-    show = "; ".join(f"printf '{name} '; cat {shlex.quote(f'{SECRETS_DIR}/{name}')} 2>/dev/null "
-                     "|| echo" for name in SECRETS)
-    return f"{make}{show}; echo '-- ca'; cat {shlex.quote(certs.CA_FILE)} 2>/dev/null || true"
+def system_ca_file(upstream: Upstream) -> str:
+    return f"{SYSTEM_CA_DIR}/{upstream.name}.crt"
 
 
-def parse(text: str) -> Found:
+_READ = ("; ".join(f"printf '{name} '; cat {shlex.quote(f'{SECRETS_DIR}/{name}')} 2>/dev/null || echo"
+                   for name in _ALL_SECRETS)
+         + f"; echo '-- ca'; cat {shlex.quote(certs.CA_FILE)} 2>/dev/null; true")
+
+
+def local_ca(text: str, fqdn: str) -> str:
+    """`text` if it is exactly one certificate: the local CA mailfleet made on the mail host
+    `fqdn` (self-signed, CA:TRUE, its subject); else "". What a mail host hands over is
+    trusted on the web host, so nothing else may pass (a root on the mail host could
+    otherwise have the web host trust any certificate of its choosing)."""
+    if text.count("-----BEGIN CERTIFICATE-----") != 1:
+        return ""
+    try:
+        cert = x509.load_pem_x509_certificate(text.encode())
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (ValueError, x509.ExtensionNotFound):
+        return ""
+    names = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    if (not constraints.ca or cert.issuer != cert.subject
+            or names != [f"mailfleet local CA for {fqdn}"]):
+        return ""
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def parse(text: str, fqdn: str) -> Found:
     head, _, ca = text.partition("-- ca\n")
-    found = Found(ca=ca.strip() + "\n" if "BEGIN CERTIFICATE" in ca else "")
+    found = Found(ca=local_ca(ca.strip() + "\n", fqdn))
     for line in head.splitlines():
         name, _, value = line.partition(" ")
-        if name in SECRETS and value.strip():
+        if name in _ALL_SECRETS and _SECRET_RE.fullmatch(value.strip()):
             found.secrets[name] = value.strip()
     return found
 
 
 def prepare(engine: Engine, all_settings: list[HostSettings]) -> None:
-    """Read (and in a real deploy make) what the selected web-only hosts need from their
-    mail host, before any operation is added."""
-    wanted = {plan.upstream for plan in engine.plans.values() if plan.upstream is not None}
+    """Read what the selected web-only hosts need from their mail host, before any
+    operation is added: its CA certificate and the passwords of webmail's database roles.
+    A deploy takes the mail host first (services.phases), which makes them; a mail host not
+    deployed yet is one sentence here, before the web host is touched."""
     found = {}
-    for upstream in wanted:
-        settings = next(h for h in all_settings if h.name == upstream.name)
-        found[upstream.name] = parse(ssh_run(settings, _read_command(upstream.fqdn,
-                                                                     not engine.check)))
-        if not engine.check and not found[upstream.name].ca:
-            raise DeployError(f"{upstream.name} gave no CA certificate for its web hosts.")
+    for name, plan in engine.plans.items():
+        upstream = plan.upstream
+        if upstream is None:
+            continue
+        if upstream.name not in found:
+            settings = next(h for h in all_settings if h.name == upstream.name)
+            found[upstream.name] = parse(ssh_run(settings, _READ), upstream.fqdn)
+        got = found[upstream.name]
+        missing = [what for what, there in (("its local CA certificate", got.ca),
+                                            *((f"the {s} password", s in got.secrets)
+                                              for s in SECRETS[plan.webmail])) if not there]
+        if missing and not engine.check:
+            raise DeployError(
+                f"{name} needs {upstream.name} deployed first, and {upstream.name} has no "
+                f"{', '.join(missing)}.",
+                hint=f"Run `mailfleet deploy` without --limit, or with --limit {upstream.name} "
+                     "first.")
     engine.shared["upstream"] = found
 
 
@@ -139,17 +169,39 @@ def hosts_line(line: str, present: str):
 
 def deploy(ctx: HostContext) -> None:
     upstream = ctx.plan.upstream
-    ca = ctx.op(config_file, name=f"Trust {upstream.name}'s CA", dest=ca_file(upstream),
-                content=_found(ctx).ca)
-    ctx.op(server.shell, name="Update the trusted certificates", commands=["update-ca-certificates"],
-           _if=ctx.changed(ca))
+    ca = _found(ctx).ca
+    ctx.op(config_file, name=f"Keep {upstream.name}'s CA", dest=ca_file(upstream), content=ca)
+    if ctx.plan.webmail == "sogo":
+        trusted = ctx.op(config_file, name=f"Trust {upstream.name}'s CA for SOGo (system-wide)",
+                         dest=system_ca_file(upstream), content=ca)
+        ctx.op(server.shell, name="Update the system's trusted certificates",
+               commands=["update-ca-certificates --fresh >/dev/null"], _if=ctx.changed(trusted))
+    elif _files(ctx, SYSTEM_CA_DIR):
+        ctx.op(server.shell, name="Take the mail host's CA out of the system's trust", commands=[
+            f"rm -rf {SYSTEM_CA_DIR} && update-ca-certificates --fresh >/dev/null"])
     ctx.op(hosts_line, name=f"Name {upstream.name} in /etc/hosts",
            line=f"{upstream.address} {upstream.fqdn} {HOSTS_MARK}",
-           present=ctx.snapshot("upstream hosts"))
+           present="\n".join(line for line in ctx.snapshot("upstream").splitlines()
+                             if HOSTS_MARK in line))
+
+
+def _files(ctx: HostContext, directory: str) -> list[str]:
+    return [line for line in ctx.snapshot("upstream").splitlines()
+            if line.startswith(directory + "/")]
+
+
+def retire(ctx: HostContext) -> None:
+    """No longer a web-only host: its former mail host is trusted no more, and not named."""
+    if not ctx.snapshot("upstream").strip():
+        return
+    ctx.op(server.shell, name="Forget the former mail host (its CA, /etc/hosts)", commands=[
+        f"rm -rf {CA_DIR} {SYSTEM_CA_DIR} && update-ca-certificates --fresh >/dev/null && "
+        f"{{ grep -vF {shlex.quote(HOSTS_MARK)} /etc/hosts > /etc/hosts.mailfleet-new; "
+        "cat /etc/hosts.mailfleet-new > /etc/hosts && rm -f /etc/hosts.mailfleet-new; }"])
 
 
 def _tls(upstream: Upstream, port: int, starttls: str = "") -> str:
-    return (f"printf '{port} '; openssl s_client -connect {shlex.quote(upstream.fqdn)}:{port} "
+    return (f"printf '{port} '; timeout 10 openssl s_client -connect {shlex.quote(upstream.fqdn)}:{port} "
             f"{starttls}-CAfile {shlex.quote(ca_file(upstream))} "
             f"-verify_hostname {shlex.quote(upstream.fqdn)} -verify_return_error -brief "
             "</dev/null 2>&1 | grep -c '^Verification: OK' || true")
@@ -184,6 +236,7 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("upstream", applies=lambda plan: plan.upstream is not None,
-                  packages=tuple(PACKAGES), deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+                  packages=tuple(PACKAGES), deploy=deploy, retire=retire, checks=checks,
+                  snapshot=SNAPSHOT,
                   reads=lambda engine, plan: [_check_read(plan.upstream)] if plan.upstream else [],
-                  managed_paths=(CA_DIR,))
+                  managed_paths=(CA_DIR, SYSTEM_CA_DIR))

@@ -174,3 +174,44 @@ def test_a_deploy_takes_the_database_host_before_the_web_hosts_that_use_it():
         [["mx0"], ["web0", "web1"]]
     one = parse(BASE + '[[hosts]]\nname = "mx1"\naddress = "192.0.2.1"\n')
     assert [[h.name for h in phase] for phase in services.phases(one, one.hosts)] == [["mx1"]]
+
+
+@pytest.mark.parametrize(("address", "message"), [
+    ("127.0.0.1", "cannot be where the other hosts reach it"),
+    ("0.0.0.0", "cannot be where the other hosts reach it"),
+    ("fe80::1", "cannot be where the other hosts reach it"),
+    ("192.0.2.1", "hosts 'mx1' and 'web1' have the same address 192.0.2.1"),
+])
+def test_addresses_the_tiers_cannot_admit_each_other_by_are_refused(address, message):
+    config = parse(SPLIT.replace('address = "192.0.2.2"', f'address = "{address}"'))
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        services.plans(config, config.hosts)
+
+
+def test_ipv6_addresses_are_written_as_ufw_and_pg_hba_print_them():
+    config = parse(SPLIT.replace('address = "192.0.2.2"', 'address = "2001:db8:0:0::2"'))
+    assert services.plans(config, config.hosts)["mx1"].peers == ("2001:db8::2",)
+
+
+def test_a_web_only_host_does_not_claim_the_mail_host_name():
+    from mailfleet.services import certs
+
+    config = parse(SPLIT)
+    assert "mail.example.org" not in certs.certificate_names(config, "web1.example.org", False)
+    assert "mail.example.org" in certs.certificate_names(config, "mx1.example.org", True)
+
+
+def test_postgresql_may_listen_on_the_private_address_and_nowhere_else():
+    from mailfleet.services import units
+    from mailfleet.services.shape import Port, Unit
+
+    pg = [Unit("postgresql", (Port(5432, "PostgreSQL", "private"),)),
+          Unit("opendkim", (Port(8891, "OpenDKIM", "local"),))]
+
+    def status(*listening: str) -> dict[str, str]:
+        text = "active\nactive\n==\n" + "".join(f"LISTEN 0 128 {a} 0.0.0.0:*\n" for a in listening)
+        return {r.name: r.status for r in units.host_checks("mx1", pg, text, frozenset({"10.0.0.1"}))}
+
+    assert status("127.0.0.1:5432", "10.0.0.1:5432", "127.0.0.1:8891")["port 5432"] == "ok"
+    assert status("0.0.0.0:5432", "127.0.0.1:8891")["port 5432"] == "fail"
+    assert status("127.0.0.1:5432", "10.0.0.1:8891")["port 8891"] == "fail"  # local stays local
