@@ -109,6 +109,12 @@ def test_each_tier_has_only_its_own_packages_and_a_second_deploy_changes_nothing
         assert not _installed(cli, "n1", package), f"n1 has {package}"
         assert _installed(cli, "n2", package), f"n2 lacks {package}"
     _no_changes(cli)
+    # the mail host's CA is a file Roundcube names, not in Debian's trust store (SOGo's need)
+    assert cli.ssh("n2", "openssl x509 -noout -subject -in /etc/mailfleet/tls/upstream/n1.crt") \
+        .endswith("mailfleet local CA for n1.example.test")
+    assert cli.ssh("n2", "ls /usr/local/share/ca-certificates/mailfleet 2>&1 || true") \
+        .endswith("No such file or directory")
+    assert cli.json("deploy", "--limit", "n2")["changes"] == 0  # the web host alone, later
     names = {(c["host"], c["name"]) for c in _healthy(cli)["checks"]}
     assert ("n2", "IMAP on n1") in names and ("n2", "PostgreSQL on n1") in names, names
     assert ("n2", "webmail login page") in names and ("n1", "webmail login page") not in names
@@ -157,6 +163,7 @@ def test_sogo_on_the_web_host_logs_in_and_shows_a_mail(split, mail_node, chromiu
     assert report["ok"], report
     assert not _installed(cli, "n2", "roundcube-core") and _installed(cli, "n2", "sogo")
     assert not _installed(cli, "n1", "sogo")
+    assert cli.ssh("n2", "ls /usr/local/share/ca-certificates/mailfleet") == "n1.crt"
     _no_changes(cli)
     _healthy(cli)
 
