@@ -38,12 +38,87 @@ from mailfleet.services import opendkim
 
 pytestmark = pytest.mark.lab
 
-# Lab names used by the tests: mft1, mft2, ... (another prefix lets a second run go on beside)
-LAB_PREFIX = os.environ.get("MAILFLEET_TEST_LABS", "mft")
+# Lab names used by the tests: mft1, mft2, ... (another prefix lets a second run go on beside).
+# Under pytest-xdist each worker adds a letter of its own (gw0: mfta1, ..., gw1: mftb1, ...):
+# every worker boots its own labs (its own shared two-release lab too), and no two workers,
+# nor a serial run beside them, ever use the same lab name, namespace, state directory or port.
+LAB_NUMBERS = 10  # lab_name(1) .. lab_name(LAB_NUMBERS); test_demo's lab is lab_name("demo")
 
 
-def lab_name(number: int) -> str:
-    return f"{LAB_PREFIX}{number}"
+def worker_prefix(base: str, worker: str | None) -> str:
+    """The lab-name prefix of one pytest process: `base`, plus a letter per xdist worker."""
+    if not worker:
+        return base
+    if not worker.startswith("gw") or not worker[2:].isdigit() or int(worker[2:]) >= 26:
+        raise ValueError(f"unexpected xdist worker id {worker!r} (gw0 .. gw25 get a letter each)")
+    return base + "abcdefghijklmnopqrstuvwxyz"[int(worker[2:])]
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` if every lab name the tests make from it is a valid lab id (1-8 letters or
+    digits): prefix + "10" is the longest; "demo" is cut to 8 characters (the worker's letter
+    stays in, so two workers' demo labs still differ)."""
+    from mailfleet.lab.paths import LAB_ID_RE
+
+    if not prefix or not LAB_ID_RE.fullmatch(f"{prefix}{LAB_NUMBERS}"):
+        raise ValueError(
+            f"lab-name prefix {prefix!r} (MAILFLEET_TEST_LABS, plus one letter per xdist worker) "
+            f"is not usable: the tests' lab names ({prefix}1 .. {prefix}{LAB_NUMBERS}) must be "
+            "1-8 lower case letters or digits: a prefix of 1-6 characters, 1-5 under xdist")
+    return prefix
+
+
+LAB_PREFIX = check_prefix(worker_prefix(os.environ.get("MAILFLEET_TEST_LABS", "mft"),
+                                        os.environ.get("PYTEST_XDIST_WORKER")))
+
+
+def lab_name(number: int | str) -> str:
+    """This process's lab name `number` (1 .. LAB_NUMBERS, or "demo")."""
+    if isinstance(number, int) and not 1 <= number <= LAB_NUMBERS:
+        raise ValueError(f"lab numbers go from 1 to {LAB_NUMBERS} (raise LAB_NUMBERS)")
+    return f"{LAB_PREFIX}{number}"[:8]
+
+
+# -- the order of the modules -----------------------------------------------------------
+
+# Seconds each lab module took in a serial full run (from its start to its end, fixtures
+# included), on the 2-core machine with the image cache warm. The longest start first: under
+# pytest-xdist (bin/test: `-n 2 --dist loadfile --no-loadscope-reorder`) each worker takes
+# the next whole module when it is nearly done with its own, so with the long ones first the
+# two workers end close together. A module missing here counts as DEFAULT_SECONDS.
+MODULE_SECONDS = {
+    "test_lab_deploy.py": 480,  # first: its bare deploy is the shared lab's first deploy
+    "test_split_tiers.py": 420,
+    "test_mail_accounts.py": 420,
+    "test_vpn.py": 330,
+    "test_mail_node.py": 330,
+    "test_dns_mail.py": 300,
+    "test_mail_backup.py": 300,
+    "test_radicale.py": 270,
+    "test_webmail_sogo.py": 240,
+    "test_node_hardening.py": 180,
+    "test_webmail.py": 180,
+    "test_webmail_switch.py": 150,
+    "test_demo.py": 100,
+    "test_readme_lab.py": 95,
+    "test_engine_helpers.py": 30,
+    "test_lab_names.py": 0,
+}
+DEFAULT_SECONDS = 120
+LAB_DIR = Path(__file__).parent
+
+
+def module_order_key(path: Path) -> int:
+    """Sort key of a test module: lab modules longest first, then everything else (the unit
+    tests: many short modules, which fill the end of a parallel run)."""
+    if path.parent != LAB_DIR:
+        return 1
+    return -MODULE_SECONDS.get(path.name, DEFAULT_SECONDS)
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering for module-scoped fixtures
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: module_order_key(item.path))  # stable: each module keeps its order
 
 
 @dataclass
