@@ -4,7 +4,8 @@ They need root. Without it they fail (loudly), they never skip: a lab test that 
 run has proven nothing.
 
 Labs: the two-release lab (`two_release_lab`, Debian 12 n1 + Debian 13 n2) is booted once per
-session and shared by every module that uses it; each of those modules starts with its own
+session (per pytest-xdist worker: each worker has its own, under its own lab names) and shared
+by every module of that session that uses it; each of those modules starts with its own
 deploy (`deployed`). Modules that need other hosts boot a lab of their own (test_dns_mail,
 test_vpn, test_readme_lab, test_demo, parts of test_lab_deploy and test_mail_backup).
 Modules pass in any order: a module that changes the shared lab's mailfleet.toml does it
@@ -81,39 +82,44 @@ def lab_name(number: int | str) -> str:
 
 # -- the order of the modules -----------------------------------------------------------
 
-# Seconds each lab module took in a serial full run (from its start to its end, fixtures
-# included), on the 2-core machine with the image cache warm. The longest start first: under
-# pytest-xdist (bin/test: `-n 2 --dist loadfile --no-loadscope-reorder`) each worker takes
-# the next whole module when it is nearly done with its own, so with the long ones first the
-# two workers end close together. A module missing here counts as DEFAULT_SECONDS.
+# The lab modules in the order they start, with the seconds each took in a serial run (start
+# to end, fixtures included; 2-core machine, image cache warm; measured 2026-12-04, the
+# modules not measured then estimated from their slowest tests). Under pytest-xdist (bin/test:
+# `-n 2 --dist loadfile --no-loadscope-reorder`) each worker runs whole modules and is sent
+# its next one when two tests of its current one are left. So: test_lab_deploy first (its
+# bare deploy is its worker's shared lab's first deploy), then the longest first, but the
+# modules of one long test before the tail (piled up by that look-ahead they would leave one
+# worker minutes behind): the run ends on modules of many short tests, then the unit tests.
+# A lab module missing here starts after these (test_lab_names checks that none is missing).
 MODULE_SECONDS = {
-    "test_lab_deploy.py": 480,  # first: its bare deploy is the shared lab's first deploy
+    "test_lab_deploy.py": 370,
+    "test_mail_accounts.py": 560,
     "test_split_tiers.py": 420,
-    "test_mail_accounts.py": 420,
+    "test_mail_backup.py": 340,
     "test_vpn.py": 330,
     "test_mail_node.py": 330,
-    "test_dns_mail.py": 300,
-    "test_mail_backup.py": 300,
-    "test_radicale.py": 270,
-    "test_webmail_sogo.py": 240,
+    "test_radicale.py": 300,
+    "test_webmail_switch.py": 120,  # one test
+    "test_demo.py": 100,  # one test
+    "test_readme_lab.py": 100,  # one test
+    "test_webmail_sogo.py": 250,
+    "test_dns_mail.py": 200,
+    "test_webmail.py": 200,
     "test_node_hardening.py": 180,
-    "test_webmail.py": 180,
-    "test_webmail_switch.py": 150,
-    "test_demo.py": 100,
-    "test_readme_lab.py": 95,
-    "test_engine_helpers.py": 30,
+    "test_engine_helpers.py": 25,
     "test_lab_names.py": 0,
 }
-DEFAULT_SECONDS = 120
 LAB_DIR = Path(__file__).parent
+_POSITION = {name: i for i, name in enumerate(MODULE_SECONDS)}
 
 
 def module_order_key(path: Path) -> int:
-    """Sort key of a test module: lab modules longest first, then everything else (the unit
-    tests: many short modules, which fill the end of a parallel run)."""
+    """Sort key of a test module: the lab modules in MODULE_SECONDS's order, then any other
+    lab module, then everything else (the unit tests: many short modules, which fill the end
+    of a parallel run)."""
     if path.parent != LAB_DIR:
-        return 1
-    return -MODULE_SECONDS.get(path.name, DEFAULT_SECONDS)
+        return len(_POSITION) + 1
+    return _POSITION.get(path.name, len(_POSITION))
 
 
 @pytest.hookimpl(trylast=True)  # after pytest's own reordering for module-scoped fixtures

@@ -66,12 +66,11 @@ def test_this_process_names_its_labs_from_its_own_prefix():
         lab_name(LAB_NUMBERS + 1)
 
 
-def test_every_lab_module_has_an_estimate_and_the_longest_come_first():
+def test_every_lab_module_has_its_place_and_test_lab_deploy_starts_first():
     modules = sorted(p.name for p in LAB_DIR.glob("test_*.py"))
-    assert sorted(MODULE_SECONDS) == modules, "add the new module's seconds to MODULE_SECONDS"
+    assert sorted(MODULE_SECONDS) == modules, "add the new module (and its seconds) to MODULE_SECONDS"
     order = sorted(modules, key=lambda name: module_order_key(LAB_DIR / name))
-    assert order[0] == "test_lab_deploy.py"  # its bare deploy is the shared lab's first
-    seconds = [MODULE_SECONDS[name] for name in order]
-    assert seconds == sorted(seconds, reverse=True)
+    assert order == list(MODULE_SECONDS) and order[0] == "test_lab_deploy.py"
+    assert module_order_key(LAB_DIR / "test_new.py") > module_order_key(LAB_DIR / order[-1])
     unit = Path(__file__).resolve().parents[1] / "unit" / "test_layers.py"
-    assert module_order_key(unit) > max(module_order_key(LAB_DIR / name) for name in modules)
+    assert module_order_key(unit) > module_order_key(LAB_DIR / "test_new.py")
