@@ -68,7 +68,7 @@ def test_this_process_names_its_labs_from_its_own_prefix():
 
 def test_every_lab_module_has_its_place_and_test_lab_deploy_starts_first():
     modules = sorted(p.name for p in LAB_DIR.glob("test_*.py"))
-    assert sorted(MODULE_SECONDS) == modules, "add the new module (and its seconds) to MODULE_SECONDS"
+    assert sorted(MODULE_SECONDS) == modules, "add the new module (its seconds) to MODULE_SECONDS"
     order = sorted(modules, key=lambda name: module_order_key(LAB_DIR / name))
     assert order == list(MODULE_SECONDS) and order[0] == "test_lab_deploy.py"
     assert module_order_key(LAB_DIR / "test_new.py") > module_order_key(LAB_DIR / order[-1])
