@@ -54,7 +54,7 @@ class Booting:
                 "all nodes, or one per node."
             )
         require_root()
-        ensure_machine_tools(self.log)
+        ensure_machine_tools(self.paths.state_dir.parent, self.log)  # the lab's state root
         self.down(quiet=True)  # our own leftovers from a killed run, or the previous lab
         roots = {r: images.ensure_rootfs(r, self.log, preinstall) for r in set(releases)}
 

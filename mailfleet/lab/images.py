@@ -52,11 +52,15 @@ def ensure_rootfs(release: str, log=print, preinstall: list[str] | None = None) 
         digest = hashlib.sha1(" ".join(packages).encode()).hexdigest()[:10]
         target = target.with_name(f"{release}-{digest}")
     mirror = lab_mirror()
+    _sweep(target)
     if _is_current(target, mirror):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(f".{release}.lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two labs starting at once build it once
+        # two labs starting at once (two test workers, two runs) build it once: the second
+        # waits here, then finds it current (the lock is per release, as older mailfleet
+        # versions on the same machine take it, so that they never build into one scratch)
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if _is_current(target, mirror):
             return target
         _build(release, target, packages, mirror, log)
@@ -86,12 +90,37 @@ def _build(release: str, target: Path, packages: list[str], mirror: str, log) ->
         json.dumps({"release": release, "version": IMAGE_VERSION, "built": time.time(),
                     "packages": packages, "mirror": mirror})
     )
-    old = target.with_name(target.name + ".old")
     if target.exists():
-        target.rename(old)
+        # a running lab (another test worker's, another run's) may boot nodes from the old
+        # copy: it moves aside, and goes only once no lab mounts this image any more
+        target.rename(target.with_name(f"{target.name}.old-{time.time_ns()}"))
     scratch.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    _sweep(target)
     log(f"root filesystem ready in {time.monotonic() - started:.0f} s")
+
+
+def in_use(target: Path, mounts: str | None = None) -> bool:
+    """Does a node of a running lab boot from the image at `target` (an overlay mount with it
+    as its lower layer)? /proc/mounts names the path as it was at mount time, so a copy that
+    was moved aside since still counts under this name."""
+    text = Path("/proc/mounts").read_text() if mounts is None else mounts
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[2] != "overlay":
+            continue
+        for option in fields[3].split(","):
+            if option.startswith("lowerdir=") and str(target) in option[9:].split(":"):
+                return True
+    return False
+
+
+def _sweep(target: Path) -> None:
+    """Remove the old copies of `target` moved aside by a rebuild, once no lab mounts the
+    image (any node booted from an old copy was mounted under this very name)."""
+    old = list(target.parent.glob(f"{target.name}.old*")) if target.parent.is_dir() else []
+    if old and not in_use(target):
+        for path in old:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_current(target: Path, mirror: str) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
@@ -50,11 +51,25 @@ def require_root() -> None:
         )
 
 
-def ensure_machine_tools(log=print) -> None:
-    """Install the Debian packages the lab needs on this machine, once."""
-    missing = sorted({pkg for tool, pkg in MACHINE_TOOLS.items() if not shutil.which(tool)})
-    if not missing:
+def _missing_machine_packages() -> list[str]:
+    return sorted({pkg for tool, pkg in MACHINE_TOOLS.items() if not shutil.which(tool)})
+
+
+def ensure_machine_tools(lock_dir: Path, log=print) -> None:
+    """Install the Debian packages the lab needs on this machine, once. Two labs starting at
+    once (two test workers) would run apt-get together, and the second would fail on dpkg's
+    lock: they take turns on a lock file in `lock_dir`, and the second finds the tools there."""
+    if not _missing_machine_packages():
         return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / ".machine-tools.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        missing = _missing_machine_packages()
+        if missing:
+            _install_machine_packages(missing, log)
+
+
+def _install_machine_packages(missing: list[str], log) -> None:
     log(f"installing on this machine: {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]

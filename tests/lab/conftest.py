@@ -4,7 +4,8 @@ They need root. Without it they fail (loudly), they never skip: a lab test that 
 run has proven nothing.
 
 Labs: the two-release lab (`two_release_lab`, Debian 12 n1 + Debian 13 n2) is booted once per
-session and shared by every module that uses it; each of those modules starts with its own
+session (per pytest-xdist worker: each worker has its own, under its own lab names) and shared
+by every module of that session that uses it; each of those modules starts with its own
 deploy (`deployed`). Modules that need other hosts boot a lab of their own (test_dns_mail,
 test_vpn, test_readme_lab, test_demo, parts of test_lab_deploy and test_mail_backup).
 Modules pass in any order: a module that changes the shared lab's mailfleet.toml does it
@@ -38,12 +39,92 @@ from mailfleet.services import opendkim
 
 pytestmark = pytest.mark.lab
 
-# Lab names used by the tests: mft1, mft2, ... (another prefix lets a second run go on beside)
-LAB_PREFIX = os.environ.get("MAILFLEET_TEST_LABS", "mft")
+# Lab names used by the tests: mft1, mft2, ... (another prefix lets a second run go on beside).
+# Under pytest-xdist each worker adds a letter of its own (gw0: mfta1, ..., gw1: mftb1, ...):
+# every worker boots its own labs (its own shared two-release lab too), and no two workers,
+# nor a serial run beside them, ever use the same lab name, namespace, state directory or port.
+LAB_NUMBERS = 10  # lab_name(1) .. lab_name(LAB_NUMBERS); test_demo's lab is lab_name("demo")
 
 
-def lab_name(number: int) -> str:
-    return f"{LAB_PREFIX}{number}"
+def worker_prefix(base: str, worker: str | None) -> str:
+    """The lab-name prefix of one pytest process: `base`, plus a letter per xdist worker."""
+    if not worker:
+        return base
+    if not worker.startswith("gw") or not worker[2:].isdigit() or int(worker[2:]) >= 26:
+        raise ValueError(f"unexpected xdist worker id {worker!r} (gw0 .. gw25 get a letter each)")
+    return base + "abcdefghijklmnopqrstuvwxyz"[int(worker[2:])]
+
+
+def check_prefix(prefix: str) -> str:
+    """`prefix` if every lab name the tests make from it is a valid lab id (1-8 letters or
+    digits): prefix + "10" is the longest; "demo" is cut to 8 characters (the worker's letter
+    stays in, so two workers' demo labs still differ)."""
+    from mailfleet.lab.paths import LAB_ID_RE
+
+    if not prefix or not LAB_ID_RE.fullmatch(f"{prefix}{LAB_NUMBERS}"):
+        raise ValueError(
+            f"lab-name prefix {prefix!r} (MAILFLEET_TEST_LABS, plus one letter per xdist worker) "
+            f"is not usable: the tests' lab names ({prefix}1 .. {prefix}{LAB_NUMBERS}) must be "
+            "1-8 lower case letters or digits: a prefix of 1-6 characters, 1-5 under xdist")
+    return prefix
+
+
+LAB_PREFIX = check_prefix(worker_prefix(os.environ.get("MAILFLEET_TEST_LABS", "mft"),
+                                        os.environ.get("PYTEST_XDIST_WORKER")))
+
+
+def lab_name(number: int | str) -> str:
+    """This process's lab name `number` (1 .. LAB_NUMBERS, or "demo")."""
+    if isinstance(number, int) and not 1 <= number <= LAB_NUMBERS:
+        raise ValueError(f"lab numbers go from 1 to {LAB_NUMBERS} (raise LAB_NUMBERS)")
+    return f"{LAB_PREFIX}{number}"[:8]
+
+
+# -- the order of the modules -----------------------------------------------------------
+
+# The lab modules in the order they start, with the seconds each took in a serial run (start
+# to end, fixtures included; 2-core machine, image cache warm; measured 2026-12-04, the
+# modules not measured then estimated from their slowest tests). Under pytest-xdist (bin/test:
+# `-n 2 --dist loadfile --no-loadscope-reorder`) each worker runs whole modules and is sent
+# its next one when two tests of its current one are left. So: test_lab_deploy first (its
+# bare deploy is its worker's shared lab's first deploy), then the longest first, but the
+# modules of one long test before the tail (piled up by that look-ahead they would leave one
+# worker minutes behind): the run ends on modules of many short tests, then the unit tests.
+# A lab module missing here starts after these (test_lab_names checks that none is missing).
+MODULE_SECONDS = {
+    "test_lab_deploy.py": 370,
+    "test_mail_accounts.py": 560,
+    "test_split_tiers.py": 420,
+    "test_mail_backup.py": 340,
+    "test_vpn.py": 330,
+    "test_mail_node.py": 330,
+    "test_radicale.py": 300,
+    "test_webmail_switch.py": 120,  # one test
+    "test_demo.py": 100,  # one test
+    "test_readme_lab.py": 100,  # one test
+    "test_webmail_sogo.py": 250,
+    "test_dns_mail.py": 200,
+    "test_webmail.py": 200,
+    "test_node_hardening.py": 180,
+    "test_engine_helpers.py": 25,
+    "test_lab_names.py": 0,
+}
+LAB_DIR = Path(__file__).parent
+_POSITION = {name: i for i, name in enumerate(MODULE_SECONDS)}
+
+
+def module_order_key(path: Path) -> int:
+    """Sort key of a test module: the lab modules in MODULE_SECONDS's order, then any other
+    lab module, then everything else (the unit tests: many short modules, which fill the end
+    of a parallel run)."""
+    if path.parent != LAB_DIR:
+        return len(_POSITION) + 1
+    return _POSITION.get(path.name, len(_POSITION))
+
+
+@pytest.hookimpl(trylast=True)  # after pytest's own reordering for module-scoped fixtures
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: module_order_key(item.path))  # stable: each module keeps its order
 
 
 @dataclass

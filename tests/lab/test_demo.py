@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from conftest import LAB_PREFIX, Cli, lab_leftovers
+from conftest import Cli, lab_leftovers, lab_name
 
-# its own lab name per test run: two runs (or a user's own demo) on one machine never meet
-LAB = f"{LAB_PREFIX}demo"[:8]
+# its own lab name per test run and xdist worker: two runs (or a user's own demo) never meet
+LAB = lab_name("demo")
 
 
 def test_demo_deploys_sends_reads_and_checks_then_cleans_up(tmp_path):
