@@ -15,7 +15,7 @@ from mailfleet.lab.paths import DEFAULT_RELEASE, RELEASES, LabPaths
 from mailfleet.lab.state import LabState, Node
 from mailfleet.netutil import free_port, wait_until
 from mailfleet.lab.system import (
-    ensure_machine_tools,
+    ensure_inotify_instances, ensure_machine_tools,
     require_root,
     run,
     spawn,
@@ -55,6 +55,7 @@ class Booting:
             )
         require_root()
         ensure_machine_tools(self.paths.state_dir.parent, self.log)  # the lab's state root
+        ensure_inotify_instances(self.log)
         self.down(quiet=True)  # our own leftovers from a killed run, or the previous lab
         roots = {r: images.ensure_rootfs(r, self.log, preinstall) for r in set(releases)}
 

@@ -69,6 +69,25 @@ def ensure_machine_tools(lock_dir: Path, log=print) -> None:
             _install_machine_packages(missing, log)
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+# each booted Debian (systemd and its services) holds about 11 inotify instances, all of them
+# root's; the kernel's default of 128 per user runs out at about ten nodes at once (two test
+# workers' labs plus a browser), and systemd in a node then fails in odd ways
+INOTIFY_WANTED = 1024
+
+
+def ensure_inotify_instances(log=print) -> None:
+    """Raise the machine's per-user inotify instance limit for the nodes, if lower."""
+    try:
+        current = int(INOTIFY_INSTANCES.read_text())
+        if current < INOTIFY_WANTED:
+            INOTIFY_INSTANCES.write_text(f"{INOTIFY_WANTED}\n")
+            log(f"raised fs.inotify.max_user_instances from {current} to {INOTIFY_WANTED} "
+                "(booted nodes hold about 11 each)")
+    except (OSError, ValueError):
+        pass  # not ours to change (a container): the nodes still boot, fewer at once
+
+
 def _install_machine_packages(missing: list[str], log) -> None:
     log(f"installing on this machine: {' '.join(missing)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
