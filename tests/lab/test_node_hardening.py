@@ -50,9 +50,12 @@ def test_only_the_services_ports_are_open_from_another_host(deployed: Cli, targe
     assert {p for p, is_open in seen.items() if is_open} == OPEN, seen
     status = deployed.ssh(target, "ufw status verbose")
     assert "Status: active" in status and "deny (incoming)" in status
-    local = {port.number for s in services.SERVICES for u in s.units for port in u.ports
-             if port.exposure == "local"}
-    assert local == {5432, 8891, 8893, 12340} and local.isdisjoint(OPEN)
+    exposed = {exposure: {port.number for s in services.SERVICES for u in s.units
+                          for port in u.ports if port.exposure == exposure}
+               for exposure in ("local", "private")}
+    # private: PostgreSQL, opened to web-only hosts alone (none here: 5432 stayed closed)
+    assert exposed == {"local": {8891, 8893, 12340}, "private": {5432}}
+    assert OPEN.isdisjoint(exposed["local"] | exposed["private"])
 
 
 def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: Cli, target: str):
