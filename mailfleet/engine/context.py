@@ -133,14 +133,16 @@ class HostContext:
         # A unit this deploy just started already runs the new config; restarting it at
         # once raced its PID file ("failed because of unavailable resources").
         started = self.changed(run)
+        restarted = self.changed(*restart_when) if restart_when else (lambda: False)
         if restart_when:
-            needed = self.changed(*restart_when)
             self.op(unit_restarted, name=f"Restart {unit}", unit=unit,
-                    _if=lambda: needed() and not started())
+                    _if=lambda: restarted() and not started())
         if reload_when:
+            # not after a restart, which read the new files already; a reload right after
+            # it failed ("Job for postgresql.service failed": the cluster still starting)
             wanted = self.changed(*reload_when)
             self.op(systemd.service, name=f"Reload {unit}", service=unit, reloaded=True,
-                    _if=lambda: wanted() and not started())
+                    _if=lambda: wanted() and not started() and not restarted())
         return run
 
     def changed(self, *metas: OperationMeta | None) -> Callable[[], bool]:
