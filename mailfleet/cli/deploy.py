@@ -52,29 +52,31 @@ def deploy(
 
 def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool = False,
                diff: bool = False, quiet: bool = False) -> DeployReport:
-    selected = [h.name for h in config.select_hosts(limit, g.config_path)]
-    services.plans(config, config.hosts)  # a role combination that cannot work: exit 2 first
+    chosen = config.select_hosts(limit, g.config_path)
+    selected = {h.name for h in chosen}
     reports: list[DeployReport] = []
-    for phase in services.phases(config, config.select_hosts(limit, g.config_path)):
+
+    def not_deployed(names: list[str], why: str) -> None:
+        reports.append(DeployReport(check, {name: HostReport(name, error=why) for name in names}))
+
+    # (the first phase's engine refuses a role combination that cannot work, before any host)
+    for phase in services.phases(config, chosen):
         names = [h.name for h in phase]
         if reports and not reports[-1].ok:  # the hosts it would use are not set up
-            reports.append(DeployReport(check, {name: HostReport(
-                name, error="not deployed: a mail or database host it uses failed first")
-                for name in names}))
+            not_deployed(names, "not deployed: a mail or database host it uses failed first")
             continue
         if reports and not check:  # as the earlier phase left it (SSH user, VPN address)
             config = g.load()
         hosts = [h for h in config.hosts if h.name in names]
         with services.engine(config, hosts, verbose=g.verbose, diff=diff, check=check) as engine:
-            wireguard.prepare(engine, config.hosts, make=set(selected))
+            wireguard.prepare(engine, config.hosts, make=selected)
             try:
                 upstream.prepare(engine, config.hosts)
             except DeployError as err:
                 if not reports:
                     raise  # nothing was done yet: one sentence
                 # the earlier phase's hosts were deployed: report them, and why these were not
-                reports.append(DeployReport(check, {name: HostReport(name, error=err.message)
-                                                    for name in names}))
+                not_deployed(names, err.message)
                 continue
             if quiet or check:
                 report = engine.deploy(services.deploy_steps())

@@ -104,8 +104,6 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         backup_repository=config.backup.repository is not None,
         firewall=features.firewall,
         wireguard=features.wireguard,
-        database_host=upstream.name if upstream else host.name,
-        mail_host=upstream.name if upstream else host.name,
         upstream=upstream, peers=peers,
         private_address=private_address(config, host) if upstream or peers else "",
         webmail_databases=((features.webmail,) if "db" in roles and any_web
@@ -119,4 +117,4 @@ def full_plan() -> HostPlan:
     return HostPlan(host="*", roles=frozenset(ROLES), webmail="roundcube", activesync=False,
                     radicale=True, acme=False, acme_dns01=False, backups=True,
                     backup_repository=True, firewall=True, wireguard=True,
-                    database_host="*", mail_host="*", webmail_databases=("roundcube",))
+                    webmail_databases=("roundcube",))

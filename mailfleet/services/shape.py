@@ -67,8 +67,6 @@ class HostPlan:
     backup_repository: bool  # ... and a repository to write them to
     firewall: bool
     wireguard: bool
-    database_host: str  # where this host's services find the accounts database
-    mail_host: str  # where clients and webmail find IMAP and submission
     # a web-only host: the mail and database host it talks to (None: it is this host)
     upstream: Upstream | None = None
     # a mail and database host: the private addresses of the web-only hosts it serves (the
@@ -85,6 +83,16 @@ class HostPlan:
     @property
     def ports(self) -> list[Port]:
         return [port for unit in self.units for port in unit.ports]
+
+    @property
+    def database_host(self) -> str:
+        """Where this host's services find the accounts database."""
+        return self.upstream.name if self.upstream else self.host
+
+    @property
+    def mail_host(self) -> str:
+        """Where this host's webmail finds IMAP and submission."""
+        return self.upstream.name if self.upstream else self.host
 
     @property
     def database_peers(self) -> tuple[str, ...]:

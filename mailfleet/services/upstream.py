@@ -43,6 +43,9 @@ SECRETS = {"roundcube": ("postgres-mailfleet_roundcube", "postgres-mailfleet_pas
            "sogo": ("postgres-mailfleet_sogo",), "none": ()}
 _ALL_SECRETS = sorted({name for names in SECRETS.values() for name in names})
 _SECRET_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")  # what HostContext.secret makes
+# /etc/hosts without mailfleet's mail-host line (rewritten in place: it may be a bind mount)
+_DROP_HOSTS_LINE = (f"grep -vF {shlex.quote(HOSTS_MARK)} /etc/hosts > /etc/hosts.mailfleet-new; "
+                    "cat /etc/hosts.mailfleet-new > /etc/hosts && rm -f /etc/hosts.mailfleet-new")
 SNAPSHOT = {"upstream": (f"grep -F {shlex.quote(HOSTS_MARK)} /etc/hosts; "
                          f"find {CA_DIR} {SYSTEM_CA_DIR} -type f 2>/dev/null; true")}
 
@@ -161,10 +164,7 @@ def hosts_line(line: str, present: str):
     if present.strip() == line:
         host.noop("/etc/hosts names the mail host")
         return
-    mark = shlex.quote(HOSTS_MARK)
-    yield (f"grep -vF {mark} /etc/hosts > /etc/hosts.mailfleet-new; "
-           f"printf '%s\\n' {shlex.quote(line)} >> /etc/hosts.mailfleet-new && "
-           "cat /etc/hosts.mailfleet-new > /etc/hosts && rm -f /etc/hosts.mailfleet-new")
+    yield f"{_DROP_HOSTS_LINE} && printf '%s\\n' {shlex.quote(line)} >> /etc/hosts"
 
 
 def deploy(ctx: HostContext) -> None:
@@ -196,8 +196,7 @@ def retire(ctx: HostContext) -> None:
         return
     ctx.op(server.shell, name="Forget the former mail host (its CA, /etc/hosts)", commands=[
         f"rm -rf {CA_DIR} {SYSTEM_CA_DIR} && update-ca-certificates --fresh >/dev/null && "
-        f"{{ grep -vF {shlex.quote(HOSTS_MARK)} /etc/hosts > /etc/hosts.mailfleet-new; "
-        "cat /etc/hosts.mailfleet-new > /etc/hosts && rm -f /etc/hosts.mailfleet-new; }"])
+        f"{{ {_DROP_HOSTS_LINE}; }}"])
 
 
 def _tls(upstream: Upstream, port: int, starttls: str = "") -> str:
@@ -208,7 +207,7 @@ def _tls(upstream: Upstream, port: int, starttls: str = "") -> str:
 
 
 def _check_read(upstream: Upstream) -> str:
-    # (run on every host of the engine: the others skip it, they have no such CA file)
+    # (a web host whose CA file is not there yet answers nothing: the check fails)
     return (f"if [ -s {shlex.quote(ca_file(upstream))} ]; then {_tls(upstream, 993)}; "
             f"{_tls(upstream, 5432, '-starttls postgres ')}; fi")
 
