@@ -20,7 +20,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import systemd
 
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine import snapshot
+from mailfleet.engine import facts, snapshot
 from mailfleet.engine.operations import config_file, unit_enabled, unit_restarted, unit_running
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 
@@ -64,7 +64,14 @@ class HostContext:
     def snapshot(self, section: str) -> str:
         """A section of the host snapshot (see engine/snapshot.py), read once per deploy."""
         if self._snapshot is None:
-            self._snapshot = snapshot.split(self.fact(Command, command=self.layout.command()) or "")
+            reads = self.layout.facts(self) if self.layout.facts else []
+            instances = [cls() for cls, _ in reads]
+            named = {f"fact {i}": facts.shell(fact, arguments)
+                     for i, (fact, (_, arguments)) in enumerate(zip(instances, reads))}
+            cache = facts.installed(self.host)
+            output = cache.read(Command, command=self.layout.command(named)) or ""
+            self._snapshot = snapshot.split(output)
+            cache.fill(reads, instances, [self._snapshot.get(name, "") for name in named])
         return self._snapshot.get(section, "")
 
     def file_state(self, path: str) -> FileState | None | str:

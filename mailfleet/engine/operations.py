@@ -114,14 +114,18 @@ def config_file(
     yield StringCommand("mv", "-f", QuoteString(tmp), QuoteString(dest))
 
 
+def debconf_shown(package: str) -> str:
+    """The read `debconf` makes (a snapshot can answer it: engine/facts.py)."""
+    return f"debconf-show {shlex.quote(package)} 2>/dev/null || true"
+
+
 @operation()
 def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bool = False):
     """Preseed debconf `answers` {question: (type, value)} for `package`.
 
     Values already set are left alone. With `secret`, values never appear in logs.
     """
-    shown = host.get_fact(Command, command=f"debconf-show {shlex.quote(package)} 2>/dev/null "
-                                            "|| true") or ""
+    shown = host.get_fact(Command, command=debconf_shown(package)) or ""
     current: dict[str, str] = {}
     for line in shown.splitlines():
         question, _, value = line.lstrip("* ").partition(":")

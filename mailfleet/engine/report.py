@@ -13,6 +13,10 @@ class HostReport:
     changed: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     error: str | None = None
+    # SSH commands and uploads sent to the host (fact reads included), and the pyinfra facts
+    # read live that the snapshot could have answered before any change (engine/facts.py)
+    commands: int = 0
+    fact_misses: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -21,6 +25,8 @@ class HostReport:
             "changed": self.changed,
             "failed": self.failed,
             "error": self.error,
+            "commands": self.commands,
+            "fact_misses": self.fact_misses,
         }
 
 

@@ -25,7 +25,7 @@ from pyinfra.context import ctx_host, ctx_state
 from pyinfra.facts.server import Command
 
 from mailfleet.config import Config, HostSettings
-from mailfleet.engine import reads as read_batch, snapshot
+from mailfleet.engine import facts as fact_cache, reads as read_batch, snapshot
 from mailfleet.engine.context import HostContext, ServiceStep
 from mailfleet.engine.operations import UPLOAD_DIR
 from mailfleet.engine.report import DeployReport, HostReport
@@ -153,6 +153,8 @@ class Engine:
                 f"Could not connect over SSH to {reasons}.",
                 hint="Check the host's address, ssh_port, ssh_user and ssh_key in the config.",
             )
+        for host in self.hosts():
+            fact_cache.installed(host)  # counts the commands sent; answers from snapshots
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -236,7 +238,9 @@ class Engine:
     def _report(self) -> DeployReport:
         reports = {}
         for host in self.hosts():
-            report = HostReport(host.name)
+            cache = fact_cache.installed(host)
+            report = HostReport(host.name, commands=cache.commands,
+                                fact_misses=list(dict.fromkeys(cache.misses)))
             for op_hash in host.op_hash_order:
                 data = self.state.ops[host].get(op_hash)
                 if data is None:

@@ -12,8 +12,11 @@ must be safe when an earlier operation of the same run has already done part of 
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
+
+from mailfleet.engine.facts import FactRead
 
 _MARK = "@@mailfleet-section"
 SECRETS_DIR = "/etc/mailfleet/secrets"
@@ -39,26 +42,31 @@ class Layout:
     sections: dict[str, str] = field(default_factory=dict)
     units: tuple[str, ...] = ()
     managed_paths: tuple[str, ...] = ()
+    # the pyinfra facts one host's operations will ask (given its HostContext), answered
+    # from the snapshot (engine/facts.py)
+    facts: Callable[[Any], list[FactRead]] | None = None
 
     @classmethod
     def of(cls, sections: Iterable[tuple[str, str]], units: Iterable[str],
-           managed_paths: Iterable[str]) -> Layout:
+           managed_paths: Iterable[str],
+           facts: Callable[[Any], list[FactRead]] | None = None) -> Layout:
         found: dict[str, str] = {}
         for name, snippet in sections:
             if found.setdefault(name, snippet) != snippet:
                 raise ValueError(f"snapshot section {name!r} is declared twice")
         return cls(found, tuple(dict.fromkeys(units)),
-                   tuple(dict.fromkeys([STATE_DIR, *managed_paths])))
+                   tuple(dict.fromkeys([STATE_DIR, *managed_paths])), facts)
 
     def managed(self, path: str) -> bool:
         return any(path == p or path.startswith(p + "/") for p in self.managed_paths)
 
-    def command(self) -> str:
+    def command(self, extra: dict[str, str] | None = None) -> str:
+        """The snapshot's one shell command: every section (and the `extra` ones)."""
         paths = " ".join(shlex.quote(p) for p in self.managed_paths)
         sections = {
             "files": (f"find {paths} -type f -printf '%m %u %g %p\\n'; echo ==; "
                       f"find {paths} -type f -exec sha1sum {{}} +"),
-            **BASE_SECTIONS, **self.sections,
+            **BASE_SECTIONS, **self.sections, **(extra or {}),
         }
         if self.units:
             sections["units"] = (

@@ -11,10 +11,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
+from pyinfra.facts.deb import DebPackages
+from pyinfra.facts.server import Command
 from pyinfra.operations import apt
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, snapshot
+from mailfleet.engine.facts import FactRead
+from mailfleet.engine.operations import debconf_shown
 from mailfleet.services import (
     acme,
     admin,
@@ -56,7 +60,13 @@ def _install(ctx: HostContext) -> None:
            packages=packages(ctx.plan), no_recommends=True)
 
 
-INSTALL = Service("packages", deploy=_install)
+def _install_facts(ctx: HostContext) -> list[FactRead]:
+    preseeded = ["postfix"] + (["roundcube-core"] if ctx.plan.webmail == "roundcube" else [])
+    return [(DebPackages, {}),
+            *((Command, {"command": debconf_shown(package)}) for package in preseeded)]
+
+
+INSTALL = Service("packages", deploy=_install, facts=_install_facts)
 
 # deploy order; `check` runs their checks in the same order
 SERVICES: list[Service] = [
@@ -127,7 +137,13 @@ def layout() -> snapshot.Layout:
     return snapshot.Layout.of(
         [(name, snippet) for s in SERVICES for name, snippet in s.snapshot.items()],
         [unit.name for s in SERVICES for unit in s.units],
-        [path for s in SERVICES for path in s.managed_paths])
+        [path for s in SERVICES for path in s.managed_paths], facts=host_facts)
+
+
+def host_facts(ctx: HostContext) -> list[FactRead]:
+    """The pyinfra facts the services running on this host will ask (their deploy)."""
+    return [read for s in SERVICES if s.facts is not None and s.applies(ctx.plan)
+            for read in s.facts(ctx)]
 
 
 def engine(config: Config, hosts: list[HostSettings], **options) -> Engine:

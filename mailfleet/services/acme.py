@@ -170,4 +170,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("acme", applies=lambda plan: plan.acme, packages=packages, deploy=deploy,
                   checks=checks, reads=(_TIMER,), snapshot=SNAPSHOT,
-                  units=(Unit("certbot.timer", checked=False),))
+                  units=(Unit("certbot.timer", checked=False),),
+                  managed_paths=("/etc/systemd/system/certbot.service.d",))

@@ -12,11 +12,13 @@ import shlex
 from pathlib import Path
 
 from pyinfra.api import operation
-from pyinfra.facts.server import Command
+from pyinfra.facts.files import Directory, File
+from pyinfra.facts.server import AuthorizedKeys, Command
 from pyinfra.operations import files, server
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine.facts import USER_FACTS, FactRead
 from mailfleet.engine.operations import UPLOAD_DIR
 from mailfleet.errors import ConfigError, DeployError
 from mailfleet.services.checks import CheckResult
@@ -131,6 +133,18 @@ def checks(engine: Engine) -> list[CheckResult]:
     return results
 
 
-SERVICE = Service("admin", deploy=deploy, checks=checks, snapshot=SNAPSHOT,
+def facts(ctx: HostContext) -> list[FactRead]:
+    """What server.user and server.group ask (engine/facts.py)."""
+    home = f"/home/{ctx.config.admin.user}"
+    keys = f"{home}/.ssh/authorized_keys"
+    found = [*USER_FACTS, (Directory, {"path": home}), (Directory, {"path": f"{home}/.ssh"}),
+             (AuthorizedKeys, {"user": ctx.config.admin.user, "path": keys}),
+             (File, {"path": keys})]
+    if not ctx.settings.sudo:
+        found.append((Directory, {"path": UPLOAD_DIR}))
+    return found
+
+
+SERVICE = Service("admin", deploy=deploy, checks=checks, snapshot=SNAPSHOT, facts=facts,
                   reads=lambda engine, plan: [_check_read(engine)],
                   managed_paths=("/etc/sudoers.d",))

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.facts.files import Directory, File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
@@ -277,6 +278,8 @@ def integrity_problem(settings: HostSettings) -> str | None:
 SERVICE = Service("backup", applies=lambda plan: plan.backups,
                   packages=lambda plan: PACKAGES if plan.backup_repository else [],
                   deploy=deploy, retire=retire, checks=checks, reads=(STATUS,), snapshot=SNAPSHOT,
+                  facts=lambda ctx: [*((Directory, {"path": path}) for path in (ROOT, PG_DIR, WAL_DIR)),
+                                     (File, {"path": OLD_ENV_FILE})],
                   # the units (the rest of its files lie below other services' paths): the
                   # snapshot lists them, so retire knows whether mailfleet's setup is there
                   managed_paths=UNIT_FILES)

@@ -9,6 +9,7 @@ which reports success while keeping the old config on some errors) when it chang
 
 from __future__ import annotations
 
+from pyinfra.facts.files import Directory
 from pyinfra.operations import files
 
 from mailfleet.engine import HostContext, config_file
@@ -59,4 +60,5 @@ SERVICE = Service(
     "dovecot", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
     units=(Unit("dovecot", (*(Port(port, f"Dovecot {name}") for port, name in PORTS.items()),
                             Port(QUOTA_STATUS_PORT, "Dovecot quota-status (localhost)", "local"))),),
-    managed_paths=("/etc/dovecot",))
+    managed_paths=("/etc/dovecot",),
+    facts=lambda ctx: [(Directory, {"path": "/var/spool/postfix/private"})])

@@ -83,4 +83,4 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("fail2ban", packages=tuple(PACKAGES), deploy=deploy, checks=checks,
                   reads=(_STATUS,),
-                  units=(Unit("fail2ban", checked=False),), managed_paths=("/etc/fail2ban/jail.d",))
+                  units=(Unit("fail2ban", checked=False),), managed_paths=("/etc/fail2ban/jail.d", FILTER_DIR))

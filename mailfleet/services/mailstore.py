@@ -7,10 +7,12 @@ on its own (and never inside a container, where / is the machine's own disk).
 
 from __future__ import annotations
 
+from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, server
 
 from mailfleet.engine import Engine, HostContext
+from mailfleet.engine.facts import USER_FACTS
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.shape import Service
 
@@ -70,4 +72,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 
 SERVICE = Service("mailstore", applies=lambda plan: plan.mail, deploy=deploy, checks=checks,
-                  reads=(_DISK,))
+                  reads=(_DISK,),
+                  facts=lambda ctx: [*USER_FACTS, (Directory, {"path": VMAIL_DIR})])

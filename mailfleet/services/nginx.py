@@ -10,6 +10,7 @@ from __future__ import annotations
 
 
 from pyinfra.api import operation
+from pyinfra.facts.files import Directory, Link
 from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
@@ -107,4 +108,7 @@ def checks(engine: Engine) -> list[CheckResult]:
 SERVICE = Service(
     "nginx", applies=lambda plan: plan.web, packages=tuple(PACKAGES), deploy=deploy,
     retire=retire, checks=checks, reads=(_AUTOCONFIG_READ,), snapshot=SNAPSHOT,
-    units=(Unit("nginx", tuple(Port(port, what) for port, what in PORTS.items())),))
+    units=(Unit("nginx", tuple(Port(port, what) for port, what in PORTS.items())),),
+    managed_paths=(WEB_ROOT, "/etc/nginx/sites-available"),
+    facts=lambda ctx: [(Directory, {"path": ACME_ROOT}), (Link, {"path": ENABLED}),
+                       (Link, {"path": "/etc/nginx/sites-enabled/default"})])

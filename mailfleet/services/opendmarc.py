@@ -36,4 +36,5 @@ SERVICE = Service("opendmarc", applies=lambda plan: plan.mail, packages=tuple(PA
                   deploy=deploy,
                   units=(Unit("opendmarc", (Port(OPENDMARC_PORT, "OpenDMARC milter (localhost)",
                                                  "local"),)),),
-                  managed_paths=("/etc/systemd/system/opendmarc.service.d",))
+                  managed_paths=("/etc/opendmarc", "/etc/opendmarc.conf",
+                                 "/etc/systemd/system/opendmarc.service.d"))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
@@ -265,4 +266,6 @@ def checks(engine: Engine) -> list[CheckResult]:
 SERVICE = Service("postgres", applies=lambda plan: plan.db, packages=tuple(PACKAGES),
                   deploy=deploy, checks=checks, reads=(_ROLE_CHECK,), snapshot=SNAPSHOT,
                   units=(Unit("postgresql", (Port(5432, "PostgreSQL", "private"),)),),
-                  managed_paths=("/etc/postgresql",))
+                  managed_paths=("/etc/postgresql", "/etc/systemd/system/postgresql@.service.d"),
+                  facts=lambda ctx: [(File, {"path": certs.KEY_FILE})] if ctx.plan.database_peers
+                  else [])

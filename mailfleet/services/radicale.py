@@ -9,6 +9,7 @@ backend) and 3.5 (Debian 13, whose dovecot backend breaks against Dovecot 2.4).
 from __future__ import annotations
 
 from pyinfra.api import operation
+from pyinfra.facts.files import Directory
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
@@ -85,4 +86,6 @@ def checks(engine: Engine) -> list[CheckResult]:
 SERVICE = Service("radicale", applies=lambda plan: plan.radicale, packages=tuple(PACKAGES),
                   deploy=deploy, retire=retire, checks=checks,
                   reads=lambda engine, plan: [_check_read(engine)],
-                  units=(Unit("radicale", checked=False),))
+                  units=(Unit("radicale", checked=False),),
+                  managed_paths=("/etc/radicale", MODULE_DIR, DROP_IN_DIR),
+                  facts=lambda ctx: [(Directory, {"path": STORAGE})])

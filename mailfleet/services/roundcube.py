@@ -13,14 +13,17 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files
 
 from mailfleet.accounts import passwords
 from mailfleet.engine import Engine, HostContext, config_file, debconf
+from mailfleet.engine.facts import FactRead
 from mailfleet.services import postgres, system, upstream
 from mailfleet.services.checks import CheckResult, https_count
-from mailfleet.services.platform import platform
+from mailfleet.services.platform import SUPPORTED, platform
 from mailfleet.services.shape import Service
 from mailfleet.templating import render
 
@@ -167,6 +170,17 @@ def deploy(ctx: HostContext) -> None:
     ctx.service(f"php{release.php}-fpm", restart_when=(pool, www))
 
 
+def facts(ctx: HostContext) -> list[FactRead]:
+    """What deploy's pyinfra operations ask, for each Debian release's PHP (engine/facts.py:
+    the release itself is known only from the snapshot these join)."""
+    found: list[FactRead] = []
+    for php in sorted({release.php for release in SUPPORTED.values()}):
+        unit = [f"php{php}-fpm.service"]
+        found += [(File, {"path": f"/etc/php/{php}/fpm/pool.d/www.conf"}),
+                  (SystemdStatus, {"services": unit}), (SystemdEnabled, {"services": unit})]
+    return found
+
+
 LOGIN_MARK = "rcmloginuser"
 
 
@@ -196,4 +210,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("roundcube", applies=lambda plan: plan.webmail == "roundcube",
                   packages=tuple(PACKAGES), deploy=deploy, retire=retire, checks=checks,
-                  reads=lambda engine, plan: [_check_read(engine)], snapshot=SNAPSHOT)
+                  reads=lambda engine, plan: [_check_read(engine)], snapshot=SNAPSHOT,
+                  managed_paths=("/etc/roundcube", "/etc/php"), facts=facts)

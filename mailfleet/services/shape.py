@@ -15,6 +15,7 @@ from typing import Literal
 from pyinfra.api.operation import OperationMeta
 
 from mailfleet.engine import Engine, HostContext
+from mailfleet.engine.facts import FactRead
 from mailfleet.services.checks import CheckResult
 
 # public: open to everyone; private: to the other hosts of the fleet only (cluster traffic);
@@ -148,6 +149,9 @@ class Service:
     snapshot: dict[str, str] = field(default_factory=dict)
     # files mailfleet writes live below these: the snapshot lists them all (see engine/snapshot)
     managed_paths: tuple[str, ...] = ()
+    # the pyinfra facts its operations ask on a host (files.directory: Directory(path=...)),
+    # answered from the snapshot while the host is unchanged (engine/facts.py)
+    facts: Callable[[HostContext], Iterable[FactRead]] | None = None
 
     def reads_for(self, engine: Engine, plan: HostPlan) -> list[str]:
         return list(self.reads(engine, plan) if callable(self.reads) else self.reads)

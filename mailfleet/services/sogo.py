@@ -126,5 +126,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("sogo", applies=lambda plan: plan.webmail == "sogo", packages=packages,
                   deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
-                  reads=(_CHECK_READ,), managed_paths=(DROP_IN_DIR,),
+                  reads=(_CHECK_READ,), managed_paths=("/etc/sogo", DROP_IN_DIR),
                   units=(Unit("sogo", checked=False), Unit("memcached", checked=False)))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, python, systemd
 
@@ -169,4 +170,5 @@ def checks(engine: Engine) -> list[CheckResult]:
 # applies everywhere: with ssh.vpn_only off it puts SSH back on every address
 SERVICE = Service("ssh over the VPN", deploy=restrict_ssh, checks=checks,
                   reads=lambda engine, plan: [_LISTEN] if vpn_only(engine.config) else [],
-                  managed_paths=("/etc/systemd/system/ssh.service.d",))
+                  managed_paths=("/etc/systemd/system/ssh.service.d",),
+                  facts=lambda ctx: [(File, {"path": LISTEN_DROPIN}), (File, {"path": ORDER_DROPIN})])

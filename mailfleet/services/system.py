@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pyinfra.facts.server import Command
+from pyinfra.facts.files import Directory, File, FindInFile
+from pyinfra.facts.server import Command, Date, Hostname, Which
 from pyinfra.operations import apt, files, server
 
 from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine.facts import FactRead
 from mailfleet.engine.operations import STAGING_DIR, UPLOAD_DIR
 from mailfleet.services.checks import CheckResult, expect
 from mailfleet.services.shape import Service
@@ -82,6 +84,18 @@ def checks(engine: Engine) -> list[CheckResult]:
     return results
 
 
+def facts(ctx: HostContext) -> list[FactRead]:
+    """What deploy's pyinfra operations ask (engine/facts.py)."""
+    directories = [STAGING_DIR, "/etc/mailfleet", "/etc/mailfleet/secrets"]
+    if ctx.settings.sudo:
+        directories.append(UPLOAD_DIR)
+    return [*((Directory, {"path": path}) for path in directories),
+            (Hostname, {}), (Which, {"command": "hostnamectl"}),
+            (FindInFile, {"path": "/etc/hosts", "pattern": r"^127\.0\.1\.1\s.*$",
+                          "interpolate_variables": False}),
+            (File, {"path": "/var/lib/apt/periodic/update-success-stamp"}), (Date, {})]
+
+
 SERVICE = Service("system", packages=tuple(BASE_PACKAGES), deploy=deploy, checks=checks,
-                  reads=(_NAMES,),
+                  reads=(_NAMES,), facts=facts,
                   snapshot=SNAPSHOT, managed_paths=("/etc/mailname", "/usr/local/lib/mailfleet"))

@@ -85,6 +85,9 @@ def test_deploy_check_then_deploy_then_zero_changes(bare_two_release_lab: Cli):
     assert second["ok"] is True
     assert second["changes"] == 0, second
     assert all(h["changes"] == 0 and h["operations"] >= 5 for h in second["hosts"].values())
+    # decided from one snapshot per host: every pyinfra fact answered from it (issue 23)
+    assert all(h["commands"] <= 3 and h["fact_misses"] == [] for h in second["hosts"].values()), \
+        {n: (h["commands"], h["fact_misses"]) for n, h in second["hosts"].items()}
 
     assert cli.json("deploy", "--check")["changes"] == 0
     checks = cli.json("check")

@@ -43,6 +43,7 @@ def backups_on(lab_settings: LabSettings, tmp_path_factory) -> Cli:
     assert password.stat().st_mode & 0o777 == 0o600  # made on this machine, kept here
     again = deployed.json("deploy")
     assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
+    assert {h: r["fact_misses"] for h, r in again["hosts"].items()} == {"n1": [], "n2": []}
     return deployed
 
 

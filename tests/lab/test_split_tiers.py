@@ -35,6 +35,8 @@ def _installed(cli: Cli, node: str, package: str) -> bool:
 def _no_changes(cli: Cli) -> None:
     again = cli.json("deploy")
     assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
+    # the web-only host's and the database host's pyinfra facts came from their snapshots
+    assert {h: r["fact_misses"] for h, r in again["hosts"].items()} == {"n1": [], "n2": []}
 
 
 def _healthy(cli: Cli) -> dict:
