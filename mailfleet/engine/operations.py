@@ -19,6 +19,7 @@ from pyinfra.api import FileUploadCommand, MaskString, QuoteString, StringComman
 from pyinfra.api.exceptions import OperationValueError
 from pyinfra.facts.files import Directory, File, FileContents, Sha1File
 from pyinfra.facts.server import Command
+from pyinfra.operations import apt
 
 from mailfleet.engine.snapshot import STAGING_DIR, FileState
 
@@ -146,6 +147,26 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
     yield StringCommand(
         "printf", "%s", MaskString(quoted) if secret else quoted, "|", "debconf-set-selections"
     )
+
+
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+@operation()
+def packages_installed(packages: list[str], policy: str):
+    """apt.packages (no recommends), with `policy` as /usr/sbin/policy-rc.d for the length
+    of the install: the services mailfleet configures are not started by their packages
+    (it starts each once, configured). The script is removed when the install ends, however
+    it ends; a host with a policy-rc.d of its own keeps it and it alone."""
+    commands = [str(command) for command in apt.packages._inner(packages=packages,
+                                                               no_recommends=True)]
+    if not commands:
+        host.noop("the packages are installed")
+        return
+    script = (f"if [ ! -e {POLICY_RC_D} ]; then trap 'rm -f {POLICY_RC_D}' EXIT; "
+              f"printf '%s' {shlex.quote(policy)} > {POLICY_RC_D} && chmod 755 {POLICY_RC_D}; "
+              f"fi; {' && '.join(commands)}")
+    yield StringCommand("sh", "-c", QuoteString(script))
 
 
 @operation()

@@ -13,12 +13,12 @@ from dataclasses import replace
 
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Command
-from pyinfra.operations import apt
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, snapshot
 from mailfleet.engine.facts import FactRead
-from mailfleet.engine.operations import debconf_shown
+from mailfleet.engine.operations import debconf_shown, packages_installed
+from mailfleet.templating import render
 from mailfleet.services import (
     acme,
     admin,
@@ -49,6 +49,7 @@ from mailfleet.services import (
 )
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.plan import HostPlan, check_roles, full_plan, make_plan
+from mailfleet.services.platform import platform
 from mailfleet.services.shape import Port, Service
 
 
@@ -56,8 +57,10 @@ def _install(ctx: HostContext) -> None:
     """All packages in one apt run (one dpkg pass is much faster than one per service)."""
     postfix.preseed(ctx)
     roundcube.preseed(ctx)
-    ctx.op(apt.packages, name="Install the mail system's packages",
-           packages=packages(ctx.plan), no_recommends=True)
+    started = sorted({unit.name.split(".")[0] for unit in ctx.plan.units} - {"ssh"}
+                     | ({f"php{platform(ctx).php}-fpm"} if ctx.plan.webmail == "roundcube" else set()))
+    ctx.op(packages_installed, name="Install the mail system's packages",
+           packages=packages(ctx.plan), policy=render("system/policy-rc.d.j2", units=started))
 
 
 def _install_facts(ctx: HostContext) -> list[FactRead]:
