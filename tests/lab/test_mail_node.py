@@ -5,6 +5,7 @@ the deployed hosts, accounts made through mailfleet's database layer."""
 from __future__ import annotations
 
 import imaplib
+import shlex
 import smtplib
 import ssl
 import threading
@@ -15,6 +16,7 @@ import pytest
 from conftest import DOMAIN, NODES, PASSWORD, Cli, Node
 
 from mailfleet.engine import mailclient
+from mailfleet.services import postfix
 
 def test_submission_on_587_and_465_is_read_back_over_imap_with_valid_dkim(node: Node):
     alice, bob = node.user("alice"), node.user("bob")
@@ -131,6 +133,19 @@ def test_a_full_mailbox_is_refused_at_rcpt_with_552(node: Node):
     # every accepted message was stored: none bounced back from LMTP
     failed = node.cli.ssh(node.name, f"journalctl -u dovecot | grep -c '{full}.*save failed' || true")
     assert failed == "0", f"{failed} accepted messages were refused by LMTP (bounced)"
+
+
+@pytest.mark.parametrize("half", ["main.cf", "master.cf"])
+def test_postfix_validation_rejects_a_broken_file_and_accepts_the_live_one(node: Node, half: str):
+    """The check a new main.cf or master.cf must pass before it replaces the live one."""
+    broken = {"main.cf": "bogus_parameter = 1", "master.cf": "submission inet n - y -"}
+    command = postfix._validate(half).replace("{path}", "/tmp/candidate")
+    node.cli.ssh(node.name, f"cp /etc/postfix/{half} /tmp/candidate")
+    assert node.cli.ssh(node.name, f"{{ {command}; }} && echo accepted") == "accepted"
+    node.cli.ssh(node.name, f"echo {shlex.quote(broken[half])} >> /tmp/candidate")
+    refused = node.cli.ssh(node.name, f"{{ {command}; }} 2>&1 && echo accepted || echo refused; "
+                           "rm -f /tmp/candidate")
+    assert refused.endswith("refused") and "postconf: " in refused, refused
 
 
 def test_check_passes_every_check(deployed: Cli):
