@@ -219,10 +219,14 @@ class Engine:
         self.op_names.clear()
         if on_event:
             self.state.add_callback_handler(Progress(on_event, self.op_names))
-        for host in self.hosts():
-            ctx = HostContext(self.config, self.settings[host.name], host, self.state, self.check,
-                              plan=self.plans.get(host.name), layout=self.layout,
-                              shared=self.shared, op_names=self.op_names)
+        contexts = [HostContext(self.config, self.settings[host.name], host, self.state,
+                                self.check, plan=self.plans.get(host.name), layout=self.layout,
+                                shared=self.shared, op_names=self.op_names)
+                    for host in self.hosts()]
+        # every host's snapshot at once (the steps below run one host after the other)
+        gevent.joinall([self.state.pool.spawn(ctx.snapshot, "os") for ctx in contexts],
+                       raise_error=True)
+        for ctx in contexts:
             for step in steps:
                 step(ctx)
         if not self.check:
