@@ -224,8 +224,8 @@ class Engine:
                                 shared=self.shared, op_names=self.op_names)
                     for host in self.hosts()]
         # every host's snapshot at once (the steps below run one host after the other)
-        gevent.joinall([self.state.pool.spawn(ctx.snapshot, "os") for ctx in contexts],
-                       raise_error=True)
+        gevent.joinall([self.state.pool.spawn(ctx.snapshot, "os") for ctx in contexts
+                        if ctx.host.connected], raise_error=True)
         for ctx in contexts:
             for step in steps:
                 step(ctx)
