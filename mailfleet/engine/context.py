@@ -64,7 +64,7 @@ class HostContext:
     def snapshot(self, section: str) -> str:
         """A section of the host snapshot (see engine/snapshot.py), read once per deploy."""
         if self._snapshot is None:
-            reads = self.layout.facts(self) if self.layout.facts else []
+            reads = facts.unique(self.layout.facts(self)) if self.layout.facts else []
             instances = [cls() for cls, _ in reads]
             named = {f"fact {i}": facts.shell(fact, arguments)
                      for i, (fact, (_, arguments)) in enumerate(zip(instances, reads))}

@@ -46,6 +46,14 @@ def fact_arguments(cls: type[FactBase], args: tuple, kwargs: dict[str, Any]) -> 
     return dict(bound.arguments)
 
 
+def unique(reads: list[FactRead]) -> list[FactRead]:
+    """`reads` without repeats (two services may declare one read)."""
+    found: dict[tuple[str, str], FactRead] = {}
+    for cls, arguments in reads:
+        found.setdefault(key(cls, fact_arguments(cls, (), arguments)), (cls, arguments))
+    return list(found.values())
+
+
 def key(cls: type[FactBase], arguments: dict[str, Any]) -> tuple[str, str]:
     return (f"{cls.__module__}.{cls.__qualname__}", repr(sorted(arguments.items())))
 
@@ -63,8 +71,15 @@ def shell(fact: FactBase, arguments: dict[str, Any]) -> str:
     return f"( {text} ); printf '\\n{_RC}%s\\n' $?"
 
 
+class Unanswered(Exception):
+    """The snapshot holds no answer pyinfra would have accepted: the command failed (pyinfra
+    then fails the host) or its output did not parse. Left to a live read, which does what
+    pyinfra does."""
+
+
 def answer(fact: FactBase, output: str) -> Any:
-    """The fact's value from what `shell` printed, as pyinfra's get_fact makes it."""
+    """The fact's value from what `shell` printed, as pyinfra's get_fact makes it (or
+    Unanswered)."""
     lines = output.split("\n")
     status = ""
     while lines:
@@ -76,9 +91,14 @@ def answer(fact: FactBase, output: str) -> Any:
         lines.pop()  # the newline `shell` printed before the status
     if lines == [_MISSING]:
         return fact.default()
-    if status == "0" and lines:
+    if status != "0":
+        raise Unanswered(status or "no status")
+    if not lines:
+        return fact.default()
+    try:
         return fact.process(lines)
-    return fact.default()
+    except Exception as error:  # FactProcessError and whatever a fact's parser raises
+        raise Unanswered(str(error)) from error
 
 
 class FactCache:
@@ -101,8 +121,12 @@ class FactCache:
         host.put_file = self._put_file  # type: ignore[method-assign]
 
     def fill(self, reads: list[FactRead], instances: list[FactBase], outputs: list[str]) -> None:
+        self.answers = {}
         for (cls, arguments), fact, output in zip(reads, instances, outputs, strict=True):
-            self.answers[key(cls, fact_arguments(cls, (), arguments))] = answer(fact, output)
+            try:
+                self.answers[key(cls, fact_arguments(cls, (), arguments))] = answer(fact, output)
+            except Unanswered:
+                continue  # read live when asked
         self.valid = True
 
     def get_fact(self, cls: Any, *args: Any, **kwargs: Any) -> Any:

@@ -150,6 +150,19 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
 
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"
+# the first comment line of mailfleet's own (templates/system/policy-rc.d.j2)
+POLICY_MARK = "# mailfleet:"
+
+
+# true when the policy-rc.d there is mailfleet's
+LEFTOVER = f"grep -qs {shlex.quote('^' + POLICY_MARK)} {POLICY_RC_D}"
+
+
+@operation()
+def leftover_policy_removed():
+    """Remove mailfleet's policy-rc.d that an install killed before its end left behind
+    (it would keep package upgrades from starting the services)."""
+    yield f"if {LEFTOVER}; then rm -f {POLICY_RC_D}; fi"
 
 
 @operation()
@@ -157,13 +170,17 @@ def packages_installed(packages: list[str], policy: str):
     """apt.packages (no recommends), with `policy` as /usr/sbin/policy-rc.d for the length
     of the install: the services mailfleet configures are not started by their packages
     (it starts each once, configured). The script is removed when the install ends, however
-    it ends; a host with a policy-rc.d of its own keeps it and it alone."""
+    it ends (a deploy removes one that a killed install left: `leftover_policy`); a host
+    with a policy-rc.d of its own keeps it and it alone."""
     commands = [str(command) for command in apt.packages._inner(packages=packages,
                                                                no_recommends=True)]
     if not commands:
         host.noop("the packages are installed")
         return
-    script = (f"if [ ! -e {POLICY_RC_D} ]; then trap 'rm -f {POLICY_RC_D}' EXIT; "
+    if not policy.startswith(f"#!/bin/sh\n{POLICY_MARK}"):
+        raise OperationValueError("policy must be mailfleet's own policy-rc.d")
+    script = (f"if [ ! -e {POLICY_RC_D} ] || {LEFTOVER}; then "
+              f"trap 'rm -f {POLICY_RC_D}' EXIT; trap 'rm -f {POLICY_RC_D}; exit 1' HUP INT TERM; "
               f"printf '%s' {shlex.quote(policy)} > {POLICY_RC_D} && chmod 755 {POLICY_RC_D}; "
               f"fi; {' && '.join(commands)}")
     yield StringCommand("sh", "-c", QuoteString(script))

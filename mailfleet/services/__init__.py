@@ -13,11 +13,17 @@ from dataclasses import replace
 
 from pyinfra.facts.deb import DebPackages
 from pyinfra.facts.server import Command
+from pyinfra.facts.systemd import SystemdStatus
 
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, snapshot
 from mailfleet.engine.facts import FactRead
-from mailfleet.engine.operations import debconf_shown, packages_installed
+from mailfleet.engine.operations import (
+    LEFTOVER,
+    debconf_shown,
+    leftover_policy_removed,
+    packages_installed,
+)
 from mailfleet.templating import render
 from mailfleet.services import (
     acme,
@@ -55,12 +61,26 @@ from mailfleet.services.shape import Port, Service
 
 def _install(ctx: HostContext) -> None:
     """All packages in one apt run (one dpkg pass is much faster than one per service)."""
+    if ctx.snapshot("policy-rc.d") == "left":
+        ctx.op(leftover_policy_removed, name="Remove the policy-rc.d an interrupted install left")
     postfix.preseed(ctx)
     roundcube.preseed(ctx)
-    started = sorted({unit.name.split(".")[0] for unit in ctx.plan.units} - {"ssh"}
-                     | ({f"php{platform(ctx).php}-fpm"} if ctx.plan.webmail == "roundcube" else set()))
     ctx.op(packages_installed, name="Install the mail system's packages",
-           packages=packages(ctx.plan), policy=render("system/policy-rc.d.j2", units=started))
+           packages=packages(ctx.plan), policy=render("system/policy-rc.d.j2", units=held(ctx)))
+
+
+def held(ctx: HostContext) -> list[str]:
+    """The units the install's policy-rc.d keeps from (re)starting: mailfleet's own that do
+    not run yet (a package's postinst would start them with Debian's defaults, or restart
+    them, as Dovecot's and PHP's do, and mailfleet then restart them configured). Units that
+    run already are left alone, so an upgrade restarts them as usual."""
+    states = snapshot.parse_units(ctx.snapshot("units"))
+    units = {unit.name: states.get(unit.name, ("inactive", ""))[0] == "active"
+             for unit in ctx.plan.units if unit.name != "ssh"}
+    if ctx.plan.webmail == "roundcube":
+        php = f"php{platform(ctx).php}-fpm.service"
+        units[php] = bool(ctx.fact(SystemdStatus, services=[php]).get(php))
+    return sorted({name.split(".")[0] for name, running in units.items() if not running})
 
 
 def _install_facts(ctx: HostContext) -> list[FactRead]:
@@ -69,7 +89,8 @@ def _install_facts(ctx: HostContext) -> list[FactRead]:
             *((Command, {"command": debconf_shown(package)}) for package in preseeded)]
 
 
-INSTALL = Service("packages", deploy=_install, facts=_install_facts)
+INSTALL = Service("packages", deploy=_install, facts=_install_facts,
+                  snapshot={"policy-rc.d": f"{LEFTOVER} && echo left"})
 
 # deploy order; `check` runs their checks in the same order
 SERVICES: list[Service] = [

@@ -20,10 +20,12 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import Directory, File
 from pyinfra.facts.server import Command
+from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files, systemd
 
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine.facts import FactRead
 from mailfleet.engine.operations import unit_restarted
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.engine.tunnel import ssh_run
@@ -275,11 +277,19 @@ def integrity_problem(settings: HostSettings) -> str | None:
     return (out.strip().splitlines() or ["failed"])[-1]
 
 
+def facts(ctx: HostContext) -> list[FactRead]:
+    """What deploy's pyinfra operations ask (engine/facts.py)."""
+    timer = [f"{UNIT}.timer"]  # systemd.service: not one of the snapshot's units
+    return [*((Directory, {"path": path}) for path in (ROOT, PG_DIR, WAL_DIR)),
+            (File, {"path": OLD_ENV_FILE}),
+            *([(SystemdStatus, {"services": timer}), (SystemdEnabled, {"services": timer})]
+              if ctx.plan.backup_repository else [])]
+
+
 SERVICE = Service("backup", applies=lambda plan: plan.backups,
                   packages=lambda plan: PACKAGES if plan.backup_repository else [],
                   deploy=deploy, retire=retire, checks=checks, reads=(STATUS,), snapshot=SNAPSHOT,
-                  facts=lambda ctx: [*((Directory, {"path": path}) for path in (ROOT, PG_DIR, WAL_DIR)),
-                                     (File, {"path": OLD_ENV_FILE})],
+                  facts=facts,
                   # the units (the rest of its files lie below other services' paths): the
                   # snapshot lists them, so retire knows whether mailfleet's setup is there
                   managed_paths=UNIT_FILES)

@@ -6,6 +6,7 @@ when this module is the first to deploy it, else a lab of its own)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import tomlkit
@@ -74,6 +75,12 @@ def test_deploy_check_then_deploy_then_zero_changes(bare_two_release_lab: Cli):
     for name in ("n1", "n2"):
         assert first["hosts"][name]["changes"] > 0
         assert first["hosts"][name]["failed"] == []
+        # each service started once, configured: not by its package, then restarted (the
+        # install's policy-rc.d, gone once it ended)
+        restarts = [op for op in first["hosts"][name]["changed"]
+                    if re.fullmatch(r"Restart [\w.@-]+", op)]
+        assert restarts == [], restarts
+        assert cli.ssh(name, "ls /usr/sbin/policy-rc.d 2>/dev/null || echo none") == "none"
         fqdn = f"{name}.example.test"
         assert cli.ssh(name, "hostname") == fqdn
         assert cli.ssh(name, "cat /etc/mailname") == fqdn
@@ -90,6 +97,14 @@ def test_deploy_check_then_deploy_then_zero_changes(bare_two_release_lab: Cli):
         {n: (h["commands"], h["fact_misses"]) for n, h in second["hosts"].items()}
 
     assert cli.json("deploy", "--check")["changes"] == 0
+    # mailfleet's policy-rc.d left by an install killed midway is removed; a host's own stays
+    cli.ssh("n1", "printf '#!/bin/sh\\n# mailfleet: left\\nexit 101\\n' > /usr/sbin/policy-rc.d")
+    cli.ssh("n2", "printf '#!/bin/sh\\nexit 101\\n' > /usr/sbin/policy-rc.d")
+    cleaned = cli.json("deploy")
+    assert cleaned["hosts"]["n1"]["changed"] == ["Remove the policy-rc.d an interrupted install left"]
+    assert cleaned["hosts"]["n2"]["changed"] == []
+    assert cli.ssh("n1", "ls /usr/sbin/policy-rc.d 2>/dev/null || echo none") == "none"
+    assert cli.ssh("n2", "cat /usr/sbin/policy-rc.d; rm /usr/sbin/policy-rc.d") == "#!/bin/sh\nexit 101"
     checks = cli.json("check")
     assert checks["ok"] is True
     assert {(c["host"], c["name"]) for c in checks["checks"]} >= {("n1", "host name"), ("n2", "mail name")}

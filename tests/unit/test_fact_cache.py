@@ -39,10 +39,16 @@ def test_a_file_a_link_and_a_line(tmp_path: Path):
     assert _answer(FindInFile, path=str(target), pattern="^nothing$") == []
 
 
-def test_a_failing_command_gives_the_facts_default_and_output_keeps_its_lines():
+def test_a_failing_command_is_left_to_a_live_read_and_output_keeps_its_lines():
     assert _answer(Command, command="printf 'a\\n\\nb\\n'") == "a\n\nb"
-    assert _answer(Command, command="echo partial; exit 3") == Command().default()
+    with pytest.raises(facts.Unanswered):  # pyinfra fails the host: let it, live
+        _answer(Command, command="echo partial; exit 3")
     assert _answer(Which, command="no-such-command-here") is None
+
+
+def test_a_read_declared_twice_runs_once():
+    reads = [(Directory, {"path": "/a"}), (Directory, {"path": "/a"}), (File, {"path": "/a"})]
+    assert facts.unique(reads) == [(Directory, {"path": "/a"}), (File, {"path": "/a"})]
 
 
 @pytest.mark.parametrize("spelled", [
@@ -85,9 +91,11 @@ def test_answers_stop_at_the_first_command_that_is_not_a_read(monkeypatch):
 
     monkeypatch.setattr(facts, "get_fact", read_live)
     cache = facts.installed(host)
-    # the snapshot's output for it: a failed read, so the fact's default
-    cache.fill([(Directory, {"path": "/a"})], [Directory()], ["mode=755\n@@mailfleet-rc 1"])
+    # the snapshot's output for them: /a is missing, /c's read failed (left to a live read)
+    cache.fill([(Directory, {"path": "/a"}), (Directory, {"path": "/c"})],
+               [Directory(), Directory()], ["@@mailfleet-rc 0", "mode=755\n@@mailfleet-rc 1"])
     assert host.get_fact(Directory, path="/a") is None and live == []  # from the snapshot
+    assert "/c" not in repr(cache.answers)
     assert host.get_fact(Directory, path="/b") == {"mode": 700}  # not declared: read live
     assert cache.misses == ["Directory(path='/b')"] and cache.valid  # a read changes nothing
     host.put_file("x", "/y")  # an operation's upload: the host may differ now
