@@ -165,7 +165,10 @@ def layout() -> snapshot.Layout:
 
 
 def host_facts(ctx: HostContext) -> list[FactRead]:
-    """The pyinfra facts the services running on this host will ask (their deploy)."""
+    """The pyinfra facts the services running on this host will ask (their deploy); none
+    for an engine run without plans (steps of its own)."""
+    if ctx.plan is None:
+        return []
     return [read for s in SERVICES if s.facts is not None and s.applies(ctx.plan)
             for read in s.facts(ctx)]
 
