@@ -133,11 +133,12 @@ class FactCache:
         if issubclass(cls, ShortFactBase):
             return cls().process_data(self.get_fact(cls.fact, *args, **kwargs))
         if self.valid:
-            found = self.answers.get(key(cls, fact_arguments(cls, args, kwargs)), self)
+            arguments = fact_arguments(cls, args, kwargs)
+            found = self.answers.get(key(cls, arguments), self)
             if found is not self:
                 return copy.deepcopy(found)  # operations may change what they are given
-            arguments = fact_arguments(cls, args, kwargs)
-            self.misses.append(f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in arguments.items())})")
+            shown = ", ".join(f"{k}={v!r}" for k, v in arguments.items())
+            self.misses.append(f"{cls.__name__}({shown})")
         return self.read(cls, *args, **kwargs)
 
     def read(self, cls: Any, *args: Any, **kwargs: Any) -> Any:
