@@ -113,7 +113,12 @@ def line(value: object) -> str:
     return text
 
 
-_env.filters.update(plist=plist_string, php=php_string, xml=xml_text, pystr=python_string,
+def yaml_string(value: object) -> str:
+    """A YAML double-quoted scalar, quotes included (a JSON string is one)."""
+    return json.dumps(str(value), ensure_ascii=False)
+
+
+_env.filters.update(yaml=yaml_string, plist=plist_string, php=php_string, xml=xml_text, pystr=python_string,
                     word=word, line=line, toml=toml_string)
 
 

@@ -18,7 +18,7 @@ from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine, HostReport
 from mailfleet.engine.report import merged
 from mailfleet.errors import DeployError
-from mailfleet.services import ssh_vpn, sshd, upstream, wireguard
+from mailfleet.services import cluster, ssh_vpn, sshd, upstream, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -72,6 +72,7 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
             wireguard.prepare(engine, config.hosts, make=selected)
             try:
                 upstream.prepare(engine, config.hosts)
+                cluster.prepare(engine, config)
             except DeployError as err:
                 if not reports:
                     raise  # nothing was done yet: one sentence
@@ -85,8 +86,20 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
         if not check:
             switch_to_admin(g, config, report)
             switch_to_vpn(g, report)
+            if report.ok and any(h.name in names for h in config.cluster_members()):
+                settled(g.load(), report)
         reports.append(report)
     return merged(reports)
+
+
+def settled(config: Config, report: DeployReport) -> None:
+    """The deploy of a cluster ends once every standby streams from the primary (a joining
+    host copies the primary after its operations are done); if not, the report says why."""
+    try:
+        cluster.settle(config)
+    except DeployError as err:
+        first = config.cluster_members()[0].name
+        report.hosts[first].error = err.message
 
 
 def _deploy_with_progress(engine: Engine) -> DeployReport:

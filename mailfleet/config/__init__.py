@@ -26,6 +26,7 @@ from mailfleet.config.settings import (
     AcmeSettings,
     AdminSettings,
     BackupSettings,
+    ClusterSettings,
     Fail2banSettings,
     FeatureSettings,
     MailSettings,
@@ -48,7 +49,7 @@ from mailfleet.errors import ConfigError
 __all__ = [
     "DEFAULT_PATH", "DOMAIN_RE", "ENV_VAR", "HOST_NAME_RE", "LETSENCRYPT", "LETSENCRYPT_STAGING",
     "REPORT_LOCAL_CHARS", "SSHD_OWNED", "SSH_HOST_RE", "UNIX_USER_RE", "WEBMAIL_BOTH_REASON",
-    "WEBMAIL_CHOICES", "WG_KEY_RE", "AcmeSettings", "AdminSettings", "BackupSettings", "Config",
+    "WEBMAIL_CHOICES", "WG_KEY_RE", "AcmeSettings", "AdminSettings", "BackupSettings", "ClusterSettings", "Config",
     "ConfigError", "DnsSettings", "DnsZone", "Fail2banSettings", "FeatureSettings",
     "HostSettings", "MailSettings", "Role", "SshSettings", "VpnPeer", "VpnSettings",
     "WebSettings", "config_path", "domain_name", "edit", "find_line", "load", "parse",

@@ -17,6 +17,7 @@ from mailfleet.config.settings import (
     AcmeSettings,
     AdminSettings,
     BackupSettings,
+    ClusterSettings,
     Fail2banSettings,
     FeatureSettings,
     MailSettings,
@@ -37,6 +38,7 @@ class Config(Strict):
     backup: BackupSettings = Field(default_factory=BackupSettings)
     vpn: VpnSettings = Field(default_factory=VpnSettings)
     ssh: SshSettings = Field(default_factory=SshSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     hosts: list[HostSettings] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -95,6 +97,27 @@ class Config(Strict):
         if len({p.name for p in self.vpn.peers}) != len(self.vpn.peers):
             raise ValueError("two [[vpn.peers]] have the same name")
         return self
+
+    @model_validator(mode="after")
+    def _cluster_members(self) -> Config:
+        if not self.cluster.enabled:
+            return self
+        members = [h.name for h in self.hosts if "db" in h.roles]
+        if len(members) not in (3, 5):
+            reason = ("two members cannot outvote each other: when one is gone the other has no "
+                      "quorum and stops accepting writes" if len(members) == 2 else
+                      "an odd number of members is what keeps a quorum when one is gone")
+            raise ValueError(f"cluster.enabled = true needs 3 or 5 hosts with the db role, and "
+                             f"the config has {len(members)}: {reason}")
+        if not self.features.wireguard:
+            raise ValueError("cluster.enabled = true needs features.wireguard = true (the "
+                             "members replicate and elect the primary over the WireGuard "
+                             "network only)")
+        return self
+
+    def cluster_members(self) -> list[HostSettings]:
+        """The hosts of the replicated accounts database, in config order (none without one)."""
+        return [h for h in self.hosts if "db" in h.roles] if self.cluster.enabled else []
 
     def vpn_address(self, host: HostSettings) -> str:
         """The host's VPN address: its own, else .1, .2, ... by its place in [[hosts]]."""

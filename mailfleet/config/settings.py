@@ -331,3 +331,12 @@ class BackupSettings(Strict):
         if not re.fullmatch(r"[\w*:,./~ -]+", value):
             raise ValueError(f"{value!r} is not a systemd calendar expression")
         return value
+
+
+class ClusterSettings(Strict):
+    """The hosts with the db role as one replicated accounts database (Patroni + etcd over
+    the WireGuard network): 3 or 5 of them, one primary, the others streaming standbys."""
+
+    enabled: bool = Field(False, description="Form one cluster of the hosts with the db role.")
+    max_lag_bytes: Annotated[int, Field(ge=0)] = Field(
+        16 * 1024 * 1024, description="`check` fails a standby further behind than this.")

@@ -25,6 +25,8 @@ from mailfleet.engine.operations import config_file, unit_enabled, unit_restarte
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 
 ServiceStep = Callable[["HostContext"], None]
+# engine.shared's key for secrets whose value every host holding them shares ({name: value})
+FLEET_SECRETS = "fleet secrets"
 
 
 @dataclass
@@ -92,15 +94,17 @@ class HostContext:
 
     def secret(self, name: str) -> tuple[str, bool]:
         """A generated secret kept on the host (/etc/mailfleet/secrets/NAME, mode 0600):
-        (value, fresh). Read from the host when it exists, else generated here (fresh) and
-        written by an operation. Never stored in the config file.
+        (value, fresh). The fleet's value when hosts share it (FLEET_SECRETS), else read
+        from the host when it exists, else generated here; written by an operation; fresh
+        when the host did not hold this value. Never stored in the config file.
         """
         if name not in self.secrets:
             existing = snapshot.parse_secrets(self.snapshot("secrets")).get(name)
-            value = existing or token_urlsafe(24)
+            # one value for every host that shares it (a cluster's database roles)
+            value = self.shared.get(FLEET_SECRETS, {}).get(name) or existing or token_urlsafe(24)
             self.op(config_file, name=f"Keep the {name} secret", dest=f"{SECRETS_DIR}/{name}",
                     content=value + "\n", mode="600", secret=True)
-            self.secrets[name] = (value, existing is None)
+            self.secrets[name] = (value, existing != value)
         return self.secrets[name]
 
     def op(self, operation: Any, *args: Any, name: str, **kwargs: Any) -> OperationMeta | None:
@@ -123,10 +127,11 @@ class HostContext:
 
     def service(self, unit: str, *, restart_when: tuple[OperationMeta | None, ...] = (),
                 reload_when: tuple[OperationMeta | None, ...] = (),
-                enabled: bool = True) -> OperationMeta | None:
+                enabled: bool = True, no_block: bool = False) -> OperationMeta | None:
         """Keep a systemd unit enabled and running; restart or reload it when the
         operations it depends on (its config files, its packages) changed.
-        Returns the "Run" operation: it changes when the unit had to be started."""
+        Returns the "Run" operation: it changes when the unit had to be started.
+        `no_block`: start and restart without waiting for the unit to be up."""
         state = snapshot.parse_units(self.snapshot("units")).get(unit)
         if state is None:
             run = self.op(systemd.service, name=f"Run {unit}", service=unit, running=True,
@@ -136,13 +141,13 @@ class HostContext:
                 self.op(unit_enabled, name=f"Enable {unit}", unit=unit,
                         was_enabled=state[1] == "enabled")
             run = self.op(unit_running, name=f"Run {unit}", unit=unit,
-                          was_active=state[0] == "active")
+                          was_active=state[0] == "active", no_block=no_block)
         # A unit this deploy just started already runs the new config; restarting it at
         # once raced its PID file ("failed because of unavailable resources").
         started = self.changed(run)
         restarted = self.changed(*restart_when) if restart_when else (lambda: False)
         if restart_when:
-            self.op(unit_restarted, name=f"Restart {unit}", unit=unit,
+            self.op(unit_restarted, name=f"Restart {unit}", unit=unit, no_block=no_block,
                     _if=lambda: restarted() and not started())
         if reload_when:
             # not after a restart, which read the new files already; a reload right after

@@ -187,22 +187,23 @@ def packages_installed(packages: list[str], policy: str):
 
 
 @operation()
-def unit_running(unit: str, was_active: bool):
+def unit_running(unit: str, was_active: bool, no_block: bool = False):
     """Start a systemd unit that the host snapshot saw stopped, unless its package's
-    install has started it since (checked again on the host)."""
+    install has started it since (checked again on the host). `no_block`: do not wait for
+    it to be up (a cluster member that is ready only once the others run too)."""
     if was_active or host.get_fact(
             Command, command=f"systemctl is-active {shlex.quote(unit)} || true") == "active":
         host.noop(f"{unit} is running")
         return
-    yield StringCommand("systemctl", "start", unit)
+    yield StringCommand("systemctl", "start", *(["--no-block"] if no_block else []), unit)
 
 
 @operation()
-def unit_restarted(unit: str):
+def unit_restarted(unit: str, no_block: bool = False):
     """Restart a systemd unit, once more after a pause if the first attempt fails: systemd
     in a container now and then cannot spawn the unit's first process at once (seen in the
     lab as "Failed to spawn executor: No such file or directory", result 'resources')."""
-    quoted = shlex.quote(unit)
+    quoted = ("--no-block " if no_block else "") + shlex.quote(unit)
     yield f"systemctl restart {quoted} || {{ sleep 2; systemctl restart {quoted}; }}"
 
 

@@ -144,6 +144,10 @@ def _prepare(root: Path) -> None:
     _write(root / "etc/systemd/system.conf.d/mailfleet-lab.conf", SYSTEMD_LAB_CONF)
     _write(root / "etc/apt/apt.conf.d/10mailfleet-lab-keep-debs", APT_KEEP_DEBS)
     _write(root / "var/lib/apt/periodic/update-success-stamp", "")
+    # a cluster's etcd starts once mailfleet configured it (Debian's would form a cluster of
+    # its own at boot, on every node)
+    for unit in ("etcd.service", "etcd2.service"):
+        (root / "etc/systemd/system/multi-user.target.wants" / unit).unlink(missing_ok=True)
     ssh_dir = root / "root/.ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
 

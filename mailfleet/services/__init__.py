@@ -32,6 +32,7 @@ from mailfleet.services import (
     certs,
     dns_checks,
     dovecot,
+    etcd,
     fail2ban,
     firewall,
     hardening,
@@ -41,6 +42,7 @@ from mailfleet.services import (
     nginx,
     opendkim,
     opendmarc,
+    patroni,
     postfix,
     postgres,
     radicale,
@@ -99,11 +101,13 @@ SERVICES: list[Service] = [
     hardening.SERVICE,
     admin.SERVICE,
     wireguard.SERVICE,
+    etcd.SERVICE,  # a cluster's: right after the VPN, so every member starts it early
     sshd.SERVICE,
     mailstore.SERVICE,
     certs.SERVICE,
     upstream.SERVICE,  # a web-only host: trust and find its mail host
     postgres.SERVICE,
+    patroni.SERVICE,  # a cluster member's PostgreSQL, once the database is set up
     opendkim.SERVICE,
     opendmarc.SERVICE,
     dovecot.SERVICE,

@@ -50,6 +50,9 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
         if port.exposure == "private":
             for peer in plan.database_peers:
                 rules[private_rule(peer, port.number)] = f"{port.what} for {peer}"
+        elif port.exposure == "cluster":  # the other members, over the VPN only
+            for peer in plan.cluster_peers:
+                rules[cluster_rule(peer, port.number)] = f"{port.what} for {peer}"
     if config.features.wireguard:
         rules[f"allow {config.vpn.port}/udp"] = "wireguard"
     return rules
@@ -57,6 +60,10 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
 
 def private_rule(source: str, port: int) -> str:
     return f"allow from {source} to any port {port} proto tcp"
+
+
+def cluster_rule(source: str, port: int) -> str:
+    return f"allow in on {INTERFACE} from {source} to any port {port} proto tcp"
 
 
 def vpn_rule(port: int) -> str:

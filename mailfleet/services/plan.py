@@ -18,6 +18,8 @@ MAIL_AND_DB = frozenset({"mail", "db"})
 # what works today: everything on one host, a host without the web tier, and a web-only
 # host beside exactly one mail and database host
 SUPPORTED = (frozenset(ROLES), MAIL_AND_DB, frozenset({"web"}))
+# ... and, in a cluster, a host that only holds a copy of the accounts database
+DB_ONLY = frozenset({"db"})
 
 
 def _listed(roles: frozenset[str]) -> str:
@@ -40,12 +42,15 @@ def check_roles(config: Config, hosts: list[HostSettings]) -> None:
     """Refuse, in one sentence naming the host, a role combination that cannot work yet."""
     for host in hosts:
         roles = frozenset(host.roles)
+        if roles == DB_ONLY and config.cluster.enabled:
+            continue
         if roles not in SUPPORTED:
             raise ConfigError(
                 f"host {host.name!r} has roles [{_listed(roles)}]: a host without both \"mail\" "
                 "and \"db\" would need the accounts database or the mail store on another "
                 "host, which mailfleet cannot deploy yet.",
-                hint='Give it roles ["mail", "db", "web"], ["mail", "db"] or ["web"].')
+                hint='Give it roles ["mail", "db", "web"], ["mail", "db"] or ["web"] (or ["db"] '
+                     'in a cluster).')
     web_only = [h for h in hosts if frozenset(h.roles) == {"web"}]
     if not web_only:
         return
@@ -86,13 +91,16 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
     web = "web" in roles
     features = config.features
     upstream = None
-    if not MAIL_AND_DB <= roles:  # web-only: check_roles made sure there is one mail host
+    if roles == {"web"}:  # web-only: check_roles made sure there is one mail host
         mail_host = next(h for h in config.hosts if MAIL_AND_DB <= frozenset(h.roles))
         upstream = Upstream(mail_host.name, config.host_fqdn(mail_host),
                             private_address(config, mail_host))
     peers = () if upstream else tuple(
         private_address(config, h) for h in config.hosts if frozenset(h.roles) == {"web"})
     any_web = web or bool(peers)
+    members = config.cluster_members()
+    cluster = tuple((h.name, private_address(config, h)) for h in members) \
+        if host in members else ()
     return HostPlan(
         host=host.name, roles=roles,
         webmail=features.webmail if web else "none",
@@ -105,7 +113,8 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         firewall=features.firewall,
         wireguard=features.wireguard,
         upstream=upstream, peers=peers,
-        private_address=private_address(config, host) if upstream or peers else "",
+        private_address=private_address(config, host) if upstream or peers or cluster else "",
+        cluster=cluster,
         webmail_databases=((features.webmail,) if "db" in roles and any_web
                            and features.webmail != "none" else ()),
     )
@@ -117,4 +126,4 @@ def full_plan() -> HostPlan:
     return HostPlan(host="*", roles=frozenset(ROLES), webmail="roundcube", activesync=False,
                     radicale=True, acme=False, acme_dns01=False, backups=True,
                     backup_repository=True, firewall=True, wireguard=True,
-                    webmail_databases=("roundcube",))
+                    webmail_databases=("roundcube",), cluster=(("*", ""),))

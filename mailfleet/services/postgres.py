@@ -22,7 +22,9 @@ from pyinfra.operations import files, systemd
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import SECRETS_DIR
+from mailfleet.errors import DeployError
 from mailfleet.services import certs
+from mailfleet.services.cluster import REPLICATION_ROLE, ClusterState
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Port, Service, Unit, provided
@@ -96,7 +98,8 @@ def database(dbname: str, exists: bool, owner: str = "postgres"):
 
 
 @operation()
-def role(rolename: str, password_file: str, exists: bool, set_password: bool = False):
+def role(rolename: str, password_file: str, exists: bool, set_password: bool = False,
+         options: str = ""):
     """A login role whose password is in `password_file`; an existing role's password is
     set only when asked (the secret is new), so a no-change deploy stays one.
 
@@ -108,7 +111,7 @@ def role(rolename: str, password_file: str, exists: bool, set_password: bool = F
         return
 
     def with_password(verb: str) -> str:
-        statement = f"{verb} ROLE {rolename} LOGIN PASSWORD :'pw';"
+        statement = f"{verb} ROLE {rolename} LOGIN {options} PASSWORD :'pw';".replace("  ", " ")
         return (f"printf '%s\\n' \"\\\\set pw '$(cat {shlex.quote(password_file)})'\" "
                 f"{shlex.quote(statement)} | {PSQL}")
 
@@ -150,8 +153,19 @@ def hba_peers(plan) -> list[dict]:
             for peer in plan.peers] if lines else []
 
 
+def cluster_state(ctx: HostContext) -> ClusterState | None:
+    """The deploy's view of the cluster (services/cluster.py), None for a lone PostgreSQL."""
+    if not ctx.plan.cluster:
+        return None
+    if "cluster" not in ctx.shared:  # a member must never be handled as a lone PostgreSQL
+        raise DeployError(f"{ctx.plan.host} is a cluster member, but this deploy did not ask "
+                          "the cluster first (cluster.prepare).")
+    return ctx.shared["cluster"]
+
+
 def deploy(ctx: HostContext) -> None:
     peers = hba_peers(ctx.plan)
+    cluster = cluster_state(ctx)
     listen = ctx.plan.private_address if peers else ""
     key = None
     if peers:  # PostgreSQL (in group ssl-cert) reads the host's key as Postfix and Dovecot do
@@ -167,16 +181,22 @@ def deploy(ctx: HostContext) -> None:
     )
     hba = ctx.op(config_file, name="Admit local roles and the web hosts (pg_hba.conf)",
                  dest=f"{conf_dir(ctx).removesuffix('/conf.d')}/pg_hba.conf",
-                 content=render("postgresql/pg_hba.conf.j2", peers=peers),
+                 content=render("postgresql/pg_hba.conf.j2", peers=peers,
+                                replication_role=REPLICATION_ROLE,
+                                members=[address for _, address in ctx.plan.cluster]),
                  user="postgres", group="postgres", mode="640")
     restart = ctx.op(config_file, name="Restart PostgreSQL when it dies",
                      dest="/etc/systemd/system/postgresql@.service.d/mailfleet.conf",
                      content=render("postgresql/restart.conf.j2",
                                     after_vpn=bool(peers) and ctx.plan.wireguard))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(restart))
-    provided(ctx).postgresql_started = ctx.service(
-        "postgresql", restart_when=(tuning,),
-        reload_when=(hba, key, provided(ctx).certificate) if peers else (hba,))
+    if cluster is None:
+        provided(ctx).postgresql_started = ctx.service(
+            "postgresql", restart_when=(tuning,),
+            reload_when=(hba, key, provided(ctx).certificate) if peers else (hba,))
+    else:
+        if not cluster_members_only(ctx, cluster, tuning, hba):
+            return
     state = database_state(ctx)
     ctx.op(database, name="Create the mailfleet database", dbname=schema.DATABASE,
            exists=schema.DATABASE in state.databases)
@@ -187,12 +207,40 @@ def deploy(ctx: HostContext) -> None:
                exists=rolename in state.roles, set_password=fresh)
     ctx.op(migrate, name="Migrate the mailfleet schema", database=schema.DATABASE,
            version=state.schema_version)
+    if cluster is not None:  # the standbys copy the primary with this role
+        _, fresh = ctx.secret("cluster-replication")
+        ctx.op(role, name=f"Create the {REPLICATION_ROLE} role", rolename=REPLICATION_ROLE,
+               password_file=f"{SECRETS_DIR}/cluster-replication", options="REPLICATION",
+               exists=REPLICATION_ROLE in state.roles, set_password=fresh)
     missing = [d for d in ctx.config.mail.all_domains if d not in state.domains]
     ctx.op(domains, name="Add the configured domains", names=missing)
     for kind in ctx.plan.webmail_databases:
         webmail_database(ctx, kind, state)
 
 
+def cluster_members_only(ctx: HostContext, cluster, tuning, hba) -> bool:
+    """A cluster member's part: Patroni runs PostgreSQL (services/patroni.py), the
+    standalone cluster never starts at boot (start.conf), the shared secrets are kept here.
+    True when this host also makes the deploy's database changes (the primary, or the host
+    whose database becomes the cluster's, which runs on its own until Patroni takes it)."""
+    version = platform(ctx).postgresql
+    ctx.op(config_file, name="Leave PostgreSQL's start to Patroni (start.conf)",
+           dest=f"/etc/postgresql/{version}/main/start.conf", content=START_CONF,
+           user="postgres", group="postgres")
+    ctx.service("postgresql")  # Debian's umbrella unit (it starts no cluster now)
+    provided(ctx).postgresql_config = (tuning, hba)
+    if cluster.bootstraps(ctx.plan.host):
+        provided(ctx).postgresql_started = ctx.service(f"postgresql@{version}-main", enabled=False)
+    if not cluster.writes_here(ctx.plan.host):
+        for rolename in [*schema.ROLES, *(WEBMAIL_DATABASES[k][1] for k in ctx.plan.webmail_databases)]:
+            ctx.secret(f"postgres-{rolename}")
+        ctx.secret("cluster-replication")
+        return False
+    return True
+
+
+START_CONF = ("# Written by mailfleet: Patroni starts this cluster (patroni.service), never "
+              "postgresql.service.\nmanual\n")
 # webmail's own database: name, owner role, and whether the role is the schema's own
 WEBMAIL_DATABASES = {"roundcube": ("roundcube", "mailfleet_roundcube", False),
                      "sogo": ("sogo", "mailfleet_sogo", True)}

@@ -18,9 +18,10 @@ from mailfleet.engine import Engine, HostContext
 from mailfleet.engine.facts import FactRead
 from mailfleet.services.checks import CheckResult
 
-# public: open to everyone; private: to the other hosts of the fleet only (cluster traffic);
-# local: 127.0.0.1 only, never in the firewall
-Exposure = Literal["public", "private", "local"]
+# public: open to everyone; private: to the web-only hosts this host serves; cluster: to the
+# other members of the accounts database's cluster, on the VPN only; local: 127.0.0.1 only,
+# never in the firewall
+Exposure = Literal["public", "private", "cluster", "local"]
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class HostPlan:
     # firewall opens its `private` ports to them alone, PostgreSQL admits them over TLS)
     peers: tuple[str, ...] = ()
     private_address: str = ""  # this host's own private address (where peers reach it)
+    # a member of the replicated accounts database: every member's (name, VPN address),
+    # this host's too, in config order (empty: PostgreSQL on its own)
+    cluster: tuple[tuple[str, str], ...] = ()
     # the webmail databases this (db) host holds: for itself and for the hosts it serves
     webmail_databases: tuple[str, ...] = ()
     # filled in by services.plan_host(): the services that run here, and the ports they
@@ -101,6 +105,11 @@ class HostPlan:
         return self.peers if self.webmail_databases else ()
 
     @property
+    def cluster_peers(self) -> tuple[str, ...]:
+        """The other members' VPN addresses (they reach this member's cluster ports)."""
+        return tuple(address for name, address in self.cluster if name != self.host)
+
+    @property
     def web(self) -> bool:
         return "web" in self.roles
 
@@ -119,6 +128,8 @@ class Provided:
 
     certificate: OperationMeta | None = None  # the host certificate was (re)written
     postgresql_started: OperationMeta | None = None
+    # a cluster member's PostgreSQL config files (Patroni reloads them)
+    postgresql_config: tuple[OperationMeta | None, ...] = ()
 
 
 def provided(ctx: HostContext) -> Provided:

@@ -53,9 +53,9 @@ def host_checks(name: str, units: list[Unit], text: str,
                                            f"{port.what} is not listening",
                                            f"see `journalctl -u {unit.name}` on the host"))
             elif port.exposure != "public" and addresses - LOCALHOST - (
-                    private if port.exposure == "private" else frozenset()):
-                where = " and ".join(["localhost", *(sorted(private) if port.exposure == "private"
-                                                     else [])])
+                    private if port.exposure in ("private", "cluster") else frozenset()):
+                where = " and ".join(["localhost", *(sorted(private) if port.exposure in
+                                                     ("private", "cluster") else [])])
                 results.append(CheckResult(name, f"port {port.number}", "fail",
                                            f"{port.what} listens on {', '.join(sorted(addresses))}",
                                            f"it must listen on {where} only: run `mailfleet deploy`"))

@@ -1,0 +1,282 @@
+"""The accounts database's cluster as a whole: who is primary, who joins, the secrets every
+member shares, and the members' state for `cluster status` and `check`.
+
+A deploy asks every member before any operation is added (`prepare`): the host whose
+database becomes the cluster's (the primary, else the first member holding a mailfleet
+database, else the first member) and the hosts that join it as standbys. A host that holds a
+mailfleet database of its own is never wiped to join: the deploy refuses it.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from secrets import token_urlsafe
+
+from pyinfra.facts.server import Command
+
+from mailfleet.accounts import schema
+from mailfleet.config import Config, HostSettings
+from mailfleet.engine import Engine
+from mailfleet.engine.context import FLEET_SECRETS
+from mailfleet.engine.snapshot import SECRETS_DIR, parse_secrets
+from mailfleet.engine.tunnel import ssh_run
+from mailfleet.errors import DeployError
+from mailfleet.services import etcd
+
+# a host that ran Patroni as a member: its data directory is the cluster's (never wiped)
+MARKER = "/var/lib/mailfleet/cluster-member"
+NAMESPACE = "/mailfleet/"
+SCOPE = "accounts"
+PATRONI_PORT = 8008
+REPLICATION_ROLE = "mailfleet_replication"
+# what every member holds alike: the database roles' passwords (the roles live in the
+# replicated database), replication's and Patroni's REST API's
+SHARED_SECRETS = tuple(dict.fromkeys([
+    *(f"postgres-{role}" for role in schema.ROLES), "postgres-mailfleet_roundcube",
+    "postgres-mailfleet_sogo", "cluster-replication", "cluster-rest"]))
+_PSQL = "runuser -u postgres -- psql -X -tA"
+_HAS_ACCOUNTS = f"SELECT count(*) FROM pg_database WHERE datname = '{schema.DATABASE}'"
+PROBE = "; ".join([
+    f"[ -e {MARKER} ] && echo member",
+    ". /etc/os-release; echo \"release $VERSION_ID\"",
+    f"echo \"recovery $({_PSQL} -c 'SELECT pg_is_in_recovery()' 2>/dev/null)\"",
+    f"echo \"accounts $({_PSQL} -c {shlex.quote(_HAS_ACCOUNTS)} 2>/dev/null)\"",
+    *(f"[ -s {SECRETS_DIR}/{name} ] && echo \"secret {name} $(cat {SECRETS_DIR}/{name})\""
+      for name in SHARED_SECRETS),
+    "true",
+])
+
+
+@dataclass
+class MemberProbe:
+    member: bool = False
+    release: str = ""
+    primary: bool = False
+    has_accounts: bool = False
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> MemberProbe:
+        probe = cls()
+        for line in (text or "").splitlines():
+            kind, _, value = line.strip().partition(" ")
+            if kind == "member":
+                probe.member = True
+            elif kind == "release":
+                probe.release = value.split(".")[0]
+            elif kind == "recovery":
+                probe.primary = value.strip() == "f"
+            elif kind == "accounts":
+                probe.has_accounts = value.strip() == "1"
+            elif kind == "secret":
+                probe.secrets.update(parse_secrets(value))
+        return probe
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    """What a deploy found: the host whose database is the cluster's (`source`: the primary,
+    or the one that becomes it), the hosts that join it now, and the members already in."""
+
+    source: str
+    joining: tuple[str, ...]
+    members: tuple[str, ...]
+
+    def bootstraps(self, host: str) -> bool:
+        """This host's database becomes the cluster's now (no member yet)."""
+        return not self.members and host == self.source
+
+    def writes_here(self, host: str) -> bool:
+        """The database changes of a deploy (roles, migrations, domains) run on this host."""
+        return host == self.source
+
+
+def decide(names: list[str], probes: dict[str, MemberProbe]) -> ClusterState:
+    """The source and the joining hosts, or one sentence why the cluster cannot be formed."""
+    releases = {name: probes[name].release for name in names if probes[name].release}
+    if len(set(releases.values())) > 1:
+        listed = ", ".join(f"{n} Debian {r}" for n, r in releases.items())
+        raise DeployError(f"The cluster's hosts run different Debian releases ({listed}): "
+                          "streaming replication needs the same PostgreSQL major version on "
+                          "every member.", hint="Give the cluster hosts of one release.")
+    members = tuple(n for n in names if probes[n].member)
+    primaries = [n for n in members if probes[n].primary]
+    if members:
+        if not primaries:
+            raise DeployError(
+                f"The cluster has no primary now (members: {', '.join(members)}): a failover "
+                "may be under way.", hint="Run `mailfleet cluster status`, then deploy again.")
+        source = primaries[0]
+    else:
+        holding = [n for n in names if probes[n].has_accounts]
+        source = holding[0] if holding else names[0]
+    joining = tuple(n for n in names if not probes[n].member and n != source)
+    for name in joining:
+        if probes[name].has_accounts:
+            raise DeployError(
+                f"{name} holds a mailfleet database of its own, and the cluster's is "
+                f"{source}'s: joining would replace it with a copy of {source}'s.",
+                hint=f"Move its accounts to {source} (`mailfleet user export`/`import`) or "
+                     "drop its database, then deploy again.")
+    return ClusterState(source, joining, members)
+
+
+def shared_secrets(state: ClusterState, probes: dict[str, MemberProbe]) -> dict[str, str]:
+    """Each shared secret's value: the source's, else a member's, else a new one."""
+    order = [state.source, *state.members, *probes]
+    values = {}
+    for name in SHARED_SECRETS:
+        values[name] = next((probes[h].secrets[name] for h in order
+                             if h in probes and name in probes[h].secrets), token_urlsafe(24))
+    return values
+
+
+def probe_all(engine: Engine, members: list[HostSettings]) -> dict[str, MemberProbe]:
+    """Every member's probe: those of this deploy through the engine, the others over SSH."""
+    inside = {name for name in engine.settings}
+    texts = engine.facts(Command, hosts=[m.name for m in members if m.name in inside],
+                         command=PROBE)
+    for member in members:
+        if member.name not in inside:
+            texts[member.name] = ssh_run(member, PROBE)
+    return {name: MemberProbe.parse(text) for name, text in texts.items()}
+
+
+def prepare(engine: Engine, config: Config) -> ClusterState | None:
+    """Decide the cluster's source and joiners and its shared secrets, before any operation
+    of this deploy is added (engine.shared); None when this deploy has no member."""
+    members = config.cluster_members()
+    if not any(m.name in engine.settings for m in members):
+        return None
+    probes = probe_all(engine, members)
+    state = decide([m.name for m in members], probes)
+    engine.shared["cluster"] = state
+    engine.shared[FLEET_SECRETS] = shared_secrets(state, probes)
+    return state
+
+
+# -- the members' state (cluster status, check, the deploy's end) ------------------------
+
+def status_command(address: str) -> str:
+    """One member's view: Patroni's own state (its REST API), and on the primary each
+    standby's replication (bytes and seconds behind)."""
+    url = f"http://{address}:{PATRONI_PORT}/patroni"
+    fetch = ("import json, urllib.request; "
+             f"print(json.dumps(json.load(urllib.request.urlopen({url!r}, timeout=5))))")
+    replication = ("SELECT application_name, state, "
+                   "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), -1), "
+                   "coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication "
+                   "WHERE NOT pg_is_in_recovery()")
+    return "; ".join([
+        f"echo \"patroni $(python3 -c {shlex.quote(fetch)} 2>/dev/null)\"",
+        f"{_PSQL} -F ' ' -c {shlex.quote(replication)} 2>/dev/null | sed 's/^/standby /'",
+        f"echo \"etcd $({etcd.ETCDCTL} endpoint health 2>&1 | head -n 1)\"",
+        "true",
+    ])
+
+
+@dataclass
+class MemberStatus:
+    host: str
+    reachable: bool = True
+    error: str = ""
+    role: str = ""  # primary, standby, or what Patroni says
+    state: str = ""
+    timeline: int | None = None
+    etcd_healthy: bool = False
+    # on the primary: {standby: (replication state, bytes behind, seconds behind)}
+    standbys: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "reachable": self.reachable, "error": self.error,
+                "role": self.role, "state": self.state, "timeline": self.timeline,
+                "etcd_healthy": self.etcd_healthy,
+                "standbys": {name: {"state": s, "lag_bytes": b, "lag_seconds": t}
+                             for name, (s, b, t) in self.standbys.items()}}
+
+
+def parse_status(host: str, text: str) -> MemberStatus:
+    status = MemberStatus(host)
+    for line in text.splitlines():
+        kind, _, value = line.partition(" ")
+        if kind == "patroni" and value.strip():
+            try:
+                found = json.loads(value)
+            except ValueError:
+                continue
+            role = found.get("role", "")
+            status.role = {"master": "primary", "replica": "standby"}.get(role, role)
+            status.state = found.get("state", "")
+            status.timeline = found.get("timeline")
+        elif kind == "standby":
+            parts = value.split()
+            if len(parts) == 4:
+                status.standbys[parts[0]] = (parts[1], int(float(parts[2])), float(parts[3]))
+        elif kind == "etcd":
+            status.etcd_healthy = " is healthy" in value
+    if not status.role:
+        status.role, status.state = "unknown", status.state or "Patroni does not answer"
+    return status
+
+
+def member_status(config: Config, timeout: float = 20) -> list[MemberStatus]:
+    """Every member's state, asked over SSH in parallel; a host that does not answer is
+    reported as such (a stopped host is what this is for)."""
+    members = config.cluster_members()
+    addresses = {m.name: config.vpn_address(m) for m in members}
+
+    def one(member: HostSettings) -> MemberStatus:
+        try:
+            text = ssh_run(member, status_command(addresses[member.name]), timeout=timeout)
+        except DeployError as err:
+            return MemberStatus(member.name, reachable=False, error=err.message,
+                                role="unreachable")
+        return parse_status(member.name, text)
+
+    with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
+        return list(pool.map(one, members))
+
+
+def problems(statuses: list[MemberStatus], max_lag_bytes: int) -> list[str]:
+    """What keeps the cluster from being whole: each as one sentence (empty: healthy)."""
+    found = []
+    primaries = [s for s in statuses if s.role == "primary"]
+    if len(primaries) != 1:
+        found.append(f"{len(primaries)} primaries ({', '.join(s.host for s in primaries) or 'none'})")
+    streaming = primaries[0].standbys if len(primaries) == 1 else {}
+    for s in statuses:
+        if s.role == "primary":
+            continue
+        if not s.reachable:
+            found.append(f"{s.host} does not answer")
+            continue
+        seen = streaming.get(s.host)
+        if seen is None or seen[0] != "streaming":
+            found.append(f"{s.host} is not streaming from the primary ({s.role}, {s.state})")
+        elif seen[1] > max_lag_bytes:
+            found.append(f"{s.host} is {seen[1]} bytes behind")
+    healthy = sum(s.etcd_healthy for s in statuses)
+    if healthy <= len(statuses) // 2:
+        found.append(f"etcd has no quorum ({healthy} of {len(statuses)} members healthy)")
+    return found
+
+
+def settle(config: Config, timeout: float = 300) -> list[MemberStatus]:
+    """Wait until the cluster is whole (the deploy's end: standbys may still be copying
+    the primary); raises DeployError with what is missing when it is not within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = member_status(config)
+        missing = problems(statuses, config.cluster.max_lag_bytes)
+        if not missing:
+            return statuses
+        if time.monotonic() > deadline:
+            raise DeployError(f"The accounts database's cluster is not whole after "
+                              f"{timeout:.0f} s: {'; '.join(missing)}.",
+                              hint="Run `mailfleet cluster status`; see `journalctl -u "
+                                   "patroni` on the members.")
+        time.sleep(2)

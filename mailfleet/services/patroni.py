@@ -1,0 +1,109 @@
+"""Patroni: runs a cluster member's PostgreSQL, and makes a standby the primary when the
+primary's host is gone (its lock in etcd expires).
+
+Debian's `patroni.service` with /etc/patroni/config.yml, Debian's directory layout
+(/var/lib/postgresql/VERSION/main, config in /etc/postgresql/VERSION/main, where mailfleet
+keeps writing conf.d and pg_hba.conf). The host whose database becomes the cluster's hands
+its running PostgreSQL to Patroni, which takes the data directory over as it is; a joining
+host's Patroni waits for the cluster (templates/patroni/join.sh.j2) and copies the primary
+with pg_basebackup.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra import host
+from pyinfra.api import operation
+from pyinfra.operations import systemd
+
+from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.services import cluster, etcd, postgres
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.platform import platform
+from mailfleet.services.shape import Port, Service, Unit, provided
+from mailfleet.templating import render
+
+# python3-etcd named: apt may meet patroni's "python3-etcd | python3-consul | ..." with another
+PACKAGES = ["patroni", "python3-etcd"]
+CONFIG = "/etc/patroni/config.yml"
+JOIN = "/usr/local/lib/mailfleet/patroni-join"
+DROP_IN = "/etc/systemd/system/patroni.service.d/mailfleet.conf"
+LEAD_SECONDS = 120
+
+
+@operation()
+def handed_over(standalone: str, marker: str):
+    """Stop the standalone PostgreSQL and mark this host a member: Patroni starts the same
+    data directory next, as the cluster's first primary."""
+    directory = shlex.quote(marker.rsplit("/", 1)[0])
+    yield (f"systemctl stop {shlex.quote(standalone)} && mkdir -p {directory} && "
+           f"touch {shlex.quote(marker)}")
+
+
+@operation()
+def leading(seconds: int):
+    """Wait until this host's PostgreSQL, under Patroni now, is the primary."""
+    probe = postgres.psql_query("SELECT pg_is_in_recovery()")
+    yield (f"i=0; until [ \"$({probe})\" = f ]; do i=$((i+1)); "
+           f"[ $i -gt {seconds} ] && {{ echo 'PostgreSQL did not become the primary under "
+           f"Patroni within {seconds} s (see journalctl -u patroni)' >&2; exit 1; }}; "
+           "sleep 1; done")
+
+
+def deploy(ctx: HostContext) -> None:
+    state = postgres.cluster_state(ctx)
+    version = platform(ctx).postgresql
+    me = ctx.plan.host
+    address = dict(ctx.plan.cluster)[me]
+    join = ctx.op(config_file, name="Let a joining host wait for the cluster", dest=JOIN,
+                  mode="755", content=render(
+                      "patroni/join.sh.j2", marker=cluster.MARKER,
+                      marker_dir=cluster.MARKER.rsplit("/", 1)[0], endpoint=etcd.ENDPOINT,
+                      namespace=cluster.NAMESPACE, standalone=f"postgresql@{version}-main",
+                      data_dir=f"/var/lib/postgresql/{version}/main"))
+    unit = ctx.op(config_file, name="Run Patroni after the VPN and etcd, and again when it dies",
+                  dest=DROP_IN, content=render("patroni/unit.conf.j2", join=JOIN))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units (Patroni)", _if=ctx.changed(unit))
+    replication, _ = ctx.secret("cluster-replication")
+    rest, _ = ctx.secret("cluster-rest")
+    conf = ctx.op(config_file, name="Configure Patroni", dest=CONFIG, mode="640",
+                  group="postgres", secret=True, content=render(
+                      "patroni/config.yml.j2", scope=cluster.SCOPE, namespace=cluster.NAMESPACE,
+                      member_name=me, address=address, rest_port=cluster.PATRONI_PORT,
+                      rest_password=rest, members=ctx.plan.cluster,
+                      data_dir=f"/var/lib/postgresql/{version}/main",
+                      bin_dir=f"/usr/lib/postgresql/{version}/bin",
+                      config_dir=f"/etc/postgresql/{version}/main",
+                      pgpass=f"/var/lib/postgresql/{version}-main.pgpass",
+                      replication_role=cluster.REPLICATION_ROLE,
+                      replication_password=replication))
+    bootstrap = state.bootstraps(me)
+    if bootstrap:
+        ctx.op(handed_over, name="Hand the running PostgreSQL over to Patroni",
+               standalone=f"postgresql@{version}-main", marker=cluster.MARKER)
+    run = ctx.service("patroni", reload_when=(conf, join, *provided(ctx).postgresql_config),
+                      no_block=me in state.joining)
+    if bootstrap:
+        ctx.op(leading, name="Wait until PostgreSQL is the primary under Patroni",
+               seconds=LEAD_SECONDS, _if=ctx.changed(run))
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    """The cluster as a whole, once (from the first member's view of all of them)."""
+    statuses = cluster.member_status(engine.config)
+    found = cluster.problems(statuses, engine.config.cluster.max_lag_bytes)
+    primary = next((s.host for s in statuses if s.role == "primary"), "none")
+    first = engine.config.cluster_members()[0].name
+    summary = ", ".join(f"{s.host} {s.role}" for s in statuses)
+    return [CheckResult(first, "accounts database cluster", "fail" if found else "ok",
+                        "; ".join(found) if found else f"primary {primary}; {summary}",
+                        "run `mailfleet cluster status`; see `journalctl -u patroni`")]
+
+
+SERVICE = Service(
+    "patroni", applies=lambda plan: bool(plan.cluster), packages=tuple(PACKAGES),
+    deploy=deploy, checks=checks,
+    units=(Unit("patroni", (Port(cluster.PATRONI_PORT, "Patroni REST API", "cluster"),
+                            Port(5432, "PostgreSQL replication", "cluster"))),),
+    managed_paths=(CONFIG, JOIN, DROP_IN))
