@@ -8,6 +8,8 @@ file for the duration of the connection and never stored here.
 
 from __future__ import annotations
 
+import shlex
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,9 @@ from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.engine.tunnel import ssh_run, tunnel
 from mailfleet.errors import ConfigError, DeployError
 
+# Patroni's REST API on every member of a cluster (services/cluster.py)
+PATRONI_PORT = 8008
+
 ADMIN_ROLE = "mailfleet_admin"
 PORT = 5432
 
@@ -29,6 +34,8 @@ def database_host(config: Config, name: str | None = None, source: Path | None =
     host with the db role (several independent database hosts need --host)."""
     if name:
         return config.select_hosts([name], source)[0]
+    if config.cluster_members():
+        return primary_host(config)
     candidates = [h for h in config.select_hosts(None, source) if "db" in h.roles]
     if not candidates:
         raise ConfigError(f"No host in {source or 'the config'} has the db role.",
@@ -40,8 +47,47 @@ def database_host(config: Config, name: str | None = None, source: Path | None =
     return candidates[0]
 
 
+def primary_host(config: Config) -> HostSettings:
+    """The cluster's primary, as the first member that answers says (Patroni's REST API):
+    writes go there, wherever it is after a failover."""
+    reasons = []
+    for member in config.cluster_members():
+        url = f"http://{config.vpn_address(member)}:{PATRONI_PORT}/cluster"
+        fetch = ("import json, urllib.request; print(' '.join(m['name'] for m in json.load("
+                 f"urllib.request.urlopen({url!r}, timeout=5))['members'] "
+                 "if m.get('role') in ('leader', 'master')))")
+        try:
+            leader = ssh_run(member, f"python3 -c {shlex.quote(fetch)}", timeout=20).strip()
+        except DeployError as err:
+            reasons.append(err.message)
+            continue
+        found = [m for m in config.cluster_members() if m.name == leader]
+        if found:
+            return found[0]
+        reasons.append(f"{member.name} knows no primary now")
+    raise DeployError("The accounts database's cluster has no primary now: "
+                      + " ".join(reasons), hint="Run `mailfleet cluster status`; a failover "
+                      "takes up to half a minute.")
+
+
+def replayed_everywhere(conn: psycopg.Connection, host: str, timeout: float = 30) -> None:
+    """Wait until every standby streaming from this primary has replayed what was written
+    here so far (a mailbox added is known to every host's Postfix and Dovecot when the
+    command ends)."""
+    lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    behind = ("SELECT count(*) FROM pg_stat_replication "
+              "WHERE replay_lsn IS NULL OR replay_lsn < %s::pg_lsn")
+    deadline = time.monotonic() + timeout
+    while conn.execute(behind, (lsn,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise DeployError(f"The change was made on {host}, but a standby has not "
+                              f"replayed it within {timeout:.0f} s.",
+                              hint="Run `mailfleet cluster status`.")
+        time.sleep(0.05)
+
+
 @contextmanager
-def connect(host: HostSettings) -> Iterator[psycopg.Connection]:
+def connect(host: HostSettings, cluster: bool = False) -> Iterator[psycopg.Connection]:
     """An autocommit connection; callers group changes with `conn.transaction()`."""
     secret = ssh_run(host, f"cat {SECRETS_DIR}/postgres-{ADMIN_ROLE} 2>/dev/null || true").strip()
     if not secret:
@@ -60,6 +106,8 @@ def connect(host: HostSettings) -> Iterator[psycopg.Connection]:
         try:
             with conn:
                 yield conn
+                if cluster:
+                    replayed_everywhere(conn, host.name)
         except psycopg.Error as err:
             detail = getattr(getattr(err, "diag", None), "message_primary", None) or str(err)
             raise DeployError(f"The mail database on {host.name} refused the change: "

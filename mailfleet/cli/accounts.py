@@ -36,7 +36,7 @@ def database(ctx: typer.Context, host: str | None) -> Iterator[tuple[Config, Hos
     g = globals_of(ctx)
     config = g.load()
     settings = db.database_host(config, host, g.config_path)
-    with db.connect(settings) as conn:
+    with db.connect(settings, cluster=bool(config.cluster_members())) as conn:
         yield config, settings, conn
 
 

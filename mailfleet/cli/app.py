@@ -9,7 +9,7 @@ import typer
 
 from mailfleet import __version__
 from mailfleet import config as config_mod
-from mailfleet.cli import aliases, backup, demo, deploy, dns, domains, guide, init, lab, users, vpn
+from mailfleet.cli import aliases, backup, cluster, demo, deploy, dns, domains, guide, init, lab, users, vpn
 from mailfleet.cli.output import error
 from mailfleet.cli.state import Globals
 from mailfleet.errors import MailfleetError
@@ -67,6 +67,7 @@ app.add_typer(backup.app, name="backup")
 vpn.app.command("show")(vpn.show)
 vpn.app.command("client")(vpn.client)
 app.add_typer(vpn.app, name="vpn")
+app.add_typer(cluster.app, name="cluster")
 app.add_typer(guide.app, name="guide")
 app.add_typer(lab.app, name="lab")
 

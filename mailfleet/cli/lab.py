@@ -144,6 +144,23 @@ def status(ctx: typer.Context, json: Annotated[bool, typer.Option("--json")] = F
     raise typer.Exit(0 if data["running"] else 1)
 
 
+@app.command()
+def stop(ctx: typer.Context,
+         node: Annotated[str, typer.Argument(help="Node name, e.g. n1.")]) -> None:
+    """Power a node off at once, as a crashed VPS (every process killed, nothing shut down
+    cleanly; its disk stays). `mailfleet lab start NODE` boots it again."""
+    _lab(ctx).stop(node)
+    info(f"{node} is off")
+
+
+@app.command()
+def start(ctx: typer.Context,
+          node: Annotated[str, typer.Argument(help="Node name, e.g. n1.")]) -> None:
+    """Boot a stopped node again from its disk."""
+    seconds = _lab(ctx).start(node)
+    info(f"{node} booted in {seconds:.1f} s")
+
+
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ssh(
     ctx: typer.Context,

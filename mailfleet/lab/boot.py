@@ -15,7 +15,9 @@ from mailfleet.lab.paths import DEFAULT_RELEASE, RELEASES, LabPaths
 from mailfleet.lab.state import LabState, Node
 from mailfleet.netutil import free_port, wait_until
 from mailfleet.lab.system import (
+    alive,
     ensure_inotify_instances, ensure_machine_tools,
+    kill_pid,
     require_root,
     run,
     spawn,
@@ -163,9 +165,26 @@ class Booting:
         """Power the node off and boot it again, as a reboot of a VPS would: its disk stays,
         its network namespace's firewall rules are flushed first (they would outlive the
         node, and a test of what comes back at boot must not see them). Seconds to SSH."""
-        state = self.running_state()
         node = self.node(name)
         stop_pids([node.pid], timeout=30)
+        return self.start(name)
+
+    def stop(self, name: str) -> None:
+        """Power the node off at once, as a crashed VPS: its PID 1 killed (the kernel ends
+        every process of the node with it), nothing shut down cleanly; its disk stays."""
+        node = self.node(name)
+        init = self._init_pid(node)
+        if init is not None:
+            kill_pid(init)
+        stop_pids([node.pid], timeout=10)
+
+    def start(self, name: str) -> float:
+        """Boot a stopped node again from its disk (its firewall rules in the namespace
+        flushed first: they would outlive the node). Seconds until it has booted."""
+        state = self.running_state()
+        node = self.node(name)
+        if alive(node.pid):
+            raise UsageError(f"Node {name} is running already.")
         ns = self.paths.node_ns(name)
         run(["ip", "netns", "exec", ns, "nft", "flush", "ruleset"], check=False)
         started = time.monotonic()

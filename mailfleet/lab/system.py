@@ -169,6 +169,11 @@ def stop_pids(pids: Iterable[int], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def kill_pid(pid: int) -> None:
+    """SIGKILL, now (a node's PID 1: the node crashes)."""
+    _signal(pid, signal.SIGKILL)
+
+
 def _signal(pid: int, sig: int) -> None:
     try:
         os.kill(pid, sig)

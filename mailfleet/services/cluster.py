@@ -18,7 +18,7 @@ from secrets import token_urlsafe
 
 from pyinfra.facts.server import Command
 
-from mailfleet.accounts import schema
+from mailfleet.accounts import db, schema
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine
 from mailfleet.engine.context import FLEET_SECRETS
@@ -31,7 +31,7 @@ from mailfleet.services import etcd
 MARKER = "/var/lib/mailfleet/cluster-member"
 NAMESPACE = "/mailfleet/"
 SCOPE = "accounts"
-PATRONI_PORT = 8008
+PATRONI_PORT = db.PATRONI_PORT
 REPLICATION_ROLE = "mailfleet_replication"
 # what every member holds alike: the database roles' passwords (the roles live in the
 # replicated database), replication's and Patroni's REST API's

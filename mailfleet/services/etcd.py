@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 
 from pyinfra.facts.server import Command
+from pyinfra.operations import systemd
 
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.services.checks import CheckResult
@@ -21,6 +22,7 @@ from mailfleet.templating import render
 
 PACKAGES = ["etcd-server", "etcd-client"]
 CONFIG = "/etc/default/etcd"
+DROP_IN = "/etc/systemd/system/etcd.service.d/mailfleet.conf"
 DATA_DIR = "/var/lib/etcd/mailfleet"
 ENDPOINT = "http://127.0.0.1:2379"
 # etcdctl speaks the v3 API on both releases (3.4 and 3.5) with this set
@@ -39,6 +41,9 @@ def deploy(ctx: HostContext) -> None:
     conf = ctx.op(config_file, name="Configure etcd for the cluster", dest=CONFIG,
                   content=render("etcd/etcd.j2", member_name=ctx.plan.host, data_dir=DATA_DIR,
                                  address=address, members=ctx.plan.cluster, token=token(ctx)))
+    unit = ctx.op(config_file, name="Start etcd after the VPN, and again when it dies",
+                  dest=DROP_IN, content=render("etcd/unit.conf.j2"))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units (etcd)", _if=ctx.changed(unit))
     ctx.service("etcd", restart_when=(conf,), no_block=True)
 
 
@@ -73,4 +78,4 @@ SERVICE = Service(
     checks=checks, reads=(HEALTH,),
     units=(Unit("etcd", (Port(2379, "etcd clients", "cluster"),
                          Port(2380, "etcd peers", "cluster"))),),
-    managed_paths=(CONFIG,))
+    managed_paths=(CONFIG, DROP_IN))
