@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import time
 from typing import Annotated
 
 import typer
@@ -13,9 +11,8 @@ from mailfleet.cli.deploy import Json
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config
-from mailfleet.engine.tunnel import ssh_run
-from mailfleet.errors import ConfigError, DeployError, UsageError
-from mailfleet.services import cluster, patroni
+from mailfleet.errors import ConfigError
+from mailfleet.services import cluster
 
 app = typer.Typer(help="The replicated accounts database (Patroni + etcd): state, switchover.",
                   no_args_is_help=True)
@@ -71,30 +68,8 @@ def switchover(
     """Make HOST the primary, planned: the old primary stops taking writes, HOST takes over
     once it has replayed everything (no write is lost), the old primary follows it."""
     config = _config(ctx)
-    members = {m.name: m for m in config.cluster_members()}
-    if to not in members:
-        raise UsageError(f"--to {to}: not a member of the cluster ({', '.join(members)}).")
-    statuses = {s.host: s for s in cluster.member_status(config)}
-    primary = next((name for name, s in statuses.items() if s.role == "primary"), None)
-    if primary is None:
-        raise DeployError("The cluster has no primary now: nothing to switch over.",
-                          hint="Run `mailfleet cluster status`.")
-    if primary == to:
+    before, seconds = cluster.switchover(config, to, timeout)
+    if before == to:
         info(f"{to} is the primary already.")
-        return
-    if statuses[to].role != "standby" or statuses[to].state not in ("running", "streaming"):
-        raise DeployError(f"{to} is not a running standby ({statuses[to].role}, "
-                          f"{statuses[to].state or statuses[to].error}).")
-    command = (f"patronictl -c {patroni.CONFIG} switchover --leader {shlex.quote(primary)} "
-               f"--candidate {shlex.quote(to)} --force")
-    started = time.monotonic()
-    ssh_run(members[to], command, timeout=timeout + 30)
-    deadline = started + timeout
-    while time.monotonic() < deadline:
-        statuses = {s.host: s for s in cluster.member_status(config)}
-        if statuses[to].role == "primary":
-            info(f"{to} is the primary ({time.monotonic() - started:.1f} s); {primary} follows it.")
-            return
-        time.sleep(1)
-    raise DeployError(f"{to} did not become the primary within {timeout:.0f} s.",
-                      hint="Run `mailfleet cluster status`; see `journalctl -u patroni`.")
+    else:
+        info(f"{to} is the primary ({seconds:.1f} s); {before} follows it.")

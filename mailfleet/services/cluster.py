@@ -24,7 +24,7 @@ from mailfleet.engine import Engine
 from mailfleet.engine.context import FLEET_SECRETS
 from mailfleet.engine.snapshot import SECRETS_DIR, parse_secrets
 from mailfleet.engine.tunnel import ssh_run
-from mailfleet.errors import DeployError
+from mailfleet.errors import DeployError, UsageError
 from mailfleet.services import etcd
 
 # a host that ran Patroni as a member: its data directory is the cluster's (never wiped)
@@ -32,6 +32,7 @@ MARKER = "/var/lib/mailfleet/cluster-member"
 NAMESPACE = "/mailfleet/"
 SCOPE = "accounts"
 PATRONI_PORT = db.PATRONI_PORT
+CONFIG = "/etc/patroni/config.yml"  # Patroni's (services/patroni.py)
 REPLICATION_ROLE = "mailfleet_replication"
 # what every member holds alike: the database roles' passwords (the roles live in the
 # replicated database), replication's and Patroni's REST API's
@@ -280,3 +281,32 @@ def settle(config: Config, timeout: float = 300) -> list[MemberStatus]:
                               hint="Run `mailfleet cluster status`; see `journalctl -u "
                                    "patroni` on the members.")
         time.sleep(2)
+
+
+def switchover(config: Config, to: str, timeout: float = 60) -> tuple[str, float]:
+    """Make member `to` the primary, planned (Patroni's switchover: the primary stops
+    taking writes, `to` takes over once it replayed everything): (the primary before,
+    seconds it took)."""
+    members = {m.name: m for m in config.cluster_members()}
+    if to not in members:
+        raise UsageError(f"--to {to}: not a member of the cluster ({', '.join(members)}).")
+    statuses = {s.host: s for s in member_status(config)}
+    primary = next((name for name, s in statuses.items() if s.role == "primary"), None)
+    if primary is None:
+        raise DeployError("The cluster has no primary now: nothing to switch over.",
+                          hint="Run `mailfleet cluster status`.")
+    if primary == to:
+        return primary, 0.0
+    if statuses[to].role != "standby" or statuses[to].state not in ("running", "streaming"):
+        raise DeployError(f"{to} is not a running standby ({statuses[to].role}, "
+                          f"{statuses[to].state or statuses[to].error}).")
+    command = (f"patronictl -c {CONFIG} switchover --leader {shlex.quote(primary)} "
+               f"--candidate {shlex.quote(to)} --force")
+    started = time.monotonic()
+    ssh_run(members[to], command, timeout=timeout + 30)
+    while time.monotonic() < started + timeout:
+        if {s.host: s for s in member_status(config)}[to].role == "primary":
+            return primary, time.monotonic() - started
+        time.sleep(1)
+    raise DeployError(f"{to} did not become the primary within {timeout:.0f} s.",
+                      hint="Run `mailfleet cluster status`; see `journalctl -u patroni`.")

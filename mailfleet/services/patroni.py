@@ -26,7 +26,7 @@ from mailfleet.templating import render
 
 # python3-etcd named: apt may meet patroni's "python3-etcd | python3-consul | ..." with another
 PACKAGES = ["patroni", "python3-etcd"]
-CONFIG = "/etc/patroni/config.yml"
+CONFIG = cluster.CONFIG
 JOIN = "/usr/local/lib/mailfleet/patroni-join"
 DROP_IN = "/etc/systemd/system/patroni.service.d/mailfleet.conf"
 LEAD_SECONDS = 120

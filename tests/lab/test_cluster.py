@@ -1,0 +1,213 @@
+"""The replicated accounts database (Debian 13, three fresh nodes): n1 ["mail", "db", "web"],
+n2 and n3 ["db"], `[cluster] enabled = true` over WireGuard. One deploy forms the cluster
+(etcd on the VPN, Patroni taking over n1's PostgreSQL, n2 and n3 streaming standbys); a
+second changes nothing. A user added through the CLI logs in on n1 at once, whichever host
+is primary. The primary's node is powered off while mail streams into n1's port 25: no
+message is bounced, a standby takes over within a minute, every accepted message is in the
+mailbox, and the old primary comes back as a standby by itself."""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import threading
+import time
+
+import pytest
+import tomlkit
+from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
+
+from mailfleet.config import load
+from mailfleet.engine import mailclient
+
+FAILOVER_LIMIT = 60
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    cli = Cli(lab_name(11), tmp_path_factory.mktemp("cluster") / "mailfleet.toml")
+    net = None
+    try:
+        cli("lab", "up", "--nodes", "3", "--preinstall", timeout=600)
+        doc = tomlkit.parse(cli.config.read_text())
+        doc["features"]["wireguard"] = True
+        doc["features"]["backups"] = False
+        doc["hosts"][1]["roles"] = ["db"]
+        doc["hosts"][2]["roles"] = ["db"]
+        doc["cluster"] = {"enabled": True}
+        cli.config.write_text(tomlkit.dumps(doc))
+        report = cli.json("deploy")
+        assert report["ok"], report
+        net = LabNet(cli.lab)
+        yield cli, net
+    finally:
+        if net:
+            net.close()
+        down = cli("lab", "down", check=False)
+    assert down.returncode == 0, down.stderr
+    assert lab_leftovers(cli.lab) == {"namespaces": [], "processes": [], "mounts": []}
+
+
+def _status(cli: Cli) -> dict:
+    import json
+    return json.loads(cli("cluster", "status", "--json", check=False).stdout)
+
+
+def _whole(cli: Cli, timeout: float = 180) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = _status(cli)
+        if status["ok"] or time.monotonic() > deadline:
+            return status
+        time.sleep(2)
+
+
+def _n1(cli: Cli, net: LabNet):
+    config = load(cli.config)
+    n1 = next(h for h in config.hosts if h.name == "n1")
+    ca = cli.ssh("n1", "cat /etc/mailfleet/tls/ca.crt")
+    return n1.ipv4, mailclient.tls_context(ca), f"n1.{config.mail.domain}", config.mail.domain
+
+
+def _login(net: LabNet, address: str, context, server: str, user: str) -> bool:
+    def attempt() -> bool:
+        imap = mailclient.IMAP4SSLTo(address, 993, server, context)
+        try:
+            imap.login(user, PASSWORD)
+            return True
+        except imaplib.IMAP4.error:
+            return False
+        finally:
+            imap.shutdown()
+    return net.run(attempt)
+
+
+def _add(cli: Cli, user: str) -> None:
+    cli("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+
+
+def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
+    cli, _ = cluster
+    status = _status(cli)
+    assert status["ok"], status
+    roles = {m["host"]: m["role"] for m in status["members"]}
+    assert sorted(roles.values()) == ["primary", "standby", "standby"], roles
+    primary = next(m for m in status["members"] if m["role"] == "primary")
+    assert {name: s["state"] for name, s in primary["standbys"].items()} == \
+        {name: "streaming" for name, role in roles.items() if role == "standby"}
+    health = cli.json("check")
+    assert health["ok"], [c for c in health["checks"] if c["status"] == "fail"]
+    names = {(c["host"], c["name"]) for c in health["checks"]}
+    assert ("n1", "accounts database cluster") in names
+    assert {("n1", "etcd quorum"), ("n2", "etcd quorum"), ("n3", "etcd quorum")} <= names
+    again = cli.json("deploy")
+    assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
+    assert {h: r["fact_misses"] for h, r in again["hosts"].items()} == \
+        {"n1": [], "n2": [], "n3": []}
+    # n2 and n3 run no mail service; the cluster's ports are open on the VPN only
+    assert cli.ssh("n2", "systemctl is-active postfix dovecot || true").split() == \
+        ["inactive", "inactive"]
+    rules = cli.ssh("n1", "sudo ufw show added")
+    assert "allow in on wg0 from 10.8.0.2 to any port 2379 proto tcp" in rules, rules
+    assert "allow 5432" not in rules and "allow 8008" not in rules, rules
+
+
+def test_a_user_added_logs_in_on_n1_at_once_whichever_host_is_primary(cluster):
+    cli, net = cluster
+    address, context, server, domain = _n1(cli, net)
+    for target in ("n3", "n1"):
+        cli("cluster", "switchover", "--to", target)
+        assert _status(cli)["primary"] == target
+        user = f"at-once-{target}@{domain}"
+        _add(cli, user)
+        # no retry: the command returned once every standby (n1's too) had replayed it
+        assert _login(net, address, context, server, user)
+
+
+def _stream(address: str, recipient: str, stop: threading.Event) -> tuple[list[str], list]:
+    """Messages on port 25 as a stranger sends them, until `stop` (≤ 5 min)."""
+    accepted, refused, smtp = [], [], None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not stop.is_set():
+        subject = f"failover {len(accepted) + len(refused):04d}"
+        try:
+            if smtp is None:
+                smtp = smtplib.SMTP(address, 25, timeout=30)
+                smtp.ehlo("client.outside.test")
+            smtp.sendmail("someone@outside.test", [recipient],
+                          f"From: someone@outside.test\r\nTo: {recipient}\r\n"
+                          f"Subject: {subject}\r\n\r\n{subject}\r\n")
+            accepted.append(subject)
+        except (smtplib.SMTPException, OSError) as err:
+            code = (next(iter(err.recipients.values()))[0]
+                    if isinstance(err, smtplib.SMTPRecipientsRefused)
+                    else getattr(err, "smtp_code", None))
+            refused.append((code, f"{subject}: {err}"))
+            if smtp is not None:
+                smtp.close()
+            smtp = None
+            time.sleep(0.5)
+        time.sleep(0.1)
+    if smtp is not None:
+        smtp.quit()
+    return accepted, refused
+
+
+def _subjects(address: str, context, server: str, user: str) -> set[str]:
+    imap = mailclient.IMAP4SSLTo(address, 993, server, context)
+    try:
+        imap.login(user, PASSWORD)
+        imap.select("INBOX", readonly=True)
+        _, data = imap.search(None, "ALL")
+        found = set()
+        for number in data[0].split():
+            _, parts = imap.fetch(number, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+            found.add(parts[0][1].decode().split(":", 1)[1].strip())
+        return found
+    finally:
+        imap.logout()
+
+
+def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(cluster):
+    cli, net = cluster
+    address, context, server, domain = _n1(cli, net)
+    cli("cluster", "switchover", "--to", "n2")  # n1 takes the mail: another host must fail
+    recipient = f"failover@{domain}"
+    _add(cli, recipient)
+    stop, result = threading.Event(), {}
+    sender = threading.Thread(target=lambda: result.update(zip(
+        ("accepted", "refused"), net.run(_stream, address, recipient, stop))))
+    sender.start()
+    try:
+        time.sleep(3)  # the stream is going
+        cli("lab", "stop", "n2")
+        started = time.monotonic()
+        while True:  # a write (the CLI finds the new primary itself) works again
+            done = cli("user", "add", f"after-failover@{domain}", "--password-stdin",
+                       input=PASSWORD + "\n", check=False)
+            seconds = time.monotonic() - started
+            if done.returncode == 0 or seconds > FAILOVER_LIMIT + 30:
+                break
+            time.sleep(1)
+        print(f"failover: a write works again {seconds:.1f} s after n2 was powered off")
+        assert done.returncode == 0 and seconds < FAILOVER_LIMIT, (seconds, done.stderr)
+        time.sleep(3)
+    finally:
+        stop.set()
+        sender.join(120)
+    accepted, refused = result["accepted"], result["refused"]
+    assert len(accepted) >= 20, (len(accepted), refused)
+    assert all(code is None or 400 <= code < 500 for code, _ in refused), refused
+    assert _status(cli)["primary"] in ("n1", "n3")
+    deadline = time.monotonic() + 120
+    while True:  # Postfix delivers what it accepted (retrying what it had to defer)
+        missing = set(accepted) - net.run(_subjects, address, context, server, recipient)
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert not missing, sorted(missing)
+
+    cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself
+    status = _whole(cli)
+    assert status["ok"], status
+    assert {m["host"]: m["role"] for m in status["members"]}["n2"] == "standby"

@@ -1,0 +1,134 @@
+"""The cluster's config rules, plans and the deploy's decisions (pure logic; the lab test
+tests/lab/test_cluster.py runs the real thing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailfleet import services
+from mailfleet.config import parse
+from mailfleet.errors import ConfigError, DeployError
+from mailfleet.services import cluster, firewall
+from mailfleet.services.cluster import MemberProbe
+
+BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+
+
+def _config(members: int = 3, wireguard: bool = True, enabled: bool = True):
+    hosts = "".join(
+        f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\n'
+        f'roles = {["mail", "db", "web"] if i == 1 else ["db"]}\n'.replace("'", '"')
+        for i in range(1, members + 1))
+    return parse(f"{BASE}[features]\nwireguard = {str(wireguard).lower()}\nbackups = false\n"
+                 f"[cluster]\nenabled = {str(enabled).lower()}\n{hosts}")
+
+
+@pytest.mark.parametrize("members, reason", [(2, "two members cannot outvote"),
+                                             (4, "an odd number of members")])
+def test_a_cluster_needs_three_or_five_members(members, reason):
+    with pytest.raises(ConfigError) as err:
+        _config(members)
+    assert "needs 3 or 5 hosts with the db role" in err.value.message
+    assert reason in err.value.message
+
+
+def test_a_cluster_needs_wireguard():
+    with pytest.raises(ConfigError) as err:
+        _config(wireguard=False)
+    assert "needs features.wireguard = true" in err.value.message
+
+
+def test_a_cluster_with_backups_is_refused_for_now():
+    with pytest.raises(ConfigError) as err:
+        parse(BASE + "[features]\nwireguard = true\n"
+              "[cluster]\nenabled = true\n" + "".join(
+                  f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nroles = ["db"]\n'
+                  for i in (1, 2, 3)))
+    assert "cannot be combined with features.backups = true yet" in err.value.message
+
+
+def test_a_db_only_host_is_refused_outside_a_cluster():
+    with pytest.raises(ConfigError) as err:
+        config = _config(enabled=False)
+        services.plans(config, config.hosts)
+    assert "host 'n2' has roles [\"db\"]" in err.value.message
+
+
+def test_members_run_etcd_and_patroni_and_open_their_ports_on_the_vpn_to_each_other():
+    config = _config()
+    plans = services.plans(config, config.hosts)
+    assert plans["n2"].cluster == (("n1", "10.8.0.1"), ("n2", "10.8.0.2"), ("n3", "10.8.0.3"))
+    for name in ("n1", "n2", "n3"):
+        assert {"etcd", "patroni", "postgres"} <= set(plans[name].services)
+    assert not {"postfix", "dovecot", "nginx"} & set(plans["n2"].services)
+    rules = firewall.wanted_rules(config, plans["n2"], {22}, False)
+    for port in (2379, 2380, 5432, 8008):
+        for peer in ("10.8.0.1", "10.8.0.3"):
+            assert f"allow in on wg0 from {peer} to any port {port} proto tcp" in rules
+    assert not any(r.startswith(("allow 5432", "allow 8008", "allow 2379")) for r in rules)
+    packages = services.packages(plans["n2"])
+    assert {"etcd-server", "patroni", "python3-etcd", "postgresql"} <= set(packages)
+    assert "postfix" not in packages
+
+
+def _probes(**kinds: str) -> dict[str, MemberProbe]:
+    """n1..n3 with kinds: "member-primary", "member", "accounts", "fresh"."""
+    return {name: MemberProbe(member=kind.startswith("member"), release="13",
+                              primary=kind == "member-primary", has_accounts=kind != "fresh")
+            for name, kind in kinds.items()}
+
+
+def test_the_first_host_with_accounts_becomes_the_cluster_and_the_others_join():
+    state = cluster.decide(["n1", "n2", "n3"], _probes(n1="fresh", n2="accounts", n3="fresh"))
+    assert state.source == "n2" and state.joining == ("n1", "n3") and state.bootstraps("n2")
+    state = cluster.decide(["n1", "n2", "n3"], _probes(n1="fresh", n2="fresh", n3="fresh"))
+    assert state.source == "n1" and state.joining == ("n2", "n3")
+
+
+def test_a_formed_cluster_writes_on_its_primary_and_bootstraps_nothing():
+    state = cluster.decide(["n1", "n2", "n3"],
+                           _probes(n1="member", n2="member-primary", n3="fresh"))
+    assert state.source == "n2" and state.joining == ("n3",)
+    assert state.writes_here("n2") and not state.bootstraps("n2")
+
+
+def test_a_host_with_its_own_accounts_is_never_wiped_to_join():
+    with pytest.raises(DeployError) as err:
+        cluster.decide(["n1", "n2", "n3"], _probes(n1="accounts", n2="accounts", n3="fresh"))
+    assert "n2 holds a mailfleet database of its own" in err.value.message
+
+
+def test_a_cluster_without_a_primary_or_of_two_releases_is_refused():
+    with pytest.raises(DeployError, match="has no primary now"):
+        cluster.decide(["n1", "n2", "n3"], _probes(n1="member", n2="member", n3="member"))
+    probes = _probes(n1="accounts", n2="fresh", n3="fresh")
+    probes["n3"].release = "12"
+    with pytest.raises(DeployError, match="different Debian releases"):
+        cluster.decide(["n1", "n2", "n3"], probes)
+
+
+def test_shared_secrets_come_from_the_source_first():
+    probes = _probes(n1="fresh", n2="accounts", n3="fresh")
+    probes["n1"].secrets = {"cluster-rest": "from-n1"}
+    probes["n2"].secrets = {"cluster-rest": "from-n2", "postgres-mailfleet_admin": "admin"}
+    state = cluster.decide(["n1", "n2", "n3"], probes)
+    values = cluster.shared_secrets(state, probes)
+    assert values["cluster-rest"] == "from-n2"
+    assert values["postgres-mailfleet_admin"] == "admin"
+    assert len(values["cluster-replication"]) >= 32  # made once, for all of them
+
+
+def test_status_parsing_and_what_keeps_the_cluster_from_being_whole():
+    primary = cluster.parse_status("n1", 'patroni {"role": "master", "state": "running", '
+                                   '"timeline": 3}\nstandby n2 streaming 0 0.01\n'
+                                   "standby n3 catchup 99999999 4.5\n"
+                                   "etcd http://127.0.0.1:2379 is healthy: ok")
+    assert (primary.role, primary.timeline, primary.etcd_healthy) == ("primary", 3, True)
+    n2 = cluster.parse_status("n2", 'patroni {"role": "replica", "state": "streaming"}\n'
+                              "etcd http://127.0.0.1:2379 is healthy: ok")
+    n3 = cluster.MemberStatus("n3", reachable=False, role="unreachable")
+    found = cluster.problems([primary, n2, n3], max_lag_bytes=1024)
+    assert found == ["n3 does not answer"]
+    n3 = cluster.parse_status("n3", 'patroni {"role": "replica", "state": "running"}')
+    assert cluster.problems([primary, n2, n3], 1024) == ["n3 is not streaming from the "
+                                                         "primary (standby, running)"]
