@@ -305,7 +305,11 @@ def switchover(config: Config, to: str, timeout: float = 60) -> tuple[str, float
     started = time.monotonic()
     ssh_run(members[to], command, timeout=timeout + 30)
     while time.monotonic() < started + timeout:
-        if {s.host: s for s in member_status(config)}[to].role == "primary":
+        # done once `to` leads and the old primary streams from it again (a write made
+        # next is then replayed on every member before the command that made it returns)
+        statuses = member_status(config)
+        leads = {s.host: s for s in statuses}[to].role == "primary"
+        if leads and not problems(statuses, config.cluster.max_lag_bytes):
             return primary, time.monotonic() - started
         time.sleep(1)
     raise DeployError(f"{to} did not become the primary within {timeout:.0f} s.",
