@@ -144,6 +144,17 @@ _WEBMAIL_ACCESS = {
 }
 
 
+def hba_cluster_webmail(ctx: HostContext) -> list[dict]:
+    """In a cluster, the webmail of a member writes through whichever member is primary:
+    every member admits the webmail's roles from every member's VPN address."""
+    kind = ctx.config.features.webmail
+    if not ctx.plan.cluster or not any("web" in m.roles for m in ctx.config.cluster_members()):
+        return []
+    lines = [{"database": db, "role": role} for db, role in _WEBMAIL_ACCESS.get(kind, ())]
+    return [{"address": address, "network": str(ipaddress.ip_network(address)), "lines": lines}
+            for _, address in ctx.plan.cluster] if lines else []
+
+
 def hba_peers(plan) -> list[dict]:
     """pg_hba.conf's lines for the web hosts this host serves: their webmail's roles, from
     their address alone, over TLS."""
@@ -183,6 +194,7 @@ def deploy(ctx: HostContext) -> None:
                  dest=f"{conf_dir(ctx).removesuffix('/conf.d')}/pg_hba.conf",
                  content=render("postgresql/pg_hba.conf.j2", peers=peers,
                                 replication_role=REPLICATION_ROLE,
+                                cluster_webmail=hba_cluster_webmail(ctx),
                                 members=[address for _, address in ctx.plan.cluster]),
                  user="postgres", group="postgres", mode="640")
     restart = ctx.op(config_file, name="Restart PostgreSQL when it dies",

@@ -125,6 +125,10 @@ def deploy(ctx: HostContext) -> None:
     config = ctx.config
     # its database and role are the database host's (postgres.webmail_database)
     where = upstream.endpoints(ctx)
+    # a cluster member: this host's PostgreSQL may be a standby, and Roundcube writes (its
+    # sessions, a password change): libpq tries each member and keeps the primary
+    # (target_session_attrs=read-write, set in the PHP-FPM pool)
+    db_host = ",".join([where.db_host, *ctx.plan.cluster_peers])
     des_key, _ = ctx.secret("roundcube-des-key")
     common = dict(fqdn=where.mail_host, ca_file=where.ca_file,
                   server=where.mail_host if where.remote else "localhost",
@@ -132,7 +136,7 @@ def deploy(ctx: HostContext) -> None:
     php_files = {
         "/etc/roundcube/config.inc.php": render(
             "roundcube/config.inc.php.j2", **common, db_user=ROLE,
-            db_password=upstream.secret(ctx, f"postgres-{ROLE}"), db_host=where.db_host,
+            db_password=upstream.secret(ctx, f"postgres-{ROLE}"), db_host=db_host,
             db_name=DATABASE, des_key=des_key[:24], title=config.web.title,
             remote=where.remote),
         "/etc/roundcube/plugins/managesieve/config.inc.php": render(
@@ -140,7 +144,7 @@ def deploy(ctx: HostContext) -> None:
         "/etc/roundcube/plugins/password/config.inc.php": render(
             "roundcube/password.inc.php.j2", db_user="mailfleet_password",
             db_password=upstream.secret(ctx, "postgres-mailfleet_password"),
-            db_host=where.db_host, db_name="mailfleet",
+            db_host=db_host, db_name="mailfleet",
             argon2=passwords.PARAMETERS, min_length=config.mail.min_password_length),
     }
     for dest, content in php_files.items():
@@ -164,7 +168,8 @@ def deploy(ctx: HostContext) -> None:
     pool = ctx.op(config_file, name="Write the Roundcube PHP-FPM pool", dest=f"{pool_dir}/roundcube.conf",
                   content=render("roundcube/php-fpm-pool.conf.j2", socket=php_socket(ctx),
                                  max_children=4, upload_mb=config.mail.message_size_mb + 5,
-                                 db_ca_file=where.ca_file if where.remote else ""))
+                                 db_ca_file=where.ca_file if where.remote else "",
+                                 primary_only=bool(ctx.plan.cluster)))
     www = ctx.op(files.file, name="Remove PHP-FPM's default pool", path=f"{pool_dir}/www.conf",
                  present=False)
     ctx.service(f"php{release.php}-fpm", restart_when=(pool, www))

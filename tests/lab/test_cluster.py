@@ -8,17 +8,16 @@ mailbox, and the old primary comes back as a standby by itself."""
 
 from __future__ import annotations
 
-import imaplib
 import smtplib
 import threading
 import time
 
 import pytest
 import tomlkit
+from clusterlab import add_user, cluster_status, imap_login, mail_host, subjects, whole
 from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
 
 from mailfleet.config import load
-from mailfleet.engine import mailclient
 
 FAILOVER_LIMIT = 60
 
@@ -48,47 +47,9 @@ def cluster(tmp_path_factory):
     assert lab_leftovers(cli.lab) == {"namespaces": [], "processes": [], "mounts": []}
 
 
-def _status(cli: Cli) -> dict:
-    import json
-    return json.loads(cli("cluster", "status", "--json", check=False).stdout)
-
-
-def _whole(cli: Cli, timeout: float = 180) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        status = _status(cli)
-        if status["ok"] or time.monotonic() > deadline:
-            return status
-        time.sleep(2)
-
-
-def _n1(cli: Cli, net: LabNet):
-    config = load(cli.config)
-    n1 = next(h for h in config.hosts if h.name == "n1")
-    ca = cli.ssh("n1", "cat /etc/mailfleet/tls/ca.crt")
-    return n1.ipv4, mailclient.tls_context(ca), f"n1.{config.mail.domain}", config.mail.domain
-
-
-def _login(net: LabNet, address: str, context, server: str, user: str) -> bool:
-    def attempt() -> bool:
-        imap = mailclient.IMAP4SSLTo(address, 993, server, context)
-        try:
-            imap.login(user, PASSWORD)
-            return True
-        except imaplib.IMAP4.error:
-            return False
-        finally:
-            imap.shutdown()
-    return net.run(attempt)
-
-
-def _add(cli: Cli, user: str) -> None:
-    cli("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
-
-
 def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
     cli, _ = cluster
-    status = _status(cli)
+    status = cluster_status(cli)
     assert status["ok"], status
     roles = {m["host"]: m["role"] for m in status["members"]}
     assert sorted(roles.values()) == ["primary", "standby", "standby"], roles
@@ -114,14 +75,14 @@ def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
 
 def test_a_user_added_logs_in_on_n1_at_once_whichever_host_is_primary(cluster):
     cli, net = cluster
-    address, context, server, domain = _n1(cli, net)
+    address, context, server, domain = mail_host(cli)
     for target in ("n3", "n1"):
         cli("cluster", "switchover", "--to", target)
-        assert _status(cli)["primary"] == target
+        assert cluster_status(cli)["primary"] == target
         user = f"at-once-{target}@{domain}"
-        _add(cli, user)
+        add_user(cli, user)
         # no retry: the command returned once every standby (n1's too) had replayed it
-        assert _login(net, address, context, server, user)
+        assert imap_login(net, address, context, server, user)
 
 
 def _stream(address: str, recipient: str, stop: threading.Event) -> tuple[list[str], list]:
@@ -153,27 +114,12 @@ def _stream(address: str, recipient: str, stop: threading.Event) -> tuple[list[s
     return accepted, refused
 
 
-def _subjects(address: str, context, server: str, user: str) -> set[str]:
-    imap = mailclient.IMAP4SSLTo(address, 993, server, context)
-    try:
-        imap.login(user, PASSWORD)
-        imap.select("INBOX", readonly=True)
-        _, data = imap.search(None, "ALL")
-        found = set()
-        for number in data[0].split():
-            _, parts = imap.fetch(number, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            found.add(parts[0][1].decode().split(":", 1)[1].strip())
-        return found
-    finally:
-        imap.logout()
-
-
 def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(cluster):
     cli, net = cluster
-    address, context, server, domain = _n1(cli, net)
+    address, context, server, domain = mail_host(cli)
     cli("cluster", "switchover", "--to", "n2")  # n1 takes the mail: another host must fail
     recipient = f"failover@{domain}"
-    _add(cli, recipient)
+    add_user(cli, recipient)
     stop, result = threading.Event(), {}
     sender = threading.Thread(target=lambda: result.update(zip(
         ("accepted", "refused"), net.run(_stream, address, recipient, stop))))
@@ -198,16 +144,47 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
     accepted, refused = result["accepted"], result["refused"]
     assert len(accepted) >= 20, (len(accepted), refused)
     assert all(code is None or 400 <= code < 500 for code, _ in refused), refused
-    assert _status(cli)["primary"] in ("n1", "n3")
+    assert cluster_status(cli)["primary"] in ("n1", "n3")
     deadline = time.monotonic() + 120
     while True:  # Postfix delivers what it accepted (retrying what it had to defer)
-        missing = set(accepted) - net.run(_subjects, address, context, server, recipient)
+        missing = set(accepted) - net.run(subjects, address, context, server, recipient)
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(3)
     assert not missing, sorted(missing)
 
     cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself
-    status = _whole(cli)
+    status = whole(cli)
     assert status["ok"], status
     assert {m["host"]: m["role"] for m in status["members"]}["n2"] == "standby"
+
+
+def test_an_import_during_a_switchover_is_all_or_none_and_can_be_run_again(cluster, tmp_path):
+    cli, _ = cluster
+    domain = load(cli.config).mail.domain
+    rows = tmp_path / "many.csv"
+    rows.write_text("email,password\n" + "".join(f"bulk{i:04d}@{domain},{PASSWORD}\n"
+                                                  for i in range(1000)))
+    before = cluster_status(cli)["primary"]
+    target = next(h for h in ("n3", "n1", "n2") if h != before)
+    result: dict = {}
+    importing = threading.Thread(target=lambda: result.update(
+        done=cli("user", "import", str(rows), check=False)))
+    importing.start()
+    try:
+        time.sleep(2)  # the import is under way (hashing, then one transaction)
+        cli("cluster", "switchover", "--to", target)
+    finally:
+        importing.join(600)
+    done = result["done"]
+
+    def imported() -> int:
+        return sum(u["email"].startswith("bulk") for u in cli.json("user", "list"))
+
+    count = imported()
+    print(f"import during a switchover: exit {done.returncode}, {count} users imported")
+    assert count in (0, 1000), (count, done.stdout, done.stderr)
+    if done.returncode != 0:  # it failed with one sentence, no traceback
+        assert "Traceback" not in done.stderr and done.stderr.strip(), done.stderr
+    again = cli("user", "import", str(rows))
+    assert imported() == 1000, again.stdout
