@@ -83,6 +83,10 @@ def test_a_user_added_logs_in_on_n1_at_once_whichever_host_is_primary(cluster):
         add_user(cli, user)
         # no retry: the command returned once every standby (n1's too) had replayed it
         assert imap_login(net, address, context, server, user)
+        if target == "n3":  # n1 is a standby: its Roundcube writes (a session) on n3
+            page = next(c for c in cli.json("check")["checks"]
+                        if c["host"] == "n1" and c["name"] == "webmail login page")
+            assert page["status"] == "ok", page
 
 
 def _stream(address: str, recipient: str, stop: threading.Event) -> tuple[list[str], list]:
