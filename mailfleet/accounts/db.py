@@ -74,16 +74,24 @@ def replayed_everywhere(conn: psycopg.Connection, host: str, timeout: float = 30
     """Wait until every standby streaming from this primary has replayed what was written
     here so far (a mailbox added is known to every host's Postfix and Dovecot when the
     command ends)."""
-    lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
-    behind = ("SELECT count(*) FROM pg_stat_replication "
-              "WHERE replay_lsn IS NULL OR replay_lsn < %s::pg_lsn")
+    # standbys streaming or catching up (not a base backup being taken, not one starting)
+    behind = ("SELECT count(*) FROM pg_stat_replication WHERE state IN ('streaming', "
+              "'catchup') AND (replay_lsn IS NULL OR replay_lsn < %s::pg_lsn)")
     deadline = time.monotonic() + timeout
-    while conn.execute(behind, (lsn,)).fetchone()[0]:
-        if time.monotonic() > deadline:
-            raise DeployError(f"The change was made on {host}, but a standby has not "
-                              f"replayed it within {timeout:.0f} s.",
-                              hint="Run `mailfleet cluster status`.")
-        time.sleep(0.05)
+    try:
+        if conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+            return  # a standby named with --host: it wrote nothing
+        lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        while conn.execute(behind, (lsn,)).fetchone()[0]:
+            if time.monotonic() > deadline:
+                raise DeployError(f"The change was made on {host}, but a standby has not "
+                                  f"replayed it within {timeout:.0f} s.",
+                                  hint="Run `mailfleet cluster status`.")
+            time.sleep(0.05)
+    except psycopg.Error as err:  # the change was committed: say so, not "refused"
+        raise DeployError(f"The change was made on {host}, but whether every standby has it "
+                          f"could not be asked: {str(err).strip().splitlines()[-1]}.",
+                          hint="Run `mailfleet cluster status`.") from err
 
 
 @contextmanager

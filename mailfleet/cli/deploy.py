@@ -98,7 +98,7 @@ def settled(config: Config, report: DeployReport) -> None:
     try:
         cluster.settle(config)
     except DeployError as err:
-        first = config.cluster_members()[0].name
+        first = next(m.name for m in config.cluster_members() if m.name in report.hosts)
         report.hosts[first].error = err.message
 
 

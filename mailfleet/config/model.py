@@ -113,6 +113,10 @@ class Config(Strict):
             raise ValueError("cluster.enabled = true needs features.wireguard = true (the "
                              "members replicate and elect the primary over the WireGuard "
                              "network only)")
+        if not self.features.firewall:
+            raise ValueError("cluster.enabled = true needs features.firewall = true (etcd, "
+                             "Patroni's API and replication are open to the other members "
+                             "alone, on the VPN)")
         if self.features.backups:
             raise ValueError("cluster.enabled = true cannot be combined with features.backups = "
                              "true yet (WAL archiving does not follow the primary yet): set "

@@ -10,6 +10,7 @@ mailfleet database of its own is never wiped to join: the deploy refuses it.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,12 +41,18 @@ SHARED_SECRETS = tuple(dict.fromkeys([
     *(f"postgres-{role}" for role in schema.ROLES), "postgres-mailfleet_roundcube",
     "postgres-mailfleet_sogo", "cluster-replication", "cluster-rest"]))
 _PSQL = "runuser -u postgres -- psql -X -tA"
-_HAS_ACCOUNTS = f"SELECT count(*) FROM pg_database WHERE datname = '{schema.DATABASE}'"
+# the databases a host holds besides PostgreSQL's own: `mailfleet` first, then the others
+_DATABASES = ("SELECT string_agg(datname, ' ' ORDER BY datname <> 'mailfleet', datname) "
+              "FROM pg_database WHERE NOT datistemplate AND datname <> 'postgres'")
+_SECRET_VALUE = re.compile(r"[A-Za-z0-9_-]{16,200}")
 PROBE = "; ".join([
     f"[ -e {MARKER} ] && echo member",
     ". /etc/os-release; echo \"release $VERSION_ID\"",
     f"echo \"recovery $({_PSQL} -c 'SELECT pg_is_in_recovery()' 2>/dev/null)\"",
-    f"echo \"accounts $({_PSQL} -c {shlex.quote(_HAS_ACCOUNTS)} 2>/dev/null)\"",
+    "ls -d /var/lib/postgresql/*/main >/dev/null 2>&1 && echo pgdata",
+    f"d=$({_PSQL} -c {shlex.quote(_DATABASES)} 2>/dev/null) && echo \"databases $d\"",
+    f"{etcd.ETCDCTL} --dial-timeout=1s member list 2>/dev/null | "
+    "awk -F', ' '{print \"etcd-member \" ($3 == \"\" ? \"?\" : $3)}'",
     *(f"[ -s {SECRETS_DIR}/{name} ] && echo \"secret {name} $(cat {SECRETS_DIR}/{name})\""
       for name in SHARED_SECRETS),
     "true",
@@ -57,8 +64,15 @@ class MemberProbe:
     member: bool = False
     release: str = ""
     primary: bool = False
-    has_accounts: bool = False
+    has_pgdata: bool = False  # a PostgreSQL data directory exists
+    # the databases besides PostgreSQL's own (None: PostgreSQL did not answer)
+    databases: tuple[str, ...] | None = None
+    etcd_members: tuple[str, ...] = ()  # the local etcd's member names, when it answers
     secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_accounts(self) -> bool:
+        return schema.DATABASE in (self.databases or ())
 
     @classmethod
     def parse(cls, text: str) -> MemberProbe:
@@ -71,10 +85,17 @@ class MemberProbe:
                 probe.release = value.split(".")[0]
             elif kind == "recovery":
                 probe.primary = value.strip() == "f"
-            elif kind == "accounts":
-                probe.has_accounts = value.strip() == "1"
+            elif kind == "pgdata":
+                probe.has_pgdata = True
+            elif kind == "databases":
+                probe.databases = tuple(value.split())
+            elif kind == "etcd-member" and value.strip():
+                probe.etcd_members += (value.strip(),)
             elif kind == "secret":
-                probe.secrets.update(parse_secrets(value))
+                # a value must look like one mailfleet makes (it goes into psql's \set
+                # and Patroni's YAML): anything else is left out and made again
+                probe.secrets.update({k: v for k, v in parse_secrets(value).items()
+                                      if _SECRET_VALUE.fullmatch(v)})
         return probe
 
 
@@ -106,23 +127,43 @@ def decide(names: list[str], probes: dict[str, MemberProbe]) -> ClusterState:
                           "every member.", hint="Give the cluster hosts of one release.")
     members = tuple(n for n in names if probes[n].member)
     primaries = [n for n in members if probes[n].primary]
-    if members:
-        if not primaries:
+    for name in names:  # (a member not started yet has no name: "?")
+        known = probes[name].etcd_members if probes[name].member else ()
+        if known and "?" not in known and sorted(known) != sorted(names):
             raise DeployError(
-                f"The cluster has no primary now (members: {', '.join(members)}): a failover "
-                "may be under way.", hint="Run `mailfleet cluster status`, then deploy again.")
+                f"The cluster's members are {', '.join(sorted(known))} (etcd on {name}), and "
+                f"the config names {', '.join(names)}: adding, removing or renaming a member "
+                "is not automated yet.", hint="See docs/cluster.md, \"Replacing a dead host\".")
+    if members:
+        if len(primaries) != 1:
+            raise DeployError(
+                f"The cluster has {'no primary' if not primaries else 'two primaries'} now "
+                f"({', '.join(primaries) or 'members: ' + ', '.join(members)}): a failover may "
+                "be under way.", hint="Run `mailfleet cluster status`, then deploy again.")
         source = primaries[0]
     else:
+        for name in names:
+            if probes[name].has_pgdata and probes[name].databases is None:
+                raise DeployError(
+                    f"PostgreSQL on {name} does not answer, so whether it holds data cannot be "
+                    "told: the cluster is formed from one host's database and the others' are "
+                    "replaced.", hint=f"Start PostgreSQL on {name}, then deploy again.")
         holding = [n for n in names if probes[n].has_accounts]
         source = holding[0] if holding else names[0]
     joining = tuple(n for n in names if not probes[n].member and n != source)
     for name in joining:
-        if probes[name].has_accounts:
+        held = probes[name].databases
+        if held is None and probes[name].has_pgdata:
             raise DeployError(
-                f"{name} holds a mailfleet database of its own, and the cluster's is "
-                f"{source}'s: joining would replace it with a copy of {source}'s.",
-                hint=f"Move its accounts to {source} (`mailfleet user export`/`import`) or "
-                     "drop its database, then deploy again.")
+                f"PostgreSQL on {name} does not answer, so whether it holds data cannot be "
+                f"told: joining would replace its data with a copy of {source}'s.",
+                hint=f"Start PostgreSQL on {name}, then deploy again.")
+        if held:
+            raise DeployError(
+                f"{name} holds databases of its own ({', '.join(held)}), and the cluster's "
+                f"is {source}'s: joining would replace them with a copy of {source}'s.",
+                hint=f"Move its accounts to {source} (`mailfleet user import`) and drop its "
+                     "databases, then deploy again.")
     return ClusterState(source, joining, members)
 
 
@@ -307,9 +348,9 @@ def switchover(config: Config, to: str, timeout: float = 60) -> tuple[str, float
     while time.monotonic() < started + timeout:
         # done once `to` leads and the old primary streams from it again (a write made
         # next is then replayed on every member before the command that made it returns)
-        statuses = member_status(config)
-        leads = {s.host: s for s in statuses}[to].role == "primary"
-        if leads and not problems(statuses, config.cluster.max_lag_bytes):
+        now = {s.host: s for s in member_status(config)}
+        streaming = now[to].standbys.get(primary, ("",))[0] == "streaming"
+        if now[to].role == "primary" and streaming:
             return primary, time.monotonic() - started
         time.sleep(1)
     raise DeployError(f"{to} did not become the primary within {timeout:.0f} s.",

@@ -28,6 +28,11 @@ from mailfleet.templating import render
 PACKAGES = ["patroni", "python3-etcd"]
 CONFIG = cluster.CONFIG
 JOIN = "/usr/local/lib/mailfleet/patroni-join"
+CALLBACK = "/usr/local/lib/mailfleet/patroni-callback"
+# written by CALLBACK (as postgres) whenever Patroni (re)started PostgreSQL
+RESTARTED = "/var/lib/postgresql/.mailfleet-pg-restarted"
+RECONNECT = "mailfleet-pg-restarted"
+RECONNECT_FILES = tuple(f"/etc/systemd/system/{RECONNECT}.{kind}" for kind in ("path", "service"))
 DROP_IN = "/etc/systemd/system/patroni.service.d/mailfleet.conf"
 LEAD_SECONDS = 120
 
@@ -61,10 +66,15 @@ def deploy(ctx: HostContext) -> None:
                       "patroni/join.sh.j2", marker=cluster.MARKER,
                       marker_dir=cluster.MARKER.rsplit("/", 1)[0], endpoint=etcd.ENDPOINT,
                       namespace=cluster.NAMESPACE, standalone=f"postgresql@{version}-main",
-                      data_dir=f"/var/lib/postgresql/{version}/main"))
+                      data_dir=f"/var/lib/postgresql/{version}/main",
+                      controldata=f"/usr/lib/postgresql/{version}/bin/pg_controldata"))
     unit = ctx.op(config_file, name="Run Patroni after the VPN and etcd, and again when it dies",
                   dest=DROP_IN, content=render("patroni/unit.conf.j2", join=JOIN))
     ctx.op(systemd.daemon_reload, name="Reload systemd units (Patroni)", _if=ctx.changed(unit))
+    callback = ctx.op(config_file, name="Let Patroni say when PostgreSQL restarted", dest=CALLBACK,
+                      mode="755", content=render("patroni/callback.sh.j2", stamp=RESTARTED))
+    if ctx.plan.mail:
+        reconnect(ctx)
     replication, _ = ctx.secret("cluster-replication")
     rest, _ = ctx.secret("cluster-rest")
     conf = ctx.op(config_file, name="Configure Patroni", dest=CONFIG, mode="640",
@@ -77,16 +87,30 @@ def deploy(ctx: HostContext) -> None:
                       config_dir=f"/etc/postgresql/{version}/main",
                       pgpass=f"/var/lib/postgresql/{version}-main.pgpass",
                       replication_role=cluster.REPLICATION_ROLE,
-                      replication_password=replication))
+                      replication_password=replication, callback=CALLBACK))
     bootstrap = state.bootstraps(me)
     if bootstrap:
         ctx.op(handed_over, name="Hand the running PostgreSQL over to Patroni",
                standalone=f"postgresql@{version}-main", marker=cluster.MARKER)
-    run = ctx.service("patroni", reload_when=(conf, join, *provided(ctx).postgresql_config),
+    run = ctx.service("patroni", reload_when=(conf, join, callback,
+                                              *provided(ctx).postgresql_config),
                       no_block=me in state.joining)
     if bootstrap:
         ctx.op(leading, name="Wait until PostgreSQL is the primary under Patroni",
                seconds=LEAD_SECONDS, _if=ctx.changed(run))
+
+
+def reconnect(ctx: HostContext) -> None:
+    """A mail host's Dovecot and Postfix keep pooled connections to this host's PostgreSQL:
+    after Patroni restarted it (a demotion restarts it), the first login or lookup on each
+    dead connection failed ("terminating connection due to administrator command"). A path
+    unit reloads them when the callback's stamp changes."""
+    units = [ctx.op(config_file, name=f"Write {RECONNECT}.{kind}",
+                    dest=f"/etc/systemd/system/{RECONNECT}.{kind}",
+                    content=render(f"patroni/pg-restarted.{kind}.j2", stamp=RESTARTED))
+             for kind in ("path", "service")]
+    ctx.op(systemd.daemon_reload, name="Reload systemd units (reconnect)", _if=ctx.changed(*units))
+    ctx.service(f"{RECONNECT}.path", restart_when=(units[0],))
 
 
 def checks(engine: Engine) -> list[CheckResult]:
@@ -105,5 +129,7 @@ SERVICE = Service(
     "patroni", applies=lambda plan: bool(plan.cluster), packages=tuple(PACKAGES),
     deploy=deploy, checks=checks,
     units=(Unit("patroni", (Port(cluster.PATRONI_PORT, "Patroni REST API", "cluster"),
-                            Port(5432, "PostgreSQL replication", "cluster"))),),
-    managed_paths=(CONFIG, JOIN, DROP_IN))
+                            Port(5432, "PostgreSQL replication", "cluster"))),
+           # (a mail host's only; `check` sees its effect, not the unit)
+           Unit(f"{RECONNECT}.path", checked=False)),
+    managed_paths=(CONFIG, JOIN, CALLBACK, DROP_IN, *RECONNECT_FILES))

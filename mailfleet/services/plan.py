@@ -54,6 +54,11 @@ def check_roles(config: Config, hosts: list[HostSettings]) -> None:
     web_only = [h for h in hosts if frozenset(h.roles) == {"web"}]
     if not web_only:
         return
+    if config.cluster.enabled:
+        raise ConfigError(
+            f"host {web_only[0].name!r} has roles [\"web\"]: a web-only host beside a cluster "
+            "would reach the accounts database on one member only, which mailfleet cannot "
+            "deploy yet.", hint='Give the web role to a cluster member instead.')
     mail_hosts = [h for h in hosts if MAIL_AND_DB <= frozenset(h.roles)]
     if len(mail_hosts) != 1:
         raise ConfigError(
@@ -115,8 +120,10 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         upstream=upstream, peers=peers,
         private_address=private_address(config, host) if upstream or peers or cluster else "",
         cluster=cluster,
-        webmail_databases=((features.webmail,) if "db" in roles and any_web
-                           and features.webmail != "none" else ()),
+        # in a cluster every member holds them (whichever is primary makes them)
+        webmail_databases=((features.webmail,) if "db" in roles and features.webmail != "none"
+                           and (any_web or any("web" in m.roles for m in members if cluster))
+                           else ()),
     )
 
 

@@ -24,7 +24,7 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.errors import DeployError
 from mailfleet.services import certs
-from mailfleet.services.cluster import REPLICATION_ROLE, ClusterState
+from mailfleet.services.cluster import MARKER, REPLICATION_ROLE, ClusterState
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Port, Service, Unit, provided
@@ -78,7 +78,8 @@ _STATE_QUERIES = (
     (schema.DATABASE, "SELECT 'mailbox ' || email FROM mailboxes WHERE system"),
 )
 SNAPSHOT = {"postgres": "; ".join(
-    f"{PSQL} -tA -d {db} -c {shlex.quote(sql)}" for db, sql in _STATE_QUERIES)}
+    f"{PSQL} -tA -d {db} -c {shlex.quote(sql)}" for db, sql in _STATE_QUERIES),
+    "cluster member": f"[ -e {MARKER} ] && echo yes"}
 
 
 def database_state(ctx: HostContext) -> DatabaseState:
@@ -167,6 +168,12 @@ def hba_peers(plan) -> list[dict]:
 def cluster_state(ctx: HostContext) -> ClusterState | None:
     """The deploy's view of the cluster (services/cluster.py), None for a lone PostgreSQL."""
     if not ctx.plan.cluster:
+        if ctx.snapshot("cluster member") == "yes":
+            raise DeployError(
+                f"{ctx.plan.host} is a member of the accounts database's cluster (Patroni runs "
+                "its PostgreSQL), and the config no longer makes it one: taking a host out of "
+                "a cluster, or a cluster apart, is not automated yet.",
+                hint="Keep cluster.enabled = true and its db role (docs/cluster.md).")
         return None
     if "cluster" not in ctx.shared:  # a member must never be handled as a lone PostgreSQL
         raise DeployError(f"{ctx.plan.host} is a cluster member, but this deploy did not ask "

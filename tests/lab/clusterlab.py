@@ -13,6 +13,15 @@ from mailfleet.config import load
 from mailfleet.engine import mailclient
 
 
+def as_cluster(doc, hosts) -> None:
+    """Make `hosts` (tables of doc["hosts"]) db-only members of a cluster over WireGuard."""
+    for host in hosts:
+        host["roles"] = ["db"]
+    doc["features"]["wireguard"] = True
+    doc["features"]["backups"] = False  # (a cluster refuses backups for now)
+    doc["cluster"] = {"enabled": True}
+
+
 def cluster_status(cli: Cli) -> dict:
     return json.loads(cli("cluster", "status", "--json", check=False).stdout)
 

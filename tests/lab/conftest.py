@@ -214,15 +214,20 @@ def lab_leftovers(lab: str) -> dict[str, list[str]]:
 
 
 @contextmanager
-def booted_two_release_lab(cli: Cli) -> Iterator[Cli]:
-    """Debian 12 (n1) and Debian 13 (n2) booted bare under `cli`'s lab name; always torn down."""
+def booted_lab(cli: Cli, *up: str) -> Iterator[Cli]:
+    """`mailfleet lab up UP...` under `cli`'s lab name; always torn down, leaving nothing."""
     try:
-        cli("lab", "up", "--release", "bookworm", "--release", "trixie", timeout=600)
+        cli("lab", "up", *up, timeout=600)
         yield cli
     finally:
         down = cli("lab", "down", check=False)
     assert down.returncode == 0, down.stderr
     assert lab_leftovers(cli.lab) == {"namespaces": [], "processes": [], "mounts": []}
+
+
+def booted_two_release_lab(cli: Cli):
+    """Debian 12 (n1) and Debian 13 (n2) booted bare under `cli`'s lab name; always torn down."""
+    return booted_lab(cli, "--release", "bookworm", "--release", "trixie")
 
 
 @pytest.fixture(scope="session")

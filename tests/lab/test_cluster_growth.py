@@ -10,8 +10,8 @@ import copy
 
 import pytest
 import tomlkit
-from clusterlab import add_user, cluster_status, imap_login, mail_host, subjects
-from conftest import PASSWORD, Cli, LabNet, lab_leftovers, lab_name
+from clusterlab import add_user, as_cluster, cluster_status, imap_login, mail_host, subjects
+from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_name
 
 from mailfleet.engine import mailclient
 
@@ -20,9 +20,7 @@ from mailfleet.engine import mailclient
 def grown(tmp_path_factory):
     """n1 deployed alone with three users and a mail, then the three of them as a cluster."""
     cli = Cli(lab_name(12), tmp_path_factory.mktemp("growth") / "mailfleet.toml")
-    net = None
-    try:
-        cli("lab", "up", "--nodes", "3", "--release", "bookworm", "--preinstall", timeout=600)
+    with booted_lab(cli, "--nodes", "3", "--release", "bookworm", "--preinstall"):
         doc = tomlkit.parse(cli.config.read_text())
         others = [copy.deepcopy(h) for h in doc["hosts"][1:]]
         del doc["hosts"][1:]
@@ -31,31 +29,28 @@ def grown(tmp_path_factory):
         report = cli.json("deploy")
         assert report["ok"], report
         net = LabNet(cli.lab)
-        address, context, server, domain = mail_host(cli)
-        users = [f"grow{i}@{domain}" for i in range(3)]
-        for user in users:
-            add_user(cli, user)
-        message = mailclient.check_message(users[0], users[1], "before", subject="before growth")
-        net.run(mailclient.submit, address, 587, server, context, users[0], PASSWORD, message)
-        assert net.run(mailclient.fetch, address, 993, server, context, users[1], PASSWORD,
-                       "before growth", delete=False, wait=60)
+        try:
+            address, context, server, domain = mail_host(cli)
+            users = [f"grow{i}@{domain}" for i in range(3)]
+            for user in users:
+                add_user(cli, user)
+            message = mailclient.check_message(users[0], users[1], "before",
+                                               subject="before growth")
+            net.run(mailclient.submit, address, 587, server, context, users[0], PASSWORD,
+                    message)
+            assert net.run(mailclient.fetch, address, 993, server, context, users[1],
+                           PASSWORD, "before growth", delete=False, wait=60)
 
-        doc = tomlkit.parse(cli.config.read_text())
-        for host in others:
-            host["roles"] = ["db"]
-            doc["hosts"].append(host)
-        doc["features"]["wireguard"] = True
-        doc["cluster"] = {"enabled": True}
-        cli.config.write_text(tomlkit.dumps(doc))
-        report = cli.json("deploy")
-        assert report["ok"], report
-        yield cli, net, users
-    finally:
-        if net:
+            doc = tomlkit.parse(cli.config.read_text())
+            for host in others:
+                doc["hosts"].append(host)
+            as_cluster(doc, doc["hosts"][1:])
+            cli.config.write_text(tomlkit.dumps(doc))
+            report = cli.json("deploy")
+            assert report["ok"], report
+            yield cli, net, users
+        finally:
             net.close()
-        down = cli("lab", "down", check=False)
-    assert down.returncode == 0, down.stderr
-    assert lab_leftovers(cli.lab) == {"namespaces": [], "processes": [], "mounts": []}
 
 
 def test_the_single_hosts_accounts_and_mail_are_the_clusters(grown):

@@ -32,10 +32,22 @@ def test_a_cluster_needs_three_or_five_members(members, reason):
     assert reason in err.value.message
 
 
-def test_a_cluster_needs_wireguard():
+def test_a_cluster_needs_wireguard_and_the_firewall():
     with pytest.raises(ConfigError) as err:
         _config(wireguard=False)
     assert "needs features.wireguard = true" in err.value.message
+    with pytest.raises(ConfigError, match="needs features.firewall = true"):
+        parse(BASE + "[features]\nwireguard = true\nbackups = false\nfirewall = false\n"
+              "[cluster]\nenabled = true\n")
+
+
+def test_a_web_only_host_beside_a_cluster_is_refused():
+    config = parse(BASE + "[features]\nwireguard = true\n"
+                   "backups = false\n[cluster]\nenabled = true\n" + "".join(
+                       f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\n'
+                       f'roles = ["{"web" if i == 4 else "db"}"]\n' for i in (1, 2, 3, 4)))
+    with pytest.raises(ConfigError, match="a web-only host beside a cluster"):
+        services.plans(config, config.hosts)
 
 
 def test_a_cluster_with_backups_is_refused_for_now():
@@ -61,6 +73,8 @@ def test_members_run_etcd_and_patroni_and_open_their_ports_on_the_vpn_to_each_ot
     for name in ("n1", "n2", "n3"):
         assert {"etcd", "patroni", "postgres"} <= set(plans[name].services)
     assert not {"postfix", "dovecot", "nginx"} & set(plans["n2"].services)
+    # whichever member is primary makes n1's webmail database
+    assert plans["n2"].webmail_databases == ("roundcube",)
     rules = firewall.wanted_rules(config, plans["n2"], {22}, False)
     for port in (2379, 2380, 5432, 8008):
         for peer in ("10.8.0.1", "10.8.0.3"):
@@ -74,7 +88,8 @@ def test_members_run_etcd_and_patroni_and_open_their_ports_on_the_vpn_to_each_ot
 def _probes(**kinds: str) -> dict[str, MemberProbe]:
     """n1..n3 with kinds: "member-primary", "member", "accounts", "fresh"."""
     return {name: MemberProbe(member=kind.startswith("member"), release="13",
-                              primary=kind == "member-primary", has_accounts=kind != "fresh")
+                              primary=kind == "member-primary", has_pgdata=True,
+                              databases=() if kind == "fresh" else ("mailfleet", "roundcube"))
             for name, kind in kinds.items()}
 
 
@@ -95,7 +110,42 @@ def test_a_formed_cluster_writes_on_its_primary_and_bootstraps_nothing():
 def test_a_host_with_its_own_accounts_is_never_wiped_to_join():
     with pytest.raises(DeployError) as err:
         cluster.decide(["n1", "n2", "n3"], _probes(n1="accounts", n2="accounts", n3="fresh"))
-    assert "n2 holds a mailfleet database of its own" in err.value.message
+    assert "n2 holds databases of its own (mailfleet, roundcube)" in err.value.message
+    # any database, not only mailfleet's; and a PostgreSQL that does not answer is no "empty"
+    probes = _probes(n1="accounts", n2="fresh", n3="fresh")
+    probes["n3"].databases = ("shop",)
+    with pytest.raises(DeployError, match=r"n3 holds databases of its own \(shop\)"):
+        cluster.decide(["n1", "n2", "n3"], probes)
+    probes["n3"].databases = None
+    with pytest.raises(DeployError, match="PostgreSQL on n3 does not answer"):
+        cluster.decide(["n1", "n2", "n3"], probes)
+    probes["n3"].has_pgdata = False  # not installed yet: nothing to lose
+    assert cluster.decide(["n1", "n2", "n3"], probes).joining == ("n2", "n3")
+
+
+def test_the_probe_tells_an_unanswered_postgresql_from_an_empty_one():
+    silent = MemberProbe.parse("release 13\nrecovery \npgdata\n")
+    assert silent.databases is None and silent.has_pgdata and not silent.has_accounts
+    empty = MemberProbe.parse("release 13\nrecovery f\npgdata\ndatabases \n")
+    assert empty.databases == () and empty.primary
+    full = MemberProbe.parse("member\ndatabases mailfleet roundcube\netcd-member n1\n"
+                             "secret cluster-rest Abcdefghijklmnop_1\n"
+                             "secret cluster-replication short\n"
+                             "secret postgres-mailfleet_admin a'b;c\\set-x-yyyyyyyy\n")
+    assert full.has_accounts and full.etcd_members == ("n1",)
+    assert full.secrets == {"cluster-rest": "Abcdefghijklmnop_1"}  # the odd ones are made anew
+
+
+def test_changing_the_members_or_two_primaries_are_refused():
+    probes = _probes(n1="member-primary", n2="member", n3="member")
+    probes["n1"].etcd_members = ("n1", "n2", "n4")
+    with pytest.raises(DeployError, match="adding, removing or renaming a member"):
+        cluster.decide(["n1", "n2", "n3"], probes)
+    probes["n1"].etcd_members = ("n1", "n2", "?")  # a member not started yet: no verdict
+    assert cluster.decide(["n1", "n2", "n3"], probes).source == "n1"
+    probes["n2"].primary = True
+    with pytest.raises(DeployError, match="two primaries"):
+        cluster.decide(["n1", "n2", "n3"], probes)
 
 
 def test_a_cluster_without_a_primary_or_of_two_releases_is_refused():
