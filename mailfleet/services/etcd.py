@@ -27,8 +27,15 @@ DATA_DIR = "/var/lib/etcd/mailfleet"
 ENDPOINT = "http://127.0.0.1:2379"
 # etcdctl speaks the v3 API on both releases (3.4 and 3.5) with this set
 ETCDCTL = f"ETCDCTL_API=3 etcdctl --endpoints={ENDPOINT} --command-timeout=5s"
-# (exits 1 when a member is down: the lines say which, `; true` keeps them for the check)
-HEALTH = f"{ETCDCTL} endpoint health --cluster 2>&1; true"
+
+
+def health(plan) -> str:
+    """Each member's health, asked of each member's own endpoint (`--cluster` would first
+    need the member list from the local member). Exits 1 when one is down: the lines say
+    which, `; true` keeps them for the check."""
+    endpoints = ",".join(f"http://{address}:2379" for _, address in plan.cluster)
+    return (f"ETCDCTL_API=3 etcdctl --endpoints={endpoints} --command-timeout=5s "
+            "endpoint health 2>&1; true")
 
 
 def token(ctx: HostContext) -> str:
@@ -49,7 +56,7 @@ def deploy(ctx: HostContext) -> None:
 
 
 def parse_health(text: str) -> dict[str, bool]:
-    """{endpoint: healthy} from `etcdctl endpoint health --cluster`."""
+    """{endpoint: healthy} from `etcdctl endpoint health`."""
     found = {}
     for line in text.splitlines():
         endpoint, _, rest = line.partition(" is ")
@@ -60,15 +67,18 @@ def parse_health(text: str) -> dict[str, bool]:
 
 def checks(engine: Engine) -> list[CheckResult]:
     results = []
-    for name, text in engine.facts(Command, command=HEALTH).items():
-        members = len(engine.plans[name].cluster)
-        health = parse_health(text or "")
-        healthy = sum(health.values())
+    for name, plan in engine.plans.items():
+        if not plan.cluster:
+            continue
+        text = engine.facts(Command, hosts=[name], command=health(plan)).get(name)
+        members = len(plan.cluster)
+        found = parse_health(text or "")
+        healthy = sum(found.values())
         quorum = healthy > members // 2
         results.append(CheckResult(
             name, "etcd quorum", "ok" if quorum and healthy == members else
             "warn" if quorum else "fail",
-            f"{healthy} of {members} members healthy" if health else
+            f"{healthy} of {members} members healthy" if found else
             (text or "no answer").strip().splitlines()[-1],
             "see `journalctl -u etcd` on the members that are down"))
     return results
@@ -76,7 +86,7 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service(
     "etcd", applies=lambda plan: bool(plan.cluster), packages=tuple(PACKAGES), deploy=deploy,
-    checks=checks, reads=(HEALTH,),
+    checks=checks, reads=lambda engine, plan: [health(plan)],
     units=(Unit("etcd", (Port(2379, "etcd clients", "cluster"),
                          Port(2380, "etcd peers", "cluster"))),),
     managed_paths=(CONFIG, DROP_IN))
