@@ -50,6 +50,12 @@ def test_a_web_only_host_beside_a_cluster_is_refused():
         services.plans(config, config.hosts)
 
 
+def test_a_cluster_with_sogo_is_refused_for_now():
+    with pytest.raises(ConfigError, match='cannot be combined with webmail = "sogo" yet'):
+        parse(BASE + '[features]\nwireguard = true\nbackups = false\nwebmail = "sogo"\n'
+              "[cluster]\nenabled = true\n")
+
+
 def test_a_cluster_with_backups_is_refused_for_now():
     with pytest.raises(ConfigError) as err:
         parse(BASE + "[features]\nwireguard = true\n"
