@@ -66,8 +66,7 @@ def deploy(ctx: HostContext) -> None:
                       "patroni/join.sh.j2", marker=cluster.MARKER,
                       marker_dir=cluster.MARKER.rsplit("/", 1)[0], endpoint=etcd.ENDPOINT,
                       namespace=cluster.NAMESPACE, standalone=f"postgresql@{version}-main",
-                      data_dir=f"/var/lib/postgresql/{version}/main",
-                      controldata=f"/usr/lib/postgresql/{version}/bin/pg_controldata"))
+                      data_dir=f"/var/lib/postgresql/{version}/main"))
     unit = ctx.op(config_file, name="Run Patroni after the VPN and etcd, and again when it dies",
                   dest=DROP_IN, content=render("patroni/unit.conf.j2", join=JOIN))
     ctx.op(systemd.daemon_reload, name="Reload systemd units (Patroni)", _if=ctx.changed(unit))

@@ -95,8 +95,8 @@ MODULE_SECONDS = {
     "test_lab_deploy.py": 370,
     "test_mail_accounts.py": 560,
     "test_split_tiers.py": 420,
-    "test_cluster.py": 400,  # estimated: three nodes, one deploy, a failover
-    "test_cluster_growth.py": 400,  # estimated: one deploy alone, one as a cluster
+    "test_cluster.py": 330,  # three nodes, one deploy, a failover, an import
+    "test_cluster_growth.py": 320,  # one deploy alone, one as a cluster (Debian 12)
     "test_mail_backup.py": 340,
     "test_vpn.py": 330,
     "test_mail_node.py": 330,
