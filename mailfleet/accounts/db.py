@@ -65,9 +65,10 @@ def primary_host(config: Config) -> HostSettings:
         if found:
             return found[0]
         reasons.append(f"{member.name} knows no primary now")
-    raise DeployError("The accounts database's cluster has no primary now: "
-                      + " ".join(reasons), hint="Run `mailfleet cluster status`; a failover "
-                      "takes up to half a minute.")
+    raise DeployError(f"The accounts database's cluster has no primary now ({len(reasons)} "
+                      f"member(s) asked; first answer: {reasons[0].rstrip('.')}).",
+                      hint="Run `mailfleet cluster status`; a failover takes up to half a "
+                      "minute.")
 
 
 def replayed_everywhere(conn: psycopg.Connection, host: str, timeout: float = 30) -> None:

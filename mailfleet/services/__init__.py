@@ -101,13 +101,11 @@ SERVICES: list[Service] = [
     hardening.SERVICE,
     admin.SERVICE,
     wireguard.SERVICE,
-    etcd.SERVICE,  # a cluster's: right after the VPN, so every member starts it early
     sshd.SERVICE,
     mailstore.SERVICE,
     certs.SERVICE,
     upstream.SERVICE,  # a web-only host: trust and find its mail host
     postgres.SERVICE,
-    patroni.SERVICE,  # a cluster member's PostgreSQL, once the database is set up
     opendkim.SERVICE,
     opendmarc.SERVICE,
     dovecot.SERVICE,
@@ -119,6 +117,12 @@ SERVICES: list[Service] = [
     nginx.SERVICE,
     firewall.SERVICE,
     ssh_vpn.SERVICE,  # once the firewall lets the tunnel in
+    # a cluster's, once the firewall is up (enabling it later broke the members' open
+    # connections): etcd, then Patroni taking over the database set up above. A host that
+    # joins has fewer steps before these than the host whose database becomes the cluster's,
+    # so its etcd runs before that host waits for etcd's quorum
+    etcd.SERVICE,
+    patroni.SERVICE,
     acme.SERVICE,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.SERVICE,
     backup.SERVICE,

@@ -3,9 +3,10 @@
 One member on every host of the accounts database's cluster, from Debian's etcd-server, its
 settings in /etc/default/etcd, its data below /var/lib/etcd/mailfleet (kept across
 reboots). Members talk over the WireGuard network only. A member starts without waiting
-for the others (`--no-block`): etcd is ready only once a quorum runs, and pyinfra starts
-the hosts' units one operation apart; the deploy waits for the quorum afterwards
-(services/cluster.py).
+for the others (`--no-block`): etcd is ready only once a quorum runs, and pyinfra runs the
+n-th operation of every host together, so the members' starts are operations apart. The
+host whose database becomes the cluster's waits for Patroni (and so for the quorum) later
+in its own steps (services/patroni.py).
 """
 
 from __future__ import annotations

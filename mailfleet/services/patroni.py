@@ -34,7 +34,7 @@ RESTARTED = "/var/lib/postgresql/.mailfleet-pg-restarted"
 RECONNECT = "mailfleet-pg-restarted"
 RECONNECT_FILES = tuple(f"/etc/systemd/system/{RECONNECT}.{kind}" for kind in ("path", "service"))
 DROP_IN = "/etc/systemd/system/patroni.service.d/mailfleet.conf"
-LEAD_SECONDS = 120
+LEAD_SECONDS = 300
 
 
 @operation()
