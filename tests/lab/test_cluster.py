@@ -58,9 +58,10 @@ def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
     assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
     assert {h: r["fact_misses"] for h, r in again["hosts"].items()} == \
         {"n1": [], "n2": [], "n3": []}
-    # n2 and n3 run no mail service; the cluster's ports are open on the VPN only
-    assert cli.ssh("n2", "systemctl is-active postfix dovecot || true").split() == \
-        ["inactive", "inactive"]
+    # mailfleet set up no mail service on n2 (its preinstalled image has the packages);
+    # the cluster's ports are open on the VPN only
+    assert cli.ssh("n2", "ls /etc/postfix/pgsql /etc/dovecot/mailfleet-sql.conf.ext 2>&1 | "
+                         "grep -c 'No such file'") == "2"
     rules = cli.ssh("n1", "sudo ufw show added")
     assert "allow in on wg0 from 10.8.0.2 to any port 2379 proto tcp" in rules, rules
     assert "allow 5432" not in rules and "allow 8008" not in rules, rules
