@@ -40,6 +40,14 @@ def database(ctx: typer.Context, host: str | None) -> Iterator[tuple[Config, Hos
         yield config, settings, conn
 
 
+def mail_hosts(config: Config, database_host: HostSettings) -> list[HostSettings]:
+    """Where a mailbox's sessions and mail are (to end them, to archive or purge it): the
+    database's host, or in a cluster the members with the mail role (the primary may hold
+    no mail at all)."""
+    members = config.cluster_members()
+    return [m for m in members if "mail" in m.roles] if members else [database_host]
+
+
 def parse(fn, value: str, option: str):
     """A rules.* check on a command-line value; a refusal is a usage error naming it."""
     try:

@@ -20,7 +20,7 @@ from rich.table import Table
 from mailfleet import config as config_mod
 from mailfleet.accounts import db, store
 from mailfleet.cli.accounts import (
-    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, mail_hosts, parse,
 )
 from mailfleet.cli.deploy import _render_report, run_deploy
 from mailfleet.cli.output import console, info, print_json
@@ -127,11 +127,13 @@ def remove(
     if domain == config.mail.domain:
         raise UsageError(f"{domain} is the primary domain (mail.domain in {g.config_path}); "
                          "it cannot be removed.")
-    hosts = [h for h in config.select_hosts(None, g.config_path) if "db" in h.roles]
+    clustered = bool(config.cluster_members())  # one database: the cluster's primary
+    hosts = [db.primary_host(config)] if clustered else \
+        [h for h in config.select_hosts(None, g.config_path) if "db" in h.roles]
     with ExitStack() as stack:  # one connection per database, kept across the question
         found: list[tuple[HostSettings, psycopg.Connection, int]] = []
         for host in hosts:
-            conn = stack.enter_context(db.connect(host))
+            conn = stack.enter_context(db.connect(host, cluster=clustered))
             row = next((r for r in store.domains(conn) if r["name"] == domain), None)
             if row:
                 found.append((host, conn, row["mailboxes"]))
@@ -142,9 +144,11 @@ def remove(
                 f"(their mail will be {FATE[how]})?", yes)
         for host, conn, _ in found:
             gone = store.remove_domain(conn, domain)
-            kick(host, f"*@{domain}")
-            console.print(f"removed {domain} and {len(gone)} mailbox(es) from {host.name}; "
-                          + escape(dispose(host, domain, None, how)), soft_wrap=True)
+            for mail in mail_hosts(config, host):
+                kick(mail, f"*@{domain}")
+                console.print(f"removed {domain} and {len(gone)} mailbox(es) from {host.name}; "
+                              + (f"on {mail.name}: " if mail is not host else "")
+                              + escape(dispose(mail, domain, None, how)), soft_wrap=True)
     if domain in config.mail.domains:
         # the database no longer has it: the file follows at once, deploy then stops signing
         remaining = [d for d in config.mail.domains if d != domain]

@@ -13,7 +13,8 @@ from rich.table import Table
 from mailfleet.accounts import bulk, rules, store
 from mailfleet.accounts.passwords import hash_many, hash_password
 from mailfleet.cli.accounts import (
-    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, new_password, parse,
+    FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, mail_hosts,
+    new_password, parse,
 )
 from mailfleet.cli.output import console, err_console, info, print_json
 from mailfleet.errors import UsageError
@@ -118,10 +119,11 @@ def quota(
 
 def _set_active(ctx: typer.Context, email: str, host: str | None, active: bool) -> None:
     email = parse(rules.existing, email, "EMAIL")
-    with database(ctx, host) as (_, settings, conn):
+    with database(ctx, host) as (config, settings, conn):
         changed = store.set_active(conn, email, active)
     if not active:
-        kick(settings, email)
+        for mail in mail_hosts(config, settings):
+            kick(mail, email)
     state = "enabled" if active else "disabled"
     console.print(f"{escape(email)} on {settings.name}: {state}" + ("" if changed else " already"))
 
@@ -155,14 +157,16 @@ def remove(
     how = disposal(archive, purge)
     local, _, domain = email.rpartition("@")
     dispose_command(domain, local, how)  # refuses a name that is no single path component
-    with database(ctx, host) as (_, settings, conn):
+    with database(ctx, host) as (config, settings, conn):
         store.require_user_mailbox(conn, email)  # before asking for confirmation
         confirm(f"Remove the mailbox {email} on {settings.name} (its mail will be "
                 f"{FATE[how]})?", yes)
         aliases = store.remove_mailbox(conn, email)
-    kick(settings, email)
-    console.print(f"removed {escape(email)} from {settings.name}; "
-                  + escape(dispose(settings, domain, local, how)), soft_wrap=True)
+    for mail in mail_hosts(config, settings):
+        kick(mail, email)
+        console.print(f"removed {escape(email)} from {settings.name}; "
+                      + (f"on {mail.name}: " if mail is not settings else "")
+                      + escape(dispose(mail, domain, local, how)), soft_wrap=True)
     if aliases:
         console.print("also removed the aliases that delivered only to it: "
                       + escape(", ".join(aliases)),
