@@ -117,14 +117,6 @@ class Config(Strict):
             raise ValueError("cluster.enabled = true needs features.firewall = true (etcd, "
                              "Patroni's API and replication are open to the other members "
                              "alone, on the VPN)")
-        if self.features.webmail == "sogo":
-            raise ValueError('cluster.enabled = true cannot be combined with webmail = "sogo" '
-                             "yet (SOGo's database URLs name one host, and a member's own "
-                             'PostgreSQL may be a standby): use webmail = "roundcube"')
-        if self.features.backups:
-            raise ValueError("cluster.enabled = true cannot be combined with features.backups = "
-                             "true yet (WAL archiving does not follow the primary yet): set "
-                             "features.backups = false")
         return self
 
     def cluster_members(self) -> list[HostSettings]:

@@ -26,12 +26,11 @@ from pyinfra.operations import files, systemd
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.facts import FactRead
-from mailfleet.engine.operations import unit_restarted
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
 from mailfleet.localfile import write_private
-from mailfleet.services import certs, mailstore, opendkim, postgres, radicale
+from mailfleet.services import certs, mailstore, opendkim, patroni, postgres, radicale
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import Service
@@ -148,7 +147,7 @@ def retire(ctx: HostContext) -> None:
     ctx.op(stop_backups, name=f"Stop backups (the repository and {ROOT} are kept)",
            paths=present)
     if archive in present:
-        ctx.op(unit_restarted, name="Restart postgresql (WAL archiving off)", unit="postgresql")
+        patroni.restart_postgresql(ctx, "WAL archiving off")
 
 
 def deploy(ctx: HostContext) -> None:
@@ -167,12 +166,14 @@ def deploy(ctx: HostContext) -> None:
     for path in (PG_DIR, WAL_DIR):  # PostgreSQL writes both (pg_basebackup, archive_command)
         ctx.op(files.directory, name=f"Create {path}", path=path, user="postgres",
                group="postgres", mode="700")
+    # a cluster member archives as a standby too ("always"): its WAL archive goes on
+    # whichever member is the primary, and its backups run on either role
     archive = ctx.op(config_file, name="Archive PostgreSQL's WAL",
                      dest=archive_conf(ctx),
-                     content=render("backup/archive.conf.j2", wal_dir=WAL_DIR),
+                     content=render("backup/archive.conf.j2", wal_dir=WAL_DIR,
+                                    mode="always" if ctx.plan.cluster else "on"),
                      user="postgres", group="postgres")
-    ctx.op(unit_restarted, name="Restart postgresql (archiving)", unit="postgresql",
-           _if=ctx.changed(archive))
+    patroni.restart_postgresql(ctx, "archiving", _if=ctx.changed(archive))
     # the address byte for byte (restic reads it itself), root's only: it may hold a password
     ctx.op(config_file, name=f"Write {REPOSITORY_FILE}", dest=REPOSITORY_FILE, mode="600",
            content=settings.repository, secret=True)

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import shlex
 
-from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.operations import systemd
 
 from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine.operations import unit_restarted
 from mailfleet.services import cluster, etcd, postgres
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
@@ -56,6 +56,29 @@ def leading(seconds: int):
            "sleep 1; done")
 
 
+@operation()
+def restarted(member: str, seconds: int = 120):
+    """Restart a member's PostgreSQL through Patroni (a setting that needs a restart, such
+    as archive_mode): systemd does not run it on a member, and Patroni keeps the primary's
+    lock while it restarts. Returns once PostgreSQL answers again."""
+    probe = postgres.psql_query("SELECT 1")
+    yield (f"patronictl -c {CONFIG} restart {shlex.quote(cluster.SCOPE)} {shlex.quote(member)} "
+           f"--force && i=0; until [ \"$({probe} 2>/dev/null)\" = 1 ]; do i=$((i+1)); "
+           f"[ $i -gt {seconds} ] && {{ echo 'PostgreSQL did not answer within {seconds} s "
+           f"of its restart by Patroni (see journalctl -u patroni)' >&2; exit 1; }}; "
+           "sleep 1; done")
+
+
+def restart_postgresql(ctx: HostContext, why: str, **when) -> None:
+    """Restart this host's PostgreSQL for `why`: Debian's unit on a lone host, Patroni on a
+    cluster member. `when`: an `_if=` condition."""
+    if ctx.plan.cluster:
+        ctx.op(restarted, name=f"Restart PostgreSQL through Patroni ({why})",
+               member=ctx.plan.host, **when)
+    else:
+        ctx.op(unit_restarted, name=f"Restart postgresql ({why})", unit="postgresql", **when)
+
+
 def deploy(ctx: HostContext) -> None:
     state = postgres.cluster_state(ctx)
     version = platform(ctx).postgresql
@@ -72,7 +95,7 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(systemd.daemon_reload, name="Reload systemd units (Patroni)", _if=ctx.changed(unit))
     callback = ctx.op(config_file, name="Let Patroni say when PostgreSQL restarted", dest=CALLBACK,
                       mode="755", content=render("patroni/callback.sh.j2", stamp=RESTARTED))
-    if ctx.plan.mail:
+    if ctx.plan.mail or ctx.plan.webmail == "sogo":
         reconnect(ctx)
     replication, _ = ctx.secret("cluster-replication")
     rest, _ = ctx.secret("cluster-rest")
@@ -102,11 +125,13 @@ def deploy(ctx: HostContext) -> None:
 def reconnect(ctx: HostContext) -> None:
     """A mail host's Dovecot and Postfix keep pooled connections to this host's PostgreSQL:
     after Patroni restarted it (a demotion restarts it), the first login or lookup on each
-    dead connection failed ("terminating connection due to administrator command"). A path
-    unit reloads them when the callback's stamp changes."""
+    dead connection failed ("terminating connection due to administrator command"). SOGo
+    never gives up a dead connection at all. A path unit reloads the mail services and
+    restarts SOGo when the callback's stamp changes."""
     units = [ctx.op(config_file, name=f"Write {RECONNECT}.{kind}",
                     dest=f"/etc/systemd/system/{RECONNECT}.{kind}",
-                    content=render(f"patroni/pg-restarted.{kind}.j2", stamp=RESTARTED))
+                    content=render(f"patroni/pg-restarted.{kind}.j2", stamp=RESTARTED,
+                                   mail=ctx.plan.mail, sogo=ctx.plan.webmail == "sogo"))
              for kind in ("path", "service")]
     ctx.op(systemd.daemon_reload, name="Reload systemd units (reconnect)", _if=ctx.changed(*units))
     ctx.service(f"{RECONNECT}.path", restart_when=(units[0],))

@@ -194,7 +194,7 @@ def deploy(ctx: HostContext) -> None:
         name="Configure PostgreSQL for a small host",
         dest=f"{conf_dir(ctx)}/mailfleet.conf",
         content=render("postgresql/mailfleet.conf.j2", listen=listen, cert_file=certs.CERT_FILE,
-                       key_file=certs.KEY_FILE),
+                       key_file=certs.KEY_FILE, cluster=cluster is not None),
         user="postgres", group="postgres",
     )
     hba = ctx.op(config_file, name="Admit local roles and the web hosts (pg_hba.conf)",

@@ -95,7 +95,7 @@ def restore_script(chosen: dict, paths: list[str], target: datetime | None,
                   pg_dir=backup.PG_DIR, units=units,
                   target_time=target and f"{target:%Y-%m-%d %H:%M:%S}+00",
                   base_before=target and f"{target:%Y%m%dT%H%M%SZ}",
-                  restored_file=backup.RESTORED)
+                  restored_file=backup.RESTORED, secrets_dir=SECRETS_DIR)
 
 
 def check_restore_values(chosen: dict, postgresql: str) -> None:
@@ -131,6 +131,11 @@ def plan(settings: HostSettings, config: Config, source: str | None, wanted: str
          target: datetime | None) -> RestorePlan:
     """Read the host and the repository (two SSH commands) and choose what to restore; a
     ConfigError, before anything is changed, when it cannot be done."""
+    if settings.name in {m.name for m in config.cluster_members()}:
+        raise ConfigError(f"{settings.name} is a member of the accounts database's cluster: its "
+                          "database is the cluster's (Patroni copies it from the primary), and a "
+                          "restore would replace it behind Patroni's back. Restore onto a host "
+                          "outside the cluster (docs/cluster.md).")
     own_name, postgresql, deployed = host_state(settings)
     if not deployed:
         raise ConfigError(f"{settings.name} has no backup set-up yet: run `mailfleet deploy "

@@ -15,7 +15,7 @@ from pyinfra.operations import systemd
 
 from mailfleet.accounts import schema
 from mailfleet.engine import Engine, HostContext, config_file
-from mailfleet.services import system, upstream
+from mailfleet.services import cluster, etcd, system, upstream
 from mailfleet.services.checks import CheckResult, https_count
 from mailfleet.services.platform import platform
 from mailfleet.services.shape import HostPlan, Service, Unit
@@ -32,6 +32,10 @@ CONFIG = "/etc/sogo/sogo.conf"
 DROP_IN_DIR = "/etc/systemd/system/sogo.service.d"
 DROP_IN = f"{DROP_IN_DIR}/mailfleet.conf"
 URL_PATH = "/SOGo"
+# a cluster member's: SOGo restarted when the accounts database's primary changes
+RECONNECT = "mailfleet-sogo-reconnect"
+RECONNECT_UNIT = f"/etc/systemd/system/{RECONNECT}.service"
+RECONNECT_SCRIPT = "/usr/local/lib/mailfleet/sogo-reconnect"
 
 SNAPSHOT = {"sogo": "dpkg-query -W -f='${Package} ${db:Status-Status}\\n' "
                           "sogo sogo-activesync 2>/dev/null"}
@@ -52,8 +56,9 @@ def remove(packages: list[str], everything: bool):
     SOGo any more) also its config, logs and spool; its database (users' calendars,
     contacts and preferences) stays until dropped by hand."""
     yield (system.purged(packages)
-           + (f" && rm -rf /etc/sogo /var/log/sogo /var/spool/sogo {DROP_IN_DIR}"
-              if everything else ""))
+           + (f" && {{ systemctl disable --now {RECONNECT}.service >/dev/null 2>&1; "
+              f"rm -rf /etc/sogo /var/log/sogo /var/spool/sogo {DROP_IN_DIR} {RECONNECT_UNIT} "
+              f"{RECONNECT_SCRIPT}; }}" if everything else ""))
 
 
 def retire(ctx: HostContext) -> None:
@@ -70,11 +75,17 @@ def deploy(ctx: HostContext) -> None:
                packages=ACTIVESYNC_PACKAGES, everything=False)
     # its database and role are the database host's (postgres.webmail_database)
     where = upstream.endpoints(ctx)
+    # a cluster member: this host's PostgreSQL may be a standby, and SOGo writes (sessions,
+    # preferences, a password change). Its URLs cannot hold libpq's host list (GNUstep's
+    # NSURL refuses commas), and libpq picks among one name's addresses without checking
+    # each for writes: the URLs name no host, and libpq reads the members from PGHOST and
+    # keeps the primary (target_session_attrs=read-write, both in SOGo's environment)
+    members = [where.db_host, *ctx.plan.cluster_peers] if ctx.plan.cluster else []
     conf = ctx.op(config_file, name=f"Write {CONFIG}", dest=CONFIG, mode="640", group="sogo",
                   secret=True,
                   content=render("sogo/sogo.conf.j2", fqdn=ctx.fqdn, db_user=ROLE,
                                  db_password=upstream.secret(ctx, f"postgres-{ROLE}"),
-                                 db_host=where.db_host, db_name=DATABASE, remote=where.remote,
+                                 db_address="" if members else f"{where.db_host}:5432", db_name=DATABASE, remote=where.remote,
                                  server=where.mail_host,
                                  accounts_db=schema.DATABASE, domain=config.mail.domain,
                                  title=config.web.title, port=PORT,
@@ -82,12 +93,30 @@ def deploy(ctx: HostContext) -> None:
                                  min_password_length=config.mail.min_password_length,
                                  min_password_regex=f".{{{config.mail.min_password_length},}}"))
     # libpq reads these from SOGo's environment: the database on the mail host is verified
-    env = ctx.op(config_file, name="Write SOGo's database TLS settings", dest=DROP_IN,
+    env = ctx.op(config_file, name="Write SOGo's database connection settings", dest=DROP_IN,
                  content=render("sogo/service-override.conf.j2", ca_file=where.ca_file,
-                                remote=where.remote))
+                                remote=where.remote, members=",".join(members)))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(env))
     ctx.service("memcached")
     ctx.service("sogo", restart_when=(conf, env))
+    if ctx.plan.cluster:
+        reconnect(ctx)
+
+
+def reconnect(ctx: HostContext) -> None:
+    """SOGo never drops a pooled database connection that died, so after a switchover or a
+    failover every request on one failed (logins refused) until SOGo restarted: a unit
+    watches Patroni's leader key in etcd and restarts SOGo when the primary changes. (A
+    restart of this host's PostgreSQL under Patroni restarts SOGo too: patroni.reconnect.)"""
+    script = ctx.op(config_file, name="Let a new primary restart SOGo", dest=RECONNECT_SCRIPT,
+                    mode="755", content=render("sogo/reconnect.sh.j2", unit=f"{RECONNECT}.service"))
+    unit = ctx.op(config_file, name=f"Write {RECONNECT}.service", dest=RECONNECT_UNIT,
+                  content=render("sogo/reconnect.service.j2", endpoint=etcd.ENDPOINT,
+                                 key=f"{cluster.NAMESPACE}{cluster.SCOPE}/leader",
+                                 script=RECONNECT_SCRIPT))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units (SOGo's reconnect)",
+           _if=ctx.changed(unit))
+    ctx.service(f"{RECONNECT}.service", restart_when=(unit, script))
 
 
 def nginx_values(ctx: HostContext) -> dict[str, object]:
@@ -126,5 +155,7 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("sogo", applies=lambda plan: plan.webmail == "sogo", packages=packages,
                   deploy=deploy, retire=retire, checks=checks, snapshot=SNAPSHOT,
-                  reads=(_CHECK_READ,), managed_paths=("/etc/sogo", DROP_IN_DIR),
-                  units=(Unit("sogo", checked=False), Unit("memcached", checked=False)))
+                  reads=(_CHECK_READ,),
+                  managed_paths=("/etc/sogo", DROP_IN_DIR, RECONNECT_UNIT, RECONNECT_SCRIPT),
+                  units=(Unit("sogo", checked=False), Unit("memcached", checked=False),
+                         Unit(f"{RECONNECT}.service", checked=False)))

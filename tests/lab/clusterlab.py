@@ -18,7 +18,6 @@ def as_cluster(doc, hosts) -> None:
     for host in hosts:
         host["roles"] = ["db"]
     doc["features"]["wireguard"] = True
-    doc["features"]["backups"] = False  # (a cluster refuses backups for now)
     doc["cluster"] = {"enabled": True}
 
 
@@ -42,11 +41,12 @@ def mail_host(cli: Cli, name: str = "n1"):
     return host.ipv4, mailclient.tls_context(ca), config.host_fqdn(host), config.mail.domain
 
 
-def imap_login(net: LabNet, address: str, context, server: str, user: str) -> bool:
+def imap_login(net: LabNet, address: str, context, server: str, user: str,
+               password: str = PASSWORD) -> bool:
     def attempt() -> bool:
         imap = mailclient.IMAP4SSLTo(address, 993, server, context)
         try:
-            imap.login(user, PASSWORD)
+            imap.login(user, password)
             return True
         except imaplib.IMAP4.error:
             return False

@@ -225,6 +225,16 @@ def booted_lab(cli: Cli, *up: str) -> Iterator[Cli]:
     assert lab_leftovers(cli.lab) == {"namespaces": [], "processes": [], "mounts": []}
 
 
+def lab_bytes(cli: Cli, node: str, command: str, data: bytes | None = None) -> bytes:
+    """`mailfleet lab ssh NODE -- COMMAND` with bytes in and out (a repository as a tar)."""
+    env = {"MAILFLEET_LAB": cli.lab, "MAILFLEET_CONFIG": str(cli.config)}
+    done = subprocess.run([sys.executable, "-m", "mailfleet", "lab", "ssh", node, "--", command],
+                          input=data, capture_output=True, env={**os.environ, **env},
+                          timeout=600, **({} if data is not None else {"stdin": subprocess.DEVNULL}))
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    return done.stdout
+
+
 def booted_two_release_lab(cli: Cli):
     """Debian 12 (n1) and Debian 13 (n2) booted bare under `cli`'s lab name; always torn down."""
     return booted_lab(cli, "--release", "bookworm", "--release", "trixie")

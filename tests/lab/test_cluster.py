@@ -4,10 +4,12 @@ n2 and n3 ["db"], `[cluster] enabled = true` over WireGuard. One deploy forms th
 second changes nothing. A user added through the CLI logs in on n1 at once, whichever host
 is primary. The primary's node is powered off while mail streams into n1's port 25: no
 message is bounced, a standby takes over within a minute, every accepted message is in the
-mailbox, and the old primary comes back as a standby by itself."""
+mailbox, and the old primary comes back as a standby by itself. n1 backs up whichever
+role it has, and its backup restores onto a fresh host (n4, alone, outside the cluster)."""
 
 from __future__ import annotations
 
+import json
 import smtplib
 import threading
 import time
@@ -15,22 +17,36 @@ import time
 import pytest
 import tomlkit
 from clusterlab import add_user, as_cluster, cluster_status, imap_login, mail_host, subjects, whole
-from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_name
+from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_bytes, lab_name
 from webmail import ARTIFACTS, Roundcube, browser
 
 from mailfleet.config import load
+from mailfleet.engine import mailclient
 from mailfleet.lab.lab import Lab
 
 FAILOVER_LIMIT = 60
+REPOSITORY = "/var/backups/mailfleet/restic"  # on n1, the mail member
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cli = Cli(lab_name(11), tmp_path_factory.mktemp("cluster") / "mailfleet.toml")
-    with booted_lab(cli, "--nodes", "3", "--preinstall"):
+    work = tmp_path_factory.mktemp("cluster")
+    cli = Cli(lab_name(11), work / "mailfleet.toml")
+    with booted_lab(cli, "--nodes", "4", "--preinstall"):
         doc = tomlkit.parse(cli.config.read_text())
+        fresh = doc["hosts"][3]
+        del doc["hosts"][3]
         as_cluster(doc, doc["hosts"][1:])
+        doc["backup"] = {"repository": REPOSITORY, "password_file": str(work / "backup-password")}
         cli.config.write_text(tomlkit.dumps(doc))
+        # the restore drill's host: n4 alone, a mail host of its own (deployed by that test)
+        lone = tomlkit.parse(tomlkit.dumps(doc))
+        fresh["roles"] = ["mail", "db"]
+        lone["hosts"] = tomlkit.aot()
+        lone["hosts"].append(fresh)
+        lone["cluster"]["enabled"] = False
+        lone["features"]["wireguard"] = False
+        (work / "lone.toml").write_text(tomlkit.dumps(lone))
         report = cli.json("deploy")
         assert report["ok"], report
         net = LabNet(cli.lab)
@@ -162,6 +178,8 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
         time.sleep(3)
     assert not missing, sorted(missing)
 
+    cli("backup", "run", "--host", "n1")  # n1 backs up after the failover, either role
+
     cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself
     status = whole(cli)
     assert status["ok"], status
@@ -197,3 +215,51 @@ def test_an_import_during_a_switchover_is_all_or_none_and_can_be_run_again(clust
         assert "Traceback" not in done.stderr and done.stderr.strip(), done.stderr
     again = cli("user", "import", str(rows))
     assert imported() == 1000, again.stdout
+
+
+def test_the_mail_member_backs_up_as_a_standby_and_its_backup_restores_onto_a_fresh_host(
+        cluster):
+    cli, net = cluster
+    address, context, server, domain = mail_host(cli)
+    cli("cluster", "switchover", "--to", "n3")  # n1, where the mail and backups are: a standby
+    user = f"kept@{domain}"
+    add_user(cli, user)
+    subject = "kept through a restore"
+    net.run(mailclient.submit, address, 587, server, context, user, PASSWORD,
+            mailclient.check_message(user, user, "kept", subject=subject))
+    deadline = time.monotonic() + 60
+    while subject not in net.run(subjects, address, context, server, user):
+        assert time.monotonic() < deadline, "the message was not delivered on n1"
+        time.sleep(1)
+    cli("backup", "run", "--host", "n1")
+    base = cli.ssh("n1", "ls -1d /var/backups/mailfleet/postgres/base-*Z | tail -n 1")
+    label = cli.ssh("n1", f"tar -xzOf {base}/base.tar.gz backup_label")
+    assert "BACKUP FROM: standby" in label, label  # taken on the standby, not the primary
+    assert cli.ssh("n1", "runuser -u postgres -- psql -XAtc 'SHOW archive_mode'") == "always"
+    health = cli.json("check")
+    mine = {c["name"]: c for c in health["checks"] if c["host"] == "n1"}
+    assert mine["last backup"]["status"] == "ok", mine["last backup"]
+    assert mine["WAL archiving"]["status"] == "ok", mine["WAL archiving"]
+    assert health["ok"], [c for c in health["checks"] if c["status"] == "fail"]
+    refused = cli("backup", "restore", "--host", "n2", "--yes", check=False)
+    assert refused.returncode == 2 and "is a member of the accounts database's cluster" \
+        in refused.stderr, refused.stderr
+
+    # the restore drill: the repository reaches n4, deployed alone, restored from n1's backup
+    lone = Cli(cli.lab, cli.config.with_name("lone.toml"))
+    lab_bytes(lone, "n4", "tar -C / -xzf -",
+              lab_bytes(cli, "n1", f"tar -C / -czf - {REPOSITORY.lstrip('/')}"))
+    assert lone.json("deploy")["ok"]
+    done = lone("backup", "restore", "--host", "n4", "--from", server, "--yes", "--json",
+                check=False)
+    result = json.loads(done.stdout)
+    assert done.returncode == 0 and result["ok"], (
+        [c for c in result.get("checks", []) if c["status"] != "ok"], done.stderr)
+    n4_address, n4_context, n4_server, _ = mail_host(lone, "n4")
+    assert subject in net.run(subjects, n4_address, n4_context, n4_server, user)
+    # a lone host now: a primary of its own, archiving as one, no cluster secret kept
+    assert lone.ssh("n4", "runuser -u postgres -- psql -XAtc "
+                          "'SELECT pg_is_in_recovery(), current_setting($$archive_mode$$)'") == "f|on"
+    assert lone.ssh("n4", "ls /etc/mailfleet/secrets | grep -c '^cluster-' || true") == "0"
+    again = lone.json("deploy")
+    assert again["changes"] == 0, again["hosts"]["n4"]["changed"]

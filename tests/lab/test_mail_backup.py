@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shlex
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,7 +18,7 @@ from datetime import datetime, timezone
 import pytest
 import tomlkit
 from conftest import (DOMAIN, PASSWORD, Cli, LabNet, LabSettings, Node, edited_config,
-                      lab_leftovers, lab_name, shared_node)
+                      lab_bytes, lab_leftovers, lab_name, shared_node)
 
 from mailfleet.engine import mailclient
 from mailfleet.services import backup
@@ -161,16 +158,6 @@ class Rebuilt(Node):
     @property
     def fqdn(self) -> str:
         return f"mail.{DOMAIN}"
-
-
-def lab_bytes(cli: Cli, node: str, command: str, data: bytes | None = None) -> bytes:
-    """`mailfleet lab ssh NODE -- COMMAND` with bytes in and out (a repository as a tar)."""
-    env = {"MAILFLEET_LAB": cli.lab, "MAILFLEET_CONFIG": str(cli.config)}
-    done = subprocess.run([sys.executable, "-m", "mailfleet", "lab", "ssh", node, "--", command],
-                          input=data, capture_output=True, env={**os.environ, **env},
-                          timeout=600, **({} if data is not None else {"stdin": subprocess.DEVNULL}))
-    assert done.returncode == 0, done.stderr.decode(errors="replace")
-    return done.stdout
 
 
 def stored(node: Node, user: str, subjects: list[str], password: str = PASSWORD) -> dict[str, str]:

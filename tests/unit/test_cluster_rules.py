@@ -8,8 +8,9 @@ import pytest
 from mailfleet import services
 from mailfleet.config import parse
 from mailfleet.errors import ConfigError, DeployError
-from mailfleet.services import cluster, firewall
+from mailfleet.services import cluster, firewall, restore
 from mailfleet.services.cluster import MemberProbe
+from mailfleet.templating import render
 
 BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
 
@@ -50,19 +51,42 @@ def test_a_web_only_host_beside_a_cluster_is_refused():
         services.plans(config, config.hosts)
 
 
-def test_a_cluster_with_sogo_is_refused_for_now():
-    with pytest.raises(ConfigError, match='cannot be combined with webmail = "sogo" yet'):
-        parse(BASE + '[features]\nwireguard = true\nbackups = false\nwebmail = "sogo"\n'
-              "[cluster]\nenabled = true\n")
+def test_sogo_on_a_member_names_every_member_and_libpq_keeps_the_primary():
+    config = parse(BASE + '[features]\nwireguard = true\nbackups = false\nwebmail = "sogo"\n'
+                   "[cluster]\nenabled = true\n" + "".join(
+                       f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nroles = '
+                       + ('["mail", "db", "web"]' if i == 1 else '["db"]') + "\n"
+                       for i in (1, 2, 3)))
+    plans = services.plans(config, config.hosts)
+    assert plans["n1"].cluster_peers == ("10.8.0.2", "10.8.0.3")
+    assert plans["n2"].webmail_databases == ("sogo",)  # whichever member is primary has it
+    conf = render("sogo/sogo.conf.j2", fqdn="n1.example.org", db_user="u", db_password="p",
+                  db_address="", db_name="sogo", remote=False,
+                  server="n1.example.org", accounts_db="mailfleet", domain="example.org",
+                  title="Mail", port=20000, activesync=False, min_password_length=12,
+                  min_password_regex=".{12,}")
+    assert 'viewURL = "postgresql://u:p@/mailfleet/sogo_users"' in conf  # (no host: PGHOST)
+    override = render("sogo/service-override.conf.j2", ca_file="/c", remote=False,
+                      members="127.0.0.1,10.8.0.2,10.8.0.3")
+    assert "Environment=PGHOST=127.0.0.1,10.8.0.2,10.8.0.3\n" in override
+    assert "Environment=PGTARGETSESSIONATTRS=read-write" in override
 
 
-def test_a_cluster_with_backups_is_refused_for_now():
-    with pytest.raises(ConfigError) as err:
-        parse(BASE + "[features]\nwireguard = true\n"
-              "[cluster]\nenabled = true\n" + "".join(
-                  f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nroles = ["db"]\n'
-                  for i in (1, 2, 3)))
-    assert "cannot be combined with features.backups = true yet" in err.value.message
+def test_a_cluster_backs_up_on_its_mail_member_which_archives_as_a_standby_too():
+    config = parse(BASE + '[features]\nwireguard = true\n[backup]\nrepository = "/srv/r"\n'
+                   "[cluster]\nenabled = true\n" + "".join(
+                       f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nroles = '
+                       + ('["mail", "db"]' if i == 1 else '["db"]') + "\n" for i in (1, 2, 3)))
+    plans = services.plans(config, config.hosts)
+    assert [name for name, plan in plans.items() if "backup" in plan.services] == ["n1"]
+    archive = render("backup/archive.conf.j2", wal_dir="/w", mode="always")
+    assert "\narchive_mode = always\n" in archive
+    script = render("backup/mailfleet-backup.sh.j2", environment="", pg_dir="/p", pg_bin="/b",
+                    paths=["/x"], restored_file="/r", keep_daily=1, keep_weekly=1,
+                    keep_monthly=1, stamp_file="/s")
+    # the standby's backup names its first segment from backup_label and switches no WAL
+    assert "pg_walfile_name(pg_current_wal_lsn())" not in script
+    assert 'if [ "$standby" = f ]; then' in script.split("pg_switch_wal")[0]
 
 
 def test_a_db_only_host_is_refused_outside_a_cluster():
@@ -188,3 +212,10 @@ def test_status_parsing_and_what_keeps_the_cluster_from_being_whole():
     n3 = cluster.parse_status("n3", 'patroni {"role": "replica", "state": "running"}')
     assert cluster.problems([primary, n2, n3], 1024) == ["n3 is not streaming from the "
                                                          "primary (standby, running)"]
+
+
+def test_a_restore_onto_a_cluster_member_is_refused_before_any_host_is_asked():
+    config = _config()
+    with pytest.raises(ConfigError) as err:
+        restore.plan(config.hosts[1], config, "n1.example.org", None, None)
+    assert "n2 is a member of the accounts database's cluster" in err.value.message

@@ -114,7 +114,7 @@ class Plist:
 def sogo_conf(title: str = "Webmail", password: str = "pw", activesync: bool = True) -> dict:
     text = render("sogo/sogo.conf.j2", fqdn="mx1.example.org", db_user="mailfleet_sogo",
                   db_password=password, db_name="sogo", accounts_db="mailfleet",
-                  db_host="127.0.0.1", remote=False, server="localhost",
+                  db_address="127.0.0.1:5432", remote=False, server="localhost",
                   domain="example.org", title=title, port=20000, activesync=activesync,
                   min_password_length=12, min_password_regex=".{12,}")
     return Plist(text).document()
