@@ -95,7 +95,9 @@ def restore_script(chosen: dict, paths: list[str], target: datetime | None,
                   pg_dir=backup.PG_DIR, units=units,
                   target_time=target and f"{target:%Y-%m-%d %H:%M:%S}+00",
                   base_before=target and f"{target:%Y%m%dT%H%M%SZ}",
-                  restored_file=backup.RESTORED, secrets_dir=SECRETS_DIR)
+                  restored_file=backup.RESTORED, secrets_dir=SECRETS_DIR,
+                  unit=f"postgresql@{postgresql}-main",
+                  log=f"/var/log/postgresql/postgresql-{postgresql}-main.log")
 
 
 def check_restore_values(chosen: dict, postgresql: str) -> None:

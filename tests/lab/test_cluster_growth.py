@@ -96,7 +96,7 @@ def test_a_switchover_on_debian_12_and_a_mail_round_trip(grown):
 def test_sogo_on_a_standby_member_writes_on_the_primary(grown):
     cli, net, users = grown
     address, context, server, _ = mail_host(cli)
-    user, new = users[0], "Another-Horse-8-staple"
+    user, new = users[1], "Another-Horse-8-staple"
 
     def stored(host: str) -> str:
         return cli.ssh(host, "sudo -u postgres psql -X -tA -d mailfleet -c "
@@ -121,6 +121,7 @@ def test_sogo_on_a_standby_member_writes_on_the_primary(grown):
         session = SOGo(chromium, f"https://127.0.0.1:{port}/", ARTIFACTS)
         try:
             assert session.login(user, PASSWORD)  # its session is written on n3
+            session.wait_for_message("before growth")
             session.shot("cluster-n1-standby-sogo")
             assert session.change_password(user, PASSWORD, new) in (200, 204)
         finally:
