@@ -147,7 +147,7 @@ def retire(ctx: HostContext) -> None:
     ctx.op(stop_backups, name=f"Stop backups (the repository and {ROOT} are kept)",
            paths=present)
     if archive in present:
-        patroni.restart_postgresql(ctx, "WAL archiving off")
+        patroni.restart_postgresql(ctx, "WAL archiving off", undo="")
 
 
 def deploy(ctx: HostContext) -> None:
@@ -166,6 +166,8 @@ def deploy(ctx: HostContext) -> None:
     for path in (PG_DIR, WAL_DIR):  # PostgreSQL writes both (pg_basebackup, archive_command)
         ctx.op(files.directory, name=f"Create {path}", path=path, user="postgres",
                group="postgres", mode="700")
+    if ctx.plan.cluster and ctx.plan.host in postgres.cluster_state(ctx).joining:
+        ctx.op(patroni.answering, name="Wait until PostgreSQL runs under Patroni (joining)")
     # a cluster member archives as a standby too ("always"): its WAL archive goes on
     # whichever member is the primary, and its backups run on either role
     archive = ctx.op(config_file, name="Archive PostgreSQL's WAL",
@@ -173,7 +175,7 @@ def deploy(ctx: HostContext) -> None:
                      content=render("backup/archive.conf.j2", wal_dir=WAL_DIR,
                                     mode="always" if ctx.plan.cluster else "on"),
                      user="postgres", group="postgres")
-    patroni.restart_postgresql(ctx, "archiving", _if=ctx.changed(archive))
+    patroni.restart_postgresql(ctx, "archiving", undo=archive_conf(ctx), _if=ctx.changed(archive))
     # the address byte for byte (restic reads it itself), root's only: it may hold a password
     ctx.op(config_file, name=f"Write {REPOSITORY_FILE}", dest=REPOSITORY_FILE, mode="600",
            content=settings.repository, secret=True)

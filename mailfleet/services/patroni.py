@@ -56,25 +56,42 @@ def leading(seconds: int):
            "sleep 1; done")
 
 
+def _answering(seconds: int, why: str) -> str:
+    """Shell: wait until this host's PostgreSQL answers (≤ `seconds`), else fail with `why`."""
+    probe = postgres.psql_query("SELECT 1")
+    return (f"i=0; until [ \"$({probe} 2>/dev/null)\" = 1 ]; do i=$((i+1)); "
+            f"[ $i -gt {seconds} ] && {{ echo {shlex.quote(why)} >&2; exit 1; }}; sleep 1; done")
+
+
 @operation()
-def restarted(member: str, seconds: int = 120):
+def answering(seconds: int = 300):
+    """Wait until this member's PostgreSQL runs (a joining host's Patroni is still copying
+    the primary when the deploy goes on: nothing else waits for it)."""
+    yield _answering(seconds, f"PostgreSQL did not run under Patroni within {seconds} s "
+                              "(see journalctl -u patroni)")
+
+
+@operation()
+def restarted(member: str, undo: str, seconds: int = 120):
     """Restart a member's PostgreSQL through Patroni (a setting that needs a restart, such
     as archive_mode): systemd does not run it on a member, and Patroni keeps the primary's
-    lock while it restarts. Returns once PostgreSQL answers again."""
-    probe = postgres.psql_query("SELECT 1")
-    yield (f"patronictl -c {CONFIG} restart {shlex.quote(cluster.SCOPE)} {shlex.quote(member)} "
-           f"--force && i=0; until [ \"$({probe} 2>/dev/null)\" = 1 ]; do i=$((i+1)); "
-           f"[ $i -gt {seconds} ] && {{ echo 'PostgreSQL did not answer within {seconds} s "
-           f"of its restart by Patroni (see journalctl -u patroni)' >&2; exit 1; }}; "
-           "sleep 1; done")
+    lock while it restarts. Returns once PostgreSQL answers again. patronictl exits 0 on a
+    refused restart too: its answer is read, and on failure the file `undo` that asked for
+    the restart is removed, so that the next deploy writes it and restarts again."""
+    command = (f"patronictl -c {CONFIG} restart {shlex.quote(cluster.SCOPE)} "
+               f"{shlex.quote(member)} --force")
+    yield (f"out=$({command} 2>&1); case \"$out\" in *'Success: restart on member'*) ;; *) "
+           f"rm -f {shlex.quote(undo)}; printf '%s\\n' \"$out\" >&2; exit 1 ;; esac; "
+           + _answering(seconds, f"PostgreSQL did not answer within {seconds} s of its restart "
+                                 "by Patroni (see journalctl -u patroni)"))
 
 
-def restart_postgresql(ctx: HostContext, why: str, **when) -> None:
-    """Restart this host's PostgreSQL for `why`: Debian's unit on a lone host, Patroni on a
-    cluster member. `when`: an `_if=` condition."""
+def restart_postgresql(ctx: HostContext, why: str, undo: str, **when) -> None:
+    """Restart this host's PostgreSQL for `why` (a change of the file `undo`): Debian's unit
+    on a lone host, Patroni on a cluster member. `when`: an `_if=` condition."""
     if ctx.plan.cluster:
         ctx.op(restarted, name=f"Restart PostgreSQL through Patroni ({why})",
-               member=ctx.plan.host, **when)
+               member=ctx.plan.host, undo=undo, **when)
     else:
         ctx.op(unit_restarted, name=f"Restart postgresql ({why})", unit="postgresql", **when)
 
@@ -154,6 +171,6 @@ SERVICE = Service(
     deploy=deploy, checks=checks,
     units=(Unit("patroni", (Port(cluster.PATRONI_PORT, "Patroni REST API", "cluster"),
                             Port(5432, "PostgreSQL replication", "cluster"))),
-           # (a mail host's only; `check` sees its effect, not the unit)
+           # (a mail or SOGo host's only; `check` sees its effect, not the unit)
            Unit(f"{RECONNECT}.path", checked=False)),
     managed_paths=(CONFIG, JOIN, CALLBACK, DROP_IN, *RECONNECT_FILES))

@@ -51,6 +51,13 @@ def check_roles(config: Config, hosts: list[HostSettings]) -> None:
                 "host, which mailfleet cannot deploy yet.",
                 hint='Give it roles ["mail", "db", "web"], ["mail", "db"] or ["web"] (or ["db"] '
                      'in a cluster).')
+    mail_members = [h.name for h in config.cluster_members() if "mail" in h.roles]
+    if len(mail_members) > 1:
+        raise ConfigError(
+            f"hosts {', '.join(repr(n) for n in mail_members)} are cluster members with the mail "
+            "role: a cluster has one mail host for now (a second one's mail would not be "
+            "replicated, and its health-check mailbox would clash with the first one's).",
+            hint='Give the other members roles = ["db"].')
     web_only = [h for h in hosts if frozenset(h.roles) == {"web"}]
     if not web_only:
         return

@@ -219,3 +219,11 @@ def test_a_restore_onto_a_cluster_member_is_refused_before_any_host_is_asked():
     with pytest.raises(ConfigError) as err:
         restore.plan(config.hosts[1], config, "n1.example.org", None, None)
     assert "n2 is a member of the accounts database's cluster" in err.value.message
+
+
+def test_a_cluster_has_one_mail_host_for_now():
+    config = parse(BASE + "[features]\nwireguard = true\n[cluster]\nenabled = true\n" + "".join(
+        f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nroles = '
+        + ('["mail", "db"]' if i < 3 else '["db"]') + "\n" for i in (1, 2, 3)))
+    with pytest.raises(ConfigError, match="a cluster has one mail host for now"):
+        services.plans(config, config.hosts)
