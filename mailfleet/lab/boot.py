@@ -194,9 +194,14 @@ class Booting:
                 state.nodes[i] = node
         self._save(state)
         def booted() -> bool:
+            # (early in the boot the process that is PID 1 in the node's namespace can
+            # change between two looks: exec's own look may not find it, which is "not yet")
             if self._init_pid(node) is None:
                 return False
-            done = self.exec(name, "systemctl is-system-running", check=False)
+            try:
+                done = self.exec(name, "systemctl is-system-running", check=False)
+            except LabError:
+                return False
             return done.stdout.strip() in ("running", "degraded")
 
         if not wait_until(booted, BOOT_TIMEOUT, interval=0.5):
