@@ -46,29 +46,27 @@ def handed_over(standalone: str, marker: str):
            f"touch {shlex.quote(marker)}")
 
 
+def _until(sql: str, value: str, seconds: int, why: str) -> str:
+    """Shell: wait until `sql` on this host's PostgreSQL answers `value` (≤ `seconds`), else
+    fail saying `why`."""
+    probe = postgres.psql_query(sql)
+    return (f"i=0; until [ \"$({probe})\" = {value} ]; do i=$((i+1)); "
+            f"[ $i -gt {seconds} ] && {{ echo {shlex.quote(why)} >&2; exit 1; }}; sleep 1; done")
+
+
 @operation()
 def leading(seconds: int):
     """Wait until this host's PostgreSQL, under Patroni now, is the primary."""
-    probe = postgres.psql_query("SELECT pg_is_in_recovery()")
-    yield (f"i=0; until [ \"$({probe})\" = f ]; do i=$((i+1)); "
-           f"[ $i -gt {seconds} ] && {{ echo 'PostgreSQL did not become the primary under "
-           f"Patroni within {seconds} s (see journalctl -u patroni)' >&2; exit 1; }}; "
-           "sleep 1; done")
-
-
-def _answering(seconds: int, why: str) -> str:
-    """Shell: wait until this host's PostgreSQL answers (≤ `seconds`), else fail with `why`."""
-    probe = postgres.psql_query("SELECT 1")
-    return (f"i=0; until [ \"$({probe} 2>/dev/null)\" = 1 ]; do i=$((i+1)); "
-            f"[ $i -gt {seconds} ] && {{ echo {shlex.quote(why)} >&2; exit 1; }}; sleep 1; done")
+    yield _until("SELECT pg_is_in_recovery()", "f", seconds, "PostgreSQL did not become the "
+                 f"primary under Patroni within {seconds} s (see journalctl -u patroni)")
 
 
 @operation()
 def answering(seconds: int = 300):
     """Wait until this member's PostgreSQL runs (a joining host's Patroni is still copying
     the primary when the deploy goes on: nothing else waits for it)."""
-    yield _answering(seconds, f"PostgreSQL did not run under Patroni within {seconds} s "
-                              "(see journalctl -u patroni)")
+    yield _until("SELECT 1", "1", seconds, "PostgreSQL did not run under Patroni within "
+                 f"{seconds} s (see journalctl -u patroni)")
 
 
 @operation()
@@ -82,8 +80,8 @@ def restarted(member: str, undo: str, seconds: int = 120):
                f"{shlex.quote(member)} --force")
     yield (f"out=$({command} 2>&1); case \"$out\" in *'Success: restart on member'*) ;; *) "
            f"rm -f {shlex.quote(undo)}; printf '%s\\n' \"$out\" >&2; exit 1 ;; esac; "
-           + _answering(seconds, f"PostgreSQL did not answer within {seconds} s of its restart "
-                                 "by Patroni (see journalctl -u patroni)"))
+           + _until("SELECT 1", "1", seconds, f"PostgreSQL did not answer within {seconds} s "
+                    "of its restart by Patroni (see journalctl -u patroni)"))
 
 
 def restart_postgresql(ctx: HostContext, why: str, undo: str, **when) -> None:
