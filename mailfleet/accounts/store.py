@@ -27,6 +27,7 @@ class Mailbox:
     quota_bytes: int | None
     active: bool
     created_at: datetime
+    home: str | None  # the mail host it lives on, in a cluster with several (else None)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "created_at": self.created_at.isoformat(timespec="seconds")}
@@ -70,7 +71,7 @@ def require_domain(conn: psycopg.Connection, domain: str) -> None:
 # -- mailboxes -------------------------------------------------------------------------
 
 def mailboxes(conn: psycopg.Connection, domain: str | None = None) -> list[Mailbox]:
-    query = ("SELECT email, name, quota_bytes, active, created_at FROM mailboxes "
+    query = ("SELECT email, name, quota_bytes, active, created_at, home FROM mailboxes "
              "WHERE NOT system" + (" AND domain = %s" if domain else "") + " ORDER BY domain, email")
     return [Mailbox(*row) for row in conn.execute(query, (domain,) if domain else ())]
 
@@ -102,13 +103,32 @@ def require_new_mailbox(conn: psycopg.Connection, email: str) -> None:
         raise UsageError(f"{email} is an alias already; remove the alias first.")
 
 
+def mail_hosts(conn: psycopg.Connection) -> list[str]:
+    """The mail hosts a mailbox can live on (a cluster's; none for a single host)."""
+    return [name for (name,) in conn.execute("SELECT name FROM mail_hosts ORDER BY name")]
+
+
+def require_home(conn: psycopg.Connection, home: str) -> None:
+    hosts = mail_hosts(conn)
+    if home not in hosts:
+        raise UsageError(
+            f"--home: {home!r} is not a mail host of the cluster" +
+            (f" ({', '.join(hosts)})." if hosts else "; a single host has no homes to choose."))
+
+
 def add_mailbox(conn: psycopg.Connection, email: str, hashed: str, name: str = "",
-                quota_bytes: int | None = None) -> None:
+                quota_bytes: int | None = None, home: str | None = None) -> str | None:
+    """Add the mailbox; its home: `home`, else the mail host with the fewest (migration
+    0006's trigger), else none (a single host). Returns the home."""
     with conn.transaction():
         require_new_mailbox(conn, email)
-        conn.execute("INSERT INTO mailboxes (email, domain, name, password, quota_bytes) "
-                     "VALUES (%s, %s, %s, %s, %s)",
-                     (email, rules.domain_of(email), name, hashed, quota_bytes))
+        if home is not None:
+            require_home(conn, home)
+        row = conn.execute("INSERT INTO mailboxes (email, domain, name, password, quota_bytes, "
+                           "home) VALUES (%s, %s, %s, %s, %s, %s) RETURNING home",
+                           (email, rules.domain_of(email), name, hashed, quota_bytes,
+                            home)).fetchone()
+    return row[0] if row else None
 
 
 def set_password(conn: psycopg.Connection, email: str, hashed: str) -> None:

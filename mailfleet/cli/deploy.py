@@ -18,7 +18,7 @@ from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine, HostReport
 from mailfleet.engine.report import merged
 from mailfleet.errors import DeployError
-from mailfleet.services import cluster, ssh_vpn, sshd, upstream, wireguard
+from mailfleet.services import cluster, opendkim, ssh_vpn, sshd, upstream, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -73,6 +73,7 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
             try:
                 upstream.prepare(engine, config.hosts)
                 cluster.prepare(engine, config)
+                opendkim.prepare(engine, config)
             except DeployError as err:
                 if not reports:
                     raise  # nothing was done yet: one sentence

@@ -45,6 +45,9 @@ def add(
         "--quota", "-q", metavar="SIZE", help="Like 500M or 5G [default: mail.default_quota_mb].")] = None,
     password_stdin: PasswordStdin = False,
     generate: Generate = False,
+    home: Annotated[Optional[str], typer.Option(
+        "--home", metavar="HOST", help="In a cluster with several mail hosts: the one it lives "
+        "on [default: the one with the fewest mailboxes].")] = None,
     host: HostOption = None,
 ) -> None:
     """Create a mailbox.
@@ -57,10 +60,13 @@ def add(
     quota_bytes = parse(rules.quota, quota or "", "--quota")
     with database(ctx, host) as (config, settings, conn):
         store.require_new_mailbox(conn, email)  # before asking for a password
+        if home is not None:
+            store.require_home(conn, home)
         password, generated = new_password(email, config, password_stdin, generate)
-        store.add_mailbox(conn, email, hash_password(password), name, quota_bytes)
+        home = store.add_mailbox(conn, email, hash_password(password), name, quota_bytes, home)
     console.print(f"added {escape(email)} on {settings.name} (quota "
-                  f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')})")
+                  f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')}"
+                  + (f", home {home}" if home else "") + ")")
     _show_generated(email, password, generated)
 
 
@@ -77,12 +83,14 @@ def list_users(
     if json:
         print_json([r.as_dict() for r in rows])
         return
-    table = Table("address", "name", "quota", "status", "created", box=None, pad_edge=False)
+    homes = any(r.home for r in rows)
+    table = Table("address", "name", "quota", "status", "created", *(("home",) if homes else ()),
+                  box=None, pad_edge=False)
     default = f"{config.mail.default_quota_mb}M (default)"
     for r in rows:
         table.add_row(escape(r.email), escape(r.name), rules.format_size(r.quota_bytes, default),
                       "active" if r.active else "[yellow]disabled[/]",
-                      r.created_at.strftime("%Y-%m-%d"))
+                      r.created_at.strftime("%Y-%m-%d"), *((r.home or "",) if homes else ()))
     console.print(table)
     console.print(f"{len(rows)} mailbox(es)")
 

@@ -149,8 +149,11 @@ def generate(config: Config, dkim: dict[str, str | None]) -> list[Record]:
     tlsrpt_rua = dns.tlsrpt_rua or f"postmaster@{primary}"
     policy = mta_sts_policy(dns.mta_sts_mode, [h.fqdn for h in hosts])
     for domain in config.mail.all_domains:
-        for priority, host in enumerate(hosts, start=1):
-            add(domain, domain, "MX", f"{priority * 10} {host.fqdn}.", "required",
+        for place, host in enumerate(hosts, start=1):
+            # a cluster's mail hosts are equals (each proxies to a mailbox's home): one
+            # priority, senders spread over them; otherwise the first is the main MX
+            priority = 10 if config.cluster.enabled else place * 10
+            add(domain, domain, "MX", f"{priority} {host.fqdn}.", "required",
                 f"mail for @{domain} is delivered to {host.fqdn}")
         add(domain, domain, "TXT", spf, "required",
             "SPF: only the mail hosts may send as @" + domain + "; receivers reject the rest")

@@ -36,6 +36,7 @@ from mailfleet.services import (
     fail2ban,
     firewall,
     hardening,
+    homes,
     mailflow,
     mailstore,
     network,
@@ -106,6 +107,7 @@ SERVICES: list[Service] = [
     certs.SERVICE,
     upstream.SERVICE,  # a web-only host: trust and find its mail host
     postgres.SERVICE,
+    homes.SERVICE,  # in a cluster: where each mailbox lives (after the migrations)
     opendkim.SERVICE,
     opendmarc.SERVICE,
     dovecot.SERVICE,
@@ -137,7 +139,7 @@ def plan_host(config: Config, settings: HostSettings) -> HostPlan:
     plan = make_plan(config, settings)
     running = [s for s in SERVICES if s.applies(plan)]
     return replace(plan, services=tuple(s.name for s in running),
-                   units=tuple(unit for s in running for unit in s.units))
+                   units=tuple(unit for s in running for unit in s.units_for(plan)))
 
 
 def plans(config: Config, hosts: list[HostSettings]) -> dict[str, HostPlan]:
@@ -168,7 +170,7 @@ def layout() -> snapshot.Layout:
     """What a host snapshot reads: every service's sections, units and paths."""
     return snapshot.Layout.of(
         [(name, snippet) for s in SERVICES for name, snippet in s.snapshot.items()],
-        [unit.name for s in SERVICES for unit in s.units],
+        [unit.name for s in SERVICES for unit in s.units_for(full_plan())],
         [path for s in SERVICES for path in s.managed_paths], facts=host_facts)
 
 

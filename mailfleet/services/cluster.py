@@ -36,10 +36,10 @@ PATRONI_PORT = db.PATRONI_PORT
 CONFIG = "/etc/patroni/config.yml"  # Patroni's (services/patroni.py)
 REPLICATION_ROLE = "mailfleet_replication"
 # what every member holds alike: the database roles' passwords (the roles live in the
-# replicated database), replication's and Patroni's REST API's
+# replicated database), replication's and Patroni's REST API's, the check mailboxes'
 SHARED_SECRETS = tuple(dict.fromkeys([
     *(f"postgres-{role}" for role in schema.ROLES), "postgres-mailfleet_roundcube",
-    "postgres-mailfleet_sogo", "cluster-replication", "cluster-rest"]))
+    "postgres-mailfleet_sogo", "cluster-replication", "cluster-rest", "check-mailbox"]))
 _PSQL = "runuser -u postgres -- psql -X -tA"
 # the databases a host holds besides PostgreSQL's own: `mailfleet` first, then the others
 _DATABASES = ("SELECT string_agg(datname, ' ' ORDER BY datname <> 'mailfleet', datname) "

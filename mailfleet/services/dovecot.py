@@ -10,20 +10,21 @@ which reports success while keeping the old config on some errors) when it chang
 from __future__ import annotations
 
 from pyinfra.facts.files import Directory
-from pyinfra.operations import files
+from pyinfra.operations import files, systemd
 
 from mailfleet.engine import HostContext, config_file
 from mailfleet.services import certs
 from mailfleet.services.mailstore import VMAIL_DIR
 from mailfleet.services.platform import platform
-from mailfleet.services.postfix import QUOTA_STATUS_PORT
-from mailfleet.services.shape import Port, Service, Unit, provided
+from mailfleet.services.postfix import LMTP_PORT, QUOTA_STATUS_PORT
+from mailfleet.services.shape import HostPlan, Port, Service, Unit, provided
 from mailfleet.templating import render
 
 PACKAGES = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql",
             "dovecot-sieve", "dovecot-managesieved"]
 SQL_FILE = "/etc/dovecot/mailfleet-sql.conf.ext"
 PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
+AFTER_VPN = "/etc/systemd/system/dovecot.service.d/mailfleet.conf"
 
 
 def deploy(ctx: HostContext) -> None:
@@ -33,7 +34,8 @@ def deploy(ctx: HostContext) -> None:
     # 2.3's auth process reads the args file as root.
     sql = ctx.op(
         config_file, name="Write Dovecot's database settings", dest=SQL_FILE,
-        content=render(f"dovecot/sql-{version}.conf.ext.j2", password=password),
+        content=render(f"dovecot/sql-{version}.conf.ext.j2", password=password,
+                       mail_cluster=ctx.plan.mail_cluster),
         mode="640" if version == "2.4" else "600",
         group="dovecot" if version == "2.4" else "root", secret=True,
     )
@@ -45,10 +47,18 @@ def deploy(ctx: HostContext) -> None:
             sql_file=SQL_FILE, cert_file=certs.CERT_FILE, key_file=certs.KEY_FILE,
             cipher_list=certs.TLS12_CIPHERS, vmail_dir=VMAIL_DIR, vmail_uid=mail.vmail_uid,
             vmail_gid=mail.vmail_gid, default_quota_mb=mail.default_quota_mb,
-            quota_status_port=QUOTA_STATUS_PORT,
+            quota_status_port=QUOTA_STATUS_PORT, mail_cluster=ctx.plan.mail_cluster,
+            private_address=ctx.plan.private_address, lmtp_port=LMTP_PORT,
         ),
         validate="doveconf -n -c {path} >/dev/null",
     )
+    if ctx.plan.mail_cluster:
+        order = ctx.op(config_file, name="Start Dovecot once the VPN is up", dest=AFTER_VPN,
+                       content=render("dovecot/after-vpn.conf.j2"))
+    else:
+        order = ctx.op(files.file, name="Remove Dovecot's wait for the VPN", path=AFTER_VPN,
+                       present=False)
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(order))
     # Dovecot's LMTP and auth sockets live in Postfix's queue, which a Postfix that has
     # never started yet (Debian 13 with "No configuration") has not created.
     ctx.op(files.directory, name="Create Postfix's private socket directory",
@@ -56,9 +66,16 @@ def deploy(ctx: HostContext) -> None:
     ctx.service("dovecot", restart_when=(sql, conf, provided(ctx).certificate))
 
 
+def units(plan: HostPlan) -> tuple[Unit, ...]:
+    proxied = (Port(LMTP_PORT, "Dovecot LMTP for the other mail hosts", "cluster"),) \
+        if plan.mail_cluster else ()
+    return (Unit("dovecot", (*(Port(port, f"Dovecot {name}") for port, name in PORTS.items()),
+                             Port(QUOTA_STATUS_PORT, "Dovecot quota-status (localhost)", "local"),
+                             *proxied)),)
+
+
 SERVICE = Service(
     "dovecot", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
-    units=(Unit("dovecot", (*(Port(port, f"Dovecot {name}") for port, name in PORTS.items()),
-                            Port(QUOTA_STATUS_PORT, "Dovecot quota-status (localhost)", "local"))),),
-    managed_paths=("/etc/dovecot",),
+    units=units,
+    managed_paths=("/etc/dovecot", "/etc/systemd/system/dovecot.service.d"),
     facts=lambda ctx: [(Directory, {"path": "/var/spool/postfix/private"})])

@@ -39,8 +39,10 @@ TLS_PORTS = {25: "smtp-starttls", 587: "smtp-starttls", 465: "smtp-tls",
              143: "imap-starttls", 993: "imap-tls", 4190: "sieve-starttls"}
 
 
-def check_address(domain: str) -> str:
-    return f"{CHECK_LOCAL_PART}@{domain}"
+def check_address(domain: str, host: str | None = None) -> str:
+    """The check mailbox; in a cluster each mail host has its own, homed on it, so a host's
+    check sees its own delivery (services/homes.py makes them)."""
+    return f"{CHECK_LOCAL_PART}-{host}@{domain}" if host else f"{CHECK_LOCAL_PART}@{domain}"
 
 
 @operation()
@@ -61,6 +63,8 @@ def check_mailbox(address: str, password_hash: str, exists: bool, reset: bool):
 
 def deploy(ctx: HostContext) -> None:
     password, fresh = ctx.secret(SECRET)
+    if ctx.plan.mail_cluster:  # the primary's deploy makes the mailbox (services/homes.py)
+        return
     address = check_address(ctx.config.mail.domain)
     exists = address in database_state(ctx).system_mailboxes
     # hashing costs ~0.1 s: only when the mailbox is made or its password is new
@@ -78,12 +82,12 @@ def _files_read(acme_on: bool) -> str:
 
 def checks(engine: Engine) -> list[CheckResult]:
     domain = engine.config.mail.domain
-    address = check_address(domain)
     acme_on = engine.config.acme.enabled
     keys = opendkim.public_keys(engine)
     results: list[CheckResult] = []
     for name, text in engine.facts(Command, command=_files_read(acme_on)).items():
         settings = engine.settings[name]
+        address = check_address(domain, name if engine.plans[name].mail_cluster else None)
         fqdn = engine.config.host_fqdn(settings)
         ca, _, password = (text or "").partition("== secret")
         ca, password = ca.strip() or None, password.strip()

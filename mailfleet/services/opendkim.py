@@ -1,11 +1,19 @@
 """OpenDKIM: a 2048-bit key per domain, made on the host (the private key never leaves
-it, mode 0600), signing outgoing and verifying incoming mail as a Postfix milter."""
+it, mode 0600), signing outgoing and verifying incoming mail as a Postfix milter.
+
+In a cluster every mail host signs with one key per domain (one DNS record, one rotation):
+the key a mail host already holds, else one made by the deploy, copied to every mail host
+(`prepare`)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import shlex
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.server import Command
@@ -60,16 +68,90 @@ def domain_key(domain: str, selector: str, exists: bool):
            f"chown opendkim:opendkim {directory}/* && chmod 0600 {shlex.quote(private)}; }}")
 
 
+FLEET_KEYS = "dkim keys"  # engine.shared: {domain: private key PEM} in a cluster
+
+
+def print_private_keys_command(config: Config) -> str:
+    """A shell command printing 'DOMAIN BASE64-OF-PRIVATE-KEY' per key the host holds."""
+    selector = config.mail.dkim_selector
+    return "; ".join(
+        f"[ -s {shlex.quote(key_path(d, selector))} ] && echo {shlex.quote(d)} "
+        f"\"$(base64 -w0 {shlex.quote(key_path(d, selector))})\""
+        for d in config.mail.all_domains) + "; true"
+
+
+def parse_private_keys(text: str) -> dict[str, str]:
+    keys = {}
+    for line in (text or "").splitlines():
+        domain, _, encoded = line.strip().partition(" ")
+        try:
+            pem = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            continue
+        if "PRIVATE KEY-----" in pem:
+            keys[domain] = pem
+    return keys
+
+
+def new_private_key() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
+    return key.private_bytes(serialization.Encoding.PEM,
+                             serialization.PrivateFormat.TraditionalOpenSSL,
+                             serialization.NoEncryption()).decode()
+
+
+def key_record_file(pem: str, domain: str, selector: str) -> str:
+    """The public half as opendkim-genkey writes SELECTOR.txt (`dns records` reads it)."""
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    der = key.public_key().public_bytes(serialization.Encoding.DER,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    p = base64.b64encode(der).decode()
+    pieces = " ".join(f'"{p[i:i + 250]}"' for i in range(0, len(p), 250))
+    return (f'{selector}._domainkey\tIN\tTXT\t( "v=DKIM1; h=sha256; k=rsa; "\n\t  "p=" '
+            f'{pieces} )  ; ----- DKIM key {selector} for {domain}\n')
+
+
+def prepare(engine: Engine, config: Config) -> None:
+    """In a cluster: each domain's key, from the first mail host that holds one, else new
+    (engine.shared[FLEET_KEYS]); the deploy writes it on every mail host."""
+    mail = [m for m in config.cluster_members() if "mail" in m.roles]
+    if not mail or not any(m.name in engine.settings for m in mail):
+        return
+    command = print_private_keys_command(config)
+    inside = [m.name for m in mail if m.name in engine.settings]
+    texts = engine.facts(Command, hosts=inside, command=command)
+    held = [parse_private_keys(texts[m.name] if m.name in inside else ssh_run(m, command))
+            for m in mail]
+    engine.shared[FLEET_KEYS] = {
+        domain: next((keys[domain] for keys in held if domain in keys), None) or new_private_key()
+        for domain in config.mail.all_domains}
+
+
+def fleet_keys(ctx: HostContext, selector: str) -> list:
+    """Write the cluster's keys (prepare) on this mail host."""
+    written = []
+    for domain, pem in ctx.shared.get(FLEET_KEYS, {}).items():
+        written.append(ctx.op(config_file, name=f"Keep the cluster's DKIM key of {domain}",
+                              dest=key_path(domain, selector), content=pem, mode="600",
+                              user="opendkim", group="opendkim", secret=True))
+        written.append(ctx.op(config_file, name=f"Keep the DKIM record of {domain}",
+                              dest=key_path(domain, selector, "txt"),
+                              content=key_record_file(pem, domain, selector),
+                              user="opendkim", group="opendkim"))
+    return written
+
+
 def deploy(ctx: HostContext) -> None:
     mail = ctx.config.mail
     values = dict(domains=mail.all_domains, selector=mail.dkim_selector, key_dir=KEY_DIR,
                   port=OPENDKIM_PORT, nameservers=system.resolvers(ctx), fqdn=ctx.fqdn,
                   special_zones=sorted({d.rsplit(".", 1)[1] for d in mail.all_domains} & {"test"}))
     existing = set(ctx.snapshot("dkim").split())
-    keys = [ctx.op(domain_key, name=f"Make the DKIM key of {domain}", domain=domain,
-                   selector=mail.dkim_selector,
-                   exists=key_path(domain, mail.dkim_selector) in existing)
-            for domain in mail.all_domains]
+    keys = fleet_keys(ctx, mail.dkim_selector) if ctx.plan.mail_cluster else [
+        ctx.op(domain_key, name=f"Make the DKIM key of {domain}", domain=domain,
+               selector=mail.dkim_selector,
+               exists=key_path(domain, mail.dkim_selector) in existing)
+        for domain in mail.all_domains]
     tables = [
         ctx.op(config_file, name=f"Write OpenDKIM {dest}", dest=dest,
                content=render(f"opendkim/{template}", **values))
@@ -133,5 +215,5 @@ SERVICE = Service("opendkim", applies=lambda plan: plan.mail, packages=tuple(PAC
                   reads=lambda engine, plan: [print_keys_command(engine.config)],
                   units=(Unit("opendkim", (Port(OPENDKIM_PORT, "OpenDKIM milter (localhost)",
                                                 "local"),)),),
-                  managed_paths=("/etc/opendkim", "/etc/opendkim.conf",
+                  managed_paths=("/etc/opendkim", "/etc/opendkim.conf", KEY_DIR,
                                  "/etc/systemd/system/opendkim.service.d"))

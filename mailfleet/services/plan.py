@@ -51,13 +51,6 @@ def check_roles(config: Config, hosts: list[HostSettings]) -> None:
                 "host, which mailfleet cannot deploy yet.",
                 hint='Give it roles ["mail", "db", "web"], ["mail", "db"] or ["web"] (or ["db"] '
                      'in a cluster).')
-    mail_members = [h.name for h in config.cluster_members() if "mail" in h.roles]
-    if len(mail_members) > 1:
-        raise ConfigError(
-            f"hosts {', '.join(repr(n) for n in mail_members)} are cluster members with the mail "
-            "role: a cluster has one mail host for now (a second one's mail would not be "
-            "replicated, and its health-check mailbox would clash with the first one's).",
-            hint='Give the other members roles = ["db"].')
     web_only = [h for h in hosts if frozenset(h.roles) == {"web"}]
     if not web_only:
         return
@@ -127,6 +120,8 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         upstream=upstream, peers=peers,
         private_address=private_address(config, host) if upstream or peers or cluster else "",
         cluster=cluster,
+        mail_cluster=tuple((n, a) for n, a in cluster
+                           if "mail" in next(h for h in members if h.name == n).roles),
         # in a cluster every member holds them (whichever is primary makes them)
         webmail_databases=((features.webmail,) if "db" in roles and features.webmail != "none"
                            and (any_web or any("web" in m.roles for m in members if cluster))
@@ -140,4 +135,5 @@ def full_plan() -> HostPlan:
     return HostPlan(host="*", roles=frozenset(ROLES), webmail="roundcube", activesync=False,
                     radicale=True, acme=False, acme_dns01=False, backups=True,
                     backup_repository=True, firewall=True, wireguard=True,
-                    webmail_databases=("roundcube",), cluster=(("*", ""),))
+                    webmail_databases=("roundcube",), cluster=(("*", ""),),
+                    mail_cluster=(("*", ""),))

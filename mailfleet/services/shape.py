@@ -78,6 +78,9 @@ class HostPlan:
     # a member of the replicated accounts database: every member's (name, VPN address),
     # this host's too, in config order (empty: PostgreSQL on its own)
     cluster: tuple[tuple[str, str], ...] = ()
+    # in a cluster: the members with the mail role (name, VPN address), every one an MX
+    # whose Dovecot proxies a mailbox's logins and deliveries to its home among them
+    mail_cluster: tuple[tuple[str, str], ...] = ()
     # the webmail databases this (db) host holds: for itself and for the hosts it serves
     webmail_databases: tuple[str, ...] = ()
     # filled in by services.plan_host(): the services that run here, and the ports they
@@ -155,7 +158,8 @@ class Service:
     # the shell reads its checks make on a host (`engine.facts(Command, command=...)`):
     # `check` runs every service's in one SSH command per host first (engine.prefetch)
     reads: Callable[[Engine, HostPlan], Iterable[str]] | tuple[str, ...] = ()
-    units: tuple[Unit, ...] = ()
+    # (or the units a plan needs: a port only some hosts open)
+    units: Callable[[HostPlan], tuple[Unit, ...]] | tuple[Unit, ...] = ()
     # shell snippets the host snapshot runs, read by the deploy step as ctx.snapshot(name)
     snapshot: dict[str, str] = field(default_factory=dict)
     # files mailfleet writes live below these: the snapshot lists them all (see engine/snapshot)
@@ -166,6 +170,9 @@ class Service:
 
     def reads_for(self, engine: Engine, plan: HostPlan) -> list[str]:
         return list(self.reads(engine, plan) if callable(self.reads) else self.reads)
+
+    def units_for(self, plan: HostPlan) -> tuple[Unit, ...]:
+        return self.units(plan) if callable(self.units) else self.units
 
     def packages_for(self, plan: HostPlan) -> list[str]:
         return list(self.packages(plan) if callable(self.packages) else self.packages)

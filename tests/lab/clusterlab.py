@@ -3,6 +3,7 @@ address and TLS context, IMAP logins and the subjects in a mailbox."""
 
 from __future__ import annotations
 
+import base64
 import imaplib
 import json
 import time
@@ -55,8 +56,46 @@ def imap_login(net: LabNet, address: str, context, server: str, user: str,
     return net.run(attempt)
 
 
-def add_user(cli: Cli, user: str) -> None:
-    cli("user", "add", user, "--password-stdin", input=PASSWORD + "\n")
+def add_user(cli: Cli, user: str, home: str | None = None) -> None:
+    cli("user", "add", user, "--password-stdin", *(("--home", home) if home else ()),
+        input=PASSWORD + "\n")
+
+
+def homes(cli: Cli) -> dict[str, str | None]:
+    """Every mailbox's home, as `user list` shows it."""
+    return {u["email"]: u["home"] for u in cli.json("user", "list")}
+
+
+def stored_messages(cli: Cli, node: str, user: str) -> int:
+    """How many messages of `user` are in a Maildir on `node` (0: none, or no directory)."""
+    local, _, domain = user.partition("@")
+    return int(cli.ssh(node, f"find /var/mail/vmail/{domain}/{local} -type f "
+                             "\\( -path '*/cur/*' -o -path '*/new/*' \\) 2>/dev/null | wc -l"))
+
+
+def sieve_login(address: str, context, server: str, user: str) -> bytes:
+    """ManageSieve's answer to a PLAIN login after STARTTLS (b"OK..." when it worked)."""
+    token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
+    with mailclient.tls_handshake(address, 4190, "sieve-starttls", server, context) as tls:
+        tls.sendall(b"CAPABILITY\r\n")
+        data = b""
+        while not (data.startswith(b"OK") or b"\r\nOK" in data):
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        tls.sendall(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n')
+        answer = tls.recv(4096)
+        tls.sendall(b"LOGOUT\r\n")
+        return answer
+
+
+def same_dkim_key(cli: Cli, nodes: tuple[str, ...]) -> bool:
+    """Every node signs with one key: the same private key file everywhere."""
+    domain = load(cli.config).mail.domain
+    sums = {cli.ssh(n, f"sha256sum /etc/dkimkeys/{domain}/mail.private | cut -c1-64")
+            for n in nodes}
+    return len(sums) == 1 and len(next(iter(sums))) == 64
 
 
 def subjects(address: str, context, server: str, user: str) -> set[str]:

@@ -1,11 +1,14 @@
 """The replicated accounts database (Debian 13, three fresh nodes): n1 ["mail", "db", "web"],
-n2 and n3 ["db"], `[cluster] enabled = true` over WireGuard. One deploy forms the cluster
-(etcd on the VPN, Patroni taking over n1's PostgreSQL, n2 and n3 streaming standbys); a
-second changes nothing. A user added through the CLI logs in on n1 at once, whichever host
-is primary. The primary's node is powered off while mail streams into n1's port 25: no
-message is bounced, a standby takes over within a minute, every accepted message is in the
-mailbox, and the old primary comes back as a standby by itself. n1 backs up whichever
-role it has, and its backup restores onto a fresh host (n4, alone, outside the cluster)."""
+n2 ["mail", "db"], n3 ["db"], `[cluster] enabled = true` over WireGuard. One deploy forms the
+cluster (etcd on the VPN, Patroni taking over n1's PostgreSQL, n2 and n3 streaming standbys);
+a second changes nothing. A user added through the CLI logs in on n1 at once, whichever host
+is primary. Both mail hosts are MXs with one DKIM key: a mailbox homed on n2 gets mail and
+logins (IMAP, ManageSieve) through n1 (Dovecot 2.4's proxy). The primary's node (n2) is
+powered off while mail streams into n1's port 25: no message is bounced, a standby takes
+over within a minute, every accepted message is in the mailbox, mail for n2's mailboxes
+waits in n1's queue until n2 is back, and the old primary comes back as a standby by
+itself. n1 backs up whichever role it has, and its backup restores onto a fresh host (n4,
+alone, outside the cluster)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ import time
 
 import pytest
 import tomlkit
-from clusterlab import add_user, as_cluster, cluster_status, imap_login, mail_host, subjects, whole
+from clusterlab import (add_user, as_cluster, cluster_status, homes, imap_login, mail_host,
+                        same_dkim_key, sieve_login, stored_messages, subjects, whole)
 from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_bytes, lab_name
 from webmail import ARTIFACTS, Roundcube, browser
 
@@ -37,6 +41,7 @@ def cluster(tmp_path_factory):
         fresh = doc["hosts"][3]
         del doc["hosts"][3]
         as_cluster(doc, doc["hosts"][1:])
+        doc["hosts"][1]["roles"] = ["mail", "db"]
         doc["backup"] = {"repository": REPOSITORY, "password_file": str(work / "backup-password")}
         cli.config.write_text(tomlkit.dumps(doc))
         # the restore drill's host: n4 alone, a mail host of its own (deployed by that test)
@@ -74,13 +79,44 @@ def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
     assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
     assert {h: r["fact_misses"] for h, r in again["hosts"].items()} == \
         {"n1": [], "n2": [], "n3": []}
-    # mailfleet set up no mail service on n2 (its preinstalled image has the packages);
+    # mailfleet set up no mail service on n3 (its preinstalled image has the packages);
     # the cluster's ports are open on the VPN only
-    assert cli.ssh("n2", "ls /etc/postfix/pgsql /etc/dovecot/mailfleet-sql.conf.ext 2>&1 | "
+    assert cli.ssh("n3", "ls /etc/postfix/pgsql /etc/dovecot/mailfleet-sql.conf.ext 2>&1 | "
                          "grep -c 'No such file'") == "2"
     rules = cli.ssh("n1", "sudo ufw show added")
     assert "allow in on wg0 from 10.8.0.2 to any port 2379 proto tcp" in rules, rules
+    assert "allow in on wg0 from 10.8.0.2 to any port 24 proto tcp" in rules, rules
     assert "allow 5432" not in rules and "allow 8008" not in rules, rules
+    assert "allow 24" not in rules, rules
+
+
+def test_every_mail_host_takes_mail_and_logins_for_a_mailbox_homed_on_another(cluster):
+    cli, net = cluster
+    address, context, server, domain = mail_host(cli)
+    n2_address, n2_context, n2_server, _ = mail_host(cli, "n2")
+    sender, roamer = f"stays@{domain}", f"roams@{domain}"
+    add_user(cli, sender, home="n1")
+    add_user(cli, roamer, home="n2")
+    assert {homes(cli)[u] for u in (sender, roamer)} == {"n1", "n2"}
+    refused = cli("user", "add", f"nowhere@{domain}", "--home", "n3", "--password-stdin",
+                  input=PASSWORD + "\n", check=False)
+    assert refused.returncode == 2 and "'n3' is not a mail host" in refused.stderr, refused.stderr
+    net.run(mailclient.submit, address, 587, server, context, sender, PASSWORD,
+            mailclient.check_message(sender, roamer, "roam", subject="to n2 through n1"))
+    raw = net.run(mailclient.fetch, address, 993, server, context, roamer, PASSWORD,
+                  "to n2 through n1", delete=False, wait=60)
+    assert raw, "not delivered to n2 or not readable through n1"
+    assert stored_messages(cli, "n2", roamer) == 1 and stored_messages(cli, "n1", roamer) == 0
+    assert net.run(sieve_login, address, context, server, roamer).startswith(b"OK")
+    assert not net.run(sieve_login, n2_address, n2_context, n2_server, f"x{roamer}").startswith(b"OK")
+    # one key: n1's signature verifies against the record `dns records` publishes
+    assert same_dkim_key(cli, ("n1", "n2"))
+    records = cli.json("dns", "records")["records"]
+    keys = {r["name"].split("._domainkey.")[1]: r["value"] for r in records
+            if r["type"] == "TXT" and "._domainkey." in r["name"]}
+    assert mailclient.verify_dkim(raw, keys)[0]
+    assert {r["value"] for r in records if r["type"] == "MX"} == {f"10 {server}.",
+                                                                  f"10 {n2_server}."}
 
 
 def test_a_user_added_logs_in_on_n1_at_once_whichever_host_is_primary(cluster):
@@ -140,8 +176,9 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
     cli, net = cluster
     address, context, server, domain = mail_host(cli)
     cli("cluster", "switchover", "--to", "n2")  # n1 takes the mail: another host must fail
-    recipient = f"failover@{domain}"
-    add_user(cli, recipient)
+    recipient, waiting = f"failover@{domain}", f"waits@{domain}"
+    add_user(cli, recipient, home="n1")
+    add_user(cli, waiting, home="n2")
     stop, result = threading.Event(), {}
     sender = threading.Thread(target=lambda: result.update(zip(
         ("accepted", "refused"), net.run(_stream, address, recipient, stop))))
@@ -160,6 +197,9 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
                 break
             time.sleep(1)
         print(f"failover: a write works again {seconds:.1f} s after n2 was powered off")
+        # mail for a mailbox whose home is down is accepted and waits in n1's queue
+        net.run(mailclient.submit, address, 587, server, context, recipient, PASSWORD,
+                mailclient.check_message(recipient, waiting, "wait", subject="waits for n2"))
         assert (done.returncode == 0 or "exists" in done.stderr) and seconds < FAILOVER_LIMIT, \
             (seconds, done.stderr)
         time.sleep(3)
@@ -180,10 +220,17 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
 
     cli("backup", "run", "--host", "n1")  # n1 backs up after the failover, either role
 
+    # still queued (Dovecot's proxy waits for n2's answer up to its connect timeout, then
+    # answers 451): neither delivered nor bounced
+    assert waiting in cli.ssh("n1", "postqueue -j")
+    assert net.run(subjects, address, context, server, recipient)  # n1's own still served
     cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself
     status = whole(cli)
     assert status["ok"], status
     assert {m["host"]: m["role"] for m in status["members"]}["n2"] == "standby"
+    cli.ssh("n1", "postqueue -f")  # (Postfix would retry by itself within minutes)
+    assert net.run(mailclient.fetch, address, 993, server, context, waiting, PASSWORD,
+                   "waits for n2", delete=False, wait=180), cli.ssh("n1", "postqueue -p")
 
 
 def test_an_import_during_a_switchover_is_all_or_none_and_can_be_run_again(cluster, tmp_path):
@@ -223,7 +270,7 @@ def test_the_mail_member_backs_up_as_a_standby_and_its_backup_restores_onto_a_fr
     address, context, server, domain = mail_host(cli)
     cli("cluster", "switchover", "--to", "n3")  # n1, where the mail and backups are: a standby
     user = f"kept@{domain}"
-    add_user(cli, user)
+    add_user(cli, user, home="n1")  # n1 backs up the mailboxes homed there
     subject = "kept through a restore"
     net.run(mailclient.submit, address, 587, server, context, user, PASSWORD,
             mailclient.check_message(user, user, "kept", subject=subject))

@@ -1,10 +1,11 @@
 """A single Debian 12 host grows into a three-host cluster by deploy: n1 ["mail", "db", "web"]
-runs alone first (no VPN, three users, a mail in a mailbox); then n2 and n3 (["db"]) join
-with WireGuard and `[cluster] enabled = true`, and one deploy makes n1's database the
-cluster's: every account, password and mail kept. Then, on Debian 12's Patroni 3.0 and
-etcd 3.4: status, a switchover, and a mail round trip through the new primary's accounts.
-The webmail is SOGo: on n1, a standby after the switchover, its logins and a password change
-reach the primary."""
+runs alone first (no VPN, three users, a mail in a mailbox); then n2 (["mail", "db"]) and n3
+(["db"]) join with WireGuard and `[cluster] enabled = true`, and one deploy makes n1's
+database the cluster's: every account, password and mail kept, the mailboxes homed on n1,
+n2 a second MX signing with n1's DKIM key whose Dovecot 2.3 proxies logins to n1. Then, on
+Debian 12's Patroni 3.0 and etcd 3.4: status, a switchover, and a mail round trip to a
+mailbox homed on n2 (LMTP and IMAP proxied from n1). The webmail is SOGo: on n1, a standby
+after the switchover, its logins and a password change reach the primary."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ import time
 
 import pytest
 import tomlkit
-from clusterlab import add_user, as_cluster, cluster_status, imap_login, mail_host, subjects
+from clusterlab import (add_user, as_cluster, cluster_status, homes, imap_login, mail_host,
+                        same_dkim_key, stored_messages, subjects)
 from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_name
 from webmail import ARTIFACTS, SOGo, browser
 
@@ -51,6 +53,7 @@ def grown(tmp_path_factory):
             for host in others:
                 doc["hosts"].append(host)
             as_cluster(doc, doc["hosts"][1:])
+            doc["hosts"][1]["roles"] = ["mail", "db"]
             cli.config.write_text(tomlkit.dumps(doc))
             report = cli.json("deploy")
             assert report["ok"], report
@@ -67,6 +70,14 @@ def test_the_single_hosts_accounts_and_mail_are_the_clusters(grown):
     for user in users:  # passwords kept: the hashes are the cluster's now
         assert imap_login(net, address, context, server, user), user
     assert "before growth" in net.run(subjects, address, context, server, users[1])
+    # the mailboxes stay where their mail is; n2 serves them through n1 (Dovecot 2.3's proxy)
+    assert {homes(cli)[u] for u in users} == {"n1"}
+    n2_address, n2_context, n2_server, _ = mail_host(cli, "n2")
+    assert "before growth" in net.run(subjects, n2_address, n2_context, n2_server, users[1])
+    assert stored_messages(cli, "n2", users[1]) == 0 and stored_messages(cli, "n1", users[1]) == 1
+    assert same_dkim_key(cli, ("n1", "n2"))  # made on n1 alone, copied to n2
+    mx = {r["value"] for r in cli.json("dns", "records")["records"] if r["type"] == "MX"}
+    assert mx == {f"10 {server}.", f"10 {n2_server}."}, mx
     # the standbys hold the same accounts
     for standby in ("n2", "n3"):
         found = cli.ssh(standby, "sudo -u postgres psql -X -tA -d mailfleet -c "
@@ -87,10 +98,24 @@ def test_a_switchover_on_debian_12_and_a_mail_round_trip(grown):
     address, context, server, domain = mail_host(cli)
     newcomer = f"after-switch@{domain}"
     add_user(cli, newcomer)  # written on n2, replayed on n1 before the command returned
+    assert homes(cli)[newcomer] == "n2"  # the mail host with the fewest mailboxes
     message = mailclient.check_message(users[2], newcomer, "round", subject="round trip")
     net.run(mailclient.submit, address, 587, server, context, users[2], PASSWORD, message)
-    assert net.run(mailclient.fetch, address, 993, server, context, newcomer, PASSWORD,
-                   "round trip", delete=False, wait=60)
+    raw = net.run(mailclient.fetch, address, 993, server, context, newcomer, PASSWORD,
+                  "round trip", delete=False, wait=60)
+    assert raw  # delivered on n2 (LMTP proxied from n1), read through n1 (IMAP proxied)
+    assert stored_messages(cli, "n2", newcomer) == 1 and stored_messages(cli, "n1", newcomer) == 0
+    # and the other way round: submitted on n2 (SMTP AUTH there) by n1's user, signed there
+    n2_address, n2_context, n2_server, _ = mail_host(cli, "n2")
+    back = mailclient.check_message(newcomer, users[2], "back", subject="and back")
+    net.run(mailclient.submit, n2_address, 587, n2_server, n2_context, newcomer, PASSWORD, back)
+    raw = net.run(mailclient.fetch, n2_address, 993, n2_server, n2_context, users[2], PASSWORD,
+                  "and back", delete=False, wait=60)
+    assert raw and stored_messages(cli, "n1", users[2]) >= 1
+    keys = {r["name"].split("._domainkey.")[1]: r["value"]
+            for r in cli.json("dns", "records")["records"]
+            if r["type"] == "TXT" and "._domainkey." in r["name"]}
+    assert mailclient.verify_dkim(raw, keys)[0]  # n2's signature, the published key
 
 
 def test_sogo_on_a_standby_member_writes_on_the_primary(grown):

@@ -14,6 +14,7 @@ from conftest import NODES, Cli, edited_config, key_login
 from mailfleet import services
 from mailfleet.config import HostSettings, parse
 from mailfleet.services import firewall
+from mailfleet.services.plan import full_plan
 
 OTHER = {"n1": "n2", "n2": "n1"}  # the lab host that plays the outside world
 # what the lab's hosts (every role, default features) open to the world
@@ -50,7 +51,8 @@ def test_only_the_services_ports_are_open_from_another_host(deployed: Cli, targe
     assert {p for p, is_open in seen.items() if is_open} == OPEN, seen
     status = deployed.ssh(target, "ufw status verbose")
     assert "Status: active" in status and "deny (incoming)" in status
-    exposed = {exposure: {port.number for s in services.SERVICES for u in s.units
+    exposed = {exposure: {port.number for s in services.SERVICES
+                          for u in s.units_for(full_plan())
                           for port in u.ports if port.exposure == exposure}
                for exposure in ("local", "private")}
     # private: PostgreSQL, opened to web-only hosts alone (none here: 5432 stayed closed)

@@ -3,12 +3,17 @@ tests/lab/test_cluster.py runs the real thing)."""
 
 from __future__ import annotations
 
+import base64
+
+import dkim
 import pytest
 
 from mailfleet import services
 from mailfleet.config import parse
 from mailfleet.errors import ConfigError, DeployError
-from mailfleet.services import cluster, firewall, restore
+from mailfleet.dns import records as dns_records
+from mailfleet.engine import mailclient
+from mailfleet.services import cluster, firewall, homes, mailflow, opendkim, restore
 from mailfleet.services.cluster import MemberProbe
 from mailfleet.templating import render
 
@@ -221,9 +226,78 @@ def test_a_restore_onto_a_cluster_member_is_refused_before_any_host_is_asked():
     assert "n2 is a member of the accounts database's cluster" in err.value.message
 
 
-def test_a_cluster_has_one_mail_host_for_now():
+def test_every_mail_member_proxies_to_the_others_on_the_vpn():
     config = parse(BASE + "[features]\nwireguard = true\n[cluster]\nenabled = true\n" + "".join(
         f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nroles = '
         + ('["mail", "db"]' if i < 3 else '["db"]') + "\n" for i in (1, 2, 3)))
-    with pytest.raises(ConfigError, match="a cluster has one mail host for now"):
-        services.plans(config, config.hosts)
+    plans = services.plans(config, config.hosts)
+    mail_cluster = (("n1", "10.8.0.1"), ("n2", "10.8.0.2"))
+    assert [plans[n].mail_cluster for n in ("n1", "n2")] == [mail_cluster, mail_cluster]
+    assert plans["n3"].mail_cluster == mail_cluster and "dovecot" not in plans["n3"].services
+    assert "homes" in plans["n3"].services  # the primary may be a db-only member
+    lmtp = [p for p in plans["n2"].ports if p.number == 24]
+    assert [p.exposure for p in lmtp] == ["cluster"]
+    rules = firewall.wanted_rules(config, plans["n2"], {22}, False)
+    assert "allow in on wg0 from 10.8.0.1 to any port 24 proto tcp" in rules
+    assert not [r for r in rules if " 24 " in r and "wg0" not in r]
+    # a single host has no proxy, no port 24
+    lone = parse(BASE + '[[hosts]]\nname = "n1"\naddress = "192.0.2.1"\n')
+    plan = services.plans(lone, lone.hosts)["n1"]
+    assert plan.mail_cluster == () and 24 not in {p.number for p in plan.ports}
+
+
+# -- several mail hosts: homes, one DKIM key, equal MXs ---------------------------------
+
+def _two_mail_hosts():
+    return parse(BASE + "[features]\nwireguard = true\nbackups = false\n[cluster]\nenabled = true\n"
+                 + "".join(f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\nipv4 = "192.0.2.{i}"\n'
+                           f'roles = {["mail", "db"] if i < 3 else ["db"]}\n'.replace("'", '"')
+                           for i in (1, 2, 3)))
+
+
+def test_the_homes_state_is_read_from_the_snapshot():
+    text = ("host n1 10.8.0.1\nhost n2 10.8.0.2\nhomeless 3\n"
+            "check mailfleet-check-n1@example.org n1\nnoise\nhomeless x\n")
+    assert homes.parse_state(text) == ({"n1": "10.8.0.1", "n2": "10.8.0.2"}, 3,
+                                       {"mailfleet-check-n1@example.org": "n1"})
+    assert homes.parse_state("") == ({}, 0, {})
+
+
+def _sql(op_function, **kwargs) -> str:
+    """The commands a pyinfra operation function yields (its body, run outside pyinfra)."""
+    return "\n".join(str(c) for c in op_function._inner(**kwargs))
+
+
+def test_homes_writes_only_what_differs_and_never_drops_a_host_still_home_to_mailboxes():
+    sql = _sql(homes.homes, wanted={"n1": "10.8.0.1", "n2": "10.8.0.2"},
+               found={"n1": "10.8.0.1", "old": "10.8.0.9"}, homeless=2, first="n1",
+               check_mailboxes={"mailfleet-check-n2@example.org": "n2"}, password_hash="{X}y")
+    assert "VALUES ('n2', '10.8.0.2')" in sql and "VALUES ('n1'" not in sql
+    assert "DELETE FROM mail_hosts h WHERE name IN ('old') AND NOT EXISTS" in sql
+    assert "UPDATE mailboxes SET home = 'n1' WHERE home IS NULL;" in sql
+    assert "'mailfleet-check-n2@example.org', 'example.org'" in sql and "'n2')" in sql
+
+
+def test_a_cluster_of_mail_hosts_has_equal_mxs_and_a_check_mailbox_each():
+    config = _two_mail_hosts()
+    mx = [r.value for r in dns_records.generate(config, {}) if r.type == "MX"]
+    assert mx == ["10 n1.example.org.", "10 n2.example.org."]
+    lone = parse(BASE + '[[hosts]]\nname = "a"\naddress = "192.0.2.1"\nipv4 = "192.0.2.1"\n'
+                 '[[hosts]]\nname = "b"\naddress = "192.0.2.2"\nipv4 = "192.0.2.2"\n')
+    assert [r.value for r in dns_records.generate(lone, {}) if r.type == "MX"] == \
+        ["10 a.example.org.", "20 b.example.org."]
+    assert mailflow.check_address("example.org", "n2") == "mailfleet-check-n2@example.org"
+    assert mailflow.check_address("example.org") == "mailfleet-check@example.org"
+
+
+def test_the_clusters_dkim_key_is_read_back_and_its_record_matches_it():
+    pem = opendkim.new_private_key()
+    text = f"example.org {base64.b64encode(pem.encode()).decode()}\nexample.net !!!\nbad\n"
+    assert opendkim.parse_private_keys(text) == {"example.org": pem}
+    record = opendkim.public_key_record(opendkim.key_record_file(pem, "example.org", "mail"))
+    assert record.startswith("v=DKIM1; h=sha256; k=rsa; p=MIIB")
+    message = b"From: a@example.org\r\nTo: b@example.org\r\nSubject: s\r\n\r\nbody\r\n"
+    signed = dkim.sign(message, b"mail", b"example.org", pem.encode()) + message
+    assert mailclient.verify_dkim(signed, {"example.org": record})[0]
+    command = opendkim.print_private_keys_command(_two_mail_hosts())
+    assert "base64 -w0 /etc/dkimkeys/example.org/mail.private" in command
