@@ -30,7 +30,8 @@ def _config(ctx: typer.Context) -> Config:
 @app.command()
 def status(ctx: typer.Context, json: Json = False) -> None:
     """Each member: PostgreSQL's role and timeline, replication lag (bytes, seconds), etcd's
-    health and Patroni's state. Exit 1 when the cluster is not whole."""
+    health, Patroni's state and the mailboxes homed there. Exit 1 when the cluster is not
+    whole."""
     config = _config(ctx)
     statuses = cluster.member_status(config)
     problems = cluster.problems(statuses, config.cluster.max_lag_bytes)
@@ -47,12 +48,15 @@ def status(ctx: typer.Context, json: Json = False) -> None:
         print_json({"ok": not problems, "primary": primary.host if primary else None,
                     "members": members, "problems": problems})
     else:
-        table = Table("host", "role", "state", "timeline", "replication", "lag", "etcd")
+        mail = {m.name for m in config.cluster_members() if "mail" in m.roles}
+        table = Table("host", "role", "state", "timeline", "replication", "lag", "etcd",
+                      "mailboxes")
         for s in statuses:
             state, lag_bytes, seconds = lag.get(s.host, ("", None, None))
             table.add_row(s.host, s.role, s.state or s.error, str(s.timeline or ""), state,
                           f"{lag_bytes} B, {seconds:.2f} s" if lag_bytes is not None else "",
-                          "healthy" if s.etcd_healthy else "down")
+                          "healthy" if s.etcd_healthy else "down",
+                          str(s.homed) if s.host in mail and s.homed is not None else "")
         console.print(table)
         for problem in problems:
             info(f"not whole: {problem}")

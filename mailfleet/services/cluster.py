@@ -206,9 +206,9 @@ def prepare(engine: Engine, config: Config) -> ClusterState | None:
 
 # -- the members' state (cluster status, check, the deploy's end) ------------------------
 
-def status_command(address: str) -> str:
-    """One member's view: Patroni's own state (its REST API), and on the primary each
-    standby's replication (bytes and seconds behind)."""
+def status_command(address: str, host: str = "") -> str:
+    """One member's view: Patroni's own state (its REST API), on the primary each
+    standby's replication (bytes and seconds behind), and the mailboxes homed on `host`."""
     url = f"http://{address}:{PATRONI_PORT}/patroni"
     fetch = ("import json, urllib.request; "
              f"print(json.dumps(json.load(urllib.request.urlopen({url!r}, timeout=5))))")
@@ -216,10 +216,13 @@ def status_command(address: str) -> str:
                    "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), -1), "
                    "coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication "
                    "WHERE NOT pg_is_in_recovery()")
+    homed = ("SELECT count(*) FROM mailboxes WHERE NOT system AND home = "
+             + "'" + host.replace("'", "''") + "'")
     return "; ".join([
         f"echo \"patroni $(python3 -c {shlex.quote(fetch)} 2>/dev/null)\"",
         f"{_PSQL} -F ' ' -c {shlex.quote(replication)} 2>/dev/null | sed 's/^/standby /'",
         f"echo \"etcd $({etcd.ETCDCTL} endpoint health 2>&1 | head -n 1)\"",
+        f"echo \"homed $({_PSQL} -d {schema.DATABASE} -c {shlex.quote(homed)} 2>/dev/null)\"",
         "true",
     ])
 
@@ -235,11 +238,12 @@ class MemberStatus:
     etcd_healthy: bool = False
     # on the primary: {standby: (replication state, bytes behind, seconds behind)}
     standbys: dict[str, tuple[str, int, float]] = field(default_factory=dict)
+    homed: int | None = None  # mailboxes whose home it is (None: not known)
 
     def as_dict(self) -> dict:
         return {"host": self.host, "reachable": self.reachable, "error": self.error,
                 "role": self.role, "state": self.state, "timeline": self.timeline,
-                "etcd_healthy": self.etcd_healthy,
+                "etcd_healthy": self.etcd_healthy, "mailboxes_homed": self.homed,
                 "standbys": {name: {"state": s, "lag_bytes": b, "lag_seconds": t}
                              for name, (s, b, t) in self.standbys.items()}}
 
@@ -263,6 +267,8 @@ def parse_status(host: str, text: str) -> MemberStatus:
                 status.standbys[parts[0]] = (parts[1], int(float(parts[2])), float(parts[3]))
         elif kind == "etcd":
             status.etcd_healthy = " is healthy" in value
+        elif kind == "homed" and value.strip().isdigit():
+            status.homed = int(value.strip())
     if not status.role:
         status.role, status.state = "unknown", status.state or "Patroni does not answer"
     return status
@@ -276,7 +282,8 @@ def member_status(config: Config, timeout: float = 20) -> list[MemberStatus]:
 
     def one(member: HostSettings) -> MemberStatus:
         try:
-            text = ssh_run(member, status_command(addresses[member.name]), timeout=timeout)
+            text = ssh_run(member, status_command(addresses[member.name], member.name),
+                           timeout=timeout)
         except DeployError as err:
             return MemberStatus(member.name, reachable=False, error=err.message,
                                 role="unreachable")

@@ -13,10 +13,10 @@ from pyinfra.facts.files import Directory
 from pyinfra.operations import files, systemd
 
 from mailfleet.engine import HostContext, config_file
-from mailfleet.services import certs
+from mailfleet.services import certs, homes
 from mailfleet.services.mailstore import VMAIL_DIR
 from mailfleet.services.platform import platform
-from mailfleet.services.postfix import LMTP_PORT, QUOTA_STATUS_PORT
+from mailfleet.services.postfix import QUOTA_STATUS_PORT
 from mailfleet.services.shape import HostPlan, Port, Service, Unit, provided
 from mailfleet.templating import render
 
@@ -25,17 +25,22 @@ PACKAGES = ["dovecot-core", "dovecot-imapd", "dovecot-lmtpd", "dovecot-pgsql",
 SQL_FILE = "/etc/dovecot/mailfleet-sql.conf.ext"
 PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
 AFTER_VPN = "/etc/systemd/system/dovecot.service.d/mailfleet.conf"
+# in a cluster with several mail hosts: the others' proxied deliveries, on the VPN address
+LMTP_PORT = 24
 
 
 def deploy(ctx: HostContext) -> None:
     version = platform(ctx).dovecot
     password, _ = ctx.secret("postgres-mailfleet_dovecot")
+    # where a mailbox lives (in a cluster whose database knows homes: services/homes.py)
+    where = dict(mail_cluster=ctx.plan.mail_cluster, homes_known=homes.known(ctx),
+                 host=ctx.plan.host, first_home=homes.first_home(ctx.plan),
+                 lmtp_port=LMTP_PORT)
     # 2.4 reads the connection as part of its config (group dovecot may read it);
     # 2.3's auth process reads the args file as root.
     sql = ctx.op(
         config_file, name="Write Dovecot's database settings", dest=SQL_FILE,
-        content=render(f"dovecot/sql-{version}.conf.ext.j2", password=password,
-                       mail_cluster=ctx.plan.mail_cluster),
+        content=render(f"dovecot/sql-{version}.conf.ext.j2", password=password, **where),
         mode="640" if version == "2.4" else "600",
         group="dovecot" if version == "2.4" else "root", secret=True,
     )
@@ -47,8 +52,8 @@ def deploy(ctx: HostContext) -> None:
             sql_file=SQL_FILE, cert_file=certs.CERT_FILE, key_file=certs.KEY_FILE,
             cipher_list=certs.TLS12_CIPHERS, vmail_dir=VMAIL_DIR, vmail_uid=mail.vmail_uid,
             vmail_gid=mail.vmail_gid, default_quota_mb=mail.default_quota_mb,
-            quota_status_port=QUOTA_STATUS_PORT, mail_cluster=ctx.plan.mail_cluster,
-            private_address=ctx.plan.private_address, lmtp_port=LMTP_PORT,
+            quota_status_port=QUOTA_STATUS_PORT, private_address=ctx.plan.private_address,
+            **where,
         ),
         validate="doveconf -n -c {path} >/dev/null",
     )
@@ -67,7 +72,7 @@ def deploy(ctx: HostContext) -> None:
 
 
 def units(plan: HostPlan) -> tuple[Unit, ...]:
-    proxied = (Port(LMTP_PORT, "Dovecot LMTP for the other mail hosts", "cluster"),) \
+    proxied = (Port(LMTP_PORT, "Dovecot LMTP for the other mail hosts", "mail cluster"),) \
         if plan.mail_cluster else ()
     return (Unit("dovecot", (*(Port(port, f"Dovecot {name}") for port, name in PORTS.items()),
                              Port(QUOTA_STATUS_PORT, "Dovecot quota-status (localhost)", "local"),

@@ -50,8 +50,9 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
         if port.exposure == "private":
             for peer in plan.database_peers:
                 rules[private_rule(peer, port.number)] = f"{port.what} for {peer}"
-        elif port.exposure == "cluster":  # the other members, over the VPN only
-            for peer in plan.cluster_peers:
+        elif port.exposure in ("cluster", "mail cluster"):  # others, over the VPN only
+            peers = plan.cluster_peers if port.exposure == "cluster" else plan.mail_peers
+            for peer in peers:
                 rules[cluster_rule(peer, port.number)] = f"{port.what} for {peer}"
     if config.features.wireguard:
         rules[f"allow {config.vpn.port}/udp"] = "wireguard"

@@ -8,6 +8,7 @@ or the host whose database becomes the cluster's) writes them.
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass, field, replace
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -18,46 +19,81 @@ from mailfleet.accounts.schema import DATABASE
 from mailfleet.engine import Engine, HostContext
 from mailfleet.services import mailflow
 from mailfleet.services.checks import CheckResult
-from mailfleet.services.postgres import PSQL, cluster_state, psql_script, sql_literal
-from mailfleet.services.shape import Service
+from mailfleet.services.postgres import (PSQL, cluster_state, database_state, psql_script,
+                                        sql_literal)
+from mailfleet.services.shape import HostPlan, Service
 
 _STATE = ("SELECT 'host ' || name || ' ' || host(address) FROM mail_hosts UNION ALL "
           "SELECT 'homeless ' || count(*) FROM mailboxes WHERE home IS NULL UNION ALL "
-          "SELECT 'check ' || email || ' ' || home FROM mailboxes WHERE system AND home IS NOT NULL")
+          "SELECT 'homed ' || home || ' ' || count(*) FROM mailboxes WHERE home IS NOT NULL "
+          "GROUP BY home UNION ALL "
+          "SELECT 'check ' || email || ' ' || coalesce(home, '-') FROM mailboxes WHERE system")
 SNAPSHOT = {"homes": f"{PSQL} -tA -d {DATABASE} -c {shlex.quote(_STATE)} 2>/dev/null || true"}
 
 
-def parse_state(text: str) -> tuple[dict[str, str], int, dict[str, str]]:
-    """(mail host → address, mailboxes without a home, check mailbox → its home)."""
-    hosts, homeless, checks = {}, 0, {}
-    for line in text.splitlines():
-        kind, *values = line.split()
-        if kind == "host" and len(values) == 2:
-            hosts[values[0]] = values[1]
-        elif kind == "homeless" and values and values[0].isdigit():
-            homeless = int(values[0])
-        elif kind == "check" and len(values) == 2:
-            checks[values[0]] = values[1]
-    return hosts, homeless, checks
+@dataclass(frozen=True)
+class HomesState:
+    """What the database says before the deploy: the mail hosts and their addresses, how
+    many mailboxes have no home and how many each host is home to, the check mailboxes."""
+
+    hosts: dict[str, str] = field(default_factory=dict)
+    homeless: int = 0
+    homed: dict[str, int] = field(default_factory=dict)
+    checks: dict[str, str] = field(default_factory=dict)  # address -> home ("-": none)
+
+    @classmethod
+    def parse(cls, text: str) -> HomesState:
+        state = cls()
+        for line in text.splitlines():
+            kind, *values = line.split() or [""]
+            if kind == "host" and len(values) == 2:
+                state.hosts[values[0]] = values[1]
+            elif kind == "homeless" and values and values[0].isdigit():
+                state = replace(state, homeless=int(values[0]))
+            elif kind == "homed" and len(values) == 2 and values[1].isdigit():
+                state.homed[values[0]] = int(values[1])
+            elif kind == "check" and len(values) == 2:
+                state.checks[values[0]] = values[1]
+        return state
+
+
+def first_home(plan: HostPlan) -> str:
+    """Where a mailbox without a home lives meanwhile: the first mail host listed."""
+    return plan.mail_cluster[0][0] if plan.mail_cluster else ""
+
+
+def known(ctx: HostContext) -> bool:
+    """Whether this host's database copy knows homes (schema 6) by the time Dovecot asks
+    it: already, or because its database is the one this deploy migrates, or is copied
+    from it. A standby still at schema 5 keeps serving every mailbox itself until the
+    primary's migration reaches it (the next deploy proxies)."""
+    if not ctx.plan.mail_cluster:
+        return False
+    cluster = cluster_state(ctx)
+    return (database_state(ctx).schema_version >= 6 or cluster is None
+            or cluster.writes_here(ctx.plan.host) or ctx.plan.host in cluster.joining)
 
 
 @operation()
-def homes(wanted: dict[str, str], found: dict[str, str], homeless: int, first: str,
-          check_mailboxes: dict[str, str], password_hash: str):
-    """mail_hosts as the config has them; a mailbox without a home gets `first` (the mail
-    host listed first: the one that held the mail before the cluster had several);
-    `check_mailboxes` ({address: home}) exist with `password_hash` (empty: as they are)."""
-    statements = [
+def homes(wanted: dict[str, str], state: HomesState, first: str, stale_checks: list[str],
+          check_mailboxes: dict[str, str], password_hash: str, migrating: bool):
+    """mail_hosts as the config has them (a host gone from it stays while it is home to
+    mailboxes: check reports them); a mailbox without a home gets `first`; the mail hosts'
+    check mailboxes ({address: home}) with `password_hash`, the single host's gone."""
+    gone = [name for name in state.hosts if name not in wanted and not state.homed.get(name)]
+    statements = []
+    if gone:  # first: a new host may take a gone one's address
+        names = ", ".join(sql_literal(n) for n in gone)
+        statements.append(f"DELETE FROM mail_hosts WHERE name IN ({names});")
+    statements += [
         f"INSERT INTO mail_hosts (name, address) VALUES ({sql_literal(name)}, "
         f"{sql_literal(address)}) ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address;"
-        for name, address in wanted.items() if found.get(name) != address]
-    gone = [name for name in found if name not in wanted]
-    if gone:  # a host still home to mailboxes stays listed (check reports them)
-        names = ", ".join(sql_literal(n) for n in gone)
-        statements.append(f"DELETE FROM mail_hosts h WHERE name IN ({names}) AND NOT EXISTS "
-                          "(SELECT 1 FROM mailboxes m WHERE m.home = h.name);")
-    if homeless:
+        for name, address in wanted.items() if state.hosts.get(name) != address]
+    if state.homeless or migrating:  # (before the migration the snapshot could not tell)
         statements.append(f"UPDATE mailboxes SET home = {sql_literal(first)} WHERE home IS NULL;")
+    if stale_checks:
+        statements.append("DELETE FROM mailboxes WHERE system AND email IN ("
+                          + ", ".join(sql_literal(a) for a in stale_checks) + ");")
     for address, home in check_mailboxes.items():
         domain = address.split("@", 1)[1]
         statements.append(
@@ -75,17 +111,21 @@ def deploy(ctx: HostContext) -> None:
     cluster = cluster_state(ctx)
     if cluster is None or not cluster.writes_here(ctx.plan.host) or not ctx.plan.mail_cluster:
         return
-    found, homeless, checks = parse_state(ctx.snapshot("homes"))
+    state = HomesState.parse(ctx.snapshot("homes"))
     wanted = dict(ctx.plan.mail_cluster)
     password, fresh = ctx.secret(mailflow.SECRET)  # the fleet's (cluster.SHARED_SECRETS)
     domain = ctx.config.mail.domain
-    missing = {mailflow.check_address(domain, name): name for name in wanted
-               if checks.get(mailflow.check_address(domain, name)) != name}
-    if fresh:
-        missing = {mailflow.check_address(domain, name): name for name in wanted}
+    addresses = {mailflow.check_address(domain, name): name for name in wanted}
+    missing = addresses if fresh else {a: h for a, h in addresses.items()
+                                       if state.checks.get(a) != h}
+    # the mailboxes from before several mail hosts live where the cluster's database came
+    # from when that is a mail host (a single host grown into a cluster)
+    first = cluster.source if cluster.source in wanted else first_home(ctx.plan)
     ctx.op(homes, name="Record the mail hosts and each mailbox's home", wanted=wanted,
-           found=found, homeless=homeless, first=next(iter(wanted)), check_mailboxes=missing,
-           password_hash=hash_password(password) if missing else "")
+           state=state, first=first,
+           stale_checks=[a for a in state.checks if a == mailflow.check_address(domain)],
+           check_mailboxes=missing, password_hash=hash_password(password) if missing else "",
+           migrating=database_state(ctx).schema_version < 6)
 
 
 _COUNTS = (f"{PSQL} -tA -d {DATABASE} -c " + shlex.quote(

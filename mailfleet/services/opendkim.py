@@ -22,6 +22,7 @@ from pyinfra.operations import systemd
 from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.tunnel import ssh_run
+from mailfleet.errors import DeployError
 from mailfleet.services import system
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
@@ -112,19 +113,35 @@ def key_record_file(pem: str, domain: str, selector: str) -> str:
 
 
 def prepare(engine: Engine, config: Config) -> None:
-    """In a cluster: each domain's key, from the first mail host that holds one, else new
-    (engine.shared[FLEET_KEYS]); the deploy writes it on every mail host."""
+    """In a cluster: each domain's key, the one the mail hosts hold, else new
+    (engine.shared[FLEET_KEYS]); the deploy writes it where it is missing. A key is never
+    replaced: mail hosts holding different keys, or one that cannot be read, stop the
+    deploy."""
     mail = [m for m in config.cluster_members() if "mail" in m.roles]
     if not mail or not any(m.name in engine.settings for m in mail):
         return
     command = print_private_keys_command(config)
     inside = [m.name for m in mail if m.name in engine.settings]
     texts = engine.facts(Command, hosts=inside, command=command)
-    held = [parse_private_keys(texts[m.name] if m.name in inside else ssh_run(m, command))
-            for m in mail]
-    engine.shared[FLEET_KEYS] = {
-        domain: next((keys[domain] for keys in held if domain in keys), None) or new_private_key()
-        for domain in config.mail.all_domains}
+    held = {}
+    for member in mail:
+        text = texts.get(member.name) if member.name in inside else ssh_run(member, command)
+        if text is None:
+            raise DeployError(f"The DKIM keys on {member.name} could not be read, so whether "
+                              "the mail hosts share one cannot be told.",
+                              hint=f"Check SSH access to {member.name}, then deploy again.")
+        held[member.name] = parse_private_keys(text)
+    keys = {}
+    for domain in config.mail.all_domains:
+        found = {name: k[domain] for name, k in held.items() if domain in k}
+        if len(set(found.values())) > 1:
+            raise DeployError(
+                f"The mail hosts {', '.join(found)} hold different DKIM keys for {domain}: "
+                "one must sign for all (one DNS record), and mailfleet never replaces a key.",
+                hint=f"Keep the published one: copy {key_path(domain, config.mail.dkim_selector)} "
+                     "(and its .txt) from its host to the others, then deploy again.")
+        keys[domain] = next(iter(found.values()), None) or new_private_key()
+    engine.shared[FLEET_KEYS] = keys
 
 
 def fleet_keys(ctx: HostContext, selector: str) -> list:

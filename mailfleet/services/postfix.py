@@ -21,8 +21,6 @@ from mailfleet.templating import render
 
 PACKAGES = ["postfix", "postfix-pgsql"]
 QUOTA_STATUS_PORT = 12340
-# Dovecot's LMTP over TCP, in a cluster with several mail hosts (services/dovecot.py)
-LMTP_PORT = 24
 OPENDKIM_PORT = 8891
 OPENDMARC_PORT = 8893
 MAP_DIR = "/etc/postfix/pgsql"
@@ -108,7 +106,7 @@ def deploy(ctx: HostContext) -> None:
             compatibility_level=release.postfix_compatibility,
             message_size_bytes=ctx.config.mail.message_size_mb * 1024 * 1024,
             quota_status_port=QUOTA_STATUS_PORT, opendkim_port=OPENDKIM_PORT,
-            opendmarc_port=OPENDMARC_PORT, lmtp_port=LMTP_PORT if ctx.plan.mail_cluster else 0,
+            opendmarc_port=OPENDMARC_PORT,
             chain_file=certs.CHAIN_FILE, cipher_list=certs.TLS12_CIPHERS,
         ),
         validate=_validate("main.cf"),

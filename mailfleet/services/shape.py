@@ -19,9 +19,9 @@ from mailfleet.engine.facts import FactRead
 from mailfleet.services.checks import CheckResult
 
 # public: open to everyone; private: to the web-only hosts this host serves; cluster: to the
-# other members of the accounts database's cluster, on the VPN only; local: 127.0.0.1 only,
-# never in the firewall
-Exposure = Literal["public", "private", "cluster", "local"]
+# other members of the accounts database's cluster, on the VPN only; mail cluster: to the
+# cluster's other mail hosts, on the VPN only; local: 127.0.0.1 only, never in the firewall
+Exposure = Literal["public", "private", "cluster", "mail cluster", "local"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,11 @@ class HostPlan:
     def database_peers(self) -> tuple[str, ...]:
         """The peers this host's PostgreSQL serves (none when no webmail needs it)."""
         return self.peers if self.webmail_databases else ()
+
+    @property
+    def mail_peers(self) -> tuple[str, ...]:
+        """The cluster's other mail hosts' VPN addresses (they proxy mailboxes to this one)."""
+        return tuple(address for name, address in self.mail_cluster if name != self.host)
 
     @property
     def cluster_peers(self) -> tuple[str, ...]:

@@ -13,6 +13,8 @@ from mailfleet.services.checks import CheckResult
 from mailfleet.services.shape import Service, Unit
 
 LOCALHOST = {"127.0.0.1", "::1"}
+# the exposures whose ports listen on the host's private (VPN) address too
+PRIVATE = ("private", "cluster", "mail cluster")
 
 
 def parse(text: str, units: list[str]) -> tuple[dict[str, str], dict[int, set[str]]]:
@@ -53,9 +55,9 @@ def host_checks(name: str, units: list[Unit], text: str,
                                            f"{port.what} is not listening",
                                            f"see `journalctl -u {unit.name}` on the host"))
             elif port.exposure != "public" and addresses - LOCALHOST - (
-                    private if port.exposure in ("private", "cluster") else frozenset()):
-                where = " and ".join(["localhost", *(sorted(private) if port.exposure in
-                                                     ("private", "cluster") else [])])
+                    private if port.exposure in PRIVATE else frozenset()):
+                where = " and ".join(["localhost", *(sorted(private) if port.exposure in PRIVATE
+                                                     else [])])
                 results.append(CheckResult(name, f"port {port.number}", "fail",
                                            f"{port.what} listens on {', '.join(sorted(addresses))}",
                                            f"it must listen on {where} only: run `mailfleet deploy`"))

@@ -4,6 +4,7 @@ tests/lab/test_cluster.py runs the real thing)."""
 from __future__ import annotations
 
 import base64
+from unittest import mock
 
 import dkim
 import pytest
@@ -236,9 +237,10 @@ def test_every_mail_member_proxies_to_the_others_on_the_vpn():
     assert plans["n3"].mail_cluster == mail_cluster and "dovecot" not in plans["n3"].services
     assert "homes" in plans["n3"].services  # the primary may be a db-only member
     lmtp = [p for p in plans["n2"].ports if p.number == 24]
-    assert [p.exposure for p in lmtp] == ["cluster"]
+    assert [p.exposure for p in lmtp] == ["mail cluster"]
     rules = firewall.wanted_rules(config, plans["n2"], {22}, False)
     assert "allow in on wg0 from 10.8.0.1 to any port 24 proto tcp" in rules
+    assert "allow in on wg0 from 10.8.0.3 to any port 24 proto tcp" not in rules  # db only
     assert not [r for r in rules if " 24 " in r and "wg0" not in r]
     # a single host has no proxy, no port 24
     lone = parse(BASE + '[[hosts]]\nname = "n1"\naddress = "192.0.2.1"\n')
@@ -256,26 +258,46 @@ def _two_mail_hosts():
 
 
 def test_the_homes_state_is_read_from_the_snapshot():
-    text = ("host n1 10.8.0.1\nhost n2 10.8.0.2\nhomeless 3\n"
+    text = ("host n1 10.8.0.1\nhost n2 10.8.0.2\nhomeless 3\nhomed n1 7\n\n"
             "check mailfleet-check-n1@example.org n1\nnoise\nhomeless x\n")
-    assert homes.parse_state(text) == ({"n1": "10.8.0.1", "n2": "10.8.0.2"}, 3,
-                                       {"mailfleet-check-n1@example.org": "n1"})
-    assert homes.parse_state("") == ({}, 0, {})
+    assert homes.HomesState.parse(text) == homes.HomesState(
+        {"n1": "10.8.0.1", "n2": "10.8.0.2"}, 3, {"n1": 7},
+        {"mailfleet-check-n1@example.org": "n1"})
+    assert homes.HomesState.parse("") == homes.HomesState()
+
+
+class _Host:
+    @staticmethod
+    def noop(description: str) -> None:
+        pass
 
 
 def _sql(op_function, **kwargs) -> str:
     """The commands a pyinfra operation function yields (its body, run outside pyinfra)."""
-    return "\n".join(str(c) for c in op_function._inner(**kwargs))
+    with mock.patch.object(homes, "host", _Host):
+        return "\n".join(str(c) for c in op_function._inner(**kwargs))
 
 
 def test_homes_writes_only_what_differs_and_never_drops_a_host_still_home_to_mailboxes():
-    sql = _sql(homes.homes, wanted={"n1": "10.8.0.1", "n2": "10.8.0.2"},
-               found={"n1": "10.8.0.1", "old": "10.8.0.9"}, homeless=2, first="n1",
-               check_mailboxes={"mailfleet-check-n2@example.org": "n2"}, password_hash="{X}y")
+    state = homes.HomesState({"n1": "10.8.0.1", "old": "10.8.0.9", "kept": "10.8.0.8"}, 2,
+                             {"kept": 3})
+    sql = _sql(homes.homes, wanted={"n1": "10.8.0.1", "n2": "10.8.0.2"}, state=state,
+               first="n1", stale_checks=["mailfleet-check@example.org"],
+               check_mailboxes={"mailfleet-check-n2@example.org": "n2"}, password_hash="{X}y",
+               migrating=False)
     assert "VALUES ('n2', '10.8.0.2')" in sql and "VALUES ('n1'" not in sql
-    assert "DELETE FROM mail_hosts h WHERE name IN ('old') AND NOT EXISTS" in sql
+    assert "DELETE FROM mail_hosts WHERE name IN ('old');" in sql  # not 'kept': home to 3
+    assert sql.index("DELETE FROM mail_hosts") < sql.index("INSERT INTO mail_hosts")
     assert "UPDATE mailboxes SET home = 'n1' WHERE home IS NULL;" in sql
+    assert "DELETE FROM mailboxes WHERE system AND email IN ('mailfleet-check@example.org')" in sql
     assert "'mailfleet-check-n2@example.org', 'example.org'" in sql and "'n2')" in sql
+    # all in place: nothing to do; before the migration the homeless cannot be counted
+    done = homes.HomesState({"n1": "10.8.0.1"}, 0, {"n1": 5})
+    assert _sql(homes.homes, wanted={"n1": "10.8.0.1"}, state=done, first="n1",
+                stale_checks=[], check_mailboxes={}, password_hash="", migrating=False) == ""
+    assert "UPDATE mailboxes SET home = 'n1'" in _sql(
+        homes.homes, wanted={"n1": "10.8.0.1"}, state=done, first="n1", stale_checks=[],
+        check_mailboxes={}, password_hash="", migrating=True)
 
 
 def test_a_cluster_of_mail_hosts_has_equal_mxs_and_a_check_mailbox_each():

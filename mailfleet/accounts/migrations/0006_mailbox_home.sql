@@ -6,7 +6,7 @@
 CREATE TABLE mail_hosts (
     name     text PRIMARY KEY CHECK (name ~ '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$'),
     -- where the other mail hosts reach it (its VPN address)
-    address  inet NOT NULL UNIQUE
+    address  inet NOT NULL
 );
 
 ALTER TABLE mailboxes ADD COLUMN home text REFERENCES mail_hosts (name) ON UPDATE CASCADE;
