@@ -121,11 +121,13 @@ def deploy(ctx: HostContext) -> None:
     # the mailboxes from before several mail hosts live where the cluster's database came
     # from when that is a mail host (a single host grown into a cluster)
     first = cluster.source if cluster.source in wanted else first_home(ctx.plan)
+    migrating = database_state(ctx).schema_version < 6  # (the snapshot could not tell)
+    single = mailflow.check_address(domain)  # the single host's check mailbox
     ctx.op(homes, name="Record the mail hosts and each mailbox's home", wanted=wanted,
            state=state, first=first,
-           stale_checks=[a for a in state.checks if a == mailflow.check_address(domain)],
+           stale_checks=[single] if migrating or single in state.checks else [],
            check_mailboxes=missing, password_hash=hash_password(password) if missing else "",
-           migrating=database_state(ctx).schema_version < 6)
+           migrating=migrating)
 
 
 _COUNTS = (f"{PSQL} -tA -d {DATABASE} -c " + shlex.quote(
