@@ -9,7 +9,7 @@ which reports success while keeping the old config on some errors) when it chang
 
 from __future__ import annotations
 
-from pyinfra.facts.files import Directory
+from pyinfra.facts.files import Directory, File
 from pyinfra.operations import files, systemd
 
 from mailfleet.engine import HostContext, config_file
@@ -83,4 +83,5 @@ SERVICE = Service(
     "dovecot", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
     units=units,
     managed_paths=("/etc/dovecot", "/etc/systemd/system/dovecot.service.d"),
-    facts=lambda ctx: [(Directory, {"path": "/var/spool/postfix/private"})])
+    facts=lambda ctx: [(Directory, {"path": "/var/spool/postfix/private"}),
+                       *(() if ctx.plan.mail_cluster else ((File, {"path": AFTER_VPN}),))])
