@@ -75,12 +75,12 @@ def known(ctx: HostContext) -> bool:
 
 
 @operation()
-def homes(wanted: dict[str, str], state: HomesState, first: str, stale_checks: list[str],
+def homes(wanted: dict[str, str], found: HomesState, first: str, stale_checks: list[str],
           check_mailboxes: dict[str, str], password_hash: str, migrating: bool):
     """mail_hosts as the config has them (a host gone from it stays while it is home to
     mailboxes: check reports them); a mailbox without a home gets `first`; the mail hosts'
     check mailboxes ({address: home}) with `password_hash`, the single host's gone."""
-    gone = [name for name in state.hosts if name not in wanted and not state.homed.get(name)]
+    gone = [name for name in found.hosts if name not in wanted and not found.homed.get(name)]
     statements = []
     if gone:  # first: a new host may take a gone one's address
         names = ", ".join(sql_literal(n) for n in gone)
@@ -88,8 +88,8 @@ def homes(wanted: dict[str, str], state: HomesState, first: str, stale_checks: l
     statements += [
         f"INSERT INTO mail_hosts (name, address) VALUES ({sql_literal(name)}, "
         f"{sql_literal(address)}) ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address;"
-        for name, address in wanted.items() if state.hosts.get(name) != address]
-    if state.homeless or migrating:  # (before the migration the snapshot could not tell)
+        for name, address in wanted.items() if found.hosts.get(name) != address]
+    if found.homeless or migrating:  # (before the migration the snapshot could not tell)
         statements.append(f"UPDATE mailboxes SET home = {sql_literal(first)} WHERE home IS NULL;")
     if stale_checks:
         statements.append("DELETE FROM mailboxes WHERE system AND email IN ("
@@ -124,7 +124,7 @@ def deploy(ctx: HostContext) -> None:
     migrating = database_state(ctx).schema_version < 6  # (the snapshot could not tell)
     single = mailflow.check_address(domain)  # the single host's check mailbox
     ctx.op(homes, name="Record the mail hosts and each mailbox's home", wanted=wanted,
-           state=state, first=first,
+           found=state, first=first,
            stale_checks=[single] if migrating or single in state.checks else [],
            check_mailboxes=missing, password_hash=hash_password(password) if missing else "",
            migrating=migrating)

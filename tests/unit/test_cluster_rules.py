@@ -281,7 +281,7 @@ def _sql(op_function, **kwargs) -> str:
 def test_homes_writes_only_what_differs_and_never_drops_a_host_still_home_to_mailboxes():
     state = homes.HomesState({"n1": "10.8.0.1", "old": "10.8.0.9", "kept": "10.8.0.8"}, 2,
                              {"kept": 3})
-    sql = _sql(homes.homes, wanted={"n1": "10.8.0.1", "n2": "10.8.0.2"}, state=state,
+    sql = _sql(homes.homes, wanted={"n1": "10.8.0.1", "n2": "10.8.0.2"}, found=state,
                first="n1", stale_checks=["mailfleet-check@example.org"],
                check_mailboxes={"mailfleet-check-n2@example.org": "n2"}, password_hash="{X}y",
                migrating=False)
@@ -293,10 +293,10 @@ def test_homes_writes_only_what_differs_and_never_drops_a_host_still_home_to_mai
     assert "'mailfleet-check-n2@example.org', 'example.org'" in sql and "'n2')" in sql
     # all in place: nothing to do; before the migration the homeless cannot be counted
     done = homes.HomesState({"n1": "10.8.0.1"}, 0, {"n1": 5})
-    assert _sql(homes.homes, wanted={"n1": "10.8.0.1"}, state=done, first="n1",
+    assert _sql(homes.homes, wanted={"n1": "10.8.0.1"}, found=done, first="n1",
                 stale_checks=[], check_mailboxes={}, password_hash="", migrating=False) == ""
     assert "UPDATE mailboxes SET home = 'n1'" in _sql(
-        homes.homes, wanted={"n1": "10.8.0.1"}, state=done, first="n1", stale_checks=[],
+        homes.homes, wanted={"n1": "10.8.0.1"}, found=done, first="n1", stale_checks=[],
         check_mailboxes={}, password_hash="", migrating=True)
 
 
