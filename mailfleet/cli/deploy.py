@@ -18,7 +18,7 @@ from mailfleet.config import Config
 from mailfleet.engine import DeployReport, Engine, HostReport
 from mailfleet.engine.report import merged
 from mailfleet.errors import DeployError
-from mailfleet.services import cluster, opendkim, ssh_vpn, sshd, upstream, wireguard
+from mailfleet.services import backup, cluster, opendkim, ssh_vpn, sshd, upstream, wireguard
 from mailfleet.services.checks import CheckResult, all_passed, score
 
 Limit = Annotated[
@@ -84,11 +84,17 @@ def run_deploy(g: Globals, config: Config, limit: list[str] | None, check: bool 
                 report = engine.deploy(services.deploy_steps())
             else:
                 report = _deploy_with_progress(engine)
+            state = engine.shared.get("cluster")
+            joined = [n for n in (state.joining if state else ()) if engine.plans[n].backups]
         if not check:
             switch_to_admin(g, config, report)
             switch_to_vpn(g, report)
             if report.ok and any(h.name in names for h in config.cluster_members()):
                 settled(g.load(), report)
+                if report.ok and joined:  # once their database streams
+                    hosts = [h for h in g.load().hosts if h.name in joined]
+                    for name, why in backup.first_backups(config, hosts).items():
+                        report.hosts[name].error = why
         reports.append(report)
     return merged(reports)
 

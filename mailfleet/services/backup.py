@@ -28,7 +28,7 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.facts import FactRead
 from mailfleet.engine.snapshot import SECRETS_DIR, FileState
 from mailfleet.engine.tunnel import ssh_run
-from mailfleet.errors import ConfigError
+from mailfleet.errors import ConfigError, DeployError
 from mailfleet.localfile import write_private
 from mailfleet.services import certs, mailstore, opendkim, patroni, postgres, radicale
 from mailfleet.services.checks import CheckResult
@@ -39,7 +39,7 @@ from mailfleet.templating import render
 PACKAGES = ["restic"]
 ROOT = "/var/backups/mailfleet"
 PG_DIR = f"{ROOT}/postgres"
-WAL_DIR = f"{PG_DIR}/wal"
+WAL_DIR = postgres.WAL_ARCHIVE
 SCRIPT = "/usr/local/lib/mailfleet/backup.sh"
 # restic reads its settings from files itself: the repository address (which can hold a
 # password and any character) never passes through a shell or an env file a shell sources
@@ -118,8 +118,7 @@ def script(config, postgresql: str) -> str:
                   keep_monthly=settings.keep_monthly, stamp_file=STAMP)
 
 
-def archive_conf(ctx: HostContext) -> str:
-    return f"{postgres.conf_dir(ctx)}/mailfleet-archive.conf"
+archive_conf = postgres.archive_conf
 
 
 @operation()
@@ -166,16 +165,14 @@ def deploy(ctx: HostContext) -> None:
     for path in (PG_DIR, WAL_DIR):  # PostgreSQL writes both (pg_basebackup, archive_command)
         ctx.op(files.directory, name=f"Create {path}", path=path, user="postgres",
                group="postgres", mode="700")
-    if ctx.plan.cluster and ctx.plan.host in postgres.cluster_state(ctx).joining:
-        ctx.op(patroni.answering, name="Wait until PostgreSQL runs under Patroni (joining)")
-    # a cluster member archives as a standby too ("always"): its WAL archive goes on
-    # whichever member is the primary, and its backups run on either role
-    archive = ctx.op(config_file, name="Archive PostgreSQL's WAL",
-                     dest=archive_conf(ctx),
-                     content=render("backup/archive.conf.j2", wal_dir=WAL_DIR,
-                                    mode="always" if ctx.plan.cluster else "on"),
-                     user="postgres", group="postgres")
-    patroni.restart_postgresql(ctx, "archiving", undo=archive_conf(ctx), _if=ctx.changed(archive))
+    # a joining member's PostgreSQL is still being copied: it starts archiving with the
+    # settings written before Patroni started it (postgres.cluster_members_only), and its
+    # first backup runs once it streams (cli/deploy.py, first_backups)
+    joining = joins(ctx)
+    if not joining:
+        archive = postgres.archive_settings(ctx)
+        patroni.restart_postgresql(ctx, "archiving", undo=archive_conf(ctx),
+                                   _if=ctx.changed(archive))
     # the address byte for byte (restic reads it itself), root's only: it may hold a password
     ctx.op(config_file, name=f"Write {REPOSITORY_FILE}", dest=REPOSITORY_FILE, mode="600",
            content=settings.repository, secret=True)
@@ -193,7 +190,7 @@ def deploy(ctx: HostContext) -> None:
              for kind in ("service", "timer")]
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(*units))
     ctx.service(f"{UNIT}.timer", restart_when=(units[1],))
-    if not state.get("last") and state.get("history", "0") == "0":
+    if not joining and not state.get("last") and state.get("history", "0") == "0":
         # a host is not backed up until a backup has worked: the first one runs now (a
         # rebuilt host whose name has snapshots waits for `backup restore` instead)
         ctx.op(first_backup, name="Run the first backup")
@@ -201,10 +198,30 @@ def deploy(ctx: HostContext) -> None:
 
 @operation()
 def first_backup():
-    # the script itself, not its unit: in a container a quick second start of the unit can
-    # fail with 219/CGROUP while systemd still tears down the first run's cgroup. Exit 3:
-    # the script found this name's history in the repository and waits for a restore.
-    yield f"{SCRIPT} || [ $? -eq 3 ]"
+    yield FIRST_BACKUP
+
+
+# the script itself, not its unit: in a container a quick second start of the unit can
+# fail with 219/CGROUP while systemd still tears down the first run's cgroup. Exit 3:
+# the script found this name's history in the repository and waits for a restore.
+FIRST_BACKUP = f"{SCRIPT} || [ $? -eq 3 ]"
+
+
+def joins(ctx: HostContext) -> bool:
+    """This host joins the cluster in this deploy (its database is copied meanwhile)."""
+    return bool(ctx.plan.cluster) and ctx.plan.host in postgres.cluster_state(ctx).joining
+
+
+def first_backups(config, hosts: list[HostSettings]) -> dict[str, str]:
+    """The first backup of hosts that joined a cluster, once their database streams (after
+    the deploy): {host: why it failed}."""
+    failed = {}
+    for settings in hosts:
+        try:
+            ssh_run(settings, FIRST_BACKUP, timeout=900)
+        except DeployError as err:
+            failed[settings.name] = f"its first backup failed: {err.message}"
+    return failed
 
 
 # -- what `check` and `backup verify` read ---------------------------------------------------

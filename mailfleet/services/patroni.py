@@ -62,14 +62,6 @@ def leading(seconds: int):
 
 
 @operation()
-def answering(seconds: int = 300):
-    """Wait until this member's PostgreSQL runs (a joining host's Patroni is still copying
-    the primary when the deploy goes on: nothing else waits for it)."""
-    yield _until("SELECT 1", "1", seconds, "PostgreSQL did not run under Patroni within "
-                 f"{seconds} s (see journalctl -u patroni)")
-
-
-@operation()
 def restarted(member: str, undo: str, seconds: int = 120):
     """Restart a member's PostgreSQL through Patroni (a setting that needs a restart, such
     as archive_mode): systemd does not run it on a member, and Patroni keeps the primary's

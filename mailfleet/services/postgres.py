@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from pyinfra import host
 from pyinfra.api import operation
+from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
@@ -138,6 +139,23 @@ def conf_dir(ctx: HostContext) -> str:
     return f"/etc/postgresql/{platform(ctx).postgresql}/main/conf.d"
 
 
+# WAL archiving, for the backups (services/backup.py): each finished segment is copied here
+WAL_ARCHIVE = "/var/backups/mailfleet/postgres/wal"
+
+
+def archive_conf(ctx: HostContext) -> str:
+    return f"{conf_dir(ctx)}/mailfleet-archive.conf"
+
+
+def archive_settings(ctx: HostContext) -> OperationMeta | None:
+    """Archive the WAL: a cluster member archives as a standby too ("always"), so its
+    archive goes on whichever member is the primary and its backups run on either role."""
+    return ctx.op(config_file, name="Archive PostgreSQL's WAL", dest=archive_conf(ctx),
+                  content=render("backup/archive.conf.j2", wal_dir=WAL_ARCHIVE,
+                                 mode="always" if ctx.plan.cluster else "on"),
+                  user="postgres", group="postgres")
+
+
 # what each webmail's role may reach on the database host, from a web host
 _WEBMAIL_ACCESS = {
     "roundcube": (("roundcube", "mailfleet_roundcube"), (schema.DATABASE, "mailfleet_password")),
@@ -250,6 +268,8 @@ def cluster_members_only(ctx: HostContext, cluster, tuning, hba) -> bool:
     provided(ctx).postgresql_config = (tuning, hba)
     if cluster.bootstraps(ctx.plan.host):
         provided(ctx).postgresql_started = ctx.service(f"postgresql@{version}-main", enabled=False)
+    if ctx.plan.backups and ctx.plan.host in cluster.joining:
+        archive_settings(ctx)  # before Patroni first starts the copy (services/backup.py)
     if not cluster.writes_here(ctx.plan.host):
         for rolename in [*schema.ROLES, *(WEBMAIL_DATABASES[k][1] for k in ctx.plan.webmail_databases)]:
             ctx.secret(f"postgres-{rolename}")
