@@ -76,18 +76,22 @@ def stored_messages(cli: Cli, node: str, user: str) -> int:
 def sieve_login(address: str, context, server: str, user: str) -> bytes:
     """ManageSieve's answer to a PLAIN login after STARTTLS (b"OK..." when it worked)."""
     token = base64.b64encode(f"\0{user}\0{PASSWORD}".encode())
-    with mailclient.tls_handshake(address, 4190, "sieve-starttls", server, context) as tls:
-        tls.sendall(b"CAPABILITY\r\n")
-        data = b""
-        while not (data.startswith(b"OK") or b"\r\nOK" in data):
+
+    def answer(tls, data: bytes = b"") -> bytes:  # up to the line that ends the response
+        while not any(line.startswith((b"OK", b"NO", b"BYE")) for line in data.split(b"\r\n")):
             chunk = tls.recv(4096)
             if not chunk:
                 break
             data += chunk
+        return next((line for line in data.split(b"\r\n")
+                     if line.startswith((b"OK", b"NO", b"BYE"))), data)
+
+    with mailclient.tls_handshake(address, 4190, "sieve-starttls", server, context) as tls:
+        answer(tls)  # the capabilities a server repeats after STARTTLS
         tls.sendall(b'AUTHENTICATE "PLAIN" "' + token + b'"\r\n')
-        answer = tls.recv(4096)
+        result = answer(tls)
         tls.sendall(b"LOGOUT\r\n")
-        return answer
+        return result
 
 
 def same_dkim_key(cli: Cli, nodes: tuple[str, ...]) -> bool:
