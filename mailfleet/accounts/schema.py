@@ -40,6 +40,11 @@ class Migration:
                 f"VALUES ({self.version}, '{self.name}');\n")
 
 
+def sql_literal(value: str) -> str:
+    """A value as an SQL string literal (for the psql scripts and queries mailfleet writes)."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def migrations() -> list[Migration]:
     found = []
     for path in sorted(MIGRATIONS.glob("*.sql")):

@@ -118,9 +118,6 @@ def script(config, postgresql: str) -> str:
                   keep_monthly=settings.keep_monthly, stamp_file=STAMP)
 
 
-archive_conf = postgres.archive_conf
-
-
 @operation()
 def stop_backups(paths: list[str]):
     """Backups switched off: the timer stops, mailfleet's units, script, repository address,
@@ -137,7 +134,7 @@ def retire(ctx: HostContext) -> None:
     repository, no mail role): only when mailfleet's setup is there (per the snapshot), so a
     second deploy changes nothing. PostgreSQL stops archiving WAL (archive_mode needs a
     restart: once, only when the archive file was there)."""
-    archive = archive_conf(ctx)
+    archive = postgres.archive_conf(ctx)
     present = [path for path in (REPOSITORY_FILE, PASSWORD_FILE, OLD_ENV_FILE, SCRIPT,
                                  *UNIT_FILES, archive)
                if isinstance(ctx.file_state(path), FileState)]
@@ -171,7 +168,7 @@ def deploy(ctx: HostContext) -> None:
     joining = joins(ctx)
     if not joining:
         archive = postgres.archive_settings(ctx)
-        patroni.restart_postgresql(ctx, "archiving", undo=archive_conf(ctx),
+        patroni.restart_postgresql(ctx, "archiving", undo=postgres.archive_conf(ctx),
                                    _if=ctx.changed(archive))
     # the address byte for byte (restic reads it itself), root's only: it may hold a password
     ctx.op(config_file, name=f"Write {REPOSITORY_FILE}", dest=REPOSITORY_FILE, mode="600",

@@ -177,15 +177,21 @@ def shared_secrets(state: ClusterState, probes: dict[str, MemberProbe]) -> dict[
     return values
 
 
-def probe_all(engine: Engine, members: list[HostSettings]) -> dict[str, MemberProbe]:
-    """Every member's probe: those of this deploy through the engine, the others over SSH."""
-    inside = {name for name in engine.settings}
-    texts = engine.facts(Command, hosts=[m.name for m in members if m.name in inside],
-                         command=PROBE)
+def read_on(engine: Engine, members: list[HostSettings], command: str) -> dict[str, str | None]:
+    """One shell read on every member: those of this deploy through the engine (None for
+    a failed or silent read), the others over SSH."""
+    texts = engine.facts(Command, hosts=[m.name for m in members if m.name in engine.settings],
+                         command=command)
     for member in members:
-        if member.name not in inside:
-            texts[member.name] = ssh_run(member, PROBE)
-    return {name: MemberProbe.parse(text) for name, text in texts.items()}
+        if member.name not in engine.settings:
+            texts[member.name] = ssh_run(member, command)
+    return texts
+
+
+def probe_all(engine: Engine, members: list[HostSettings]) -> dict[str, MemberProbe]:
+    """Every member's probe."""
+    return {name: MemberProbe.parse(text)
+            for name, text in read_on(engine, members, PROBE).items()}
 
 
 def prepare(engine: Engine, config: Config) -> ClusterState | None:
@@ -217,7 +223,7 @@ def status_command(address: str, host: str = "") -> str:
                    "coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication "
                    "WHERE NOT pg_is_in_recovery()")
     homed = ("SELECT count(*) FROM mailboxes WHERE NOT system AND home = "
-             + "'" + host.replace("'", "''") + "'")
+             f"{schema.sql_literal(host)}")
     return "; ".join([
         f"echo \"patroni $(python3 -c {shlex.quote(fetch)} 2>/dev/null)\"",
         f"{_PSQL} -F ' ' -c {shlex.quote(replication)} 2>/dev/null | sed 's/^/standby /'",

@@ -70,8 +70,8 @@ def known(ctx: HostContext) -> bool:
     if not ctx.plan.mail_cluster:
         return False
     cluster = cluster_state(ctx)
-    return (database_state(ctx).schema_version >= 6 or cluster is None
-            or cluster.writes_here(ctx.plan.host) or ctx.plan.host in cluster.joining)
+    return (database_state(ctx).schema_version >= 6 or cluster.writes_here(ctx.plan.host)
+            or ctx.plan.host in cluster.joining)
 
 
 @operation()

@@ -23,7 +23,7 @@ from mailfleet.config import Config, HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import DeployError
-from mailfleet.services import system
+from mailfleet.services import cluster, system
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.postfix import OPENDKIM_PORT
 from mailfleet.services.shape import Port, Service, Unit
@@ -121,17 +121,13 @@ def prepare(engine: Engine, config: Config) -> None:
     mail = [m for m in config.cluster_members() if "mail" in m.roles]
     if not mail or not any(m.name in engine.settings for m in mail):
         return
-    command = print_private_keys_command(config)
-    inside = [m.name for m in mail if m.name in engine.settings]
-    texts = engine.facts(Command, hosts=inside, command=command)
     held = {}
-    for member in mail:
-        text = texts.get(member.name) if member.name in inside else ssh_run(member, command)
+    for name, text in cluster.read_on(engine, mail, print_private_keys_command(config)).items():
         if not (text or "").startswith("read"):  # (a fact that failed is None)
-            raise DeployError(f"The DKIM keys on {member.name} could not be read, so whether "
+            raise DeployError(f"The DKIM keys on {name} could not be read, so whether "
                               "the mail hosts share one cannot be told.",
-                              hint=f"Check SSH access to {member.name}, then deploy again.")
-        held[member.name] = parse_private_keys(text)
+                              hint=f"Check SSH access to {name}, then deploy again.")
+        held[name] = parse_private_keys(text)
     keys = {}
     for domain in config.mail.all_domains:
         found = {name: k[domain] for name, k in held.items() if domain in k}

@@ -120,8 +120,8 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         upstream=upstream, peers=peers,
         private_address=private_address(config, host) if upstream or peers or cluster else "",
         cluster=cluster,
-        mail_cluster=tuple((n, a) for n, a in cluster
-                           if "mail" in next(h for h in members if h.name == n).roles),
+        mail_cluster=tuple((h.name, private_address(config, h)) for h in members
+                           if "mail" in h.roles) if cluster else (),
         # in a cluster every member holds them (whichever is primary makes them)
         webmail_databases=((features.webmail,) if "db" in roles and features.webmail != "none"
                            and (any_web or any("web" in m.roles for m in members if cluster))

@@ -21,6 +21,7 @@ from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
 from mailfleet.accounts import schema
+from mailfleet.accounts.schema import sql_literal
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.errors import DeployError
@@ -34,9 +35,6 @@ from mailfleet.templating import render
 PACKAGES = ["postgresql"]
 PSQL = "runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1"
 
-
-def sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
 
 
 def psql_script(sql: str, database: str = "postgres") -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import imaplib
 import json
+import shlex
 import time
 
 from conftest import PASSWORD, Cli, LabNet
@@ -69,7 +70,7 @@ def homes(cli: Cli) -> dict[str, str | None]:
 def stored_messages(cli: Cli, node: str, user: str) -> int:
     """How many messages of `user` are in a Maildir on `node` (0: none, or no directory)."""
     local, _, domain = user.partition("@")
-    return int(cli.ssh(node, f"find /var/mail/vmail/{domain}/{local} -type f "
+    return int(cli.ssh(node, f"find {shlex.quote(f'/var/mail/vmail/{domain}/{local}')} -type f "
                              "\\( -path '*/cur/*' -o -path '*/new/*' \\) 2>/dev/null | wc -l"))
 
 
