@@ -47,6 +47,7 @@ from mailfleet.services import (
     postfix,
     postgres,
     radicale,
+    replication,
     roundcube,
     sogo,
     ssh_vpn,
@@ -113,6 +114,7 @@ SERVICES: list[Service] = [
     dovecot.SERVICE,
     postfix.SERVICE,
     mailflow.SERVICE,
+    replication.SERVICE,  # several mail hosts: each copies its mailboxes to their replicas
     roundcube.SERVICE,
     sogo.SERVICE,
     radicale.SERVICE,

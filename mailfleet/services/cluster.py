@@ -39,7 +39,7 @@ REPLICATION_ROLE = "mailfleet_replication"
 # replicated database), replication's and Patroni's REST API's, the check mailboxes'
 SHARED_SECRETS = tuple(dict.fromkeys([
     *(f"postgres-{role}" for role in schema.ROLES), "postgres-mailfleet_roundcube",
-    "postgres-mailfleet_sogo", "cluster-replication", "cluster-rest", "check-mailbox"]))
+    "postgres-mailfleet_sogo", "cluster-replication", "cluster-rest", "check-mailbox", "doveadm"]))
 _PSQL = "runuser -u postgres -- psql -X -tA"
 # the databases a host holds besides PostgreSQL's own: `mailfleet` first, then the others
 _DATABASES = ("SELECT string_agg(datname, ' ' ORDER BY datname <> 'mailfleet', datname) "

@@ -27,6 +27,10 @@ PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
 AFTER_VPN = "/etc/systemd/system/dovecot.service.d/mailfleet.conf"
 # in a cluster with several mail hosts: the others' proxied deliveries, on the VPN address
 LMTP_PORT = 24
+# ... and their copies of the mailboxes homed there (doveadm sync; Dovecot's documented port)
+DOVEADM_PORT = 12345
+DOVEADM_FILE = "/etc/dovecot/mailfleet-doveadm.conf.ext"
+DOVEADM_SECRET = "doveadm"  # one value for the fleet (cluster.SHARED_SECRETS)
 
 
 def deploy(ctx: HostContext) -> None:
@@ -44,6 +48,15 @@ def deploy(ctx: HostContext) -> None:
         mode="640" if version == "2.4" else "600",
         group="dovecot" if version == "2.4" else "root", secret=True,
     )
+    if ctx.plan.replicated:
+        doveadm_password, _ = ctx.secret(DOVEADM_SECRET)
+        doveadm = ctx.op(
+            config_file, name="Write Dovecot's replication password", dest=DOVEADM_FILE,
+            content=render("dovecot/doveadm.conf.ext.j2", password=doveadm_password),
+            mode="640", group="dovecot", secret=True)
+    else:
+        doveadm = ctx.op(files.file, name="Remove Dovecot's replication password",
+                         path=DOVEADM_FILE, present=False)
     mail = ctx.config.mail
     conf = ctx.op(
         config_file, name="Write dovecot.conf", dest="/etc/dovecot/dovecot.conf",
@@ -53,6 +66,7 @@ def deploy(ctx: HostContext) -> None:
             cipher_list=certs.TLS12_CIPHERS, vmail_dir=VMAIL_DIR, vmail_uid=mail.vmail_uid,
             vmail_gid=mail.vmail_gid, default_quota_mb=mail.default_quota_mb,
             quota_status_port=QUOTA_STATUS_PORT, private_address=ctx.plan.private_address,
+            replicas=ctx.plan.replicated, doveadm_file=DOVEADM_FILE, doveadm_port=DOVEADM_PORT,
             **where,
         ),
         validate="doveconf -n -c {path} >/dev/null",
@@ -68,12 +82,15 @@ def deploy(ctx: HostContext) -> None:
     # never started yet (Debian 13 with "No configuration") has not created.
     ctx.op(files.directory, name="Create Postfix's private socket directory",
            path="/var/spool/postfix/private", user="postfix", group="root", mode="700")
-    ctx.service("dovecot", restart_when=(sql, conf, provided(ctx).certificate))
+    ctx.service("dovecot", restart_when=(sql, doveadm, conf, provided(ctx).certificate))
 
 
 def units(plan: HostPlan) -> tuple[Unit, ...]:
     proxied = (Port(LMTP_PORT, "Dovecot LMTP for the other mail hosts", "mail cluster"),) \
         if plan.mail_cluster else ()
+    if plan.replicated:
+        proxied += (Port(DOVEADM_PORT, "Dovecot doveadm (replicas for the other mail hosts)",
+                         "mail cluster"),)
     return (Unit("dovecot", (*(Port(port, f"Dovecot {name}") for port, name in PORTS.items()),
                              Port(QUOTA_STATUS_PORT, "Dovecot quota-status (localhost)", "local"),
                              *proxied)),)
@@ -84,4 +101,5 @@ SERVICE = Service(
     units=units,
     managed_paths=("/etc/dovecot", "/etc/systemd/system/dovecot.service.d"),
     facts=lambda ctx: [(Directory, {"path": "/var/spool/postfix/private"}),
-                       *(() if ctx.plan.mail_cluster else ((File, {"path": AFTER_VPN}),))])
+                       *(() if ctx.plan.mail_cluster else ((File, {"path": AFTER_VPN}),)),
+                       *(() if ctx.plan.replicated else ((File, {"path": DOVEADM_FILE}),))])

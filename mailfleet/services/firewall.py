@@ -8,6 +8,7 @@ exactly what `check` expects.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Iterable
 
 from pyinfra import host
@@ -101,7 +102,7 @@ def rule(port: int) -> str:
 @operation()
 def firewall(wanted: dict[str, str], active: bool, rules: list[str], policies: dict[str, str]):
     """Allow the wanted ports first (never lock out SSH), drop other rules, deny the rest."""
-    commands = [f"ufw {allow} comment 'mailfleet: {what}'"
+    commands = [f"ufw {allow} comment {shlex.quote(f'mailfleet: {what}')}"
                 for allow, what in wanted.items() if allow not in rules]
     commands += [f"ufw --force delete {extra}" for extra in rules if extra not in wanted]
     if policies.get("DEFAULT_INPUT_POLICY") != "DROP":

@@ -28,17 +28,24 @@ _STATE = ("SELECT 'host ' || name || ' ' || host(address) FROM mail_hosts UNION 
           "SELECT 'homed ' || home || ' ' || count(*) FROM mailboxes WHERE home IS NOT NULL "
           "GROUP BY home UNION ALL "
           "SELECT 'check ' || email || ' ' || coalesce(home, '-') FROM mailboxes WHERE system")
-SNAPSHOT = {"homes": f"{PSQL} -tA -d {DATABASE} -c {shlex.quote(_STATE)} 2>/dev/null || true"}
+# (its own query: before schema 7 it fails alone)
+_REPLICAS = ("SELECT 'unreplicated ' || count(*) FROM mailboxes "
+             "WHERE home IS NOT NULL AND replica IS NULL")
+SNAPSHOT = {"homes": "; ".join(f"{PSQL} -tA -d {DATABASE} -c {shlex.quote(query)} 2>/dev/null"
+                               " || true" for query in (_STATE, _REPLICAS))}
+REPLICAS_SCHEMA = 7  # the schema version that has mailboxes.replica
 
 
 @dataclass(frozen=True)
 class HomesState:
     """What the database says before the deploy: the mail hosts and their addresses, how
-    many mailboxes have no home and how many each host is home to, the check mailboxes."""
+    many mailboxes have no home and how many each host is home to, how many have a home
+    but no replica, the check mailboxes."""
 
     hosts: dict[str, str] = field(default_factory=dict)
     homeless: int = 0
     homed: dict[str, int] = field(default_factory=dict)
+    unreplicated: int = 0
     checks: dict[str, str] = field(default_factory=dict)  # address -> home ("-": none)
 
     @classmethod
@@ -50,6 +57,8 @@ class HomesState:
                 state.hosts[values[0]] = values[1]
             elif kind == "homeless" and values and values[0].isdigit():
                 state = replace(state, homeless=int(values[0]))
+            elif kind == "unreplicated" and values and values[0].isdigit():
+                state = replace(state, unreplicated=int(values[0]))
             elif kind == "homed" and len(values) == 2 and values[1].isdigit():
                 state.homed[values[0]] = int(values[1])
             elif kind == "check" and len(values) == 2:
@@ -76,10 +85,12 @@ def known(ctx: HostContext) -> bool:
 
 @operation()
 def homes(wanted: dict[str, str], found: HomesState, first: str, stale_checks: list[str],
-          check_mailboxes: dict[str, str], password_hash: str, migrating: bool):
+          check_mailboxes: dict[str, str], password_hash: str, schema_version: int):
     """mail_hosts as the config has them (a host gone from it stays while it is home to
-    mailboxes: check reports them); a mailbox without a home gets `first`; the mail hosts'
-    check mailboxes ({address: home}) with `password_hash`, the single host's gone."""
+    mailboxes: check reports them); a mailbox without a home gets `first`, one without a
+    replica gets one (migration 0007's trigger); the mail hosts' check mailboxes
+    ({address: home}) with `password_hash`, the single host's gone. Before a migration the
+    snapshot could not tell what is missing: `schema_version` says so."""
     gone = [name for name in found.hosts if name not in wanted and not found.homed.get(name)]
     statements = []
     if gone:  # first: a new host may take a gone one's address
@@ -89,8 +100,13 @@ def homes(wanted: dict[str, str], found: HomesState, first: str, stale_checks: l
         f"INSERT INTO mail_hosts (name, address) VALUES ({sql_literal(name)}, "
         f"{sql_literal(address)}) ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address;"
         for name, address in wanted.items() if found.hosts.get(name) != address]
-    if found.homeless or migrating:  # (before the migration the snapshot could not tell)
+    if found.homeless or schema_version < 6:
         statements.append(f"UPDATE mailboxes SET home = {sql_literal(first)} WHERE home IS NULL;")
+    added = set(wanted) - set(found.hosts)
+    if len(wanted) > 1 and (found.unreplicated or found.homeless or added or gone
+                            or schema_version < REPLICAS_SCHEMA):
+        statements.append("UPDATE mailboxes SET replica = NULL "
+                          "WHERE home IS NOT NULL AND replica IS NULL;")
     if stale_checks:
         statements.append("DELETE FROM mailboxes WHERE system AND email IN ("
                           + ", ".join(sql_literal(a) for a in stale_checks) + ");")
@@ -121,13 +137,13 @@ def deploy(ctx: HostContext) -> None:
     # the mailboxes from before several mail hosts live where the cluster's database came
     # from when that is a mail host (a single host grown into a cluster)
     first = cluster.source if cluster.source in wanted else first_home(ctx.plan)
-    migrating = database_state(ctx).schema_version < 6  # (the snapshot could not tell)
+    version = database_state(ctx).schema_version
     single = mailflow.check_address(domain)  # the single host's check mailbox
-    ctx.op(homes, name="Record the mail hosts and each mailbox's home", wanted=wanted,
-           found=state, first=first,
-           stale_checks=[single] if migrating or single in state.checks else [],
+    ctx.op(homes, name="Record the mail hosts and each mailbox's home and replica",
+           wanted=wanted, found=state, first=first,
+           stale_checks=[single] if version < 6 or single in state.checks else [],
            check_mailboxes=missing, password_hash=hash_password(password) if missing else "",
-           migrating=migrating)
+           schema_version=version)
 
 
 _COUNTS = (f"{PSQL} -tA -d {DATABASE} -c " + shlex.quote(

@@ -113,6 +113,11 @@ class HostPlan:
         return tuple(address for name, address in self.mail_cluster if name != self.host)
 
     @property
+    def replicated(self) -> bool:
+        """A mail host among several: its mailboxes are copied to the others (replication)."""
+        return self.mail and len(self.mail_cluster) > 1
+
+    @property
     def cluster_peers(self) -> tuple[str, ...]:
         """The other members' VPN addresses (they reach this member's cluster ports)."""
         return tuple(address for name, address in self.cluster if name != self.host)

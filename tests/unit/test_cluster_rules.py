@@ -16,6 +16,7 @@ from mailfleet.dns import records as dns_records
 from mailfleet.engine import mailclient
 from mailfleet.services import cluster, firewall, homes, mailflow, opendkim, restore
 from mailfleet.services.cluster import MemberProbe
+from mailfleet.services.postgres import psql_script
 from mailfleet.templating import render
 
 BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
@@ -259,9 +260,9 @@ def _two_mail_hosts():
 
 def test_the_homes_state_is_read_from_the_snapshot():
     text = ("host n1 10.8.0.1\nhost n2 10.8.0.2\nhomeless 3\nhomed n1 7\n\n"
-            "check mailfleet-check-n1@example.org n1\nnoise\nhomeless x\n")
+            "check mailfleet-check-n1@example.org n1\nnoise\nhomeless x\nunreplicated 4\n")
     assert homes.HomesState.parse(text) == homes.HomesState(
-        {"n1": "10.8.0.1", "n2": "10.8.0.2"}, 3, {"n1": 7},
+        {"n1": "10.8.0.1", "n2": "10.8.0.2"}, 3, {"n1": 7}, 4,
         {"mailfleet-check-n1@example.org": "n1"})
     assert homes.HomesState.parse("") == homes.HomesState()
 
@@ -284,20 +285,36 @@ def test_homes_writes_only_what_differs_and_never_drops_a_host_still_home_to_mai
     sql = _sql(homes.homes, wanted={"n1": "10.8.0.1", "n2": "10.8.0.2"}, found=state,
                first="n1", stale_checks=["mailfleet-check@example.org"],
                check_mailboxes={"mailfleet-check-n2@example.org": "n2"}, password_hash="{X}y",
-               migrating=False)
+               schema_version=7)
     assert "VALUES ('n2', '10.8.0.2')" in sql and "VALUES ('n1'" not in sql
     assert "DELETE FROM mail_hosts WHERE name IN ('old');" in sql  # not 'kept': home to 3
     assert sql.index("DELETE FROM mail_hosts") < sql.index("INSERT INTO mail_hosts")
     assert "UPDATE mailboxes SET home = 'n1' WHERE home IS NULL;" in sql
     assert "DELETE FROM mailboxes WHERE system AND email IN ('mailfleet-check@example.org')" in sql
     assert "'mailfleet-check-n2@example.org', 'example.org'" in sql and "'n2')" in sql
-    # all in place: nothing to do; before the migration the homeless cannot be counted
+    # a new mail host: the mailboxes without a replica get one, after their homes
+    fill = "UPDATE mailboxes SET replica = NULL WHERE home IS NOT NULL AND replica IS NULL;"
+    assert sql.index("SET home = 'n1'") < sql.index(fill)
+    # all in place: nothing to do; before a migration the snapshot cannot count
     done = homes.HomesState({"n1": "10.8.0.1"}, 0, {"n1": 5})
     assert _sql(homes.homes, wanted={"n1": "10.8.0.1"}, found=done, first="n1",
-                stale_checks=[], check_mailboxes={}, password_hash="", migrating=False) == ""
+                stale_checks=[], check_mailboxes={}, password_hash="", schema_version=7) == ""
     assert "UPDATE mailboxes SET home = 'n1'" in _sql(
         homes.homes, wanted={"n1": "10.8.0.1"}, found=done, first="n1", stale_checks=[],
-        check_mailboxes={}, password_hash="", migrating=True)
+        check_mailboxes={}, password_hash="", schema_version=5)
+    pair = {"n1": "10.8.0.1", "n2": "10.8.0.2"}
+    assert _sql(homes.homes, wanted=pair, found=homes.HomesState(pair, 0, {"n1": 5}),
+                first="n1", stale_checks=[], check_mailboxes={}, password_hash="",
+                schema_version=7) == ""
+    for found, version in ((homes.HomesState(pair, 0, {"n1": 5}, 2), 7),
+                           (homes.HomesState(pair, 0, {"n1": 5}), 6)):
+        assert _sql(homes.homes, wanted=pair, found=found, first="n1", stale_checks=[],
+                    check_mailboxes={}, password_hash="", schema_version=version) == \
+            psql_script(fill + "\n", "mailfleet")
+    # one mail host: no replica to give
+    assert _sql(homes.homes, wanted={"n1": "10.8.0.1"},
+                found=homes.HomesState({"n1": "10.8.0.1"}, 0, {"n1": 5}, 5), first="n1",
+                stale_checks=[], check_mailboxes={}, password_hash="", schema_version=7) == ""
 
 
 def test_a_cluster_of_mail_hosts_has_equal_mxs_and_a_check_mailbox_each():

@@ -1,0 +1,104 @@
+"""Replication between a cluster's mail hosts: every mailbox has a home (which serves it) and
+a replica (another mail host with a copy). A service on each mail host copies the mailboxes
+homed there to their replicas with `doveadm sync` every few seconds, through the doveadm
+listener dovecot.py opens on the VPN. The window of mail a destroyed home can lose is about
+one interval plus one copy (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from pyinfra.api import operation
+from pyinfra.facts.server import Command
+from pyinfra.operations import systemd
+
+from mailfleet.accounts.schema import DATABASE
+from mailfleet.engine import Engine, HostContext, config_file
+from mailfleet.engine.snapshot import FileState
+from mailfleet.services.checks import CheckResult
+from mailfleet.services.dovecot import DOVEADM_PORT
+from mailfleet.services.mailstore import VMAIL_DIR
+from mailfleet.services.shape import Service, Unit
+from mailfleet.templating import render
+
+UNIT = "mailfleet-replicate"
+SCRIPT = "/usr/local/lib/mailfleet/replicate.sh"
+STATE_DIR = "/var/lib/mailfleet/replication"
+UNIT_FILE = f"/etc/systemd/system/{UNIT}.service"
+INTERVAL = 10  # seconds between the end of one pass and the next
+FULL_MINUTES = 10  # an unchanged mailbox is still copied this often (a replica restored)
+SYNC_TIMEOUT = 3600  # one mailbox's copy (the first of a large one takes long)
+# a replica this far behind fails `check` (it is down, or copies fail)
+BEHIND_LIMIT = 300
+STATUS = f"cat {STATE_DIR}/status 2>/dev/null; printf 'now '; date +%s"
+
+
+def deploy(ctx: HostContext) -> None:
+    script = ctx.op(config_file, name="Install the replication script", dest=SCRIPT, mode="755",
+                    content=render("replication/mailfleet-replicate.sh.j2", host=ctx.plan.host,
+                                   state_dir=STATE_DIR, vmail_dir=VMAIL_DIR, port=DOVEADM_PORT,
+                                   database=DATABASE, interval=INTERVAL,
+                                   full_minutes=FULL_MINUTES, sync_timeout=SYNC_TIMEOUT))
+    unit = ctx.op(config_file, name=f"Write {UNIT}.service", dest=UNIT_FILE,
+                  content=render(f"replication/{UNIT}.service.j2", script=SCRIPT))
+    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
+    ctx.service(UNIT, restart_when=(script, unit))
+
+
+@operation()
+def stop_replication(paths: list[str]):
+    yield (f"systemctl disable --now {UNIT} >/dev/null 2>&1; "
+           f"rm -f {' '.join(shlex.quote(p) for p in paths)} && systemctl daemon-reload")
+
+
+def retire(ctx: HostContext) -> None:
+    """No longer one of several mail hosts: no replication (the copies stay where they are)."""
+    present = [path for path in (SCRIPT, UNIT_FILE)
+               if isinstance(ctx.file_state(path), FileState)]
+    if present:
+        ctx.op(stop_replication, name="Stop replication", paths=present)
+
+
+def parse_status(text: str) -> tuple[int, int, dict[str, int]]:
+    """(when the last pass began, now, {replica address: seconds behind})."""
+    last = now = 0
+    behind: dict[str, int] = {}
+    for line in text.splitlines():
+        kind, *values = line.split() or [""]
+        if kind == "pass" and values and values[0].isdigit():
+            last = int(values[0])
+        elif kind == "now" and values and values[0].isdigit():
+            now = int(values[0])
+        elif kind == "replica" and len(values) == 2 and values[1].isdigit():
+            behind[values[0]] = int(values[1])
+    return last, now, behind
+
+
+def checks(engine: Engine) -> list[CheckResult]:
+    """Per mail host: its passes go on, and each replica is close behind."""
+    results = []
+    for name, text in engine.facts(Command, command=STATUS).items():
+        plan = engine.plans[name]
+        if not plan.replicated:
+            continue
+        last, now, behind = parse_status(text or "")
+        hint = f"journalctl -u {UNIT} on {name}"
+        if now - last > BEHIND_LIMIT:
+            results.append(CheckResult(
+                name, "replication", "fail",
+                f"last pass {now - last} s ago" if last else "no pass yet", hint))
+            continue
+        names = {address: other for other, address in plan.mail_cluster}
+        late = any(seconds > BEHIND_LIMIT for seconds in behind.values())
+        detail = ", ".join(f"{names.get(a, a)} {s} s behind" for a, s in sorted(behind.items()))
+        results.append(CheckResult(
+            name, "replication", "fail" if late else "ok",
+            f"replicas: {detail}" if detail else "no mailbox homed here",
+            f"a replica is down or copies to it fail: {hint}" if late else None))
+    return results
+
+
+SERVICE = Service("replication", applies=lambda plan: plan.replicated, deploy=deploy,
+                  retire=retire, checks=checks, reads=(STATUS,), units=(Unit(UNIT),),
+                  managed_paths=(UNIT_FILE,))  # (and SCRIPT, below system's path)
