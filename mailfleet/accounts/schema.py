@@ -45,6 +45,15 @@ def sql_literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+# A dead mail host's mailboxes to their replicas, which become their homes (migration
+# 0007's trigger makes the dead host their replica); the hosts' own check mailboxes stay.
+# Run by `cluster takeover` (psycopg: HOST is %(host)s) and by the watcher on the primary's
+# host (psql: :'host'; templates/replication/mailfleet-takeover.sh.j2).
+def take_over_sql(host: str) -> str:
+    return ("UPDATE mailboxes SET home = replica, updated_at = now() "
+            f"WHERE home = {host} AND replica IS NOT NULL AND NOT system")
+
+
 def migrations() -> list[Migration]:
     found = []
     for path in sorted(MIGRATIONS.glob("*.sql")):

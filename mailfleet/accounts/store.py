@@ -16,6 +16,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from mailfleet.accounts import rules
+from mailfleet.accounts.schema import take_over_sql
 from mailfleet.accounts.passwords import hash_password
 from mailfleet.errors import UsageError
 
@@ -28,6 +29,7 @@ class Mailbox:
     active: bool
     created_at: datetime
     home: str | None  # the mail host it lives on, in a cluster with several (else None)
+    replica: str | None  # ... and the one holding its copy
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "created_at": self.created_at.isoformat(timespec="seconds")}
@@ -71,7 +73,7 @@ def require_domain(conn: psycopg.Connection, domain: str) -> None:
 # -- mailboxes -------------------------------------------------------------------------
 
 def mailboxes(conn: psycopg.Connection, domain: str | None = None) -> list[Mailbox]:
-    query = ("SELECT email, name, quota_bytes, active, created_at, home FROM mailboxes "
+    query = ("SELECT email, name, quota_bytes, active, created_at, home, replica FROM mailboxes "
              "WHERE NOT system" + (" AND domain = %s" if domain else "") + " ORDER BY domain, email")
     return [Mailbox(*row) for row in conn.execute(query, (domain,) if domain else ())]
 
@@ -108,27 +110,54 @@ def mail_hosts(conn: psycopg.Connection) -> list[str]:
     return [name for (name,) in conn.execute("SELECT name FROM mail_hosts ORDER BY name")]
 
 
-def require_home(conn: psycopg.Connection, home: str) -> None:
+def require_home(conn: psycopg.Connection, home: str, what: str = "--home") -> None:
     hosts = mail_hosts(conn)
     if home not in hosts:
         raise UsageError(
-            f"--home: {home!r} is not a mail host of the cluster" +
+            f"{what}: {home!r} is not a mail host of the cluster" +
             (f" ({', '.join(hosts)})." if hosts else "; a single host has no homes to choose."))
 
 
 def add_mailbox(conn: psycopg.Connection, email: str, hashed: str, name: str = "",
-                quota_bytes: int | None = None, home: str | None = None) -> str | None:
-    """Add the mailbox; its home: `home`, else the mail host with the fewest (migration
-    0006's trigger), else none (a single host). Returns the home."""
+                quota_bytes: int | None = None,
+                home: str | None = None) -> tuple[str | None, str | None]:
+    """Add the mailbox; its home: `home`, else the mail host with the fewest, and a replica
+    on another (migrations 0006 and 0007's trigger), else none (a single host). Returns
+    (home, replica)."""
     with conn.transaction():
         require_new_mailbox(conn, email)
         if home is not None:
             require_home(conn, home)
         row = conn.execute("INSERT INTO mailboxes (email, domain, name, password, quota_bytes, "
-                           "home) VALUES (%s, %s, %s, %s, %s, %s) RETURNING home",
+                           "home) VALUES (%s, %s, %s, %s, %s, %s) RETURNING home, replica",
                            (email, rules.domain_of(email), name, hashed, quota_bytes,
                             home)).fetchone()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else (None, None)
+
+
+def move_mailbox(conn: psycopg.Connection, email: str, host: str) -> tuple[str, str | None]:
+    """Make `host` the mailbox's home; the old home becomes its replica, so the new home's
+    next copy (two-way) brings over whatever reached the old one meanwhile. Returns the
+    old (home, replica)."""
+    with conn.transaction():
+        require_user_mailbox(conn, email)
+        require_home(conn, host, "HOST")
+        home, replica = conn.execute("SELECT home, replica FROM mailboxes WHERE email = %s",
+                                     (email,)).fetchone()
+        if home == host:
+            raise UsageError(f"{email} lives on {host} already.")
+        conn.execute("UPDATE mailboxes SET home = %s, replica = home, updated_at = now() "
+                     "WHERE email = %s", (host, email))
+    return home, replica
+
+
+def take_over(conn: psycopg.Connection, host: str) -> int:
+    """Give the mailboxes homed on `host` (which is down) to their replicas, which become
+    their homes; `host` becomes their replica (migration 0007's trigger) and catches up
+    when it is back. The hosts' own check mailboxes stay. Returns how many moved."""
+    with conn.transaction():
+        require_home(conn, host, "HOST")
+        return conn.execute(take_over_sql("%(host)s"), {"host": host}).rowcount
 
 
 def set_password(conn: psycopg.Connection, email: str, hashed: str) -> None:

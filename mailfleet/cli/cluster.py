@@ -1,4 +1,5 @@
-"""`mailfleet cluster status | switchover --to HOST`: the replicated accounts database."""
+"""`mailfleet cluster status | switchover --to HOST | takeover HOST`: the replicated accounts
+database and the mail hosts' mailboxes."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from mailfleet.accounts import store
+from mailfleet.cli.accounts import database
 from mailfleet.cli.deploy import Json
 from mailfleet.cli.output import console, info, print_json
 from mailfleet.cli.state import globals_of
 from mailfleet.config import Config
-from mailfleet.errors import ConfigError
+from mailfleet.errors import ConfigError, UsageError
 from mailfleet.services import cluster
 
-app = typer.Typer(help="The replicated accounts database (Patroni + etcd): state, switchover.",
+app = typer.Typer(help="The replicated accounts database (Patroni + etcd) and the mail hosts: "
+                       "state, switchover, take-over of a dead mail host's mailboxes.",
                   no_args_is_help=True)
 
 
@@ -77,3 +81,23 @@ def switchover(
         info(f"{to} is the primary already.")
     else:
         info(f"{to} is the primary ({seconds:.1f} s); {before} follows it.")
+
+
+@app.command()
+def takeover(
+    ctx: typer.Context,
+    host: Annotated[str, typer.Argument(metavar="HOST", help="The mail host that is down.")],
+) -> None:
+    """Give the mailboxes homed on HOST (a mail host that is down) to their replicas, which
+    serve them from then on; HOST becomes their replica and catches up when it is back.
+
+    The cluster does this by itself once HOST has been unreachable for
+    cluster.takeover_after seconds; this is the same, now."""
+    config = _config(ctx)
+    mail = [m.name for m in config.cluster_members() if "mail" in m.roles]
+    if host not in mail:
+        raise UsageError(f"HOST: {host!r} is not a mail host of the cluster ({', '.join(mail)}).")
+    with database(ctx, None) as (_, _, conn):
+        moved = store.take_over(conn, host)
+    info(f"{moved} mailbox(es) of {host} now live on their replicas; {host} holds their "
+         "replicas when it is back.")

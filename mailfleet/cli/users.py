@@ -18,7 +18,7 @@ from mailfleet.cli.accounts import (
 )
 from mailfleet.cli.output import console, err_console, info, print_json
 from mailfleet.errors import UsageError
-from mailfleet.services.mailboxes import dispose, dispose_command, kick
+from mailfleet.services.mailboxes import copy_to, dispose, dispose_command, kick
 
 app = typer.Typer(help="Mailboxes: add, list, change passwords and quotas, disable, remove, "
                        "import from CSV.", no_args_is_help=True)
@@ -63,10 +63,12 @@ def add(
         if home is not None:
             store.require_home(conn, home)
         password, generated = new_password(email, config, password_stdin, generate)
-        home = store.add_mailbox(conn, email, hash_password(password), name, quota_bytes, home)
+        home, replica = store.add_mailbox(conn, email, hash_password(password), name,
+                                          quota_bytes, home)
     console.print(f"added {escape(email)} on {settings.name} (quota "
                   f"{rules.format_size(quota_bytes, f'{config.mail.default_quota_mb}M (default)')}"
-                  + (f", home {home}" if home else "") + ")")
+                  + (f", home {home}" if home else "") + (f", replica {replica}" if replica else "")
+                  + ")")
     _show_generated(email, password, generated)
 
 
@@ -84,15 +86,48 @@ def list_users(
         print_json([r.as_dict() for r in rows])
         return
     homes = any(r.home for r in rows)
-    table = Table("address", "name", "quota", "status", "created", *(("home",) if homes else ()),
-                  box=None, pad_edge=False)
+    table = Table("address", "name", "quota", "status", "created",
+                  *(("home", "replica") if homes else ()), box=None, pad_edge=False)
     default = f"{config.mail.default_quota_mb}M (default)"
     for r in rows:
         table.add_row(escape(r.email), escape(r.name), rules.format_size(r.quota_bytes, default),
                       "active" if r.active else "[yellow]disabled[/]",
-                      r.created_at.strftime("%Y-%m-%d"), *((r.home or "",) if homes else ()))
+                      r.created_at.strftime("%Y-%m-%d"),
+                      *((r.home or "", r.replica or "") if homes else ()))
     console.print(table)
     console.print(f"{len(rows)} mailbox(es)")
+
+
+@app.command("move")
+def move(
+    ctx: typer.Context,
+    email: Email,
+    to: Annotated[str, typer.Argument(metavar="HOST", help="The mail host it will live on.")],
+    host: HostOption = None,
+) -> None:
+    """Move a mailbox to another mail host of a cluster, while mail keeps arriving.
+
+    Its mail is copied to HOST first, then HOST becomes its home and the old home its
+    replica: deliveries and logins go to HOST from then on, the old home's sessions are
+    ended, and whatever reached the old home meanwhile follows within seconds (two-way copy).
+    """
+    email = parse(rules.existing, email, "EMAIL")
+    with database(ctx, host) as (config, settings, conn):
+        store.require_user_mailbox(conn, email)
+        store.require_home(conn, to, "HOST")
+        members = {m.name: m for m in mail_hosts(config, settings)}
+        before = next((r for r in store.mailboxes(conn, rules.domain_of(email))
+                       if r.email == email), None)
+        if before is not None and before.home in members and to in members \
+                and before.home != to:
+            # most of the mail now, so HOST serves it all from the start
+            if not copy_to(members[before.home], email, config.vpn_address(members[to])):
+                info(f"copying {email} from {before.home} to {to} beforehand failed; "
+                     "replication copies it after the move")
+        old, _ = store.move_mailbox(conn, email, to)
+    if old in members:
+        kick(members[old], email)  # its sessions there reconnect, to HOST
+    console.print(f"{escape(email)} lives on {to} now; {old} holds its replica")
 
 
 @app.command("passwd")

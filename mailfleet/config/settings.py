@@ -340,3 +340,6 @@ class ClusterSettings(Strict):
     enabled: bool = Field(False, description="Form one cluster of the hosts with the db role.")
     max_lag_bytes: Annotated[int, Field(ge=0)] = Field(
         16 * 1024 * 1024, description="`check` fails a standby further behind than this.")
+    takeover_after: Annotated[int, Field(ge=30, le=86400)] = Field(
+        120, description="Seconds a mail host may be unreachable before its mailboxes' "
+        "replicas become their homes (the surviving primary's host decides).")

@@ -53,6 +53,7 @@ from mailfleet.services import (
     ssh_vpn,
     sshd,
     system,
+    takeover,
     units,
     upstream,
     wireguard,
@@ -127,6 +128,7 @@ SERVICES: list[Service] = [
     # so its etcd runs before that host waits for etcd's quorum
     etcd.SERVICE,
     patroni.SERVICE,
+    takeover.SERVICE,  # several mail hosts: a dead one's mailboxes to their replicas
     acme.SERVICE,  # after nginx serves the challenges and the firewall lets the CA in
     fail2ban.SERVICE,
     backup.SERVICE,

@@ -11,6 +11,7 @@ from mailfleet.config import HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import UsageError
 from mailfleet.services.backup import ROOT as BACKUP_ROOT
+from mailfleet.services.dovecot import DOVEADM_PORT
 from mailfleet.services.mailstore import VMAIL_DIR
 
 ARCHIVE_DIR = f"{BACKUP_ROOT}/mailboxes"
@@ -40,6 +41,15 @@ def kick(settings: HostSettings, mask: str) -> None:
     """End the IMAP/ManageSieve sessions of removed or disabled users (`*@domain` for a
     whole domain): without it an open session keeps reading mail until it logs out."""
     ssh_run(settings, f"doveadm kick {shlex.quote(mask)} >/dev/null 2>&1 || true")
+
+
+def copy_to(settings: HostSettings, email: str, address: str) -> bool:
+    """Copy a mailbox from this host to the mail host at `address` (its VPN address) now,
+    the way replication does (two-way `doveadm sync`); False when that failed."""
+    out = ssh_run(settings, f"doveadm sync -u {shlex.quote(email)} "
+                            f"{shlex.quote(f'tcp:{address}:{DOVEADM_PORT}')} && echo copied || true",
+                  timeout=3600)
+    return "copied" in out
 
 
 def dispose_command(domain: str, local: str | None, how: str, vmail: str = VMAIL_DIR,

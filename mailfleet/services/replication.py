@@ -7,15 +7,11 @@ one interval plus one copy (docs/cluster.md).
 
 from __future__ import annotations
 
-import shlex
-
-from pyinfra.api import operation
 from pyinfra.facts.server import Command
-from pyinfra.operations import systemd
 
 from mailfleet.accounts.schema import DATABASE
-from mailfleet.engine import Engine, HostContext, config_file
-from mailfleet.engine.snapshot import FileState
+from mailfleet.engine import Engine, HostContext
+from mailfleet.services import scripted
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.dovecot import DOVEADM_PORT
 from mailfleet.services.mailstore import VMAIL_DIR
@@ -25,7 +21,6 @@ from mailfleet.templating import render
 UNIT = "mailfleet-replicate"
 SCRIPT = "/usr/local/lib/mailfleet/replicate.sh"
 STATE_DIR = "/var/lib/mailfleet/replication"
-UNIT_FILE = f"/etc/systemd/system/{UNIT}.service"
 INTERVAL = 10  # seconds between the end of one pass and the next
 FULL_MINUTES = 10  # an unchanged mailbox is still copied this often (a replica restored)
 SYNC_TIMEOUT = 3600  # one mailbox's copy (the first of a large one takes long)
@@ -35,29 +30,17 @@ STATUS = f"cat {STATE_DIR}/status 2>/dev/null; printf 'now '; date +%s"
 
 
 def deploy(ctx: HostContext) -> None:
-    script = ctx.op(config_file, name="Install the replication script", dest=SCRIPT, mode="755",
-                    content=render("replication/mailfleet-replicate.sh.j2", host=ctx.plan.host,
-                                   state_dir=STATE_DIR, vmail_dir=VMAIL_DIR, port=DOVEADM_PORT,
-                                   database=DATABASE, interval=INTERVAL,
-                                   full_minutes=FULL_MINUTES, sync_timeout=SYNC_TIMEOUT))
-    unit = ctx.op(config_file, name=f"Write {UNIT}.service", dest=UNIT_FILE,
-                  content=render(f"replication/{UNIT}.service.j2", script=SCRIPT))
-    ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
-    ctx.service(UNIT, restart_when=(script, unit))
-
-
-@operation()
-def stop_replication(paths: list[str]):
-    yield (f"systemctl disable --now {UNIT} >/dev/null 2>&1; "
-           f"rm -f {' '.join(shlex.quote(p) for p in paths)} && systemctl daemon-reload")
+    script = render("replication/mailfleet-replicate.sh.j2", host=ctx.plan.host,
+                    state_dir=STATE_DIR, vmail_dir=VMAIL_DIR, port=DOVEADM_PORT,
+                    database=DATABASE, interval=INTERVAL, full_minutes=FULL_MINUTES,
+                    sync_timeout=SYNC_TIMEOUT)
+    scripted.install(ctx, UNIT, SCRIPT, script,
+                     render(f"replication/{UNIT}.service.j2", script=SCRIPT), "replication")
 
 
 def retire(ctx: HostContext) -> None:
     """No longer one of several mail hosts: no replication (the copies stay where they are)."""
-    present = [path for path in (SCRIPT, UNIT_FILE)
-               if isinstance(ctx.file_state(path), FileState)]
-    if present:
-        ctx.op(stop_replication, name="Stop replication", paths=present)
+    scripted.remove(ctx, UNIT, SCRIPT, "replication")
 
 
 def parse_status(text: str) -> tuple[int, int, dict[str, int]]:
@@ -101,4 +84,4 @@ def checks(engine: Engine) -> list[CheckResult]:
 
 SERVICE = Service("replication", applies=lambda plan: plan.replicated, deploy=deploy,
                   retire=retire, checks=checks, reads=(STATUS,), units=(Unit(UNIT),),
-                  managed_paths=(UNIT_FILE,))  # (and SCRIPT, below system's path)
+                  managed_paths=(scripted.unit_file(UNIT),))  # (and SCRIPT, below system's path)
