@@ -54,13 +54,15 @@ def status(ctx: typer.Context, json: Json = False) -> None:
     else:
         mail = {m.name for m in config.cluster_members() if "mail" in m.roles}
         table = Table("host", "role", "state", "timeline", "replication", "lag", "etcd",
-                      "mailboxes")
+                      "mailboxes", "replicas behind")
         for s in statuses:
             state, lag_bytes, seconds = lag.get(s.host, ("", None, None))
             table.add_row(s.host, s.role, s.state or s.error, str(s.timeline or ""), state,
                           f"{lag_bytes} B, {seconds:.2f} s" if lag_bytes is not None else "",
                           "healthy" if s.etcd_healthy else "down",
-                          str(s.homed) if s.host in mail and s.homed is not None else "")
+                          str(s.homed) if s.host in mail and s.homed is not None else "",
+                          ", ".join(f"{name} {behind} s" for name, behind
+                                    in sorted(s.replicas.items())))
         console.print(table)
         for problem in problems:
             info(f"not whole: {problem}")

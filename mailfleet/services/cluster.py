@@ -26,7 +26,7 @@ from mailfleet.engine.context import FLEET_SECRETS
 from mailfleet.engine.snapshot import SECRETS_DIR, parse_secrets
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import DeployError, UsageError
-from mailfleet.services import etcd
+from mailfleet.services import etcd, replication
 
 # a host that ran Patroni as a member: its data directory is the cluster's (never wiped)
 MARKER = "/var/lib/mailfleet/cluster-member"
@@ -214,7 +214,8 @@ def prepare(engine: Engine, config: Config) -> ClusterState | None:
 
 def status_command(address: str, host: str = "") -> str:
     """One member's view: Patroni's own state (its REST API), on the primary each
-    standby's replication (bytes and seconds behind), and the mailboxes homed on `host`."""
+    standby's replication (bytes and seconds behind), the mailboxes homed on `host` and how
+    far behind their replicas are."""
     url = f"http://{address}:{PATRONI_PORT}/patroni"
     fetch = ("import json, urllib.request; "
              f"print(json.dumps(json.load(urllib.request.urlopen({url!r}, timeout=5))))")
@@ -229,6 +230,7 @@ def status_command(address: str, host: str = "") -> str:
         f"{_PSQL} -F ' ' -c {shlex.quote(replication)} 2>/dev/null | sed 's/^/standby /'",
         f"echo \"etcd $({etcd.ETCDCTL} endpoint health 2>&1 | head -n 1)\"",
         f"echo \"homed $({_PSQL} -d {schema.DATABASE} -c {shlex.quote(homed)} 2>/dev/null)\"",
+        f"{{ {replication.STATUS}; }} | sed 's/^/copies /'",
         "true",
     ])
 
@@ -245,17 +247,25 @@ class MemberStatus:
     # on the primary: {standby: (replication state, bytes behind, seconds behind)}
     standbys: dict[str, tuple[str, int, float]] = field(default_factory=dict)
     homed: int | None = None  # mailboxes whose home it is (None: not known)
+    # a mail host among several: {replica's VPN address: seconds behind}, and the seconds
+    # since its last replication pass (None: none on record)
+    replicas: dict[str, int] = field(default_factory=dict)
+    last_pass: int | None = None
 
     def as_dict(self) -> dict:
         return {"host": self.host, "reachable": self.reachable, "error": self.error,
                 "role": self.role, "state": self.state, "timeline": self.timeline,
                 "etcd_healthy": self.etcd_healthy, "mailboxes_homed": self.homed,
+                "replicas_behind": self.replicas, "replication_pass_age": self.last_pass,
                 "standbys": {name: {"state": s, "lag_bytes": b, "lag_seconds": t}
                              for name, (s, b, t) in self.standbys.items()}}
 
 
 def parse_status(host: str, text: str) -> MemberStatus:
     status = MemberStatus(host)
+    copies = "\n".join(line[7:] for line in text.splitlines() if line.startswith("copies "))
+    last, now, status.replicas = replication.parse_status(copies)
+    status.last_pass = now - last if last and now else None
     for line in text.splitlines():
         kind, _, value = line.partition(" ")
         if kind == "patroni" and value.strip():
@@ -293,7 +303,10 @@ def member_status(config: Config, timeout: float = 20) -> list[MemberStatus]:
         except DeployError as err:
             return MemberStatus(member.name, reachable=False, error=err.message,
                                 role="unreachable")
-        return parse_status(member.name, text)
+        status = parse_status(member.name, text)
+        names = {address: name for name, address in addresses.items()}
+        status.replicas = {names.get(a, a): s for a, s in status.replicas.items()}
+        return status
 
     with ThreadPoolExecutor(max_workers=max(1, len(members))) as pool:
         return list(pool.map(one, members))

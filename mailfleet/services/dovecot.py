@@ -14,6 +14,7 @@ from pyinfra.operations import files, systemd
 
 from mailfleet.engine import HostContext, config_file
 from mailfleet.services import certs, homes
+from mailfleet.services.replication import DOVEADM_PORT, DOVEADM_SECRET
 from mailfleet.services.mailstore import VMAIL_DIR
 from mailfleet.services.platform import platform
 from mailfleet.services.postfix import QUOTA_STATUS_PORT
@@ -27,10 +28,7 @@ PORTS = {143: "imap", 993: "imaps", 4190: "managesieve"}
 AFTER_VPN = "/etc/systemd/system/dovecot.service.d/mailfleet.conf"
 # in a cluster with several mail hosts: the others' proxied deliveries, on the VPN address
 LMTP_PORT = 24
-# ... and their copies of the mailboxes homed there (doveadm sync; Dovecot's documented port)
-DOVEADM_PORT = 12345
-DOVEADM_FILE = "/etc/dovecot/mailfleet-doveadm.conf.ext"
-DOVEADM_SECRET = "doveadm"  # one value for the fleet (cluster.SHARED_SECRETS)
+DOVEADM_FILE = "/etc/dovecot/mailfleet-doveadm.conf.ext"  # replication's password
 
 
 def deploy(ctx: HostContext) -> None:

@@ -11,7 +11,7 @@ from mailfleet.config import HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import UsageError
 from mailfleet.services.backup import ROOT as BACKUP_ROOT
-from mailfleet.services.dovecot import DOVEADM_PORT
+from mailfleet.services.replication import DOVEADM_PORT
 from mailfleet.services.mailstore import VMAIL_DIR
 
 ARCHIVE_DIR = f"{BACKUP_ROOT}/mailboxes"

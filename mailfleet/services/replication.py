@@ -13,11 +13,14 @@ from mailfleet.accounts.schema import DATABASE
 from mailfleet.engine import Engine, HostContext
 from mailfleet.services import scripted
 from mailfleet.services.checks import CheckResult
-from mailfleet.services.dovecot import DOVEADM_PORT
 from mailfleet.services.mailstore import VMAIL_DIR
 from mailfleet.services.shape import Service, Unit
 from mailfleet.templating import render
 
+# where the other mail hosts' copies arrive: Dovecot's doveadm listener on the VPN address
+# (dovecot.py; Dovecot's documented port), and the password they share for it
+DOVEADM_PORT = 12345
+DOVEADM_SECRET = "doveadm"  # one value for the fleet (cluster.SHARED_SECRETS)
 UNIT = "mailfleet-replicate"
 SCRIPT = "/usr/local/lib/mailfleet/replicate.sh"
 STATE_DIR = "/var/lib/mailfleet/replication"
@@ -67,7 +70,7 @@ def checks(engine: Engine) -> list[CheckResult]:
             continue
         last, now, behind = parse_status(text or "")
         hint = f"journalctl -u {UNIT} on {name}"
-        if now - last > BEHIND_LIMIT:
+        if not last or now - last > BEHIND_LIMIT:
             results.append(CheckResult(
                 name, "replication", "fail",
                 f"last pass {now - last} s ago" if last else "no pass yet", hint))

@@ -67,6 +67,29 @@ def homes(cli: Cli) -> dict[str, str | None]:
     return {u["email"]: u["home"] for u in cli.json("user", "list")}
 
 
+def replicas(cli: Cli) -> dict[str, str | None]:
+    """Every mailbox's replica, as `user list` shows it."""
+    return {u["email"]: u["replica"] for u in cli.json("user", "list")}
+
+
+def copied(cli: Cli, node: str, user: str, count: int, timeout: float = 90) -> float:
+    """Seconds until `node` stores exactly `count` of `user`'s messages (its replica's copy
+    caught up); fails after `timeout`."""
+    started = time.monotonic()
+    while (found := stored_messages(cli, node, user)) != count:
+        assert time.monotonic() - started < timeout, (node, user, found, count)
+        time.sleep(1)
+    return time.monotonic() - started
+
+
+def stored_subjects(cli: Cli, node: str, user: str) -> list[str]:
+    """The subjects of `user`'s messages in INBOX in `node`'s own copy (doveadm there),
+    sorted, a message stored twice listed twice."""
+    out = cli.ssh(node, f"sudo doveadm fetch -u {shlex.quote(user)} hdr.subject mailbox INBOX all")
+    return sorted(line.split(":", 1)[1].strip() for line in out.splitlines()
+                  if line.startswith("hdr.subject:"))
+
+
 def stored_messages(cli: Cli, node: str, user: str) -> int:
     """How many messages of `user` are in a Maildir on `node` (0: none, or no directory)."""
     local, _, domain = user.partition("@")

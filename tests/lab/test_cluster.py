@@ -3,11 +3,12 @@ n2 ["mail", "db"], n3 ["db"], `[cluster] enabled = true` over WireGuard. One dep
 cluster (etcd on the VPN, Patroni taking over n1's PostgreSQL, n2 and n3 streaming standbys);
 a second changes nothing. A user added through the CLI logs in on n1 at once, whichever host
 is primary. Both mail hosts are MXs with one DKIM key: a mailbox homed on n2 gets mail and
-logins (IMAP, ManageSieve) through n1 (Dovecot 2.4's proxy). The primary's node (n2) is
-powered off while mail streams into n1's port 25: no message is bounced, a standby takes
-over within a minute, every accepted message is in the mailbox, mail for n2's mailboxes
-waits in n1's queue until n2 is back, and the old primary comes back as a standby by
-itself. n1 backs up whichever role it has, and its backup restores onto a fresh host (n4,
+logins (IMAP, ManageSieve) through n1 (Dovecot 2.4's proxy), and its replica on n1 follows
+within seconds; a mailbox moves from n1 to n2 while 50 messages arrive. The primary's node
+(n2) is powered off while mail streams into n1's port 25: no message is bounced, a standby
+takes over within a minute, every accepted message is in the mailbox; after
+cluster.takeover_after n2's mailboxes live on their replica (n1) with their earlier mail and
+the mail that waited in the queue, and n2 comes back as a standby and as their replica. n1 backs up whichever role it has, and its backup restores onto a fresh host (n4,
 alone, outside the cluster)."""
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import time
 
 import pytest
 import tomlkit
-from clusterlab import (add_user, as_cluster, cluster_status, homes, imap_login, mail_host,
-                        same_dkim_key, sieve_login, stored_messages, subjects, whole)
+from clusterlab import (add_user, as_cluster, cluster_status, copied, homes, imap_login,
+                        mail_host, replicas, same_dkim_key, sieve_login, stored_messages,
+                        stored_subjects, subjects, whole)
 from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_bytes, lab_name
 from webmail import ARTIFACTS, Roundcube, browser
 
@@ -29,6 +31,7 @@ from mailfleet.engine import mailclient
 from mailfleet.lab.lab import Lab
 
 FAILOVER_LIMIT = 60
+TAKEOVER_AFTER = 30  # cluster.takeover_after (the default is 120)
 REPOSITORY = "/var/backups/mailfleet/restic"  # on n1, the mail member
 
 
@@ -42,6 +45,7 @@ def cluster(tmp_path_factory):
         del doc["hosts"][3]
         as_cluster(doc, doc["hosts"][1:])
         doc["hosts"][1]["roles"] = ["mail", "db"]
+        doc["cluster"]["takeover_after"] = TAKEOVER_AFTER
         doc["backup"] = {"repository": REPOSITORY, "password_file": str(work / "backup-password")}
         cli.config.write_text(tomlkit.dumps(doc))
         # the restore drill's host: n4 alone, a mail host of its own (deployed by that test)
@@ -86,6 +90,7 @@ def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
     rules = cli.ssh("n1", "sudo ufw show added")
     assert "allow in on wg0 from 10.8.0.2 to any port 2379 proto tcp" in rules, rules
     assert "allow in on wg0 from 10.8.0.2 to any port 24 proto tcp" in rules, rules
+    assert "allow in on wg0 from 10.8.0.2 to any port 12345 proto tcp" in rules, rules
     assert "allow 5432" not in rules and "allow 8008" not in rules, rules
     assert "allow 24" not in rules, rules
 
@@ -108,7 +113,11 @@ def test_every_mail_host_takes_mail_and_logins_for_a_mailbox_homed_on_another(cl
     raw = net.run(mailclient.fetch, address, 993, server, context, roamer, PASSWORD,
                   "to n2 through n1", delete=False, wait=60)
     assert raw, "not delivered to n2 or not readable through n1"
-    assert stored_messages(cli, "n2", roamer) == 1 and stored_messages(cli, "n1", roamer) == 0
+    assert stored_messages(cli, "n2", roamer) == 1
+    # n1 holds the replica: the home (n2) copies the delivery there within seconds
+    assert replicas(cli)[roamer] == "n1"
+    print(f"replication: a delivery on n2 reached its replica on n1 within "
+          f"{copied(cli, 'n1', roamer, 1):.1f} s")
     assert net.run(sieve_login, address, context, server, roamer).startswith(b"OK")
     assert not net.run(sieve_login, n2_address, n2_context, n2_server, f"x{roamer}").startswith(b"OK")
     # one key: n1's signature verifies against the record `dns records` publishes
@@ -119,6 +128,56 @@ def test_every_mail_host_takes_mail_and_logins_for_a_mailbox_homed_on_another(cl
     assert mailclient.verify_dkim(raw, keys)[0]
     assert {r["value"] for r in records if r["type"] == "MX"} == {f"10 {server}.",
                                                                   f"10 {n2_server}."}
+    # deleted at the home (through n1's proxy): gone from the replica too, and stays gone
+    net.run(mailclient.fetch, address, 993, server, context, roamer, PASSWORD,
+            "to n2 through n1", delete=True, wait=5)
+    copied(cli, "n1", roamer, 0)
+    time.sleep(25)  # two more passes: nothing is copied back
+    assert stored_messages(cli, "n1", roamer) == 0 and stored_messages(cli, "n2", roamer) == 0
+    mine = {c["name"]: c for c in cli.json("check")["checks"] if c["host"] == "n2"}
+    assert mine["replication"]["status"] == "ok", mine["replication"]
+
+
+def test_a_mailbox_moves_to_another_mail_host_while_mail_arrives(cluster):
+    cli, net = cluster
+    address, context, server, domain = mail_host(cli)
+    n2_address, _, _, _ = mail_host(cli, "n2")
+    mover = f"mover@{domain}"
+    add_user(cli, mover, home="n1")
+    sent: list[str] = []
+
+    def send() -> None:  # 50 messages into n2's port 25 while the mailbox moves
+        smtp = smtplib.SMTP(n2_address, 25, timeout=60)
+        smtp.ehlo("client.outside.test")
+        for number in range(50):
+            subject = f"moving {number:02d}"
+            smtp.sendmail("someone@outside.test", [mover], f"From: someone@outside.test\r\n"
+                          f"To: {mover}\r\nSubject: {subject}\r\n\r\n{subject}\r\n")
+            sent.append(subject)
+            time.sleep(0.1)
+        smtp.quit()
+
+    sender = threading.Thread(target=lambda: net.run(send))
+    sender.start()
+    try:
+        time.sleep(2)
+        moved = cli("user", "move", mover, "n2")
+    finally:
+        sender.join(300)
+    assert "lives on n2 now; n1 holds its replica" in moved.stdout, moved.stdout
+    assert (homes(cli)[mover], replicas(cli)[mover]) == ("n2", "n1")
+    assert len(sent) == 50
+    deadline = time.monotonic() + 120
+    while len(stored_subjects(cli, "n2", mover)) < 50 and time.monotonic() < deadline:
+        time.sleep(2)
+    assert stored_subjects(cli, "n2", mover) == sorted(sent)  # all 50, none twice
+    copied(cli, "n1", mover, 50)  # and the replica caught up
+    assert sorted(net.run(subjects, address, context, server, mover)) == sorted(sent)
+    for bad, words in ((("user", "move", mover, "n3"), "'n3' is not a mail host"),
+                       (("user", "move", mover, "n2"), "lives on n2 already"),
+                       (("cluster", "takeover", "n3"), "'n3' is not a mail host")):
+        refused = cli(*bad, check=False)
+        assert refused.returncode == 2 and words in refused.stderr, (bad, refused.stderr)
 
 
 def test_a_user_added_logs_in_on_n1_at_once_whichever_host_is_primary(cluster):
@@ -181,6 +240,12 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
     recipient, waiting = f"failover@{domain}", f"waits@{domain}"
     add_user(cli, recipient, home="n1")
     add_user(cli, waiting, home="n2")
+    # mail on n2 before it fails, copied to its replica (n1)
+    earlier = [f"before n2 fails {n}" for n in range(3)]
+    for subject in earlier:
+        net.run(mailclient.submit, address, 587, server, context, recipient, PASSWORD,
+                mailclient.check_message(recipient, waiting, "early", subject=subject))
+    copied(cli, "n1", waiting, len(earlier))
     stop, result = threading.Event(), {}
     sender = threading.Thread(target=lambda: result.update(zip(
         ("accepted", "refused"), net.run(_stream, address, recipient, stop))))
@@ -199,9 +264,11 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
                 break
             time.sleep(1)
         print(f"failover: a write works again {seconds:.1f} s after n2 was powered off")
-        # mail for a mailbox whose home is down is accepted and waits in n1's queue
+        # mail for a mailbox whose home is down is accepted (and waits in n1's queue)
+        before = time.monotonic()
         net.run(mailclient.submit, address, 587, server, context, recipient, PASSWORD,
                 mailclient.check_message(recipient, waiting, "wait", subject="waits for n2"))
+        print(f"a submission for n2's mailbox was accepted in {time.monotonic() - before:.1f} s")
         assert (done.returncode == 0 or "exists" in done.stderr) and seconds < FAILOVER_LIMIT, \
             (seconds, done.stderr)
         time.sleep(3)
@@ -220,21 +287,27 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
         time.sleep(3)
     assert not missing, sorted(missing)
 
-    cli("backup", "run", "--host", "n1")  # n1 backs up after the failover, either role
+    # n2 stays off: after cluster.takeover_after its mailboxes live on their replica (n1),
+    # which had the earlier mail and now gets the mail that waited for n2
+    wanted = {*earlier, "waits for n2"}
+    while not wanted <= net.run(subjects, address, context, server, waiting):
+        assert time.monotonic() - started < TAKEOVER_AFTER + 60 + 30, \
+            (homes(cli)[waiting], cli.ssh("n1", "postqueue -p"))
+        time.sleep(3)
+    print(f"take-over: n2's mailbox read at n1, complete, {time.monotonic() - started:.0f} s "
+          f"after n2 was powered off (takeover_after {TAKEOVER_AFTER} s)")
+    assert (homes(cli)[waiting], replicas(cli)[waiting]) == ("n1", "n2")
+    assert stored_subjects(cli, "n1", waiting) == sorted(wanted)
 
-    # still queued (Dovecot's proxy waits for n2's answer up to its connect timeout, then
-    # answers 451): neither delivered nor bounced
-    assert waiting in cli.ssh("n1", "postqueue -j")
-    assert net.run(subjects, address, context, server, recipient)  # n1's own still served
+    cli("backup", "run", "--host", "n1")  # n1 backs up after the failover, either role
     cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself
     status = whole(cli)
     assert status["ok"], status
     assert {m["host"]: m["role"] for m in status["members"]}["n2"] == "standby"
-    deadline = time.monotonic() + 180
-    while "waits for n2" not in net.run(subjects, address, context, server, waiting):
-        assert time.monotonic() < deadline, cli.ssh("n1", "postqueue -p")
-        cli.ssh("n1", "postqueue -f")  # (Postfix would retry by itself within minutes)
-        time.sleep(5)
+    # ... and as the replica of the mailboxes it lost: it catches up, nothing twice
+    copied(cli, "n2", waiting, len(wanted))
+    assert stored_subjects(cli, "n2", waiting) == sorted(wanted)
+    assert stored_subjects(cli, "n1", waiting) == sorted(wanted)
 
 
 def test_an_import_during_a_switchover_is_all_or_none_and_can_be_run_again(cluster, tmp_path):

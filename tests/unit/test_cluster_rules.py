@@ -4,6 +4,7 @@ tests/lab/test_cluster.py runs the real thing)."""
 from __future__ import annotations
 
 import base64
+import subprocess
 from unittest import mock
 
 import dkim
@@ -14,10 +15,11 @@ from mailfleet.config import parse
 from mailfleet.errors import ConfigError, DeployError
 from mailfleet.dns import records as dns_records
 from mailfleet.engine import mailclient
-from mailfleet.services import cluster, firewall, homes, mailflow, opendkim, restore
+from mailfleet.accounts import schema
+from mailfleet.services import cluster, firewall, homes, mailflow, opendkim, replication, restore
 from mailfleet.services.cluster import MemberProbe
 from mailfleet.services.postgres import psql_script
-from mailfleet.templating import render
+from mailfleet.templating import TemplateValueError, render
 
 BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
 
@@ -340,3 +342,83 @@ def test_the_clusters_dkim_key_is_read_back_and_its_record_matches_it():
     assert mailclient.verify_dkim(signed, {"example.org": record})[0]
     command = opendkim.print_private_keys_command(_two_mail_hosts())
     assert "base64 -w0 /etc/dkimkeys/example.org/mail.private" in command
+
+
+# -- several mail hosts: replicas, take-over -------------------------------------------
+
+def test_mail_hosts_among_several_replicate_and_every_member_watches_for_a_dead_one():
+    plans = services.plans(config := _two_mail_hosts(), config.hosts)
+    assert plans["n1"].replicated and plans["n2"].replicated and not plans["n3"].replicated
+    assert "replication" in plans["n1"].services and "replication" not in plans["n3"].services
+    assert all("takeover" in plans[n].services for n in ("n1", "n2", "n3"))
+    rules = firewall.wanted_rules(config, plans["n2"], {22}, False)
+    assert "allow in on wg0 from 10.8.0.1 to any port 12345 proto tcp" in rules
+    assert not [r for r in rules if " 12345 " in r and "10.8.0.1" not in r]
+    lone = parse(BASE + '[[hosts]]\nname = "n1"\naddress = "192.0.2.1"\n')
+    plan = services.plans(lone, lone.hosts)["n1"]
+    assert not plan.replicated and "takeover" not in plan.services
+    assert 12345 not in {p.number for p in plan.ports}
+
+
+def test_the_replication_and_take_over_scripts_are_valid_bash_with_their_values():
+    config = _two_mail_hosts()
+    scripts = {
+        "replicate": render("replication/mailfleet-replicate.sh.j2", host="n1",
+                            state_dir=replication.STATE_DIR, vmail_dir="/var/mail/vmail",
+                            port=12345, database="mailfleet", interval=10, full_minutes=10,
+                            sync_timeout=3600),
+        "takeover": render("replication/mailfleet-takeover.sh.j2", host="n1", interval=10,
+                           after=config.cluster.takeover_after, database="mailfleet",
+                           lmtp_port=24, mail=True, take_over=schema.take_over_sql(":'host'")),
+    }
+    for name, text in scripts.items():
+        done = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
+        assert done.returncode == 0, (name, done.stderr)
+    assert "WHERE home = :'host' AND replica IS NOT NULL AND NOT system AND replica <> ALL" \
+        in scripts["takeover"]
+    assert "after=120" in scripts["takeover"] and "postqueue -f" in scripts["takeover"]
+    with pytest.raises(TemplateValueError):  # a host name is one word
+        render("replication/mailfleet-replicate.sh.j2", host="n1; rm -rf /", state_dir="/x",
+               vmail_dir="/v", port=1, database="mailfleet", interval=1, full_minutes=1,
+               sync_timeout=1)
+
+
+def test_replication_status_and_its_check():
+    text = "pass 1000\nreplica 10.8.0.2 0\nreplica 10.8.0.3 400\nnoise\nnow 1005\n"
+    assert replication.parse_status(text) == (1000, 1005, {"10.8.0.2": 0, "10.8.0.3": 400})
+    config = _two_mail_hosts()
+    plans = services.plans(config, config.hosts)
+
+    class Engine:
+        def __init__(self, answers):
+            self.plans, self.answers = plans, answers
+
+        def facts(self, fact, command):
+            assert command == replication.STATUS
+            return self.answers
+
+    results = {r.host: r for r in replication.checks(Engine({
+        "n1": "pass 1000\nreplica 10.8.0.2 12\nnow 1010\n",
+        "n2": "pass 1000\nreplica 10.8.0.1 301\nnow 1010\n",
+        "n3": "",  # no mail: no check
+    }))}
+    assert set(results) == {"n1", "n2"}
+    assert results["n1"].status == "ok" and results["n1"].message == "replicas: n2 12 s behind"
+    assert results["n2"].status == "fail" and "journalctl -u mailfleet-replicate" in results["n2"].fix
+    stalled = replication.checks(Engine({"n1": "pass 1000\nnow 1400\n", "n2": "now 5\n"}))
+    assert [(r.status, r.message) for r in stalled] == [("fail", "last pass 400 s ago"),
+                                                       ("fail", "no pass yet")]
+    member = cluster.parse_status("n1", 'patroni {"role": "replica"}\n'
+                                  "copies pass 100\ncopies replica 10.8.0.2 7\ncopies now 130\n")
+    assert (member.replicas, member.last_pass) == ({"10.8.0.2": 7}, 30)
+
+
+def test_a_firewall_comment_reaches_ufw_as_one_quoted_word():
+    with mock.patch.object(firewall, "host", _Host):
+        commands = list(firewall.firewall._inner(
+            wanted={"allow 25/tcp": "it's; rm -rf /"}, active=True, rules=[],
+            policies={"DEFAULT_INPUT_POLICY": "DROP", "DEFAULT_OUTPUT_POLICY": "ACCEPT"}))
+    assert commands == ["ufw allow 25/tcp comment 'mailfleet: it'\"'\"'s; rm -rf /'"]
+    # ufw refuses an apostrophe in a comment: no port's description has one
+    for plan in services.plans(config := _two_mail_hosts(), config.hosts).values():
+        assert not [p.what for p in plan.ports if "'" in p.what]
