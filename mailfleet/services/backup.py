@@ -23,6 +23,7 @@ from pyinfra.facts.server import Command
 from pyinfra.facts.systemd import SystemdEnabled, SystemdStatus
 from pyinfra.operations import files, systemd
 
+from mailfleet.accounts.schema import DATABASE
 from mailfleet.config import HostSettings
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.facts import FactRead
@@ -108,14 +109,16 @@ def repository(digest: str, marked: str):
            f"echo {digest} > {REPOSITORY_MARK}")
 
 
-def script(config, postgresql: str) -> str:
-    """The backup script (run by the timer and by `backup run`)."""
+def script(config, postgresql: str, home: str = "") -> str:
+    """The backup script (run by the timer and by `backup run`); `home`: this mail host's
+    name among several, whose snapshots leave out the replicas it keeps for the others."""
     settings = config.backup
     return render("backup/mailfleet-backup.sh.j2", environment=ENVIRONMENT, pg_dir=PG_DIR,
                   pg_bin=f"/usr/lib/postgresql/{postgresql}/bin",
                   paths=paths(config), restored_file=RESTORED,
                   keep_daily=settings.keep_daily, keep_weekly=settings.keep_weekly,
-                  keep_monthly=settings.keep_monthly, stamp_file=STAMP)
+                  keep_monthly=settings.keep_monthly, stamp_file=STAMP, home=home,
+                  vmail_dir=mailstore.VMAIL_DIR, database=DATABASE)
 
 
 @operation()
@@ -179,7 +182,8 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(repository, name="Initialise the backup repository",
            digest=repository_digest(settings.repository), marked=state.get("repository", ""))
     ctx.op(config_file, name="Install the backup script", dest=SCRIPT, mode="755",
-           content=script(ctx.config, release.postgresql))
+           content=script(ctx.config, release.postgresql,
+                          ctx.plan.host if ctx.plan.replicated else ""))
     units = [ctx.op(config_file, name=f"Write {UNIT}.{kind}",
                     dest=f"/etc/systemd/system/{UNIT}.{kind}",
                     content=render(f"backup/{UNIT}.{kind}.j2", script=SCRIPT,

@@ -381,6 +381,10 @@ def test_the_mail_member_backs_up_as_a_standby_and_its_backup_restores_onto_a_fr
         [c for c in result.get("checks", []) if c["status"] != "ok"], done.stderr)
     n4_address, n4_context, n4_server, _ = mail_host(lone, "n4")
     assert subject in net.run(subjects, n4_address, n4_context, n4_server, user)
+    # n1's snapshots hold the mailboxes homed there, not the replicas it keeps for n2
+    replica = f"/var/mail/vmail/{domain}/mailfleet-check-n2"
+    assert cli.ssh("n1", f"test -d {replica} && echo kept") == "kept"
+    assert lone.ssh("n4", f"test -d {replica} && echo kept || echo left out") == "left out"
     # a lone host now: a primary of its own, archiving as one, no cluster secret kept
     assert lone.ssh("n4", "runuser -u postgres -- psql -XAtc "
                           "'SELECT pg_is_in_recovery(), current_setting($$archive_mode$$)'") == "f|on"

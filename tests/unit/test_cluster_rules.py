@@ -92,7 +92,15 @@ def test_a_cluster_backs_up_on_its_mail_member_which_archives_as_a_standby_too()
     assert "\narchive_mode = always\n" in archive
     script = render("backup/mailfleet-backup.sh.j2", environment="", pg_dir="/p", pg_bin="/b",
                     paths=["/x"], restored_file="/r", keep_daily=1, keep_weekly=1,
-                    keep_monthly=1, stamp_file="/s")
+                    keep_monthly=1, stamp_file="/s", home="")
+    assert "--exclude-file" not in script
+    # one of several mail hosts: the replicas it keeps for the others are left out
+    several = render("backup/mailfleet-backup.sh.j2", environment="", pg_dir="/p", pg_bin="/b",
+                     paths=["/x"], restored_file="/r", keep_daily=1, keep_weekly=1,
+                     keep_monthly=1, stamp_file="/s", home="n1", vmail_dir="/var/mail/vmail",
+                     database="mailfleet")
+    assert "-v home=n1" in several and '--exclude-file "$exclude"' in several
+    assert subprocess.run(["sh", "-n"], input=several, text=True).returncode == 0
     # the standby's backup names its first segment from backup_label and switches no WAL
     assert "pg_walfile_name(pg_current_wal_lsn())" not in script
     assert 'if [ "$standby" = f ]; then' in script.split("pg_switch_wal")[0]
