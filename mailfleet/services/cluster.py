@@ -225,12 +225,16 @@ def status_command(address: str, host: str = "") -> str:
                    "WHERE NOT pg_is_in_recovery()")
     homed = ("SELECT count(*) FROM mailboxes WHERE NOT system AND home = "
              f"{schema.sql_literal(host)}")
+    pairs = ("SELECT home, replica, count(*) FROM mailboxes WHERE NOT system AND home IS NOT NULL "
+             "GROUP BY home, replica")
     return "; ".join([
         f"echo \"patroni $(python3 -c {shlex.quote(fetch)} 2>/dev/null)\"",
         f"{_PSQL} -F ' ' -c {shlex.quote(replication)} 2>/dev/null | sed 's/^/standby /'",
         f"echo \"etcd $({etcd.ETCDCTL} endpoint health 2>&1 | head -n 1)\"",
         f"echo \"homed $({_PSQL} -d {schema.DATABASE} -c {shlex.quote(homed)} 2>/dev/null)\"",
         f"{{ {replication.STATUS}; }} | sed 's/^/copies /'",
+        f"{_PSQL} -d {schema.DATABASE} -F ' ' -c {shlex.quote(pairs)} 2>/dev/null "
+        "| sed 's/^/pair /'",
         "true",
     ])
 
@@ -251,6 +255,8 @@ class MemberStatus:
     # since its last replication pass (None: none on record)
     replicas: dict[str, int] = field(default_factory=dict)
     last_pass: int | None = None
+    # its copy of the database: {(home, replica or ""): mailboxes}
+    pairs: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {"host": self.host, "reachable": self.reachable, "error": self.error,
@@ -285,6 +291,10 @@ def parse_status(host: str, text: str) -> MemberStatus:
             status.etcd_healthy = " is healthy" in value
         elif kind == "homed" and value.strip().isdigit():
             status.homed = int(value.strip())
+        elif kind == "pair":
+            parts = value.split()
+            if len(parts) in (2, 3) and parts[-1].isdigit():
+                status.pairs[(parts[0], parts[1] if len(parts) == 3 else "")] = int(parts[-1])
     if not status.role:
         status.role, status.state = "unknown", status.state or "Patroni does not answer"
     return status
@@ -334,6 +344,15 @@ def problems(statuses: list[MemberStatus], max_lag_bytes: int) -> list[str]:
     healthy = sum(s.etcd_healthy for s in statuses)
     if healthy <= len(statuses) // 2:
         found.append(f"etcd has no quorum ({healthy} of {len(statuses)} members healthy)")
+    # mailboxes no mail host can serve: their home and their replica both down
+    down = {s.host for s in statuses if not s.reachable}
+    pairs = next((s.pairs for s in statuses if s.role == "primary"), None) or \
+        next((s.pairs for s in statuses if s.pairs), {})
+    for (home, replica), count in sorted(pairs.items()):
+        if home in down and (replica in down or not replica):
+            found.append(f"{count} mailbox(es) homed on {home} are unavailable: "
+                         + (f"their replica {replica} is down too" if replica
+                            else "they have no replica"))
     return found
 
 

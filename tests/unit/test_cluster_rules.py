@@ -229,6 +229,17 @@ def test_status_parsing_and_what_keeps_the_cluster_from_being_whole():
     n3 = cluster.parse_status("n3", 'patroni {"role": "replica", "state": "running"}')
     assert cluster.problems([primary, n2, n3], 1024) == ["n3 is not streaming from the "
                                                          "primary (standby, running)"]
+    # mailboxes whose home and replica are both down: no mail host can serve them
+    primary = cluster.parse_status("n1", 'patroni {"role": "master"}\npair n2 n3 4\n'
+                                   "pair n2 n1 2\npair n3 n2 1\npair n2 5\n"
+                                   "etcd x is healthy\n")
+    n2 = cluster.MemberStatus("n2", reachable=False, role="unreachable")
+    n3 = cluster.MemberStatus("n3", reachable=False, role="unreachable")
+    assert primary.pairs == {("n2", "n3"): 4, ("n2", "n1"): 2, ("n3", "n2"): 1, ("n2", ""): 5}
+    assert [p for p in cluster.problems([primary, n2, n3], 1024) if "mailbox" in p] == [
+        "5 mailbox(es) homed on n2 are unavailable: they have no replica",
+        "4 mailbox(es) homed on n2 are unavailable: their replica n3 is down too",
+        "1 mailbox(es) homed on n3 are unavailable: their replica n2 is down too"]
 
 
 def test_a_restore_onto_a_cluster_member_is_refused_before_any_host_is_asked():
