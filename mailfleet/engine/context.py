@@ -133,6 +133,8 @@ class HostContext:
         Returns the "Run" operation: it changes when the unit had to be started.
         `no_block`: start and restart without waiting for the unit to be up."""
         state = snapshot.parse_units(self.snapshot("units")).get(unit)
+        if state is None and no_block:  # (pyinfra's systemd.service waits for the start)
+            state = ("inactive", "disabled")
         if state is None:
             run = self.op(systemd.service, name=f"Run {unit}", service=unit, running=True,
                           enabled=enabled)

@@ -24,7 +24,9 @@ def install(ctx: HostContext, unit: str, script: str, script_text: str, unit_tex
     service = ctx.op(config_file, name=f"Write {unit}.service", dest=unit_file(unit),
                      content=unit_text)
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(service))
-    ctx.service(unit, restart_when=(written, service))
+    # not waiting for the start: the unit is ordered after others (Patroni, which on a host
+    # joining a cluster starts only once later steps on the other hosts ran)
+    ctx.service(unit, restart_when=(written, service), no_block=True)
 
 
 @operation()
