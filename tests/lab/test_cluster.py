@@ -119,6 +119,11 @@ def test_every_mail_host_takes_mail_and_logins_for_a_mailbox_homed_on_another(cl
     print(f"replication: a delivery on n2 reached its replica on n1 within "
           f"{copied(cli, 'n1', roamer, 1):.1f} s")
     assert net.run(sieve_login, address, context, server, roamer).startswith(b"OK")
+    # SMTP AUTH at n2 for a mailbox homed on n1 (checked on n2), delivered back to n1
+    net.run(mailclient.submit, n2_address, 587, n2_server, n2_context, sender, PASSWORD,
+            mailclient.check_message(sender, sender, "auth", subject="submitted at n2"))
+    assert net.run(mailclient.fetch, address, 993, server, context, sender, PASSWORD,
+                   "submitted at n2", delete=False, wait=60)
     assert not net.run(sieve_login, n2_address, n2_context, n2_server, f"x{roamer}").startswith(b"OK")
     # one key: n1's signature verifies against the record `dns records` publishes
     assert same_dkim_key(cli, ("n1", "n2"))
