@@ -219,17 +219,17 @@ def status_command(address: str, host: str = "") -> str:
     url = f"http://{address}:{PATRONI_PORT}/patroni"
     fetch = ("import json, urllib.request; "
              f"print(json.dumps(json.load(urllib.request.urlopen({url!r}, timeout=5))))")
-    replication = ("SELECT application_name, state, "
-                   "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), -1), "
-                   "coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication "
-                   "WHERE NOT pg_is_in_recovery()")
+    streaming = ("SELECT application_name, state, "
+                 "coalesce(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn), -1), "
+                 "coalesce(extract(epoch FROM replay_lag), 0) FROM pg_stat_replication "
+                 "WHERE NOT pg_is_in_recovery()")
     homed = ("SELECT count(*) FROM mailboxes WHERE NOT system AND home = "
              f"{schema.sql_literal(host)}")
     pairs = ("SELECT home, replica, count(*) FROM mailboxes WHERE NOT system AND home IS NOT NULL "
              "GROUP BY home, replica")
     return "; ".join([
         f"echo \"patroni $(python3 -c {shlex.quote(fetch)} 2>/dev/null)\"",
-        f"{_PSQL} -F ' ' -c {shlex.quote(replication)} 2>/dev/null | sed 's/^/standby /'",
+        f"{_PSQL} -F ' ' -c {shlex.quote(streaming)} 2>/dev/null | sed 's/^/standby /'",
         f"echo \"etcd $({etcd.ETCDCTL} endpoint health 2>&1 | head -n 1)\"",
         f"echo \"homed $({_PSQL} -d {schema.DATABASE} -c {shlex.quote(homed)} 2>/dev/null)\"",
         f"{{ {replication.STATUS}; }} | sed 's/^/copies /'",

@@ -427,6 +427,9 @@ def test_replication_status_and_its_check():
     stalled = replication.checks(Engine({"n1": "pass 1000\nnow 1400\n", "n2": "now 5\n"}))
     assert [(r.status, r.message) for r in stalled] == [("fail", "last pass 400 s ago"),
                                                        ("fail", "no pass yet")]
+    command = cluster.status_command("10.8.0.1", "n1")
+    assert f"{{ {replication.STATUS}; }} | sed 's/^/copies /'" in command
+    assert subprocess.run(["sh", "-n", "-c", command]).returncode == 0
     member = cluster.parse_status("n1", 'patroni {"role": "replica"}\n'
                                   "copies pass 100\ncopies replica 10.8.0.2 7\ncopies now 130\n")
     assert (member.replicas, member.last_pass) == ({"10.8.0.2": 7}, 30)
