@@ -169,8 +169,9 @@ class Cli:
 
 class LabNet:
     """Runs client code inside the lab's own network (its bridge namespace), as a machine
-    on the Internet would reach the hosts: a worker thread that entered the namespace
-    with setns(2), which changes only the calling thread."""
+    on the Internet would reach the hosts: worker threads that entered the namespace with
+    setns(2), which changes only the calling thread. Several, so a client running in the
+    background (a stream of mail) does not hold up the test's own clients."""
 
     CLONE_NEWNET = 0x40000000
 
@@ -178,7 +179,7 @@ class LabNet:
         from mailfleet.lab.paths import LabPaths
 
         path = f"/run/netns/{namespace or LabPaths(lab).bridge_ns}"
-        self._pool = ThreadPoolExecutor(1, initializer=self._enter, initargs=(path,))
+        self._pool = ThreadPoolExecutor(4, initializer=self._enter, initargs=(path,))
 
     @classmethod
     def _enter(cls, path: str) -> None:
