@@ -94,7 +94,7 @@ def lab_name(number: int | str) -> str:
 MODULE_SECONDS = {
     "test_lab_deploy.py": 370,
     "test_mail_accounts.py": 560,
-    "test_cluster.py": 640,  # four nodes, two mail hosts, a failover, an import, a restore
+    "test_cluster.py": 640,  # four nodes, two mail hosts, a move, failover, take-over, restore
     "test_split_tiers.py": 420,
     "test_cluster_growth.py": 320,  # one deploy alone, one as a cluster, SOGo (Debian 12)
     "test_mail_backup.py": 340,
