@@ -15,6 +15,7 @@ Run as root: .venv/bin/python benchmarks/mail_cluster.py [--messages 500] [--tak
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -111,7 +112,8 @@ def main() -> None:
         takeover = time.monotonic() - stopped
         mailfleet("lab", "start", "n2")
     finally:
-        mailfleet.down()
+        if not os.environ.get("MAILFLEET_BENCH_KEEP"):  # (kept: to look at a failure)
+            mailfleet.down()
     print(f"release                               {args.release}")
     print(f"replication delay (delivery on home   median {statistics.median(delays):.1f} s, "
           f"max {max(delays):.1f} s")

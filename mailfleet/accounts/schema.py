@@ -49,9 +49,12 @@ def sql_literal(value: str) -> str:
 # 0007's trigger makes the dead host their replica); the hosts' own check mailboxes stay.
 # Run by `cluster takeover` (psycopg: HOST is %(host)s) and by the watcher on the primary's
 # host (psql: :'host'; templates/replication/mailfleet-takeover.sh.j2).
-def take_over_sql(host: str) -> str:
+def take_over_sql(placeholder: str) -> str:
+    """The statement with `placeholder` (a driver's parameter, never a value) for HOST."""
+    if placeholder not in ("%(host)s", ":'host'"):
+        raise ValueError(f"{placeholder!r} is not a parameter placeholder")
     return ("UPDATE mailboxes SET home = replica, updated_at = now() "
-            f"WHERE home = {host} AND replica IS NOT NULL AND NOT system")
+            f"WHERE home = {placeholder} AND replica IS NOT NULL AND NOT system")
 
 
 def migrations() -> list[Migration]:

@@ -17,7 +17,8 @@ from mailfleet.cli.accounts import (
     new_password, parse,
 )
 from mailfleet.cli.output import console, err_console, info, print_json
-from mailfleet.errors import UsageError
+from mailfleet.config import HostSettings
+from mailfleet.errors import DeployError, UsageError
 from mailfleet.services.mailboxes import copy_to, dispose, dispose_command, kick
 
 app = typer.Typer(help="Mailboxes: add, list, change passwords and quotas, disable, remove, "
@@ -107,27 +108,43 @@ def move(
 ) -> None:
     """Move a mailbox to another mail host of a cluster, while mail keeps arriving.
 
-    Its mail is copied to HOST first, then HOST becomes its home and the old home its
-    replica: deliveries and logins go to HOST from then on, the old home's sessions are
-    ended, and whatever reached the old home meanwhile follows within seconds (two-way copy).
+    Its mail is copied to HOST first (nothing changes when that fails), then HOST becomes
+    its home and the old home its replica: deliveries and logins go to HOST from then on,
+    the old home's sessions are ended, and whatever reached the old home meanwhile is
+    copied over once more. A home that is down: `mailfleet cluster takeover` instead.
     """
     email = parse(rules.existing, email, "EMAIL")
     with database(ctx, host) as (config, settings, conn):
         store.require_user_mailbox(conn, email)
         store.require_home(conn, to, "HOST")
         members = {m.name: m for m in mail_hosts(config, settings)}
-        before = next((r for r in store.mailboxes(conn, rules.domain_of(email))
-                       if r.email == email), None)
-        if before is not None and before.home in members and to in members \
-                and before.home != to:
-            # most of the mail now, so HOST serves it all from the start
-            if not copy_to(members[before.home], email, config.vpn_address(members[to])):
-                info(f"copying {email} from {before.home} to {to} beforehand failed; "
-                     "replication copies it after the move")
-        old, _ = store.move_mailbox(conn, email, to)
-    if old in members:
-        kick(members[old], email)  # its sessions there reconnect, to HOST
-    console.print(f"{escape(email)} lives on {to} now; {old} holds its replica")
+        before = next(r for r in store.mailboxes(conn, rules.domain_of(email))
+                      if r.email == email)
+        if before.home == to:
+            raise UsageError(f"{email} lives on {to} already.")
+        if before.home not in members or to not in members:
+            raise UsageError(f"HOST: {email} lives on {before.home}; both it and {to} must be "
+                             "mail hosts in the config.")
+        old, new = members[before.home], members[to]
+        if not _copied(old, email, config.vpn_address(new)):
+            raise DeployError(f"Copying {email} from {old.name} to {to} failed; nothing was "
+                              "changed.", hint=f"If {old.name} is down: mailfleet cluster "
+                              f"takeover {old.name}")
+        store.move_mailbox(conn, email, to)
+    try:
+        kick(old, email)  # its sessions there reconnect, to HOST
+    except DeployError:
+        info(f"could not end {email}'s sessions on {old.name}")
+    if not _copied(new, email, config.vpn_address(old)):  # what reached the old home meanwhile
+        info(f"the copy back from {old.name} failed; replication repeats it")
+    console.print(f"{escape(email)} lives on {to} now; {old.name} holds its replica")
+
+
+def _copied(source: HostSettings, email: str, address: str) -> bool:
+    try:
+        return copy_to(source, email, address)
+    except DeployError:  # the host does not answer over SSH
+        return False
 
 
 @app.command("passwd")

@@ -46,15 +46,13 @@ def deploy(ctx: HostContext) -> None:
         mode="640" if version == "2.4" else "600",
         group="dovecot" if version == "2.4" else "root", secret=True,
     )
+    doveadm = None  # written before the config that includes it, removed after
     if ctx.plan.replicated:
         doveadm_password, _ = ctx.secret(DOVEADM_SECRET)
         doveadm = ctx.op(
             config_file, name="Write Dovecot's replication password", dest=DOVEADM_FILE,
             content=render("dovecot/doveadm.conf.ext.j2", password=doveadm_password),
             mode="640", group="dovecot", secret=True)
-    else:
-        doveadm = ctx.op(files.file, name="Remove Dovecot's replication password",
-                         path=DOVEADM_FILE, present=False)
     mail = ctx.config.mail
     conf = ctx.op(
         config_file, name="Write dovecot.conf", dest="/etc/dovecot/dovecot.conf",
@@ -69,6 +67,9 @@ def deploy(ctx: HostContext) -> None:
         ),
         validate="doveconf -n -c {path} >/dev/null",
     )
+    if not ctx.plan.replicated:
+        doveadm = ctx.op(files.file, name="Remove Dovecot's replication password",
+                         path=DOVEADM_FILE, present=False)
     if ctx.plan.mail_cluster:
         order = ctx.op(config_file, name="Start Dovecot once the VPN is up", dest=AFTER_VPN,
                        content=render("dovecot/after-vpn.conf.j2"))
