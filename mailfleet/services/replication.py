@@ -27,6 +27,7 @@ STATE_DIR = "/var/lib/mailfleet/replication"
 INTERVAL = 10  # seconds between the end of one pass and the next
 FULL_MINUTES = 10  # an unchanged mailbox is still copied this often (a replica restored)
 SYNC_TIMEOUT = 3600  # one mailbox's copy (the first of a large one takes long)
+IO_TIMEOUT = 60  # ... unless it stalls this long (doveadm sync -T)
 # a replica this far behind fails `check` (it is down, or copies fail)
 BEHIND_LIMIT = 300
 STATUS = f"cat {STATE_DIR}/status 2>/dev/null; printf 'now '; date +%s"
@@ -36,7 +37,7 @@ def deploy(ctx: HostContext) -> None:
     script = render("replication/mailfleet-replicate.sh.j2", host=ctx.plan.host,
                     state_dir=STATE_DIR, vmail_dir=VMAIL_DIR, port=DOVEADM_PORT,
                     database=DATABASE, interval=INTERVAL, full_minutes=FULL_MINUTES,
-                    sync_timeout=SYNC_TIMEOUT)
+                    sync_timeout=SYNC_TIMEOUT, io_timeout=IO_TIMEOUT)
     scripted.install(ctx, UNIT, SCRIPT, script,
                      render(f"replication/{UNIT}.service.j2", script=SCRIPT), "replication")
 
