@@ -114,17 +114,15 @@ def main() -> None:
     finally:
         if not os.environ.get("MAILFLEET_BENCH_KEEP"):  # (kept: to look at a failure)
             mailfleet.down()
-    print(f"release                               {args.release}")
-    print(f"replication delay (delivery on home   median {statistics.median(delays):.1f} s, "
-          f"max {max(delays):.1f} s")
-    print("  -> stored on the replica)")
-    print(f"take-over (home off -> its user reads {takeover:.1f} s with takeover_after = "
-          f"{args.takeover_after} s")
-    print(f"  all {total} messages at another host)")
-    print(f"delivery rate on the home (n2:25)     {home_rate:.1f} msg/s ({args.messages} messages)")
-    print(f"delivery rate via n1:25 (proxied)     {proxied_rate:.1f} msg/s")
-    print(f"ratio proxied / home                  {proxied_rate / home_rate:.2f}")
-
+    print(f"release                          {args.release}")
+    print(f"replication delay                median {statistics.median(delays):.1f} s, max "
+          f"{max(delays):.1f} s (delivered on the home -> stored on the replica)")
+    print(f"take-over time                   {takeover:.1f} s (home powered off -> its user "
+          f"reads all {total} messages at another host; takeover_after {args.takeover_after} s)")
+    print(f"delivery rate on the home        {home_rate:.1f} msg/s ({args.messages} messages "
+          "into n2:25, homed on n2)")
+    print(f"delivery rate via another host   {proxied_rate:.1f} msg/s (into n1:25, LMTP proxied)")
+    print(f"ratio via another host / home    {proxied_rate / home_rate:.2f}")
 
 if __name__ == "__main__":
     main()
