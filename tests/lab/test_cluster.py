@@ -303,6 +303,9 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
           f"after n2 was powered off (takeover_after {TAKEOVER_AFTER} s)")
     assert (homes(cli)[waiting], replicas(cli)[waiting]) == ("n1", "n2")
     assert stored_subjects(cli, "n1", waiting) == sorted(wanted)
+    # n2 (now home to the fewest mailboxes) is marked down: a new mailbox goes to n1
+    add_user(cli, f"while-n2-is-down@{domain}")
+    assert homes(cli)[f"while-n2-is-down@{domain}"] == "n1"
 
     cli("backup", "run", "--host", "n1")  # n1 backs up after the failover, either role
     cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself

@@ -396,6 +396,7 @@ def test_the_replication_and_take_over_scripts_are_valid_bash_with_their_values(
     assert "WHERE home = :'host' AND replica IS NOT NULL AND NOT system AND replica <> ALL" \
         in scripts["takeover"]
     assert "after=120" in scripts["takeover"] and "postqueue -f" in scripts["takeover"]
+    assert "UPDATE mail_hosts SET down_since = to_timestamp" in scripts["takeover"]
     with pytest.raises(TemplateValueError):  # a host name is one word
         render("replication/mailfleet-replicate.sh.j2", host="n1; rm -rf /", state_dir="/x",
                vmail_dir="/v", port=1, database="mailfleet", interval=1, full_minutes=1,

@@ -10,14 +10,20 @@ CREATE INDEX mailboxes_replica ON mailboxes (replica);
 
 GRANT SELECT (replica) ON mailboxes TO mailfleet_dovecot;
 
+-- Since when a mail host has not answered, as the take-over watch on the primary's host saw
+-- it when it took that host's mailboxes over (NULL: up). New homes and replicas avoid it.
+ALTER TABLE mail_hosts ADD COLUMN down_since timestamptz;
+
 -- A mailbox gets its home as before (the mail host with the fewest), and a replica: the
--- other mail host with the fewest replicas (by name on a tie). When its home changes to
--- its replica (a take-over), the old home becomes the replica.
+-- other mail host with the fewest replicas (by name on a tie); a host that is down comes
+-- last for both. When its home changes to its replica (a take-over), the old home becomes
+-- the replica, so it catches up when it is back.
 CREATE OR REPLACE FUNCTION mailboxes_home() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     IF NEW.home IS NULL THEN
         SELECT h.name INTO NEW.home FROM mail_hosts h
-        ORDER BY (SELECT count(*) FROM mailboxes m WHERE m.home = h.name), h.name
+        ORDER BY h.down_since IS NOT NULL,
+                 (SELECT count(*) FROM mailboxes m WHERE m.home = h.name), h.name
         LIMIT 1;
     END IF;
     IF TG_OP = 'UPDATE' AND NEW.replica = NEW.home AND OLD.home IS DISTINCT FROM NEW.home THEN
@@ -25,7 +31,8 @@ BEGIN
     END IF;
     IF NEW.replica IS NULL AND NEW.home IS NOT NULL THEN
         SELECT h.name INTO NEW.replica FROM mail_hosts h WHERE h.name <> NEW.home
-        ORDER BY (SELECT count(*) FROM mailboxes m WHERE m.replica = h.name), h.name
+        ORDER BY h.down_since IS NOT NULL,
+                 (SELECT count(*) FROM mailboxes m WHERE m.replica = h.name), h.name
         LIMIT 1;
     END IF;
     RETURN NEW;
