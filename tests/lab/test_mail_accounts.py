@@ -41,7 +41,7 @@ def test_a_user_added_with_the_cli_logs_in_sends_and_changes_password(node: Node
     assert f"added {email} on {node.name}" in added.stdout
     assert users(cli, node.name)[email] | {"created_at": ""} == {
         "email": email, "name": "Ann Example", "quota_bytes": 2**30, "active": True,
-        "created_at": "", "home": None}  # a single host: no homes to choose from
+        "created_at": "", "home": None, "replica": None}  # a single host: no homes
     assert node.imap_login(email, PASSWORD)
     subject = node.submit(email, email)
     assert node.fetch(email, subject) is not None
