@@ -85,7 +85,8 @@ def deploy(ctx: HostContext) -> None:
 
 
 def units(plan: HostPlan) -> tuple[Unit, ...]:
-    proxied = (Port(LMTP_PORT, "Dovecot LMTP for the other mail hosts", "mail cluster"),) \
+    # (to every member: the take-over watch on a db-only primary probes it too)
+    proxied = (Port(LMTP_PORT, "Dovecot LMTP for the other mail hosts", "cluster"),) \
         if plan.mail_cluster else ()
     if plan.replicated:
         proxied += (Port(DOVEADM_PORT, "Dovecot doveadm (replicas for the other mail hosts)",
