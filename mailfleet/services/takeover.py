@@ -17,6 +17,7 @@ from mailfleet.templating import render
 UNIT = "mailfleet-takeover"
 SCRIPT = "/usr/local/lib/mailfleet/takeover.sh"
 INTERVAL = 10  # seconds between two looks at the mail hosts
+FLUSHES = 18  # after a home changed, the mail queue is retried this many passes (3 min)
 
 
 def applies(plan: HostPlan) -> bool:
@@ -28,7 +29,7 @@ def deploy(ctx: HostContext) -> None:
     script = render("replication/mailfleet-takeover.sh.j2", host=ctx.plan.host,
                     interval=INTERVAL, after=ctx.config.cluster.takeover_after,
                     database=DATABASE, lmtp_port=LMTP_PORT, mail=ctx.plan.mail,
-                    take_over=take_over_sql(":'host'"))
+                    take_over=take_over_sql(":'host'"), flushes=FLUSHES)
     scripted.install(ctx, UNIT, SCRIPT, script,
                      render(f"replication/{UNIT}.service.j2", script=SCRIPT), "take-over watch")
 

@@ -389,7 +389,8 @@ def test_the_replication_and_take_over_scripts_are_valid_bash_with_their_values(
                             sync_timeout=3600, io_timeout=60),
         "takeover": render("replication/mailfleet-takeover.sh.j2", host="n1", interval=10,
                            after=config.cluster.takeover_after, database="mailfleet",
-                           lmtp_port=24, mail=True, take_over=schema.take_over_sql(":'host'")),
+                           lmtp_port=24, mail=True, take_over=schema.take_over_sql(":'host'"),
+                           flushes=18),
     }
     for name, text in scripts.items():
         done = subprocess.run(["bash", "-n"], input=text, text=True, capture_output=True)
