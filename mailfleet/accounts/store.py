@@ -135,20 +135,21 @@ def add_mailbox(conn: psycopg.Connection, email: str, hashed: str, name: str = "
     return (row[0], row[1]) if row else (None, None)
 
 
-def move_mailbox(conn: psycopg.Connection, email: str, host: str) -> tuple[str, str | None]:
+def home_of(conn: psycopg.Connection, email: str) -> str | None:
+    """The mail host an existing mailbox lives on (None: a single host)."""
+    return conn.execute("SELECT home FROM mailboxes WHERE email = %s", (email,)).fetchone()[0]
+
+
+def move_mailbox(conn: psycopg.Connection, email: str, host: str) -> None:
     """Make `host` the mailbox's home; the old home becomes its replica, so the new home's
-    next copy (two-way) brings over whatever reached the old one meanwhile. Returns the
-    old (home, replica)."""
+    next copy (two-way) brings over whatever reached the old one meanwhile."""
     with conn.transaction():
         require_user_mailbox(conn, email)
         require_home(conn, host, "HOST")
-        home, replica = conn.execute("SELECT home, replica FROM mailboxes WHERE email = %s",
-                                     (email,)).fetchone()
-        if home == host:
+        if home_of(conn, email) == host:
             raise UsageError(f"{email} lives on {host} already.")
         conn.execute("UPDATE mailboxes SET home = %s, replica = home, updated_at = now() "
                      "WHERE email = %s", (host, email))
-    return home, replica
 
 
 def take_over(conn: psycopg.Connection, host: str) -> int:

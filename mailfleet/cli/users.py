@@ -118,14 +118,13 @@ def move(
         store.require_user_mailbox(conn, email)
         store.require_home(conn, to, "HOST")
         members = {m.name: m for m in mail_hosts(config, settings)}
-        before = next(r for r in store.mailboxes(conn, rules.domain_of(email))
-                      if r.email == email)
-        if before.home == to:
+        home = store.home_of(conn, email)
+        if home == to:
             raise UsageError(f"{email} lives on {to} already.")
-        if before.home not in members or to not in members:
-            raise UsageError(f"HOST: {email} lives on {before.home}; both it and {to} must be "
+        if home not in members or to not in members:
+            raise UsageError(f"HOST: {email} lives on {home}; both it and {to} must be "
                              "mail hosts in the config.")
-        old, new = members[before.home], members[to]
+        old, new = members[home], members[to]
         if not _copied(old, email, config.vpn_address(new)):
             raise DeployError(f"Copying {email} from {old.name} to {to} failed; nothing was "
                               "changed.", hint=f"If {old.name} is down: mailfleet cluster "
