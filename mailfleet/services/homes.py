@@ -33,7 +33,8 @@ _REPLICAS = ("SELECT 'unreplicated ' || count(*) FROM mailboxes "
              "WHERE home IS NOT NULL AND replica IS NULL")
 SNAPSHOT = {"homes": "; ".join(f"{PSQL} -tA -d {DATABASE} -c {shlex.quote(query)} 2>/dev/null"
                                " || true" for query in (_STATE, _REPLICAS))}
-REPLICAS_SCHEMA = 7  # the schema version that has mailboxes.replica
+HOMES_SCHEMA = 6  # the schema version that has mailboxes.home
+REPLICAS_SCHEMA = 7  # ... and mailboxes.replica
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def known(ctx: HostContext) -> bool:
     if not ctx.plan.mail_cluster:
         return False
     cluster = cluster_state(ctx)
-    return (database_state(ctx).schema_version >= 6 or cluster.writes_here(ctx.plan.host)
+    return (database_state(ctx).schema_version >= HOMES_SCHEMA
+            or cluster.writes_here(ctx.plan.host)
             or ctx.plan.host in cluster.joining)
 
 
@@ -100,7 +102,7 @@ def homes(wanted: dict[str, str], found: HomesState, first: str, stale_checks: l
         f"INSERT INTO mail_hosts (name, address) VALUES ({sql_literal(name)}, "
         f"{sql_literal(address)}) ON CONFLICT (name) DO UPDATE SET address = EXCLUDED.address;"
         for name, address in wanted.items() if found.hosts.get(name) != address]
-    if found.homeless or schema_version < 6:
+    if found.homeless or schema_version < HOMES_SCHEMA:
         statements.append(f"UPDATE mailboxes SET home = {sql_literal(first)} WHERE home IS NULL;")
     added = set(wanted) - set(found.hosts)
     if len(wanted) > 1 and (found.unreplicated or found.homeless or added or gone
@@ -141,7 +143,7 @@ def deploy(ctx: HostContext) -> None:
     single = mailflow.check_address(domain)  # the single host's check mailbox
     ctx.op(homes, name="Record the mail hosts and each mailbox's home and replica",
            wanted=wanted, found=state, first=first,
-           stale_checks=[single] if version < 6 or single in state.checks else [],
+           stale_checks=[single] if version < HOMES_SCHEMA or single in state.checks else [],
            check_mailboxes=missing, password_hash=hash_password(password) if missing else "",
            schema_version=version)
 
