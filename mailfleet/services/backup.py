@@ -34,7 +34,7 @@ from mailfleet.localfile import write_private
 from mailfleet.services import certs, mailstore, opendkim, patroni, postgres, radicale
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.platform import platform
-from mailfleet.services.shape import Service
+from mailfleet.services.shape import HostPlan, Service
 from mailfleet.templating import render
 
 PACKAGES = ["restic"]
@@ -73,9 +73,9 @@ SNAPSHOT = {"backup": f"printf 'repository '; cat {REPOSITORY_MARK} 2>/dev/null;
                             f"| wc -l; fi"}
 
 
-def paths(config) -> list[str]:
-    """What the snapshots hold: PATHS, and Radicale's calendars when it runs."""
-    return PATHS + ([radicale.STORAGE] if config.features.radicale else [])
+def paths(plan: HostPlan) -> list[str]:
+    """What the snapshots hold: PATHS, and Radicale's calendars where it runs."""
+    return PATHS + ([radicale.STORAGE] if plan.radicale else [])
 
 
 def local_password(config) -> str:
@@ -109,13 +109,13 @@ def repository(digest: str, marked: str):
            f"echo {digest} > {REPOSITORY_MARK}")
 
 
-def script(config, postgresql: str, home: str = "") -> str:
+def script(config, plan: HostPlan, postgresql: str, home: str = "") -> str:
     """The backup script (run by the timer and by `backup run`); `home`: this mail host's
     name among several, whose snapshots leave out the replicas it keeps for the others."""
     settings = config.backup
     return render("backup/mailfleet-backup.sh.j2", environment=ENVIRONMENT, pg_dir=PG_DIR,
                   pg_bin=f"/usr/lib/postgresql/{postgresql}/bin",
-                  paths=paths(config), restored_file=RESTORED,
+                  paths=paths(plan), restored_file=RESTORED,
                   keep_daily=settings.keep_daily, keep_weekly=settings.keep_weekly,
                   keep_monthly=settings.keep_monthly, stamp_file=STAMP, home=home,
                   vmail_dir=mailstore.VMAIL_DIR, database=DATABASE)
@@ -182,7 +182,7 @@ def deploy(ctx: HostContext) -> None:
     ctx.op(repository, name="Initialise the backup repository",
            digest=repository_digest(settings.repository), marked=state.get("repository", ""))
     ctx.op(config_file, name="Install the backup script", dest=SCRIPT, mode="755",
-           content=script(ctx.config, release.postgresql,
+           content=script(ctx.config, ctx.plan, release.postgresql,
                           ctx.plan.host if ctx.plan.replicated else ""))
     units = [ctx.op(config_file, name=f"Write {UNIT}.{kind}",
                     dest=f"/etc/systemd/system/{UNIT}.{kind}",

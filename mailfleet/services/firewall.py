@@ -27,6 +27,9 @@ _UFW = ("ufw status 2>/dev/null | head -n 1; ufw show added 2>/dev/null | grep '
         "grep -E '^DEFAULT_(INPUT|OUTPUT)_POLICY=' /etc/default/ufw 2>/dev/null")
 SNAPSHOT = {"firewall": _UFW}  # (deploy reads sshd's ports from sshd's own section)
 _STATE = f"{_UFW}; {sshd.PORTS}"
+# the exposures opened on the VPN to some of the cluster's other members: the plan's list
+CLUSTER_PEERS = {"cluster": "cluster_peers", "mail cluster": "mail_peers",
+                 "web cluster": "web_peers"}
 
 
 def public_ports(plan: HostPlan, ssh_ports: set[int]) -> dict[int, str]:
@@ -51,8 +54,8 @@ def wanted_rules(config: Config, plan: HostPlan, ssh_ports: set[int],
         if port.exposure == "private":
             for peer in plan.database_peers:
                 rules[private_rule(peer, port.number)] = f"{port.what} for {peer}"
-        elif port.exposure in ("cluster", "mail cluster"):  # others, over the VPN only
-            peers = plan.cluster_peers if port.exposure == "cluster" else plan.mail_peers
+        elif port.exposure in CLUSTER_PEERS:  # others, over the VPN only
+            peers = getattr(plan, CLUSTER_PEERS[port.exposure])
             for peer in peers:
                 rules[cluster_rule(peer, port.number)] = f"{port.what} for {peer}"
     if config.features.wireguard:

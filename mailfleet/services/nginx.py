@@ -77,8 +77,9 @@ def deploy(ctx: HostContext) -> None:
             webmail=ctx.plan.webmail, webmail_path=config.web.webmail_path,
             webmail_prefix=prefix, roundcube_root=roundcube.ROOT,
             php_socket=roundcube.php_socket(ctx), upload_mb=config.mail.message_size_mb + 5,
-            radicale=ctx.plan.radicale, radicale_path=config.web.radicale_path,
-            radicale_port=radicale.PORT, **sogo.nginx_values(ctx),
+            radicale=ctx.plan.calendars, radicale_path=config.web.radicale_path,
+            radicale_address=ctx.plan.radicale_address, radicale_port=radicale.PORT,
+            **sogo.nginx_values(ctx),
         ))
     link = ctx.op(files.link, name="Enable the nginx site", path=ENABLED, target=SITE)
     default = ctx.op(files.link, name="Remove Debian's default nginx site",

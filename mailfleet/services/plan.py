@@ -106,11 +106,16 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
     members = config.cluster_members()
     cluster = tuple((h.name, private_address(config, h)) for h in members) \
         if host in members else ()
+    web_cluster = tuple((h.name, private_address(config, h)) for h in members
+                        if "web" in h.roles) if cluster else ()
+    calendars = web and features.radicale
     return HostPlan(
         host=host.name, roles=roles,
         webmail=features.webmail if web else "none",
         activesync=web and features.webmail == "sogo" and features.activesync,
-        radicale=web and features.radicale,
+        # among several web members, one holds the calendars: the first (see web_cluster)
+        radicale=calendars and (not web_cluster or web_cluster[0][0] == host.name),
+        calendars=calendars,
         acme=web and config.acme.enabled,
         acme_dns01=web and config.acme.enabled and config.acme.challenge == "dns-01",
         backups="mail" in roles and features.backups,
@@ -122,6 +127,7 @@ def make_plan(config: Config, host: HostSettings) -> HostPlan:
         cluster=cluster,
         mail_cluster=tuple((h.name, private_address(config, h)) for h in members
                            if "mail" in h.roles) if cluster else (),
+        web_cluster=web_cluster,
         # in a cluster every member holds them (whichever is primary makes them)
         webmail_databases=((features.webmail,) if "db" in roles and features.webmail != "none"
                            and (any_web or any("web" in m.roles for m in members if cluster))
@@ -136,4 +142,4 @@ def full_plan() -> HostPlan:
                     radicale=True, acme=False, acme_dns01=False, backups=True,
                     backup_repository=True, firewall=True, wireguard=True,
                     webmail_databases=("roundcube",), cluster=(("*", ""),),
-                    mail_cluster=(("*", ""),))
+                    mail_cluster=(("*", ""),), calendars=True)

@@ -4,6 +4,11 @@ nginx over HTTPS, each user owning their own collections.
 Users log in with their mail address and password: a small authentication module (a
 template) asks Dovecot over IMAPS, the same on Radicale 3.1 (Debian 12, which has no IMAP
 backend) and 3.5 (Debian 13, whose dovecot backend breaks against Dovecot 2.4).
+
+Radicale keeps its collections in files, written by one process, so a cluster with several
+web members keeps them on one: the first web member in mailfleet.toml runs Radicale, and the
+others' nginx proxies the CalDAV/CardDAV path to it over the VPN (every web host then shows
+the same calendars). Its collections are in that host's backups.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.engine.snapshot import FileState
 from mailfleet.services import system, upstream
 from mailfleet.services.checks import CheckResult, https_fetch
-from mailfleet.services.shape import Service, Unit
+from mailfleet.services.shape import HostPlan, Port, Service, Unit
 from mailfleet.templating import render
 
 PACKAGES = ["radicale"]
@@ -26,6 +31,7 @@ STORAGE = "/var/lib/radicale/collections"
 MODULE_DIR = "/usr/local/lib/mailfleet/radicale"
 MODULE = f"{MODULE_DIR}/mailfleet_radicale_auth.py"
 DROP_IN_DIR = "/etc/systemd/system/radicale.service.d"
+DROP_IN = f"{DROP_IN_DIR}/mailfleet.conf"
 
 
 @operation()
@@ -43,10 +49,20 @@ def retire(ctx: HostContext) -> None:
         ctx.op(remove, name="Remove Radicale (radicale = false)")
 
 
+def serves_others(plan: HostPlan) -> bool:
+    """Radicale here answers the other web members' nginx too (on the VPN)."""
+    return plan.radicale and len(plan.web_cluster) > 1
+
+
 def deploy(ctx: HostContext) -> None:
+    if not ctx.plan.radicale:  # another web member holds the calendars: nginx proxies there
+        retire(ctx)
+        return
     where = upstream.endpoints(ctx)  # logins are checked by the mail host's IMAP
-    values = dict(fqdn=ctx.fqdn, mail_host=where.mail_host, ca_file=where.ca_file, port=PORT, storage=STORAGE,
-                  path=ctx.config.web.radicale_path, module_dir=MODULE_DIR)
+    listen = ["127.0.0.1", *([ctx.plan.private_address] if serves_others(ctx.plan) else [])]
+    values = dict(fqdn=ctx.fqdn, mail_host=where.mail_host, ca_file=where.ca_file, port=PORT,
+                  storage=STORAGE, path=ctx.config.web.radicale_path, module_dir=MODULE_DIR,
+                  listen=listen, after_vpn=serves_others(ctx.plan))
     ctx.op(files.directory, name="Create Radicale's storage", path=STORAGE, user="radicale",
            group="radicale", mode="750")
     written = [
@@ -57,7 +73,7 @@ def deploy(ctx: HostContext) -> None:
                content=render("radicale/config.j2", **values), group="radicale", mode="640"),
     ]
     unit = ctx.op(config_file, name="Let Radicale load mailfleet's module",
-                  dest=f"{DROP_IN_DIR}/mailfleet.conf",
+                  dest=DROP_IN,
                   content=render("radicale/service-override.conf.j2", **values))
     ctx.op(systemd.daemon_reload, name="Reload systemd units", _if=ctx.changed(unit))
     ctx.service("radicale", restart_when=(*written, unit))
@@ -71,7 +87,8 @@ def _check_read(engine: Engine) -> str:
 
 
 def checks(engine: Engine) -> list[CheckResult]:
-    """Radicale answers through nginx and asks for a login (401), as clients see it."""
+    """Radicale answers through nginx and asks for a login (401), as clients see it (on a
+    web member without it: through the proxy to the one with it)."""
     path = engine.config.web.radicale_path
     command = _check_read(engine)
     results = []
@@ -83,9 +100,17 @@ def checks(engine: Engine) -> list[CheckResult]:
     return results
 
 
-SERVICE = Service("radicale", applies=lambda plan: plan.radicale, packages=tuple(PACKAGES),
+def units(plan: HostPlan) -> tuple[Unit, ...]:
+    if not plan.radicale:
+        return ()
+    ports = (Port(PORT, "Radicale for the other web hosts", "web cluster"),) \
+        if serves_others(plan) else ()
+    return (Unit("radicale", ports, checked=False),)
+
+
+SERVICE = Service("radicale", applies=lambda plan: plan.calendars,
+                  packages=lambda plan: PACKAGES if plan.radicale else (),
                   deploy=deploy, retire=retire, checks=checks,
-                  reads=lambda engine, plan: [_check_read(engine)],
-                  units=(Unit("radicale", checked=False),),
+                  reads=lambda engine, plan: [_check_read(engine)], units=units,
                   managed_paths=("/etc/radicale", MODULE_DIR, DROP_IN_DIR),
-                  facts=lambda ctx: [(Directory, {"path": STORAGE})])
+                  facts=lambda ctx: [(Directory, {"path": STORAGE})] if ctx.plan.radicale else [])

@@ -20,8 +20,9 @@ from mailfleet.services.checks import CheckResult
 
 # public: open to everyone; private: to the web-only hosts this host serves; cluster: to the
 # other members of the accounts database's cluster, on the VPN only; mail cluster: to the
-# cluster's other mail hosts, on the VPN only; local: 127.0.0.1 only, never in the firewall
-Exposure = Literal["public", "private", "cluster", "mail cluster", "local"]
+# cluster's other mail hosts, on the VPN only; web cluster: to the cluster's other web hosts,
+# on the VPN only; local: 127.0.0.1 only, never in the firewall
+Exposure = Literal["public", "private", "cluster", "mail cluster", "web cluster", "local"]
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class HostPlan:
     roles: frozenset[str]
     webmail: Literal["roundcube", "sogo", "none"]  # on this host ("none" without the web role)
     activesync: bool
-    radicale: bool
+    radicale: bool  # Radicale runs here (its collections are on this host)
     acme: bool  # certificates by ACME (served through this host's nginx)
     acme_dns01: bool  # ... by DNS-01 (certbot's RFC 2136 plugin), else HTTP-01
     backups: bool  # backups wanted here (features.backups on a mail host)
@@ -81,6 +82,11 @@ class HostPlan:
     # in a cluster: the members with the mail role (name, VPN address), every one an MX
     # whose Dovecot proxies a mailbox's logins and deliveries to its home among them
     mail_cluster: tuple[tuple[str, str], ...] = ()
+    # in a cluster: the members with the web role (name, VPN address); the first holds the
+    # calendars (Radicale), the others' nginx proxies to it
+    web_cluster: tuple[tuple[str, str], ...] = ()
+    # nginx serves CalDAV/CardDAV here (from Radicale here or on the first web member)
+    calendars: bool = False
     # the webmail databases this (db) host holds: for itself and for the hosts it serves
     webmail_databases: tuple[str, ...] = ()
     # filled in by services.plan_host(): the services that run here, and the ports they
@@ -116,6 +122,17 @@ class HostPlan:
     def replicated(self) -> bool:
         """A mail host among several: its mailboxes are copied to the others (replication)."""
         return self.mail and len(self.mail_cluster) > 1
+
+    @property
+    def web_peers(self) -> tuple[str, ...]:
+        """The cluster's other web hosts' VPN addresses (they proxy calendars to this one)."""
+        return tuple(address for name, address in self.web_cluster if name != self.host)
+
+    @property
+    def radicale_address(self) -> str:
+        """Where this host's nginx finds Radicale: here, or on the web member holding the
+        calendars (over the VPN)."""
+        return "127.0.0.1" if self.radicale or not self.web_cluster else self.web_cluster[0][1]
 
     @property
     def cluster_peers(self) -> tuple[str, ...]:

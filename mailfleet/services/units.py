@@ -14,7 +14,7 @@ from mailfleet.services.shape import Service, Unit
 
 LOCALHOST = {"127.0.0.1", "::1"}
 # the exposures whose ports listen on the host's private (VPN) address too
-PRIVATE = ("private", "cluster", "mail cluster")
+PRIVATE = ("private", "cluster", "mail cluster", "web cluster")
 
 
 def parse(text: str, units: list[str]) -> tuple[dict[str, str], dict[int, set[str]]]:

@@ -4,6 +4,7 @@ address and TLS context, IMAP logins and the subjects in a mailbox."""
 from __future__ import annotations
 
 import base64
+import email
 import imaplib
 import json
 import shlex
@@ -126,18 +127,26 @@ def same_dkim_key(cli: Cli, nodes: tuple[str, ...]) -> bool:
     return len(sums) == 1 and len(next(iter(sums))) == 64
 
 
-def subjects(address: str, context, server: str, user: str) -> set[str]:
+def messages(address: str, context, server: str, user: str) -> list[tuple[str, bytes]]:
+    """(subject, raw message) of every message in `user`'s INBOX, read over IMAP at
+    `address` (a message stored twice comes twice)."""
     imap = mailclient.IMAP4SSLTo(address, 993, server, context)
     try:
         imap.login(user, PASSWORD)
         imap.select("INBOX", readonly=True)
         _, data = imap.search(None, "ALL")
-        found = set()
+        found = []
         for number in data[0].split():
-            _, parts = imap.fetch(number, "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-            found.add(parts[0][1].decode().split(":", 1)[1].strip())
+            _, parts = imap.fetch(number, "(BODY.PEEK[])")
+            raw = parts[0][1]
+            subject = email.message_from_bytes(raw)["Subject"] or ""
+            found.append((str(subject).strip(), raw))
         return found
     finally:
         imap.logout()
+
+
+def subjects(address: str, context, server: str, user: str) -> set[str]:
+    return {subject for subject, _ in messages(address, context, server, user)}
 
 

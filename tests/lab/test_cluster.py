@@ -1,29 +1,34 @@
-"""The replicated accounts database (Debian 13, three fresh nodes): n1 ["mail", "db", "web"],
-n2 ["mail", "db"], n3 ["db"], `[cluster] enabled = true` over WireGuard. One deploy forms the
-cluster (etcd on the VPN, Patroni taking over n1's PostgreSQL, n2 and n3 streaming standbys);
-a second changes nothing. A user added through the CLI logs in on n1 at once, whichever host
-is primary. Both mail hosts are MXs with one DKIM key: a mailbox homed on n2 gets mail and
-logins (IMAP, ManageSieve) through n1 (Dovecot 2.4's proxy), and its replica on n1 follows
-within seconds; a mailbox moves from n1 to n2 while 50 messages arrive. The primary's node
-(n2) is powered off while mail streams into n1's port 25: no message is bounced, a standby
-takes over within a minute, every accepted message is in the mailbox; after
-cluster.takeover_after n2's mailboxes live on their replica (n1) with their earlier mail and
-the mail that waited in the queue, and n2 comes back as a standby and as their replica. n1 backs up whichever role it has, and its backup restores onto a fresh host (n4,
-alone, outside the cluster)."""
+"""The cluster of issue 25's "Done when" (Debian 13, three fresh nodes, each ["mail", "db",
+"web"], Radicale on, `[cluster] enabled = true` over WireGuard). One deploy forms it (etcd on
+the VPN, Patroni taking over n1's PostgreSQL, n2 and n3 streaming standbys); a second changes
+nothing. Every host is an MX signing with one DKIM key: 20 messages into n3 are read at n2
+(proxied to the home, n1) with signatures that verify against the published key; logins
+(IMAP, ManageSieve, SMTP AUTH) work at any host; a replica follows its home within seconds;
+a mailbox moves from n1 to n3 while 50 messages arrive; every web host shows the calendars
+kept on n1. n1, the primary and a home, is powered off while mail streams into n2: no
+message is bounced, a standby takes over within a minute; after cluster.takeover_after n1's
+mailboxes live on their replicas with all their mail and the mail that waited in a queue,
+and n1 comes back as a standby and as their replica, each mailbox then holding its mail
+exactly once at every host. n1 backs up whichever role it has, and its backup restores
+onto a fresh host (n4, alone, outside the cluster)."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import smtplib
 import threading
 import time
+import uuid
 
+import caldav
 import pytest
 import tomlkit
+from caldav.lib import error as dav_error
 from clusterlab import (add_user, as_cluster, cluster_status, copied, homes, imap_login,
-                        mail_host, replicas, same_dkim_key, sieve_login, stored_messages,
-                        stored_subjects, subjects, whole)
-from conftest import PASSWORD, Cli, LabNet, booted_lab, lab_bytes, lab_name
+                        mail_host, messages, replicas, same_dkim_key, sieve_login,
+                        stored_messages, stored_subjects, subjects, whole)
+from conftest import EVENT, PASSWORD, Cli, LabNet, booted_lab, lab_bytes, lab_name
 from webmail import ARTIFACTS, Roundcube, browser
 
 from mailfleet.config import load
@@ -44,7 +49,9 @@ def cluster(tmp_path_factory):
         fresh = doc["hosts"][3]
         del doc["hosts"][3]
         as_cluster(doc, doc["hosts"][1:])
-        doc["hosts"][1]["roles"] = ["mail", "db"]
+        for host in doc["hosts"]:
+            host["roles"] = ["mail", "db", "web"]
+        doc["features"]["radicale"] = True
         doc["cluster"]["takeover_after"] = TAKEOVER_AFTER
         doc["backup"] = {"repository": REPOSITORY, "password_file": str(work / "backup-password")}
         cli.config.write_text(tomlkit.dumps(doc))
@@ -83,11 +90,12 @@ def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
     assert again["changes"] == 0, {h: r["changed"] for h, r in again["hosts"].items()}
     assert {h: r["fact_misses"] for h, r in again["hosts"].items()} == \
         {"n1": [], "n2": [], "n3": []}
-    # mailfleet set up no mail service on n3 (its preinstalled image has the packages);
-    # the cluster's ports are open on the VPN only
-    assert cli.ssh("n3", "ls /etc/postfix/pgsql /etc/dovecot/mailfleet-sql.conf.ext 2>&1 | "
-                         "grep -c 'No such file'") == "2"
+    # Radicale runs on n1 alone (n2 and n3 proxy to it); the cluster's ports are open on the
+    # VPN only
+    assert cli.ssh("n3", "systemctl is-active radicale || true") != "active"
+    assert cli.ssh("n1", "systemctl is-active radicale") == "active"
     rules = cli.ssh("n1", "sudo ufw show added")
+    assert "allow in on wg0 from 10.8.0.3 to any port 5232 proto tcp" in rules, rules
     assert "allow in on wg0 from 10.8.0.2 to any port 2379 proto tcp" in rules, rules
     assert "allow in on wg0 from 10.8.0.2 to any port 24 proto tcp" in rules, rules
     assert "allow in on wg0 from 10.8.0.2 to any port 12345 proto tcp" in rules, rules
@@ -95,52 +103,127 @@ def test_one_deploy_forms_the_cluster_and_a_second_changes_nothing(cluster):
     assert "allow 24" not in rules, rules
 
 
+def _into_port_25(address: str, recipient: str, subjects: list[str],
+                  limit: float = 300) -> dict[str, list[int]]:
+    """Send each subject as a stranger does, into `address`:25, retrying a message answered
+    4xx as a sending server would (until `limit`); {subject: the codes it got, last 250}."""
+    codes: dict[str, list[int]] = {}
+    deadline = time.monotonic() + limit
+    for subject in subjects:
+        while True:
+            try:
+                with smtplib.SMTP(address, 25, timeout=60) as smtp:
+                    smtp.ehlo("client.outside.test")
+                    smtp.sendmail("someone@outside.test", [recipient],
+                                  f"From: someone@outside.test\r\nTo: {recipient}\r\n"
+                                  f"Subject: {subject}\r\n\r\n{subject}\r\n")
+                codes.setdefault(subject, []).append(250)
+                break
+            except (smtplib.SMTPException, OSError) as err:
+                code = (next(iter(err.recipients.values()))[0]
+                        if isinstance(err, smtplib.SMTPRecipientsRefused)
+                        else getattr(err, "smtp_code", None))
+                codes.setdefault(subject, []).append(code or 0)
+                assert code is None or 400 <= code < 500, (subject, err)  # never refused
+                assert time.monotonic() < deadline, codes
+                time.sleep(2)
+    return codes
+
+
+def _published_keys(cli: Cli) -> dict[str, str | None]:
+    return {r["name"].split("._domainkey.")[1]: r["value"]
+            for r in cli.json("dns", "records")["records"]
+            if r["type"] == "TXT" and "._domainkey." in r["name"]}
+
+
 def test_every_mail_host_takes_mail_and_logins_for_a_mailbox_homed_on_another(cluster):
     cli, net = cluster
     address, context, server, domain = mail_host(cli)
     n2_address, n2_context, n2_server, _ = mail_host(cli, "n2")
-    sender, roamer = f"stays@{domain}", f"roams@{domain}"
-    add_user(cli, sender, home="n1")
+    n3_address, n3_context, n3_server, _ = mail_host(cli, "n3")
+    alice, roamer = f"alice@{domain}", f"roams@{domain}"
+    add_user(cli, alice, home="n1")
     add_user(cli, roamer, home="n2")
-    assert {homes(cli)[u] for u in (sender, roamer)} == {"n1", "n2"}
+    assert (homes(cli)[alice], homes(cli)[roamer]) == ("n1", "n2")
     homed = {m["host"]: m["mailboxes_homed"] for m in cluster_status(cli)["members"]}
-    assert homed["n1"] >= 1 and homed["n2"] >= 1, homed
-    refused = cli("user", "add", f"nowhere@{domain}", "--home", "n3", "--password-stdin",
+    assert homed["n1"] >= 1 and homed["n2"] >= 1 and homed["n3"] >= 1, homed
+    refused = cli("user", "add", f"nowhere@{domain}", "--home", "n9", "--password-stdin",
                   input=PASSWORD + "\n", check=False)
-    assert refused.returncode == 2 and "'n3' is not a mail host" in refused.stderr, refused.stderr
-    net.run(mailclient.submit, address, 587, server, context, sender, PASSWORD,
-            mailclient.check_message(sender, roamer, "roam", subject="to n2 through n1"))
+    assert refused.returncode == 2 and "'n9' is not a mail host" in refused.stderr, refused.stderr
+    # 20 messages into n3, all accepted at once; read at n2, proxied to n1, each signed with
+    # the one key `dns records` publishes
+    sent = [f"to alice through n3 {n:02d}" for n in range(20)]
+    codes = net.run(_into_port_25, n3_address, alice, sent)
+    assert all(c == [250] for c in codes.values()), codes
+    keys = _published_keys(cli)
+    deadline = time.monotonic() + 60
+    while len(read := net.run(messages, n2_address, n2_context, n2_server, alice)) < 20:
+        assert time.monotonic() < deadline, sorted(s for s, _ in read)
+        time.sleep(1)
+    assert sorted(subject for subject, _ in read) == sorted(sent)
+    assert all(mailclient.verify_dkim(raw, keys)[0] for _, raw in read)
+    assert stored_messages(cli, "n1", alice) == 20  # stored on its home
+    assert same_dkim_key(cli, ("n1", "n2", "n3"))
+    assert {r["value"] for r in cli.json("dns", "records")["records"] if r["type"] == "MX"} == \
+        {f"10 {server}.", f"10 {n2_server}.", f"10 {n3_server}."}
+    # alice submits at n3 (SMTP AUTH checked there): signed with the same key, delivered to
+    # roamer's home (n2), read at n1 through the proxy
+    net.run(mailclient.submit, n3_address, 587, n3_server, n3_context, alice, PASSWORD,
+            mailclient.check_message(alice, roamer, "n3", subject="submitted at n3"))
     raw = net.run(mailclient.fetch, address, 993, server, context, roamer, PASSWORD,
-                  "to n2 through n1", delete=False, wait=60)
-    assert raw, "not delivered to n2 or not readable through n1"
+                  "submitted at n3", delete=False, wait=60)
+    assert raw and mailclient.verify_dkim(raw, keys)[0], "not delivered, or not signed"
     assert stored_messages(cli, "n2", roamer) == 1
-    # n1 holds the replica: the home (n2) copies the delivery there within seconds
-    assert replicas(cli)[roamer] == "n1"
-    print(f"replication: a delivery on n2 reached its replica on n1 within "
-          f"{copied(cli, 'n1', roamer, 1):.1f} s")
+    # the home copies each mailbox to its replica within seconds
+    alice_replica, roamer_replica = replicas(cli)[alice], replicas(cli)[roamer]
+    assert alice_replica in ("n2", "n3") and roamer_replica in ("n1", "n3")
+    print(f"replication: 20 deliveries on n1 reached its replica on {alice_replica} within "
+          f"{copied(cli, alice_replica, alice, 20):.1f} s")
+    copied(cli, roamer_replica, roamer, 1)
     assert net.run(sieve_login, address, context, server, roamer).startswith(b"OK")
-    # SMTP AUTH at n2 for a mailbox homed on n1 (checked on n2), delivered back to n1
-    net.run(mailclient.submit, n2_address, 587, n2_server, n2_context, sender, PASSWORD,
-            mailclient.check_message(sender, sender, "auth", subject="submitted at n2"))
-    assert net.run(mailclient.fetch, address, 993, server, context, sender, PASSWORD,
-                   "submitted at n2", delete=False, wait=60)
     assert not net.run(sieve_login, n2_address, n2_context, n2_server, f"x{roamer}").startswith(b"OK")
-    # one key: n1's signature verifies against the record `dns records` publishes
-    assert same_dkim_key(cli, ("n1", "n2"))
-    records = cli.json("dns", "records")["records"]
-    keys = {r["name"].split("._domainkey.")[1]: r["value"] for r in records
-            if r["type"] == "TXT" and "._domainkey." in r["name"]}
-    assert mailclient.verify_dkim(raw, keys)[0]
-    assert {r["value"] for r in records if r["type"] == "MX"} == {f"10 {server}.",
-                                                                  f"10 {n2_server}."}
+    # SMTP AUTH at n2 for a mailbox homed on n1 (checked on n2)
+    net.run(mailclient.submit, n2_address, 587, n2_server, n2_context, alice, PASSWORD,
+            mailclient.check_message(alice, roamer, "auth", subject="submitted at n2"))
+    assert net.run(mailclient.fetch, n3_address, 993, n3_server, n3_context, roamer, PASSWORD,
+                   "submitted at n2", delete=False, wait=60)
     # deleted at the home (through n1's proxy): gone from the replica too, and stays gone
     net.run(mailclient.fetch, address, 993, server, context, roamer, PASSWORD,
-            "to n2 through n1", delete=True, wait=5)
-    copied(cli, "n1", roamer, 0)
+            "submitted at n3", delete=True, wait=5)
+    copied(cli, roamer_replica, roamer, 1)
     time.sleep(12)  # another pass: nothing is copied back
-    assert stored_messages(cli, "n1", roamer) == 0 and stored_messages(cli, "n2", roamer) == 0
+    assert stored_messages(cli, roamer_replica, roamer) == 1
+    assert stored_messages(cli, "n2", roamer) == 1
     mine = {c["name"]: c for c in cli.json("check")["checks"] if c["host"] == "n2"}
     assert mine["replication"]["status"] == "ok", mine["replication"]
+
+
+def test_every_web_host_shows_the_calendars_kept_on_n1(cluster):
+    cli, _ = cluster
+    user = f"calendars@{load(cli.config).mail.domain}"
+    add_user(cli, user, home="n2")
+
+    def dav(node: str) -> caldav.DAVClient:
+        port = Lab(cli.lab).forward(node, 443)
+        return caldav.DAVClient(url=f"https://127.0.0.1:{port}/radicale/", username=user,
+                                password=PASSWORD, ssl_verify_cert=False)
+
+    summary = f"Planning {uuid.uuid4().hex[:6]}"
+    dav("n3").principal().make_calendar(name="Work").save_event(
+        EVENT.format(uid=uuid.uuid4(), summary=summary))
+    for node in ("n1", "n2", "n3"):  # the same calendar, whichever web host answers
+        calendars = dav(node).principal().calendars()
+        assert [c.name for c in calendars] == ["Work"], node
+        events = calendars[0].events()
+        assert len(events) == 1 and summary in events[0].data, node
+    stored = cli.ssh("n1", "sudo grep -rl " + shlex.quote(summary) + " /var/lib/radicale/collections")
+    assert stored.endswith(".ics"), stored
+    assert cli.ssh("n3", "sudo ls /var/lib/radicale/collections 2>/dev/null | wc -l") == "0"
+    port = Lab(cli.lab).forward("n2", 443)
+    wrong = caldav.DAVClient(url=f"https://127.0.0.1:{port}/radicale/", username=user,
+                             password="wrong", ssl_verify_cert=False)
+    with pytest.raises(dav_error.AuthorizationError):
+        wrong.principal()
 
 
 def test_a_mailbox_moves_to_another_mail_host_while_mail_arrives(cluster):
@@ -149,7 +232,7 @@ def test_a_mailbox_moves_to_another_mail_host_while_mail_arrives(cluster):
     n2_address, _, _, _ = mail_host(cli, "n2")
     mover = f"mover@{domain}"
     add_user(cli, mover, home="n1")
-    sent: list[str] = []
+    sent: list[str] = []  # (n2: neither the old home nor the new)
 
     def send() -> None:  # 50 messages into n2's port 25 while the mailbox moves
         smtp = smtplib.SMTP(n2_address, 25, timeout=60)
@@ -166,21 +249,22 @@ def test_a_mailbox_moves_to_another_mail_host_while_mail_arrives(cluster):
     sender.start()
     try:
         time.sleep(2)
-        moved = cli("user", "move", mover, "n2")
+        moved = cli("user", "move", mover, "n3")
     finally:
         sender.join(300)
-    assert "lives on n2 now; n1 holds its replica" in moved.stdout, moved.stdout
-    assert (homes(cli)[mover], replicas(cli)[mover]) == ("n2", "n1")
+    assert "lives on n3 now; n1 holds its replica" in moved.stdout, moved.stdout
+    assert (homes(cli)[mover], replicas(cli)[mover]) == ("n3", "n1")
     assert len(sent) == 50
     deadline = time.monotonic() + 120
-    while len(stored_subjects(cli, "n2", mover)) < 50 and time.monotonic() < deadline:
+    while len(stored_subjects(cli, "n3", mover)) < 50 and time.monotonic() < deadline:
         time.sleep(2)
-    assert stored_subjects(cli, "n2", mover) == sorted(sent)  # all 50, none twice
+    assert stored_subjects(cli, "n3", mover) == sorted(sent)  # all 50, none twice
     copied(cli, "n1", mover, 50)  # and the replica caught up
-    assert sorted(net.run(subjects, address, context, server, mover)) == sorted(sent)
-    for bad, words in ((("user", "move", mover, "n3"), "'n3' is not a mail host"),
-                       (("user", "move", mover, "n2"), "lives on n2 already"),
-                       (("cluster", "takeover", "n3"), "'n3' is not a mail host")):
+    assert sorted(s for s, _ in net.run(messages, address, context, server, mover)) == \
+        sorted(sent)
+    for bad, words in ((("user", "move", mover, "n9"), "'n9' is not a mail host"),
+                       (("user", "move", mover, "n3"), "lives on n3 already"),
+                       (("cluster", "takeover", "n9"), "'n9' is not a mail host")):
         refused = cli(*bad, check=False)
         assert refused.returncode == 2 and words in refused.stderr, (bad, refused.stderr)
 
@@ -238,26 +322,26 @@ def _stream(address: str, recipient: str, stop: threading.Event) -> tuple[list[s
     return accepted, refused
 
 
-def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(cluster):
+def test_the_primary_and_home_powered_off_loses_no_mail_and_its_mailboxes_are_taken_over(
+        cluster):
     cli, net = cluster
-    address, context, server, domain = mail_host(cli)
-    cli("cluster", "switchover", "--to", "n2")  # n1 takes the mail: another host must fail
-    recipient, waiting = f"failover@{domain}", f"waits@{domain}"
-    add_user(cli, recipient, home="n1")
-    add_user(cli, waiting, home="n2")
-    # mail on n2 before it fails, copied to its replica (n1)
-    earlier = [f"before n2 fails {n}" for n in range(3)]
-    for subject in earlier:
-        net.run(mailclient.submit, address, 587, server, context, recipient, PASSWORD,
-                mailclient.check_message(recipient, waiting, "early", subject=subject))
-    copied(cli, "n1", waiting, len(earlier))
+    n2_address, n2_context, n2_server, domain = mail_host(cli, "n2")
+    n3_address, n3_context, n3_server, _ = mail_host(cli, "n3")
+    cli("cluster", "switchover", "--to", "n1")  # n1: the primary and a home, powered off below
+    owner, streamed = f"carol@{domain}", f"failover@{domain}"
+    add_user(cli, owner, home="n1")
+    add_user(cli, streamed, home="n3")
+    earlier = [f"before n1 fails {n:02d}" for n in range(20)]
+    assert all(c == [250] for c in net.run(_into_port_25, n3_address, owner, earlier).values())
+    replica = replicas(cli)[owner]
+    copied(cli, replica, owner, len(earlier))  # the replica caught up
     stop, result = threading.Event(), {}
     sender = threading.Thread(target=lambda: result.update(zip(
-        ("accepted", "refused"), net.run(_stream, address, recipient, stop))))
+        ("accepted", "refused"), net.run(_stream, n2_address, streamed, stop))))
     sender.start()
     try:
         time.sleep(3)  # the stream is going
-        cli("lab", "stop", "n2")
+        cli("lab", "stop", "n1")
         started = time.monotonic()
         while True:  # a write (the CLI finds the new primary itself) works again
             done = cli("user", "add", f"after-failover@{domain}", "--password-stdin",
@@ -265,62 +349,65 @@ def test_the_primary_host_powered_off_loses_no_mail_and_a_standby_takes_over(clu
             seconds = time.monotonic() - started
             if done.returncode == 0 or seconds > FAILOVER_LIMIT + 30:
                 break
-            if "exists" in done.stderr:  # an attempt committed, its wait for n2 failed
+            if "exists" in done.stderr:  # an attempt committed, its wait for n1 failed
                 break
             time.sleep(1)
-        print(f"failover: a write works again {seconds:.1f} s after n2 was powered off")
-        # mail for a mailbox whose home is down is accepted (and waits in n1's queue)
-        before = time.monotonic()
-        net.run(mailclient.submit, address, 587, server, context, recipient, PASSWORD,
-                mailclient.check_message(recipient, waiting, "wait", subject="waits for n2"))
-        print(f"a submission for n2's mailbox was accepted in {time.monotonic() - before:.1f} s")
+        print(f"failover: a write works again {seconds:.1f} s after n1 was powered off")
         assert (done.returncode == 0 or "exists" in done.stderr) and seconds < FAILOVER_LIMIT, \
             (seconds, done.stderr)
-        time.sleep(3)
+        # 10 more for the mailbox whose home is down: accepted (and waiting in n2's queue)
+        before = time.monotonic()
+        later = [f"while n1 is off {n:02d}" for n in range(10)]
+        codes = net.run(_into_port_25, n2_address, owner, later)
+        print(f"10 messages for n1's mailbox accepted by n2 in {time.monotonic() - before:.1f} s:"
+              f" {codes}")
     finally:
         stop.set()
         sender.join(120)
     accepted, refused = result["accepted"], result["refused"]
     assert len(accepted) >= 20, (len(accepted), refused)
     assert all(code is None or 400 <= code < 500 for code, _ in refused), refused
-    assert cluster_status(cli)["primary"] in ("n1", "n3")
+    assert cluster_status(cli)["primary"] in ("n2", "n3")
     deadline = time.monotonic() + 120
     while True:  # Postfix delivers what it accepted (retrying what it had to defer)
-        missing = set(accepted) - net.run(subjects, address, context, server, recipient)
+        missing = set(accepted) - net.run(subjects, n3_address, n3_context, n3_server, streamed)
         if not missing or time.monotonic() > deadline:
             break
         time.sleep(3)
     assert not missing, sorted(missing)
 
-    # n2 stays off: after cluster.takeover_after its mailboxes live on their replica (n1),
-    # which had the earlier mail and now gets the mail that waited for n2
-    wanted = {*earlier, "waits for n2"}
-    while homes(cli)[waiting] != "n1":  # (a login now would wait on n2 until it times out)
+    # n1 stays off: after cluster.takeover_after its mailboxes live on their replicas, with
+    # the earlier mail, and get the mail that waited in n2's queue
+    wanted = sorted([*earlier, *later])
+    while homes(cli)[owner] != replica:  # (a login now would wait on n1 until it times out)
         assert time.monotonic() - started < TAKEOVER_AFTER + 60, cli.ssh(
             cluster_status(cli)["primary"], "sudo journalctl -u mailfleet-takeover -n 20")
         time.sleep(2)
-    print(f"take-over: n2's mailboxes live on n1 {time.monotonic() - started:.0f} s after n2 "
-          f"was powered off (takeover_after {TAKEOVER_AFTER} s)")
-    while not wanted <= net.run(subjects, address, context, server, waiting):
-        assert time.monotonic() - started < TAKEOVER_AFTER + 60 + 30, cli.ssh("n1", "postqueue -p")
+    print(f"take-over: n1's mailboxes live on their replicas {time.monotonic() - started:.0f} s "
+          f"after n1 was powered off (takeover_after {TAKEOVER_AFTER} s)")
+    assert set(earlier) <= net.run(subjects, n3_address, n3_context, n3_server, owner)
+    while sorted(net.run(subjects, n3_address, n3_context, n3_server, owner)) != wanted:
+        assert time.monotonic() - started < TAKEOVER_AFTER + 60 + 30, cli.ssh("n2", "postqueue -p")
         time.sleep(3)
-    print(f"take-over: n2's mailbox read at n1, complete, {time.monotonic() - started:.0f} s "
-          f"after n2 was powered off (takeover_after {TAKEOVER_AFTER} s)")
-    assert (homes(cli)[waiting], replicas(cli)[waiting]) == ("n1", "n2")
-    assert stored_subjects(cli, "n1", waiting) == sorted(wanted)
-    # n2 (now home to the fewest mailboxes) is marked down: a new mailbox goes to n1
-    add_user(cli, f"while-n2-is-down@{domain}")
-    assert homes(cli)[f"while-n2-is-down@{domain}"] == "n1"
+    print(f"take-over: n1's mailbox read at n3, all 30, {time.monotonic() - started:.0f} s "
+          f"after n1 was powered off (takeover_after {TAKEOVER_AFTER} s)")
+    assert (homes(cli)[owner], replicas(cli)[owner]) == (replica, "n1")
+    # n1 is marked down: a new mailbox is homed elsewhere, its replica too
+    add_user(cli, f"while-n1-is-down@{domain}")
+    assert "n1" not in (homes(cli)[f"while-n1-is-down@{domain}"],
+                        replicas(cli)[f"while-n1-is-down@{domain}"])
 
-    cli("backup", "run", "--host", "n1")  # n1 backs up after the failover, either role
-    cli("lab", "start", "n2")  # the old primary comes back as a standby, by itself
+    cli("lab", "start", "n1")  # the old primary comes back as a standby, by itself
     status = whole(cli)
     assert status["ok"], status
-    assert {m["host"]: m["role"] for m in status["members"]}["n2"] == "standby"
+    assert {m["host"]: m["role"] for m in status["members"]}["n1"] == "standby"
     # ... and as the replica of the mailboxes it lost: it catches up, nothing twice
-    copied(cli, "n2", waiting, len(wanted))
-    assert stored_subjects(cli, "n2", waiting) == sorted(wanted)
-    assert stored_subjects(cli, "n1", waiting) == sorted(wanted)
+    copied(cli, "n1", owner, len(wanted))
+    assert stored_subjects(cli, "n1", owner) == wanted
+    for node in ("n1", "n2", "n3"):  # exactly 30 messages, whichever host the user asks
+        node_address, node_context, node_server, _ = mail_host(cli, node)
+        read = net.run(messages, node_address, node_context, node_server, owner)
+        assert sorted(subject for subject, _ in read) == wanted, node
 
 
 def test_an_import_during_a_switchover_is_all_or_none_and_can_be_run_again(cluster, tmp_path):
@@ -368,6 +455,13 @@ def test_the_mail_member_backs_up_as_a_standby_and_its_backup_restores_onto_a_fr
     while subject not in net.run(subjects, address, context, server, user):
         assert time.monotonic() < deadline, "the message was not delivered on n1"
         time.sleep(1)
+    away = f"away@{domain}"  # moved off n1, which keeps its replica
+    add_user(cli, away, home="n1")
+    net.run(mailclient.submit, address, 587, server, context, user, PASSWORD,
+            mailclient.check_message(user, away, "away", subject="moves away"))
+    copied(cli, "n1", away, 1)
+    cli("user", "move", away, "n2")
+    assert replicas(cli)[away] == "n1"
     cli("backup", "run", "--host", "n1")
     base = cli.ssh("n1", "ls -1d /var/backups/mailfleet/postgres/base-*Z | tail -n 1")
     label = cli.ssh("n1", f"tar -xzOf {base}/base.tar.gz backup_label")
@@ -394,8 +488,8 @@ def test_the_mail_member_backs_up_as_a_standby_and_its_backup_restores_onto_a_fr
         [c for c in result.get("checks", []) if c["status"] != "ok"], done.stderr)
     n4_address, n4_context, n4_server, _ = mail_host(lone, "n4")
     assert subject in net.run(subjects, n4_address, n4_context, n4_server, user)
-    # n1's snapshots hold the mailboxes homed there, not the replicas it keeps for n2
-    replica = f"/var/mail/vmail/{domain}/mailfleet-check-n2"
+    # n1's snapshots hold the mailboxes homed there, not the replicas it keeps for others
+    replica = f"/var/mail/vmail/{domain}/away"
     assert cli.ssh("n1", f"test -d {replica} && echo kept") == "kept"
     assert lone.ssh("n4", f"test -d {replica} && echo kept || echo left out") == "left out"
     # a lone host now: a primary of its own, archiving as one, no cluster secret kept

@@ -16,10 +16,12 @@ from mailfleet.errors import ConfigError, DeployError
 from mailfleet.dns import records as dns_records
 from mailfleet.engine import mailclient
 from mailfleet.accounts import schema
-from mailfleet.services import cluster, firewall, homes, mailflow, opendkim, replication, restore
+from mailfleet.services import (backup, cluster, firewall, homes, mailflow, opendkim, radicale,
+                                replication, restore)
 from mailfleet.services.cluster import MemberProbe
 from mailfleet.services.postgres import psql_script
 from mailfleet.templating import TemplateValueError, render
+from test_template_escaping import NGINX
 
 BASE = '[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
 
@@ -378,6 +380,36 @@ def test_mail_hosts_among_several_replicate_and_every_member_watches_for_a_dead_
     plan = services.plans(lone, lone.hosts)["n1"]
     assert not plan.replicated and "takeover" not in plan.services
     assert 12345 not in {p.number for p in plan.ports}
+
+
+def test_several_web_members_show_the_calendars_of_the_first_one():
+    config = parse(BASE + "[features]\nwireguard = true\nbackups = false\nradicale = true\n"
+                   "[cluster]\nenabled = true\n" + "".join(
+                       f'[[hosts]]\nname = "n{i}"\naddress = "192.0.2.{i}"\n'
+                       'roles = ["mail", "db", "web"]\n' for i in (1, 2, 3)))
+    plans = services.plans(config, config.hosts)
+    assert [plans[n].radicale for n in ("n1", "n2", "n3")] == [True, False, False]
+    assert all(plans[n].calendars and "radicale" in plans[n].services for n in plans)
+    assert [plans[n].radicale_address for n in plans] == ["127.0.0.1", "10.8.0.1", "10.8.0.1"]
+    assert "radicale" in services.packages(plans["n1"])
+    assert "radicale" not in services.packages(plans["n2"])
+    rules = firewall.wanted_rules(config, plans["n1"], {22}, False)
+    assert {r for r in rules if " 5232 " in r} == {
+        f"allow in on wg0 from 10.8.0.{i} to any port 5232 proto tcp" for i in (2, 3)}
+    assert not [r for r in firewall.wanted_rules(config, plans["n2"], {22}, False)
+                if " 5232 " in r]
+    site = render("nginx/mailfleet.conf.j2", **{
+        **NGINX, "radicale_address": plans["n2"].radicale_address})
+    assert "proxy_pass http://10.8.0.1:5232/;" in site
+    # the backup of a mail host without Radicale names no calendars to save
+    assert backup.paths(plans["n1"]) == [*backup.PATHS, radicale.STORAGE]
+    assert backup.paths(plans["n2"]) == backup.PATHS
+    # alone, Radicale listens on localhost only, as it always did
+    lone = parse(BASE + '[features]\nradicale = true\n[[hosts]]\nname = "n1"\n'
+                 'address = "192.0.2.1"\n')
+    plan = services.plans(lone, lone.hosts)["n1"]
+    assert plan.radicale and plan.radicale_address == "127.0.0.1"
+    assert radicale.units(plan)[0].ports == ()
 
 
 def test_the_replication_and_take_over_scripts_are_valid_bash_with_their_values():

@@ -15,6 +15,7 @@ import pytest
 from mailfleet.config import HostSettings, parse
 from mailfleet.engine.operations import config_file
 from mailfleet.services import backup, plan_host, restore
+from mailfleet.services.plan import full_plan
 from mailfleet.templating import TEMPLATES
 
 # a valid repository address full of shell syntax (the config refuses only whitespace)
@@ -78,17 +79,19 @@ def test_no_backup_script_sources_a_file():
                    f"[backup]\nrepository = '''{ODD}'''\n")
     chosen = {"id": "a" * 64, "short_id": "aaaaaaaa", "hostname": "mail.example.org",
               "time": "2026-11-26T03:00:02Z", "paths": backup.PATHS}
-    for text in (backup.script(config, "17"), backup.RESTIC, backup.STATUS,
+    for text in (backup.script(config, full_plan(), "17"), backup.RESTIC,
+                 backup.STATUS,
                  restore.restore_script(chosen, ["/var/mail/vmail"], None, "17")):
         assert not sourcing.search(text), text
         assert "pa$$w0rd" not in text
 
 
 def test_restic_finds_its_settings_in_the_environment_the_script_exports():
-    line = next(l for l in backup.script(
-        parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
-              '[backup]\nrepository = "/srv/restic"\n'), "17").splitlines()
-        if l.startswith("export "))
+    config = parse('[mail]\ndomain = "example.org"\nhostname = "mail.example.org"\n'
+                   '[backup]\nrepository = "/srv/restic"\n')
+    line = next(l for l in backup.script(config, full_plan(),
+                                         "17").splitlines()
+                if l.startswith("export "))
     shown = subprocess.run(["sh", "-c", f"{line}; env"], capture_output=True, text=True,
                            check=True).stdout.splitlines()
     assert f"RESTIC_REPOSITORY_FILE={backup.REPOSITORY_FILE}" in shown

@@ -209,13 +209,14 @@ NGINX = dict(fqdn="mx1.example.org", acme_root="/var/lib/mailfleet/acme",
              http2_on=True, server_names=["mx1.example.org"], mta_sts_names=[],
              webmail="sogo", webmail_path="/", webmail_prefix="", roundcube_root="/r",
              php_socket="/run/php.sock", upload_mb=30, radicale=True, radicale_path="/radicale",
-             radicale_port=5232, sogo_port=20000, sogo_path="/SOGo",
+             radicale_port=5232, radicale_address="10.8.0.1", sogo_port=20000,
+             sogo_path="/SOGo",
              sogo_resources="/usr/lib/GNUstep/SOGo/WebServerResources/", activesync=True)
 
 
 @pytest.mark.parametrize("value", HOSTILE + ["a b", "x;y", "$host", "#c", "{", "'q'"])
 def test_nginx_refuses_a_value_that_is_not_one_word(value):
-    for key in ("radicale_path", "web_root", "sogo_path"):
+    for key in ("radicale_path", "radicale_address", "web_root", "sogo_path"):
         with pytest.raises(TemplateValueError, match="one word"):
             render("nginx/mailfleet.conf.j2", **{**NGINX, key: value})
     with pytest.raises(TemplateValueError):
