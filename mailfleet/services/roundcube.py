@@ -158,7 +158,9 @@ def deploy(ctx: HostContext) -> None:
         ctx.op(remote_schema, name="Load or upgrade Roundcube's schema on the database host",
                installed=state.get("installed", ""), stamp=state.get("stamp", ""),
                ca_file=where.ca_file)
-    else:
+    elif (cluster := postgres.cluster_state(ctx)) is None or cluster.writes_here(ctx.plan.host):
+        # (in a cluster, on the primary: the standbys get the tables by replication, and a
+        # member that joins now has no roundcube database until Patroni copies it)
         ctx.op(schema, name="Load or upgrade Roundcube's schema",
                installed=state.get("installed", ""), loaded=state.get("schema", ""),
                stamp=state.get("stamp", ""))
