@@ -201,9 +201,10 @@ def prepare(engine: Engine, config: Config) -> ClusterState | None:
     if not any(m.name in engine.settings for m in members):
         return None
     probes = probe_all(engine, members)
-    # a new cluster starts from the mail host's database (its deploy writes the health-check
-    # mailbox and the domains there), else from the first member's
-    ordered = sorted(members, key=lambda m: "mail" not in m.roles)
+    # a new cluster starts from a mail host's database (its deploy writes the health-check
+    # mailbox and the domains there), else from the first member's; one with the web role
+    # first, since only the web member that writes loads Roundcube's tables (roundcube.py)
+    ordered = sorted(members, key=lambda m: ("mail" not in m.roles, "web" not in m.roles))
     state = decide([m.name for m in ordered], probes)
     engine.shared["cluster"] = state
     engine.shared[FLEET_SECRETS] = shared_secrets(state, probes)

@@ -10,7 +10,7 @@ from pyinfra.facts.server import Command
 
 from mailfleet.engine import Engine, HostContext, config_file
 from mailfleet.lab.network import GATEWAY as LAB_GATEWAY
-from mailfleet.services import sshd
+from mailfleet.services import radicale, sshd
 from mailfleet.services.checks import CheckResult
 from mailfleet.services.shape import HostPlan, Service, Unit
 from mailfleet.templating import render
@@ -19,7 +19,7 @@ from mailfleet.templating import render
 PACKAGES = ["fail2ban", "python3-systemd", "iptables"]
 JAIL_FILE = "/etc/fail2ban/jail.d/mailfleet.local"
 # mailfleet's own filters (fail2ban ships none for these), under the same names on the host
-FILTERS = ("mailfleet-radicale",)
+FILTERS = ("mailfleet-radicale", "mailfleet-dav")
 FILTER_DIR = "/etc/fail2ban/filter.d"
 MAIL_JAILS = ("postfix", "dovecot")
 WEBMAIL_JAILS = {"roundcube": "roundcube-auth", "sogo": "sogo-auth"}
@@ -29,7 +29,9 @@ def jails(plan: HostPlan) -> list[str]:
     """The jails a host runs: logins only where that service is deployed."""
     webmail = WEBMAIL_JAILS.get(plan.webmail)
     return ["sshd", *(MAIL_JAILS if plan.mail else []), *([webmail] if webmail else []),
-            *(["radicale"] if plan.radicale else [])]
+            *(["radicale"] if plan.radicale else []),
+            # calendars proxied to Radicale on another web host: nginx's log of failures
+            *(["radicale-proxy"] if plan.calendars and not plan.radicale else [])]
 
 
 def deploy(ctx: HostContext) -> None:
@@ -44,7 +46,7 @@ def deploy(ctx: HostContext) -> None:
                    content=render("fail2ban/mailfleet.local.j2", bantime=settings.bantime,
                                   findtime=settings.findtime, maxretry=settings.maxretry,
                                   ignore=[*ignored(ctx.config, ctx.settings), *ctx.plan.peers],
-                                  jails=jails(ctx.plan),
+                                  jails=jails(ctx.plan), dav_failed_log=radicale.FAILED_LOG,
                                   ssh_ports=",".join(str(p) for p in sorted(ssh_ports))))
     ctx.service("fail2ban", restart_when=(*filters, jail_file))
 

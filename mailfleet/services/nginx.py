@@ -79,6 +79,7 @@ def deploy(ctx: HostContext) -> None:
             php_socket=roundcube.php_socket(ctx), upload_mb=config.mail.message_size_mb + 5,
             radicale=ctx.plan.calendars, radicale_path=config.web.radicale_path,
             radicale_address=ctx.plan.radicale_address, radicale_port=radicale.PORT,
+            dav_failed_log=radicale.FAILED_LOG,
             **sogo.nginx_values(ctx),
         ))
     link = ctx.op(files.link, name="Enable the nginx site", path=ENABLED, target=SITE)

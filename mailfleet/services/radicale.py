@@ -8,13 +8,14 @@ backend) and 3.5 (Debian 13, whose dovecot backend breaks against Dovecot 2.4).
 Radicale keeps its collections in files, written by one process, so a cluster with several
 web members keeps them on one: the first web member in mailfleet.toml runs Radicale, and the
 others' nginx proxies the CalDAV/CardDAV path to it over the VPN (every web host then shows
-the same calendars). Its collections are in that host's backups.
+the same calendars). Its collections are in that host's backups. The other web hosts' nginx
+logs failed logins itself for their fail2ban.
 """
 
 from __future__ import annotations
 
 from pyinfra.api import operation
-from pyinfra.facts.files import Directory
+from pyinfra.facts.files import Directory, File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files, systemd
 
@@ -32,6 +33,8 @@ MODULE_DIR = "/usr/local/lib/mailfleet/radicale"
 MODULE = f"{MODULE_DIR}/mailfleet_radicale_auth.py"
 DROP_IN_DIR = "/etc/systemd/system/radicale.service.d"
 DROP_IN = f"{DROP_IN_DIR}/mailfleet.conf"
+# on a web host whose nginx proxies to Radicale on another: its failed logins (fail2ban)
+FAILED_LOG = "/var/log/nginx/mailfleet-dav-failed.log"
 
 
 @operation()
@@ -42,11 +45,11 @@ def remove():
            "systemctl daemon-reload")
 
 
-def retire(ctx: HostContext) -> None:
+def retire(ctx: HostContext, why: str = "radicale = false") -> None:
     # only what mailfleet set up (its module is there): a Radicale installed by hand for
     # something else is left alone
     if isinstance(ctx.file_state(MODULE), FileState):
-        ctx.op(remove, name="Remove Radicale (radicale = false)")
+        ctx.op(remove, name=f"Remove Radicale ({why})")
 
 
 def serves_others(plan: HostPlan) -> bool:
@@ -56,7 +59,10 @@ def serves_others(plan: HostPlan) -> bool:
 
 def deploy(ctx: HostContext) -> None:
     if not ctx.plan.radicale:  # another web member holds the calendars: nginx proxies there
-        retire(ctx)
+        retire(ctx, f"the calendars are on {ctx.plan.web_cluster[0][0]}")
+        # its failed logins, logged by nginx, for fail2ban (which wants the file to exist)
+        ctx.op(files.file, name=f"Create {FAILED_LOG}", path=FAILED_LOG, user="www-data",
+               group="adm", mode="640")
         return
     where = upstream.endpoints(ctx)  # logins are checked by the mail host's IMAP
     listen = ["127.0.0.1", *([ctx.plan.private_address] if serves_others(ctx.plan) else [])]
@@ -94,9 +100,11 @@ def checks(engine: Engine) -> list[CheckResult]:
     results = []
     for name, text in engine.facts(Command, command=command).items():
         ok = (text or "").strip() == "401"
+        plan = engine.plans[name]
+        where = "" if plan.radicale else f" on {plan.web_cluster[0][0]}"
         results.append(CheckResult(name, "CalDAV/CardDAV (Radicale)", "ok" if ok else "fail",
                                    f"{path}/ " + ("asks for a login" if ok else f"answers {text!r}"),
-                                   "see `journalctl -u radicale` and the nginx error log"))
+                                   f"see `journalctl -u radicale`{where} and the nginx error log"))
     return results
 
 
@@ -113,4 +121,5 @@ SERVICE = Service("radicale", applies=lambda plan: plan.calendars,
                   deploy=deploy, retire=retire, checks=checks,
                   reads=lambda engine, plan: [_check_read(engine)], units=units,
                   managed_paths=("/etc/radicale", MODULE_DIR, DROP_IN_DIR),
-                  facts=lambda ctx: [(Directory, {"path": STORAGE})] if ctx.plan.radicale else [])
+                  facts=lambda ctx: [(Directory, {"path": STORAGE})] if ctx.plan.radicale
+                  else [(File, {"path": FAILED_LOG})])

@@ -16,6 +16,7 @@ from mailfleet.engine.snapshot import SECRETS_DIR
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import ConfigError
 from mailfleet.services import backup, certs, mailstore, opendkim, radicale
+from mailfleet.services.plan import make_plan
 from mailfleet.templating import render
 
 RESTORE_WORK = "/var/tmp/mailfleet-restore"
@@ -64,11 +65,12 @@ def choose_snapshot(snapshots: list[dict], source: str, wanted: str | None,
     return later[0]
 
 
-def restore_paths(chosen: dict, same_host: bool, config) -> list[str]:
-    """The paths put back: data, keys, secrets, the PostgreSQL backups; the TLS material
-    only onto a host of the same name (a certificate names its host)."""
+def restore_paths(chosen: dict, same_host: bool, radicale_here: bool) -> list[str]:
+    """The paths put back: data, keys, secrets, the PostgreSQL backups; Radicale's
+    collections onto a host that runs it; the TLS material only onto a host of the same name
+    (a certificate names its host)."""
     wanted = [mailstore.VMAIL_DIR, opendkim.KEY_DIR, SECRETS_DIR, backup.PG_DIR]
-    if config.features.radicale:
+    if radicale_here:
         wanted.append(radicale.STORAGE)
     if same_host:
         wanted.append(certs.TLS_DIR)
@@ -145,7 +147,8 @@ def plan(settings: HostSettings, config: Config, source: str | None, wanted: str
     source = source or own_name
     chosen = choose_snapshot(backup.snapshots(settings), source, wanted, target)
     check_restore_values(chosen, postgresql)
-    return RestorePlan(source, chosen, restore_paths(chosen, source == own_name, config),
+    radicale_here = make_plan(config, settings).radicale
+    return RestorePlan(source, chosen, restore_paths(chosen, source == own_name, radicale_here),
                        target, postgresql)
 
 

@@ -34,6 +34,7 @@ from webmail import ARTIFACTS, Roundcube, browser
 from mailfleet.config import load
 from mailfleet.engine import mailclient
 from mailfleet.lab.lab import Lab
+from mailfleet.services import radicale
 
 FAILOVER_LIMIT = 60
 TAKEOVER_AFTER = 30  # cluster.takeover_after (the default is 120)
@@ -223,6 +224,10 @@ def test_every_web_host_shows_the_calendars_kept_on_n1(cluster):
                              password="wrong", ssl_verify_cert=False)
     with pytest.raises(dav_error.AuthorizationError):
         wrong.principal()
+    # n2 logs the failure itself (Radicale, on n1, logs it there) for its fail2ban jail
+    failed = cli.ssh("n2", f"sudo cat {radicale.FAILED_LOG}")
+    assert failed.endswith("] 401"), failed
+    assert "radicale-proxy" in cli.ssh("n2", "sudo fail2ban-client status")
 
 
 def test_a_mailbox_moves_to_another_mail_host_while_mail_arrives(cluster):

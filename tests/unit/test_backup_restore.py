@@ -61,20 +61,21 @@ def test_unknown_host_or_id_names_what_exists():
 
 def test_tls_material_only_returns_to_a_host_of_the_same_name():
     chosen = SNAPSHOTS[-1]
-    same = restore.restore_paths(chosen, True, CONFIG)
-    other = restore.restore_paths(chosen, False, CONFIG)
+    same = restore.restore_paths(chosen, True, CONFIG.features.radicale)
+    other = restore.restore_paths(chosen, False, CONFIG.features.radicale)
     assert "/etc/mailfleet/tls" in same and "/etc/mailfleet/tls" not in other
     assert {"/var/mail/vmail", "/etc/dkimkeys", "/etc/mailfleet/secrets",
             "/var/backups/mailfleet/postgres"} <= set(other)
     with pytest.raises(ConfigError, match=r"does not hold /var/backups/mailfleet/postgres"):
         restore.restore_paths(snap("e5", "2026-11-26T03:00:00Z", paths=["/var/mail/vmail",
                                                                       "/etc/mailfleet"]),
-                             False, CONFIG)
+                             False, CONFIG.features.radicale)
 
 
 def test_restore_script_is_valid_shell_and_targets_the_moment():
     target = datetime(2026, 11, 25, 12, 30, tzinfo=timezone.utc)
-    script = restore.restore_script(SNAPSHOTS[-1], restore.restore_paths(SNAPSHOTS[-1], False, CONFIG),
+    paths = restore.restore_paths(SNAPSHOTS[-1], False, CONFIG.features.radicale)
+    script = restore.restore_script(SNAPSHOTS[-1], paths,
                                    target, "17")
     assert subprocess.run(["sh", "-n"], input=script, text=True).returncode == 0
     assert "recovery_target_time = '2026-11-25 12:30:00+00'" in script

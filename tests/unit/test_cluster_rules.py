@@ -16,8 +16,8 @@ from mailfleet.errors import ConfigError, DeployError
 from mailfleet.dns import records as dns_records
 from mailfleet.engine import mailclient
 from mailfleet.accounts import schema
-from mailfleet.services import (backup, cluster, firewall, homes, mailflow, opendkim, radicale,
-                                replication, restore)
+from mailfleet.services import (backup, cluster, fail2ban, firewall, homes, mailflow, opendkim,
+                                radicale, replication, restore)
 from mailfleet.services.cluster import MemberProbe
 from mailfleet.services.postgres import psql_script
 from mailfleet.templating import TemplateValueError, render
@@ -401,6 +401,12 @@ def test_several_web_members_show_the_calendars_of_the_first_one():
     site = render("nginx/mailfleet.conf.j2", **{
         **NGINX, "radicale_address": plans["n2"].radicale_address})
     assert "proxy_pass http://10.8.0.1:5232/;" in site
+    # its failed logins are logged by nginx for the jail there (Radicale logs them on n1)
+    assert f"access_log {radicale.FAILED_LOG} mailfleet_dav_failed if=$mailfleet_dav_failed;" \
+        in site
+    assert fail2ban.jails(plans["n2"])[-1] == "radicale-proxy"
+    assert "radicale" in fail2ban.jails(plans["n1"])
+    assert "radicale-proxy" not in fail2ban.jails(plans["n1"])
     # the backup of a mail host without Radicale names no calendars to save
     assert backup.paths(plans["n1"]) == [*backup.PATHS, radicale.STORAGE]
     assert backup.paths(plans["n2"]) == backup.PATHS

@@ -2,7 +2,7 @@
 
 The layers, top to bottom (a module may import its own layer and the ones below, never above):
 
-    cli -> (services, accounts, dns) -> (engine, lab) -> config -> (errors, templating, netutil, localfile)
+    cli -> (services, accounts, dns, provision) -> (engine, lab) -> config -> (errors, templating, netutil, localfile)
 
 The graph is read with `ast` from the source, imports at module level and inside functions
 alike (an import inside a function still closes a cycle; it only hides it until run time).
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2] / "mailfleet"
 
 LAYERS = {
     "cli": 4, "__main__": 4,
-    "services": 3, "accounts": 3, "dns": 3,
+    "services": 3, "accounts": 3, "dns": 3, "provision": 3,
     "engine": 2, "lab": 2,
     "config": 1,
     "errors": 0, "templating": 0, "netutil": 0, "localfile": 0, "__init__": 0,

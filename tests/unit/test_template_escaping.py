@@ -210,6 +210,7 @@ NGINX = dict(fqdn="mx1.example.org", acme_root="/var/lib/mailfleet/acme",
              webmail="sogo", webmail_path="/", webmail_prefix="", roundcube_root="/r",
              php_socket="/run/php.sock", upload_mb=30, radicale=True, radicale_path="/radicale",
              radicale_port=5232, radicale_address="10.8.0.1", sogo_port=20000,
+             dav_failed_log="/var/log/nginx/mailfleet-dav-failed.log",
              sogo_path="/SOGo",
              sogo_resources="/usr/lib/GNUstep/SOGo/WebServerResources/", activesync=True)
 
