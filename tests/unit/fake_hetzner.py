@@ -5,10 +5,7 @@ them. It keeps the servers it made and every request it saw."""
 
 from __future__ import annotations
 
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
+from fake_api import FakeAPI
 
 TOKEN = "test-token-hetzner"
 SOLD_OUT = "nbg1"  # a location where every create fails for want of capacity
@@ -46,45 +43,17 @@ IMAGES = [{"id": 7 + n, "name": name, "type": "system", "description": name, "os
           for n, name in enumerate(("debian-12", "debian-13", "ubuntu-24.04"))]
 
 
-class FakeHetzner:
+class FakeHetzner(FakeAPI):
+    token = TOKEN
+    unauthorized = (401, {"error": {"code": "unauthorized", "details": {},
+                                    "message": "unable to authenticate"}})
+
     def __init__(self) -> None:
         self.servers: dict[int, dict] = {}
-        self.requests: list[tuple[str, str, dict]] = []  # (method, path, body)
         self.user_data: dict[int, str] = {}
         self._next = 100
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def _answer(self) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                body = json.loads(self.rfile.read(length) or b"{}") if length else {}
-                fake.requests.append((self.command, url.path, body))
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    status, answer = 401, {"error": {"code": "unauthorized", "details": {},
-                                                     "message": "unable to authenticate"}}
-                else:
-                    status, answer = fake.route(self.command, url.path, parse_qs(url.query), body)
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_DELETE = _answer
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.endpoint = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__()
+        self.endpoint = f"http://127.0.0.1:{self.port}/v1"
 
     def route(self, method: str, path: str, query: dict, body: dict) -> tuple[int, dict]:
         parts = path.strip("/").split("/")[1:]  # after "v1"
