@@ -8,46 +8,29 @@ Servers carry the tag mailfleet-host=NAME, so a second `provision` finds the fir
 from __future__ import annotations
 
 import base64
-import json
-from typing import Any
 
-import requests
-from libcloud.common.vultr import VultrConnectionV2, VultrException
+from libcloud.common.vultr import VultrConnectionV2
 
 from mailfleet.provision.base import IMAGES, LABEL, Offer, ProviderError, Server, ServerSpec
+from mailfleet.provision.libcloud_api import LibcloudAPI
 
 HOST = "api.vultr.com"
 TOKEN_VARIABLE = "VULTR_API_KEY"  # the name Vultr's own tools read
 
 
-class Vultr:
+class Vultr(LibcloudAPI):
     name = "Vultr"
+    token_variable = TOKEN_VARIABLE
+    version = "/v2"
 
     def __init__(self, token: str, host: str = HOST, port: int = 443, secure: bool = True):
-        self._connection = VultrConnectionV2(token, secure=secure, host=host, port=port,
-                                             timeout=60)
-
-    def _request(self, what: str, path: str, method: str = "GET",
-                 params: dict | None = None, body: dict | None = None) -> Any:
-        try:
-            answer = self._connection.request(
-                f"/v2{path}", params=params or {}, method=method,
-                data=json.dumps(body) if body is not None else None)
-            return answer.object or {}
-        except VultrException as err:
-            hint = (f"check the API key ({TOKEN_VARIABLE} or the provider's token_file)"
-                    if err.code == 401 else None)
-            message = str(err.message).strip().rstrip(".") or "no reason given"
-            raise ProviderError(f"{self.name} refused to {what}: {message} (HTTP {err.code}).",
-                                hint, 2 if err.code in (400, 401, 403, 404) else 1) from None
-        except (requests.RequestException, OSError) as err:
-            raise ProviderError(f"{self.name} could not be reached to {what}: "
-                                f"{type(err).__name__}.") from None
+        super().__init__(VultrConnectionV2(token, secure=secure, host=host, port=port,
+                                           timeout=60))
 
     def _os_ids(self, what: str) -> dict[str, int]:
         """{"debian-13": os id} for the Debian releases Vultr offers (x64)."""
         found = {}
-        for system in self._request(what, "/os").get("os", []):
+        for system in self.request(what, "/os").get("os", []):
             name = str(system.get("name", ""))
             if system.get("family") == "debian" and system.get("arch") == "x64":
                 for image in IMAGES:
@@ -58,14 +41,14 @@ class Vultr:
     def offer(self) -> Offer:
         what = "list its offers"
         regions = {r["id"]: f"{r['city']}, {r['country']}"
-                   for r in self._request(what, "/regions").get("regions", [])}
+                   for r in self.request(what, "/regions").get("regions", [])}
         plans = {p["id"]: (f"{p['vcpu_count']} cores, {p['ram'] / 1024:g} GB, {p['disk']} GB disk"
                            f", {float(p['monthly_cost']):.2f} a month")
-                 for p in self._request(what, "/plans").get("plans", [])}
+                 for p in self.request(what, "/plans").get("plans", [])}
         return Offer(regions, plans, tuple(sorted(self._os_ids(what))))
 
     def find(self, name: str) -> Server | None:
-        found = self._request(f"look up server {name}", "/instances",
+        found = self.request(f"look up server {name}", "/instances",
                               params={"tag": f"{LABEL}={name}"}).get("instances", [])
         if len(found) > 1:
             raise ProviderError(f"{self.name} has {len(found)} servers tagged {LABEL}={name}: "
@@ -82,23 +65,23 @@ class Vultr:
                 "user_data": base64.b64encode(spec.user_data.encode()).decode(),
                 "enable_ipv6": spec.ipv6, "backups": "enabled" if spec.backups else "disabled",
                 "activation_email": False}
-        made = self._request(what, "/instances", "POST", body=body)
+        made = self.request(what, "/instances", "POST", body=body)
         return _server(made["instance"], spec.name)
 
     def get(self, server_id: str) -> Server:
-        found = self._request(f"read server {server_id}", f"/instances/{server_id}")
+        found = self.request(f"read server {server_id}", f"/instances/{server_id}")
         instance = found["instance"]
         return _server(instance, _tagged_name(instance))
 
     def set_reverse_dns(self, server: Server, fqdn: str) -> None:
         for kind, address in (("ipv4", server.ipv4), ("ipv6", server.ipv6)):
             if address:
-                self._request(f"set the reverse DNS of {address}",
+                self.request(f"set the reverse DNS of {address}",
                               f"/instances/{server.id}/{kind}/reverse", "POST",
                               body={"ip": address, "reverse": fqdn})
 
     def destroy(self, server: Server) -> None:
-        self._request(f"delete server {server.name} ({server.id})",
+        self.request(f"delete server {server.name} ({server.id})",
                       f"/instances/{server.id}", "DELETE")
 
 
