@@ -26,7 +26,11 @@ SCRIPT = "/usr/local/lib/mailfleet/replicate.sh"
 STATE_DIR = "/var/lib/mailfleet/replication"
 INTERVAL = 10  # seconds between the end of one pass and the next
 FULL_MINUTES = 10  # an unchanged mailbox is still copied this often (a replica restored)
-SYNC_TIMEOUT = 3600  # one mailbox's copy (the first of a large one takes long)
+# one mailbox's copy in a pass: a copy cut short keeps what it copied and goes on at the
+# next pass (a large mailbox's first copy takes several), and a copy that hangs (seen in the
+# lab under load, right after the cluster formed, although -T was set) holds up the others
+# for this long only
+SYNC_TIMEOUT = 120
 IO_TIMEOUT = 60  # ... unless it stalls this long (doveadm sync -T)
 # a replica this far behind fails `check` (it is down, or copies fail)
 BEHIND_LIMIT = 300

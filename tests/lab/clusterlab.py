@@ -73,9 +73,10 @@ def replicas(cli: Cli) -> dict[str, str | None]:
     return {u["email"]: u["replica"] for u in cli.json("user", "list")}
 
 
-def copied(cli: Cli, node: str, user: str, count: int, timeout: float = 90) -> float:
+def copied(cli: Cli, node: str, user: str, count: int, timeout: float = 180) -> float:
     """Seconds until `node` stores exactly `count` of `user`'s messages (its replica's copy
-    caught up); fails after `timeout`."""
+    caught up); fails after `timeout` (a pass may first wait out a copy cut short after
+    replication.SYNC_TIMEOUT)."""
     started = time.monotonic()
     while (found := stored_messages(cli, node, user)) != count:
         assert time.monotonic() - started < timeout, (node, user, found, count)
