@@ -26,6 +26,20 @@ class ProviderError(MailfleetError):
         self.exit_code = exit_code
 
 
+def refused(provider: str, what: str, reason: str, setting: bool,
+            bad_token: str | None = None) -> ProviderError:
+    """The API's refusal as one sentence ("PROVIDER refused to WHAT: REASON."): exit 2 when
+    the operator fixes it in the config (`setting`), a hint naming `bad_token`'s variable
+    when the token was refused."""
+    hint = (f"check the API token ({bad_token} or the provider's token_file)"
+            if bad_token else None)
+    return ProviderError(f"{provider} refused to {what}: {reason}.", hint, 2 if setting else 1)
+
+
+def unreachable(provider: str, what: str, err: Exception) -> ProviderError:
+    return ProviderError(f"{provider} could not be reached to {what}: {type(err).__name__}.")
+
+
 @dataclass(frozen=True)
 class ServerSpec:
     """What to create for one [[hosts]] entry."""

@@ -18,7 +18,8 @@ from hcloud.locations import Location
 from hcloud.server_types import ServerType
 from hcloud.servers import BoundServer, ServerCreatePublicNetwork
 
-from mailfleet.provision.base import IMAGES, LABEL, Offer, ProviderError, Server, ServerSpec
+from mailfleet.provision.base import (IMAGES, LABEL, Offer, ProviderError, Server, ServerSpec,
+                                      refused, unreachable)
 
 ENDPOINT = "https://api.hetzner.cloud/v1"
 TOKEN_VARIABLE = "HCLOUD_TOKEN"  # the name Hetzner's own CLI reads
@@ -38,13 +39,11 @@ class Hetzner:
         try:
             return call()
         except APIException as err:
-            hint = (f"check the API token ({TOKEN_VARIABLE} or the provider's token_file)"
-                    if err.code == "unauthorized" else None)
-            raise ProviderError(f"{self.name} refused to {what}: {err.message} ({err.code}).",
-                                hint, 2 if err.code in SETTING_ERRORS else 1) from None
+            raise refused(self.name, what, f"{err.message} ({err.code})",
+                          err.code in SETTING_ERRORS,
+                          TOKEN_VARIABLE if err.code == "unauthorized" else None) from None
         except requests.RequestException as err:
-            raise ProviderError(f"{self.name} could not be reached to {what}: "
-                                f"{type(err).__name__}.") from None
+            raise unreachable(self.name, what, err) from None
 
     def offer(self) -> Offer:
         def read() -> Offer:
@@ -86,7 +85,8 @@ class Hetzner:
                                   lambda: self._client.servers.get_by_id(int(server_id))))
 
     def set_reverse_dns(self, server: Server, fqdn: str) -> None:
-        bound = self._client.servers.get_by_id(int(server.id))
+        bound = self._call(f"read server {server.id}",
+                           lambda: self._client.servers.get_by_id(int(server.id)))
         for address in (server.ipv4, server.ipv6):
             if address:
                 self._call(f"set the reverse DNS of {address}",

@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from libcloud.common.base import ConnectionKey
 
-from mailfleet.provision.base import ProviderError
+from mailfleet.provision.base import refused, unreachable
 
 # what the operator fixes in mailfleet.toml or the token, not by trying again
 SETTING_STATUSES = (400, 401, 403, 404, 422)
@@ -34,8 +34,7 @@ class LibcloudAPI:
                 data=json.dumps(body) if body is not None else None)
             return answer.object or {}
         except (requests.RequestException, OSError) as err:
-            raise ProviderError(f"{self.name} could not be reached to {what}: "
-                                f"{type(err).__name__}.") from None
+            raise unreachable(self.name, what, err) from None
         except Exception as err:  # libcloud's refusals differ by provider (VultrException,
             # BaseHTTPError, InvalidCredsError): each carries the HTTP status and a message
             status = getattr(err, "code", None) or getattr(err, "http_code", None)
@@ -43,8 +42,6 @@ class LibcloudAPI:
                 raise
             message = str(getattr(err, "message", None) or getattr(err, "value", None) or "")
             message = re.sub(r"\s*\(code: \d+\)$", "", message).strip().rstrip(".")
-            hint = (f"check the API token ({self.token_variable} or the provider's token_file)"
-                    if status == 401 else None)
-            raise ProviderError(f"{self.name} refused to {what}: "
-                                f"{message or 'no reason given'} (HTTP {status}).", hint,
-                                2 if status in SETTING_STATUSES else 1) from None
+            raise refused(self.name, what, f"{message or 'no reason given'} (HTTP {status})",
+                          status in SETTING_STATUSES,
+                          self.token_variable if status == 401 else None) from None
