@@ -59,7 +59,7 @@ def serves_others(plan: HostPlan) -> bool:
 
 def deploy(ctx: HostContext) -> None:
     if not ctx.plan.radicale:  # another web member holds the calendars: nginx proxies there
-        retire(ctx, f"the calendars are on {ctx.plan.web_cluster[0][0]}")
+        retire(ctx, f"the calendars are on {ctx.plan.calendar_host}")
         # its failed logins, logged by nginx, for fail2ban (which wants the file to exist)
         ctx.op(files.file, name=f"Create {FAILED_LOG}", path=FAILED_LOG, user="www-data",
                group="adm", mode="640")
@@ -101,7 +101,7 @@ def checks(engine: Engine) -> list[CheckResult]:
     for name, text in engine.facts(Command, command=command).items():
         ok = (text or "").strip() == "401"
         plan = engine.plans[name]
-        where = "" if plan.radicale else f" on {plan.web_cluster[0][0]}"
+        where = "" if plan.radicale else f" on {plan.calendar_host}"
         results.append(CheckResult(name, "CalDAV/CardDAV (Radicale)", "ok" if ok else "fail",
                                    f"{path}/ " + ("asks for a login" if ok else f"answers {text!r}"),
                                    f"see `journalctl -u radicale`{where} and the nginx error log"))

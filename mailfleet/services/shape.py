@@ -129,6 +129,12 @@ class HostPlan:
         return tuple(address for name, address in self.web_cluster if name != self.host)
 
     @property
+    def calendar_host(self) -> str:
+        """The host whose Radicale holds the calendars this host's nginx serves: this one,
+        or in a cluster the first web member."""
+        return self.web_cluster[0][0] if self.web_cluster else self.host
+
+    @property
     def radicale_address(self) -> str:
         """Where this host's nginx finds Radicale: here, or on the web member holding the
         calendars (over the VPN)."""

@@ -225,7 +225,7 @@ def test_every_web_host_shows_the_calendars_kept_on_n1(cluster):
     with pytest.raises(dav_error.AuthorizationError):
         wrong.principal()
     # n2 logs the failure itself (Radicale, on n1, logs it there) for its fail2ban jail
-    failed = cli.ssh("n2", f"sudo cat {radicale.FAILED_LOG}")
+    failed = cli.ssh("n2", f"sudo cat {shlex.quote(radicale.FAILED_LOG)}")
     assert failed.endswith("] 401"), failed
     assert "radicale-proxy" in cli.ssh("n2", "sudo fail2ban-client status")
 

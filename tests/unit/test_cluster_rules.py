@@ -391,6 +391,7 @@ def test_several_web_members_show_the_calendars_of_the_first_one():
     assert [plans[n].radicale for n in ("n1", "n2", "n3")] == [True, False, False]
     assert all(plans[n].calendars and "radicale" in plans[n].services for n in plans)
     assert [plans[n].radicale_address for n in plans] == ["127.0.0.1", "10.8.0.1", "10.8.0.1"]
+    assert {plans[n].calendar_host for n in plans} == {"n1"}
     assert "radicale" in services.packages(plans["n1"])
     assert "radicale" not in services.packages(plans["n2"])
     rules = firewall.wanted_rules(config, plans["n1"], {22}, False)
