@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
+import time
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -72,13 +73,34 @@ def keep_previous():
     yield f"cp -p {DROPIN} {PREVIOUS} 2>/dev/null || rm -f {PREVIOUS}"
 
 
-def admin_login_works(settings: HostSettings, admin: str,
-                      command: str = "sudo -n true") -> tuple[bool, str]:
+# `systemctl reload ssh` returns once sshd got its SIGHUP, before the re-executed sshd listens
+# again: a login in that moment is closed or refused. Such answers are asked again; a refused
+# key or password ("Permission denied") is not.
+ATTEMPTS = 6
+PAUSE = 2.0
+
+
+def admin_login_works(settings: HostSettings, admin: str, command: str = "sudo -n true",
+                      attempts: int = ATTEMPTS) -> tuple[bool, str]:
     """A brand-new SSH connection as the admin user, with sudo: what the next deploy needs."""
     as_admin = settings.model_copy(update={"ssh_user": admin})
-    done = subprocess.run([*ssh_base(as_admin), settings.address, command],
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
-    return done.returncode == 0, (done.stderr.strip().splitlines() or ["no output"])[-1]
+    why = "no output"
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(PAUSE)
+        done = subprocess.run([*ssh_base(as_admin), settings.address, command],
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+        why = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        if done.returncode == 0:
+            return True, why
+        if not transient(done.returncode, why):
+            break
+    return False, why
+
+
+def transient(returncode: int, why: str) -> bool:
+    """Did the SSH client fail to reach a listening sshd (exit 255, not a refused login)?"""
+    return returncode == 255 and "Permission denied" not in why and "Host key" not in why
 
 
 def _verify_or_roll_back(settings: HostSettings, admin: str) -> None:

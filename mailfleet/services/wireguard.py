@@ -240,13 +240,8 @@ def vpn_login_works(settings: HostSettings, vpn: str, admin: str, attempts: int 
                     command: str = "sudo -n true") -> tuple[bool, str]:
     """A brand-new SSH connection as the admin user to the host's VPN address."""
     over_vpn = settings.model_copy(update={"address": vpn})
-    why = ""
-    for attempt in range(attempts):
-        ok, why = admin_login_works(over_vpn, admin, command)
-        if ok:
-            return True, ""
-        time.sleep(1 + attempt)
-    return False, why
+    ok, why = admin_login_works(over_vpn, admin, command, attempts)
+    return ok, "" if ok else why
 
 
 # -- checks -----------------------------------------------------------------------------------

@@ -145,3 +145,11 @@ def test_fail2ban_settings_are_checked():
     with pytest.raises(ConfigError, match="not a duration"):
         parse(text.replace('bantime = "1h"', 'bantime = "forever"'))
     assert parse(text.replace("ignore = []", 'ignore = ["203.0.113.0/24"]')).fail2ban.ignore
+
+
+def test_a_login_closed_during_sshds_reload_is_asked_again_a_refused_key_is_not():
+    """`systemctl reload ssh` returns before the re-executed sshd listens again."""
+    assert sshd.transient(255, "Connection closed by 127.0.0.1 port 40097")
+    assert sshd.transient(255, "ssh: connect to host 10.77.0.11 port 22: Connection refused")
+    assert not sshd.transient(255, "mfadmin@10.77.0.11: Permission denied (publickey).")
+    assert not sshd.transient(1, "sudo: a password is required")
