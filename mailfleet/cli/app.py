@@ -9,7 +9,8 @@ import typer
 
 from mailfleet import __version__
 from mailfleet import config as config_mod
-from mailfleet.cli import aliases, backup, cluster, demo, deploy, dns, domains, guide, init, lab, users, vpn
+from mailfleet.cli import (aliases, backup, cluster, demo, deploy, dns, domains, guide, init, lab,
+                           provision, users, vpn)
 from mailfleet.cli.output import error
 from mailfleet.cli.state import Globals
 from mailfleet.errors import MailfleetError
@@ -59,6 +60,8 @@ app.command("init")(init.init)
 app.command("deploy")(deploy.deploy)
 app.command("check")(deploy.check)
 app.command("demo")(demo.demo)
+app.command("provision")(provision.provision)
+app.command("destroy")(provision.destroy)
 app.add_typer(domains.app, name="domain")
 app.add_typer(users.app, name="user")
 app.add_typer(aliases.app, name="alias")

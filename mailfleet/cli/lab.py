@@ -21,6 +21,7 @@ from mailfleet.lab import dns as lab_dns
 from mailfleet.lab.inventory import (host_entries, remove_hosts, write_acme, write_acme_keys,
                                      write_dns, write_hosts)
 from mailfleet.lab.lab import Lab
+from mailfleet.lab.cloud import CLOUD_PACKAGES
 from mailfleet.lab.paths import DEFAULT_RELEASE
 
 app = typer.Typer(
@@ -47,6 +48,14 @@ def lab_options(
 
 def _lab(ctx: typer.Context) -> Lab:
     return Lab(ctx.obj, log=info)
+
+
+def preinstalled_packages() -> list[str]:
+    """One image for every config (built once per machine): all roles and the default
+    features' packages, and restic with or without [backup]; a package the config does not
+    use stays installed and unused, deploy installs what the image lacks. With cloud-init,
+    switched off on the nodes of `lab up`, so that `provision`'s lab nodes boot from it too."""
+    return sorted(set(services.packages(None)) | set(backup.PACKAGES) | set(CLOUD_PACKAGES))
 
 
 @app.command()
@@ -83,10 +92,7 @@ def up(
     if path.exists() or path.is_symlink() or not path.parent.is_dir():
         load(path)  # an unreadable or invalid config is refused before any node boots
     if preinstall:
-        # one image for every config (built once per machine): all roles and the default
-        # features' packages, and restic with or without [backup]; a package the config does
-        # not use stays installed and unused, deploy installs what the image lacks
-        packages = sorted(set(services.packages(None)) | set(backup.PACKAGES))
+        packages = preinstalled_packages()
     state = lab.up(release or [], nodes, packages)
     existed = path.exists()
     try:

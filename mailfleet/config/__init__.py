@@ -17,6 +17,7 @@ from mailfleet.config.network import (
     VpnPeer,
     VpnSettings,
 )
+from mailfleet.config.provider import PROVIDERS, TOKEN_VARIABLES, ProviderSettings
 from mailfleet.config.settings import (
     LETSENCRYPT,
     LETSENCRYPT_STAGING,
@@ -51,7 +52,7 @@ __all__ = [
     "REPORT_LOCAL_CHARS", "SSHD_OWNED", "SSH_HOST_RE", "UNIX_USER_RE", "WEBMAIL_BOTH_REASON",
     "WEBMAIL_CHOICES", "WG_KEY_RE", "AcmeSettings", "AdminSettings", "BackupSettings", "ClusterSettings", "Config",
     "ConfigError", "DnsSettings", "DnsZone", "Fail2banSettings", "FeatureSettings",
-    "HostSettings", "MailSettings", "Role", "SshSettings", "VpnPeer", "VpnSettings",
+    "HostSettings", "MailSettings", "PROVIDERS", "ProviderSettings", "TOKEN_VARIABLES", "Role", "SshSettings", "VpnPeer", "VpnSettings",
     "WebSettings", "config_path", "domain_name", "edit", "find_line", "load", "parse",
     "read_text", "resolver_address", "save", "sshd_keyword", "wireguard_key",
 ]

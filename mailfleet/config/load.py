@@ -119,6 +119,12 @@ def find_line(text: str, loc: list[Any]) -> int | None:
             header_line[tuple(table)] = number
         elif line.startswith("["):
             table = line.strip("[] ").split(".")
+            # [hosts.provider] belongs to the last [[hosts]] above it
+            for cut in range(len(table) - 1, 0, -1):
+                name = ".".join(table[:cut])
+                if name in counts:
+                    table = [*table[:cut], counts[name] - 1, *table[cut:]]
+                    break
             header_line[tuple(table)] = number
         elif "=" in line:
             key = line.split("=", 1)[0].strip().strip('"')

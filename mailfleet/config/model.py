@@ -157,6 +157,11 @@ class Config(Strict):
                 f"{source or 'the config'} lists no [[hosts]].",
                 hint="Add a [[hosts]] table, or run `mailfleet lab up` to boot local test hosts.",
             )
+        waiting = next((h for h in self.hosts if not h.address), None)
+        if waiting is not None:
+            raise ConfigError(
+                f"Host {waiting.name} in {source or 'the config'} has no server yet.",
+                hint=f"Create it with `mailfleet provision {waiting.name}`.")
         if not limit:
             return list(self.hosts)
         by_name = {h.name: h for h in self.hosts}

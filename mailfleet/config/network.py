@@ -6,8 +6,9 @@ import ipaddress
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
+from mailfleet.config.provider import ProviderSettings
 from mailfleet.config.settings import Role
 from mailfleet.config.values import (
     DOMAIN_RE,
@@ -163,7 +164,9 @@ class SshSettings(Strict):
 
 class HostSettings(Strict):
     name: str = Field(description="Short name used on the command line (--limit NAME).")
-    address: str = Field(description="Address or DNS name mailfleet connects to over SSH.")
+    address: str = Field("", description="Address or DNS name mailfleet connects to over SSH "
+                                         "(`mailfleet provision` writes it for a host with "
+                                         "a [hosts.provider] table).")
     fqdn: str | None = Field(None, description="Host name to set; default: mail.hostname.")
     ipv4: str | None = Field(None, description="Public IPv4 address for DNS (A, SPF, PTR); "
                                                "default: address, when it is a public one.")
@@ -180,6 +183,8 @@ class HostSettings(Strict):
         None, description="Where the other hosts send its WireGuard traffic (address or name); "
                           "default: its public IPv4 or IPv6 address, else `address`.")
     lab: str | None = Field(None, description="Set by `mailfleet lab up` on the hosts it made.")
+    provider: ProviderSettings | None = Field(
+        None, description="Where `mailfleet provision` creates this host's server.")
 
     @property
     def sudo(self) -> bool:
@@ -235,6 +240,8 @@ class HostSettings(Strict):
     @classmethod
     def _check_address(cls, value: str) -> str:
         """An IP address or a DNS name: it is an argument of ssh, where '-' starts an option."""
+        if value == "":
+            return value  # (only for a host that `provision` has still to make: see below)
         if value.startswith("-"):
             raise ValueError(f"{value!r} starts with '-', which ssh would take for an option: "
                              "not an IP address or host name")
@@ -278,3 +285,11 @@ class HostSettings(Strict):
         if not value:
             raise ValueError("a host needs at least one role (mail, db, web)")
         return value
+
+    @model_validator(mode="after")
+    def _address_or_provider(self) -> HostSettings:
+        if not self.address and self.provider is None:
+            raise ValueError(f"host {self.name!r} has no address: give the address mailfleet "
+                             "connects to, or a [hosts.provider] table for `mailfleet "
+                             "provision` to create the server")
+        return self

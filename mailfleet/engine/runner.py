@@ -149,10 +149,12 @@ class Engine:
                 f"{errors.reasons.get(h.name, 'no answer')}"
                 for h in unreachable
             )
-            raise DeployError(
-                f"Could not connect over SSH to {reasons}.",
-                hint="Check the host's address, ssh_port, ssh_user and ssh_key in the config.",
-            )
+            hint = ("Check the host's address, ssh_port, ssh_user and ssh_key in the config."
+                    if "host key" not in reasons.lower() else
+                    "mailfleet never logs in to a host whose SSH key is not the one in its "
+                    "known_hosts: if the server was rebuilt, replace its line there (a server "
+                    "made by `mailfleet provision`: destroy it and provision it again).")
+            raise DeployError(f"Could not connect over SSH to {reasons}.", hint=hint)
         for host in self.hosts():
             fact_cache.installed(host)  # counts the commands sent; answers from snapshots
         return self

@@ -62,14 +62,9 @@ class Booting:
         roots = {r: images.ensure_rootfs(r, self.log, preinstall) for r in set(releases)}
 
         paths = self.paths
-        paths.state_dir.mkdir(parents=True, exist_ok=True)
-        paths.apt_archives.joinpath("partial").mkdir(parents=True, exist_ok=True)
         state = LabState(id=paths.id)
-        self._save(state)
         try:
-            self._make_key()
-            network.create_bridge(paths.bridge_ns)
-            self._start_proxy(state)
+            self._start_network(state)
             plan = [
                 Node(
                     name=f"n{i}",
@@ -94,6 +89,16 @@ class Booting:
             self.down(quiet=True)
             raise
         return state
+
+    def _start_network(self, state: LabState) -> None:
+        """The lab without nodes: its state file, key, bridge and apt proxy."""
+        paths = self.paths
+        paths.state_dir.mkdir(parents=True, exist_ok=True)
+        paths.apt_archives.joinpath("partial").mkdir(parents=True, exist_ok=True)
+        self._save(state)
+        self._make_key()
+        network.create_bridge(paths.bridge_ns)
+        self._start_proxy(state)
 
     def _make_key(self) -> None:
         key = self.paths.ssh_key
@@ -124,8 +129,10 @@ class Booting:
              f"UNIX-CONNECT:{sock}"], log))
         self._save(state)
 
-    def _boot(self, state: LabState, node: Node, base: Path, plan: list[Node]) -> float:
-        """Mount, personalise and start one node; returns when it started (monotonic)."""
+    def _boot(self, state: LabState, node: Node, base: Path, plan: list[Node],
+              seed: dict[str, str] | None = None) -> float:
+        """Mount, personalise and start one node; returns when it started (monotonic).
+        With a cloud-init `seed`, the node gets its identity from that alone, as a VPS does."""
         paths = self.paths
         node_dir = paths.node_dir(node.name)
         shutil.rmtree(node_dir, ignore_errors=True)
@@ -135,7 +142,10 @@ class Booting:
         started = time.monotonic()
         run(["mount", "-t", "overlay", "overlay", "-o",
              f"lowerdir={base},upperdir={upper},workdir={work}", str(root)])
-        self._personalise(root, node, plan)
+        if seed is None:
+            self._personalise(root, node, plan)
+        else:
+            self._seed(root, node, plan, seed)
         ns = paths.node_ns(node.name)
         network.attach_node(paths.bridge_ns, ns, node.name, node.address)
         node.pid = self._spawn(node)
@@ -243,6 +253,27 @@ class Booting:
         auth = root / "root/.ssh/authorized_keys"
         auth.write_text(self.paths.ssh_key.with_suffix(".pub").read_text())
         auth.chmod(0o600)
+        if (root / "etc/cloud").is_dir():
+            # an image made for `provision` too: here the lab, not cloud-init, made the node
+            (root / "etc/cloud/cloud-init.disabled").touch()
+        self._lab_network(root, node, plan)
+        self._look_like_a_fresh_vps(root)
+
+    def _seed(self, root: Path, node: Node, plan: list[Node], seed: dict[str, str]) -> None:
+        """A node that cloud-init makes at its first boot from NoCloud's seed directory:
+        host key, root's key and name come from the user-data only (no lab key, no
+        ssh-keygen here). The lab's own network settings are written as for any node."""
+        seed_dir = root / "var/lib/cloud/seed/nocloud"
+        seed_dir.mkdir(parents=True, mode=0o700)
+        for name, text in seed.items():
+            path = seed_dir / name
+            path.touch(mode=0o600)  # the user-data holds the host's private key
+            path.write_text(text)
+        self._lab_network(root, node, plan)
+
+    @staticmethod
+    def _lab_network(root: Path, node: Node, plan: list[Node]) -> None:
+        """/etc/hosts naming the lab's nodes, and the lab's apt proxy."""
         hosts = ["127.0.0.1\tlocalhost", f"127.0.1.1\t{node.name}",
                  "::1\tlocalhost ip6-localhost ip6-loopback", f"{network.GATEWAY}\tgateway"]
         hosts += [f"{other.address}\t{other.name}" for other in plan]
@@ -254,7 +285,6 @@ class Booting:
         # image was: a cached image turning 6 h old mid-run would start deploy's apt-get update
         # (APT_CACHE_SECONDS) between two deploys of one test
         (root / "var/lib/apt/periodic/update-success-stamp").touch()
-        self._look_like_a_fresh_vps(root)
 
     @staticmethod
     def _look_like_a_fresh_vps(root: Path) -> None:

@@ -35,6 +35,12 @@ APT_KEEP_DEBS = """\
 Binary::apt::APT::Keep-Downloaded-Packages "true";
 APT::Keep-Downloaded-Packages "true";
 """
+CLOUD_CFG = """\
+# mailfleet lab: the user-data comes from /var/lib/cloud/seed/nocloud/, as a provider's would
+datasource_list: [ NoCloud, None ]
+# a minbase tree has no locales package for cloud-init's update-locale
+locale: false
+"""
 
 
 def ensure_rootfs(release: str, log=print, preinstall: list[str] | None = None) -> Path:
@@ -85,7 +91,7 @@ def _build(release: str, target: Path, packages: list[str], mirror: str, log) ->
             mirror,
         ]
     )
-    _prepare(scratch)
+    _prepare(scratch, cloud_init="cloud-init" in packages)
     (scratch / STAMP).write_text(
         json.dumps({"release": release, "version": IMAGE_VERSION, "built": time.time(),
                     "packages": packages, "mirror": mirror})
@@ -133,8 +139,12 @@ def _is_current(target: Path, mirror: str) -> bool:
     return stamp.get("version") == IMAGE_VERSION and fresh and stamp.get("mirror") == mirror
 
 
-def _prepare(root: Path) -> None:
+def _prepare(root: Path, cloud_init: bool = False) -> None:
     """Make the tree a template: no identity of its own, fast DNS failures, quick shutdown."""
+    if cloud_init:
+        # the lab hands its nodes' user-data over in a seed directory, as NoCloud reads it;
+        # looking for a provider's metadata server first would only time out here
+        _write(root / "etc/cloud/cloud.cfg.d/99-mailfleet-lab.cfg", CLOUD_CFG)
     (root / "etc/hostname").unlink(missing_ok=True)
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()

@@ -7,7 +7,7 @@ port to each node's SSH, and records every pid, mount and namespace in a state f
 state directory in their command lines, never by guessing.
 
 The Lab class is put together from one module per job: state.py (what a running lab is),
-boot.py (up, restart, exec), forwards.py (loopback ports to nodes), operator_ns.py (the
+boot.py (up, restart, exec), cloud.py (one node at a time, made by cloud-init), forwards.py (loopback ports to nodes), operator_ns.py (the
 operator's namespace and tunnel), teardown.py (down). This module reads the lab's state.
 """
 
@@ -17,6 +17,7 @@ import shlex
 
 from mailfleet.errors import UsageError
 from mailfleet.lab.boot import Booting
+from mailfleet.lab.cloud import CloudNodes
 from mailfleet.lab.forwards import Forwarding
 from mailfleet.lab.operator_ns import Operator
 from mailfleet.lab.paths import LabPaths, lab_id
@@ -25,7 +26,7 @@ from mailfleet.lab.system import alive
 from mailfleet.lab.teardown import Teardown
 
 
-class Lab(Booting, Forwarding, Operator, Teardown):
+class Lab(Booting, CloudNodes, Forwarding, Operator, Teardown):
     def __init__(self, id: str | None = None, log=print) -> None:
         self.paths = LabPaths(id or lab_id())
         self.log = log

@@ -52,6 +52,7 @@ class ServerSpec:
     user_data: str
     ipv6: bool = True
     backups: bool = False
+    private_network: bool = False  # Vultr's VPC; elsewhere mailfleet's WireGuard is the one
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,13 @@ class Server:
     running: bool
     ipv4: str | None = None
     ipv6: str | None = None  # the host's own address (not its network)
+    # where SSH reaches it, when not at ipv4 (or ipv6) port 22: a lab node's loopback forward
+    ssh_address: str | None = None
+    ssh_port: int = 22
+
+    @property
+    def login_address(self) -> str | None:
+        return self.ssh_address or self.ipv4 or self.ipv6
 
 
 @dataclass(frozen=True)

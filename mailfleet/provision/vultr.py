@@ -64,7 +64,7 @@ class Vultr(LibcloudAPI):
                 "label": spec.fqdn, "hostname": spec.name, "tags": [f"{LABEL}={spec.name}"],
                 "user_data": base64.b64encode(spec.user_data.encode()).decode(),
                 "enable_ipv6": spec.ipv6, "backups": "enabled" if spec.backups else "disabled",
-                "activation_email": False}
+                "enable_vpc": spec.private_network, "activation_email": False}
         made = self.request(what, "/instances", "POST", body=body)
         return _server(made["instance"], spec.name)
 
