@@ -47,7 +47,7 @@ def provision(
     config = g.load()
     entry = lifecycle.entry(config, host, g.config_path)
     assert entry.provider is not None
-    provider = provider_for(entry.provider, host, preinstalled_packages())
+    provider = provider_for(entry.provider, host, preinstalled_packages(), info)
     if dry_run:
         plan = lifecycle.dry_run(config, entry, provider)
         if json:
@@ -81,7 +81,7 @@ def _list(ctx: typer.Context, name: str, json: bool) -> None:
                      if h.provider and h.provider.provider == name), None)
     if settings is None:
         settings = ProviderSettings.model_construct(provider=name, token_file=None)
-    offer = provider_for(settings, "--list", preinstalled_packages()).offer()
+    offer = provider_for(settings, "--list", preinstalled_packages(), info).offer()
     if json:
         print_json({"provider": name, "regions": offer.regions, "plans": offer.plans,
                     "images": list(offer.images)})
@@ -106,7 +106,7 @@ def destroy(
     config = g.load()
     entry = lifecycle.entry(config, host, g.config_path)
     assert entry.provider is not None
-    provider = provider_for(entry.provider, host, preinstalled_packages())
+    provider = provider_for(entry.provider, host, preinstalled_packages(), info)
     confirm(f"Delete the server of {host} at {provider.name}, and everything on it?", yes)
     server = lifecycle.destroy(g.config_path, entry, provider, log=info)
     if json:

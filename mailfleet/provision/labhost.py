@@ -21,8 +21,8 @@ PLANS = {"bare": "a fresh Debian with cloud-init, as a VPS provider hands it ove
 class LabProvider:
     name = "the lab"
 
-    def __init__(self, preinstalled: list[str], lab: Lab | None = None) -> None:
-        self._lab = lab or Lab()
+    def __init__(self, preinstalled: list[str], log=print) -> None:
+        self._lab = Lab(log=log)
         self._packages = {"bare": [], "preinstalled": preinstalled}
 
     def offer(self) -> Offer:

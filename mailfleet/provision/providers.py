@@ -29,10 +29,12 @@ def local_api(provider: str) -> tuple[int, str] | None:
 
 
 def provider_for(settings: ProviderSettings, host: str,
-                 preinstalled: list[str] | None = None) -> Provider:
+                 preinstalled: list[str] | None = None, log=print) -> Provider:
+    """(`preinstalled` and `log` are the lab's: its image for plan "preinstalled", and where
+    it tells of an image it builds.)"""
     if settings.provider == "lab":
         from mailfleet.provision.labhost import LabProvider
-        return LabProvider(preinstalled or [])
+        return LabProvider(preinstalled or [], log)
     token = api_token(settings, host)
     local = local_api(settings.provider)
     if settings.provider == "hetzner":

@@ -43,7 +43,7 @@ pytestmark = pytest.mark.lab
 # Under pytest-xdist each worker adds a letter of its own (gw0: mfta1, ..., gw1: mftb1, ...):
 # every worker boots its own labs (its own shared two-release lab too), and no two workers,
 # nor a serial run beside them, ever use the same lab name, namespace, state directory or port.
-LAB_NUMBERS = 12  # lab_name(1) .. lab_name(LAB_NUMBERS); test_demo's lab is lab_name("demo")
+LAB_NUMBERS = 13  # lab_name(1) .. lab_name(LAB_NUMBERS); test_demo's lab is lab_name("demo")
 
 
 def worker_prefix(base: str, worker: str | None) -> str:
@@ -98,6 +98,7 @@ MODULE_SECONDS = {
     "test_split_tiers.py": 420,
     "test_cluster_growth.py": 320,  # one deploy alone, one as a cluster, SOGo (Debian 12)
     "test_mail_backup.py": 340,
+    "test_provision.py": 200,  # two cloud-init nodes (103 s alone, images built), a deploy
     "test_vpn.py": 330,
     "test_mail_node.py": 330,
     "test_radicale.py": 300,
