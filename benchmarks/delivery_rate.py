@@ -1,24 +1,65 @@
-"""Messages per second delivered end to end (SMTP in on port 25 -> Postfix -> OpenDKIM
-milter -> PostgreSQL lookups -> LMTP -> Dovecot Maildir), measured in one run.
+"""Messages per second delivered end to end (SMTP in on port 25 -> Postfix -> milters ->
+PostgreSQL lookups -> LMTP -> Dovecot Maildir), against a bare baseline in the same run.
 
-Boots two Debian lab hosts: n2 gets the full mailfleet deploy, n1 only Debian's postfix
-package for its `smtp-source` load generator. n1 sends N messages over S parallel
-sessions to the health-check mailbox on n2; the rate is N / (time of the last file in the
-Maildir - time smtp-source started). Both hosts share this machine's clock and CPUs.
+Boots three identical Debian lab hosts from the preinstalled image: n2 gets the full mailfleet
+deploy; n3 is the baseline, Debian's Postfix handing mail to Debian's Dovecot over LMTP (a
+hash map of the one recipient, no milters, no policy service, no database: baseline/); n1
+runs Postfix's `smtp-source` as the sender. The same load goes to n2, then to n3 (one at a
+time: they share this machine's two cores). A rate is N / (time of the last file in the
+Maildir - time smtp-source started).
 
-Run as root: .venv/bin/python benchmarks/delivery_rate.py [--messages 1000] [--sessions 4]
+Run as root: .venv/bin/python benchmarks/delivery_rate.py [--release trixie|bookworm]
+    [--messages 1000] [--sessions 4] [--size 4096]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import time
+from pathlib import Path
 
 from _common import Mailfleet
 
 from mailfleet.services.mailflow import check_address
 
-MAILDIR = "/var/mail/vmail/example.test/mailfleet-check/Maildir"
+BASELINE = Path(__file__).with_name("baseline")
+TARGETS = {  # node: (address, recipient's Maildir, recipient)
+    "n2": ("10.77.0.12", "/var/mail/vmail/example.test/mailfleet-check/Maildir",
+           check_address("example.test")),
+    "n3": ("10.77.0.13", "/home/bench/Maildir", "bench@example.test"),
+}
+
+
+def _baseline(mailfleet: Mailfleet, release: str) -> None:
+    dovecot = (BASELINE / f"dovecot-{'2.4' if release == 'trixie' else '2.3'}.conf").read_bytes()
+    script = base64.b64encode((BASELINE / "setup.sh").read_bytes()).decode()
+    conf = base64.b64encode(dovecot).decode()
+    mailfleet.ssh("n3", f"echo {script} | base64 -d > /root/bare.sh && "
+                        f"echo {conf} | base64 -d | sh /root/bare.sh")
+
+
+def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
+    address, maildir, recipient = TARGETS[node]
+    mailfleet.ssh(node, f"find {maildir} -type f -path '*/new/*' -delete 2>/dev/null; true")
+    _, started = mailfleet.ssh(
+        "n1", f"date +%s.%N; /usr/sbin/smtp-source -d -s {args.sessions} -m {args.messages} "
+              f"-l {args.size} -f bench@outside.test -t {recipient} {address}:25 >/dev/null")
+    deadline = time.monotonic() + 900
+    count, last = 0, 0.0
+    while time.monotonic() < deadline:
+        _, out = mailfleet.ssh(node, f"ls {maildir}/new 2>/dev/null | wc -l; find "
+                                     f"{maildir}/new -type f -printf '%T@\\n' 2>/dev/null "
+                                     "| sort -n | tail -n 1")
+        lines = out.split()
+        count, last = int(lines[0]), float(lines[1]) if len(lines) > 1 else 0.0
+        if count >= args.messages:
+            break
+        time.sleep(1)
+    _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
+    seconds = last - float(started.split()[0])
+    return {"count": count, "queued": int(queue), "seconds": seconds,
+            "rate": count / seconds if seconds > 0 else 0.0}
 
 
 def main() -> None:
@@ -29,38 +70,23 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
     args = parser.parse_args()
     mailfleet = Mailfleet("mfbench")
-    recipient = check_address("example.test")
     try:
-        mailfleet("lab", "up", "--release", args.release, "--release", args.release)
-        mailfleet.ssh("n1", "export DEBIAN_FRONTEND=noninteractive; echo 'postfix "
-                      "postfix/main_mailer_type select No configuration' | debconf-set-selections; "
-                      "apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends "
-                      "postfix >/dev/null")
+        mailfleet("lab", "up", "--nodes", "3", "--release", args.release, "--preinstall")
         mailfleet("deploy", "--limit", "n2")
-        mailfleet.ssh("n2", f"find {MAILDIR} -type f -path '*/new/*' -delete; true")
-        _, started = mailfleet.ssh(
-            "n1", f"date +%s.%N; /usr/sbin/smtp-source -d -s {args.sessions} -m {args.messages} "
-                  f"-l {args.size} -f bench@outside.test -t {recipient} 10.77.0.12:25 >/dev/null")
-        deadline = time.monotonic() + 600
-        count, last = 0, 0.0
-        while time.monotonic() < deadline:
-            _, out = mailfleet.ssh("n2", f"ls {MAILDIR}/new | wc -l; find {MAILDIR}/new -type f "
-                                         "-printf '%T@\\n' | sort -n | tail -n 1")
-            lines = out.split()
-            count, last = int(lines[0]), float(lines[1]) if len(lines) > 1 else 0.0
-            if count >= args.messages:
-                break
-            time.sleep(1)
-        _, queue = mailfleet.ssh("n2", "postqueue -j | wc -l")
+        _baseline(mailfleet, args.release)
+        results = {node: _rate(mailfleet, node, args) for node in ("n2", "n3")}
     finally:
         mailfleet.down()
-    start = float(started.split()[0])
-    seconds = last - start
     print(f"release              {args.release}")
-    print(f"messages delivered   {count} of {args.messages} ({args.size} bytes, {args.sessions} sessions)")
-    print(f"still queued         {queue}")
-    print(f"elapsed              {seconds:.1f} s (smtp-source start -> last Maildir file)")
-    print(f"delivery rate        {count / seconds:.1f} messages/s end to end")
+    print(f"load                 {args.messages} messages of {args.size} bytes, "
+          f"{args.sessions} SMTP sessions")
+    for node, what in (("n2", "mailfleet"), ("n3", "bare baseline")):
+        r = results[node]
+        print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} delivered in "
+              f"{r['seconds']:.1f} s, {r['queued']} still queued)")
+    bare = results["n3"]["rate"]
+    print(f"ratio                {results['n2']['rate'] / bare if bare else 0:.2f} "
+          "(mailfleet / bare)")
 
 
 if __name__ == "__main__":

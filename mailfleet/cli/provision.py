@@ -108,7 +108,7 @@ def destroy(
     assert entry.provider is not None
     provider = provider_for(entry.provider, host, preinstalled_packages(), info)
     confirm(f"Delete the server of {host} at {provider.name}, and everything on it?", yes)
-    server = lifecycle.destroy(g.config_path, entry, provider, log=info)
+    server = lifecycle.destroy(g.config_path, config, entry, provider, log=info)
     if json:
         print_json({"host": host, "server": server.id if server else None, "deleted": True})
         return

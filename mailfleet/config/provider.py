@@ -34,6 +34,12 @@ class ProviderSettings(Strict):
     private_network: bool = Field(False, description="Attach the provider's private network "
                                                      "where one exists (Vultr VPC).")
     backups: bool = Field(False, description="The provider's own backups (they cost extra).")
+    server_id: str | None = Field(
+        None, description="Written by `provision`: the provider's id of the server it made "
+                          "(`destroy` deletes that server and no other).")
+    host_key: str | None = Field(
+        None, description="Written by `provision`: the public half of the SSH host key it "
+                          "made for the server (the first login is checked against it).")
     token_file: str | None = Field(
         None, description="A file holding the API token, readable by its owner only; default: "
                           "the environment (HCLOUD_TOKEN, VULTR_API_KEY, DIGITALOCEAN_TOKEN).")
@@ -57,6 +63,20 @@ class ProviderSettings(Strict):
         if not SLUG_RE.fullmatch(value):
             raise ValueError(f"{value!r} is not a region or plan name as providers write them "
                              "(lower case letters, digits, '.', '_' and '-')")
+        return value
+
+    @field_validator("server_id")
+    @classmethod
+    def _check_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise ValueError(f"{value!r} is not a server id as providers give them")
+        return value
+
+    @field_validator("host_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"ssh-ed25519 [A-Za-z0-9+/]{68}", value):
+            raise ValueError("host_key is not the Ed25519 public key `provision` writes")
         return value
 
     @field_validator("token_file")

@@ -38,7 +38,12 @@ class CloudNodes:
         ensure_inotify_instances(self.log)
         base = images.ensure_rootfs(release, self.log, [*(preinstall or []), *CLOUD_PACKAGES])
         state = self.state()
-        if state is None or not state.helpers or not all(alive(p) for p in state.helpers):
+        if state is not None and state.helpers and not all(alive(p) for p in state.helpers):
+            if any(alive(n.pid) for n in state.nodes):
+                raise LabError(f"Lab {self.paths.id!r} has running nodes but its helpers are "
+                               "gone.", hint="Take it down with `mailfleet lab down` first.")
+            state = None
+        if state is None or not state.helpers:
             self.down(quiet=True)  # leftovers of a lab whose helpers are gone
             state = LabState(id=self.paths.id)
             self._start_network(state)
@@ -49,11 +54,15 @@ class CloudNodes:
         if not free:
             raise LabError(f"Lab {self.paths.id!r} has no free address for another node.")
         node = Node(name=name, release=release, address=network.node_address(free[0]),
-                    ssh_port=free_port())
+                    ssh_port=free_port(), cloud=True)
+        helpers = set(state.helpers)
         try:
             self._boot(state, node, base, [*state.nodes, node], seed=seed)
         except BaseException:
-            self.remove_node(name)
+            # undone from what this run knows: the state file may not name the node yet
+            self._discard(state, node, [p for p in state.helpers if p not in helpers])
+            if not state.nodes:
+                self.down(quiet=True)
             raise
         self._save(state)
         return node
@@ -70,21 +79,28 @@ class CloudNodes:
         if len(state.nodes) == 1:
             self.down(quiet=True)
             return True
-        stop_pids([node.pid], timeout=20)
         ports = [22, *(int(k.partition(":")[2]) for k in state.forwards
                        if k.partition(":")[0] == name)]
         sockets = [str(self.paths.socket(f"{name}-{port}")) for port in ports]
         mine = [p for p in state.helpers if any(s in (cmdline(p) or "") for s in sockets)]
-        stop_pids(mine, timeout=5)
-        state.helpers = [p for p in state.helpers if p not in mine]
-        state.forwards = {k: v for k, v in state.forwards.items()
-                          if k.partition(":")[0] != name}
-        node_dir = self.paths.node_dir(name)
-        run(["umount", str(node_dir / "root")], check=False)
-        network.delete(self.paths.node_ns(name))
-        run(["ip", "-n", self.paths.bridge_ns, "link", "delete", f"v{name}"[:15]], check=False)
-        shutil.rmtree(node_dir, ignore_errors=True)
-        state.nodes = [n for n in state.nodes if n.name != name]
-        self._save(state)
+        self._discard(state, node, mine)
         return True
 
+    def _discard(self, state: LabState, node: Node, helpers: list[int]) -> None:
+        """Stop `node` and its forward `helpers`, and remove its mount, namespace, veth and
+        disk; the state without it is saved."""
+        if node.pid:
+            stop_pids([node.pid], timeout=20)
+        stop_pids(helpers, timeout=5)
+        state.helpers = [p for p in state.helpers if p not in helpers]
+        state.forwards = {k: v for k, v in state.forwards.items()
+                          if k.partition(":")[0] != node.name}
+        node_dir = self.paths.node_dir(node.name)
+        if run(["umount", str(node_dir / "root")], check=False).returncode != 0:
+            run(["umount", "-l", str(node_dir / "root")], check=False)
+        network.delete(self.paths.node_ns(node.name))
+        run(["ip", "-n", self.paths.bridge_ns, "link", "delete", f"v{node.name}"[:15]],
+            check=False)
+        shutil.rmtree(node_dir, ignore_errors=True)
+        state.nodes = [n for n in state.nodes if n.name != node.name]
+        self._save(state)

@@ -18,6 +18,7 @@ class Node:
     ssh_port: int
     pid: int = 0
     boot_seconds: float = 0.0
+    cloud: bool = False  # made by cloud-init for `provision` (lab/cloud.py), not by `lab up`
 
     @property
     def debian(self) -> str:

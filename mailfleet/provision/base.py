@@ -49,7 +49,7 @@ class ServerSpec:
     region: str
     plan: str
     image: str  # one of IMAGES
-    user_data: str
+    user_data: str = field(repr=False)  # (holds the host's private key)
     ipv6: bool = True
     backups: bool = False
     private_network: bool = False  # Vultr's VPC; elsewhere mailfleet's WireGuard is the one

@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import requests
 from hcloud import APIException, Client
+from hcloud.actions import ActionException, ActionTimeoutException
 from hcloud.images import Image
 from hcloud.locations import Location
 from hcloud.server_types import ServerType
@@ -42,6 +43,9 @@ class Hetzner:
             raise refused(self.name, what, f"{err.message} ({err.code})",
                           err.code in SETTING_ERRORS,
                           TOKEN_VARIABLE if err.code == "unauthorized" else None) from None
+        except ActionException as err:  # an accepted call whose action failed or took long
+            state = "timed out" if isinstance(err, ActionTimeoutException) else "failed"
+            raise ProviderError(f"{self.name} could not {what}: its action {state}.") from None
         except requests.RequestException as err:
             raise unreachable(self.name, what, err) from None
 

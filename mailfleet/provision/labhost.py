@@ -31,7 +31,9 @@ class LabProvider:
 
     def find(self, name: str) -> Server | None:
         state = self._lab.state()
-        node = next((n for n in (state.nodes if state else []) if n.name == name), None)
+        # (only nodes `provision` made: `lab up`'s n1, n2, ... are no provider's servers)
+        node = next((n for n in (state.nodes if state else []) if n.name == name and n.cloud),
+                    None)
         return None if node is None else _server(node)
 
     def get(self, server_id: str) -> Server:

@@ -11,7 +11,7 @@ from typing import Any
 import requests
 from libcloud.common.base import ConnectionKey
 
-from mailfleet.provision.base import refused, unreachable
+from mailfleet.provision.base import ProviderError, refused, unreachable
 
 # what the operator fixes in mailfleet.toml or the token, not by trying again
 SETTING_STATUSES = (400, 401, 403, 404, 422)
@@ -39,7 +39,8 @@ class LibcloudAPI:
             # BaseHTTPError, InvalidCredsError): each carries the HTTP status and a message
             status = getattr(err, "code", None) or getattr(err, "http_code", None)
             if not isinstance(status, int):
-                raise
+                raise ProviderError(f"{self.name} gave an answer mailfleet cannot read when "
+                                    f"asked to {what}: {type(err).__name__}.") from None
             message = str(getattr(err, "message", None) or getattr(err, "value", None) or "")
             message = re.sub(r"\s*\(code: \d+\)$", "", message).strip().rstrip(".")
             raise refused(self.name, what, f"{message or 'no reason given'} (HTTP {status})",

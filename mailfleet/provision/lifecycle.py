@@ -9,18 +9,22 @@ connection checks the key strictly, and a server answering with another key is r
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomlkit
 
-from mailfleet.config import Config, HostSettings, edit
+from mailfleet.config import Config, HostSettings, edit, parse, read_text, save
 from mailfleet.engine.tunnel import ssh_base
 from mailfleet.errors import ConfigError
 from mailfleet.provision.base import Offer, Provider, ProviderError, Server, ServerSpec, wait_running
-from mailfleet.provision.userdata import HostKey, checked_public_key, known_hosts, user_data
+from mailfleet.provision.userdata import (HostKey, checked_public_key, known_host, known_hosts,
+                                          user_data)
 
 DEFAULT_KNOWN_HOSTS = "~/.config/mailfleet/known_hosts"
 DEFAULT_KEYS = ("~/.ssh/id_ed25519", "~/.ssh/id_ecdsa", "~/.ssh/id_rsa")
@@ -107,75 +111,113 @@ def check_offer(provider: Provider, offer: Offer, spec: ServerSpec, key: str) ->
 def provision(path: Path, config: Config, host: HostSettings, provider: Provider,
               log=print) -> Outcome:
     started = time.monotonic()
+    settings = host.provider
+    assert settings is not None
     server = provider.find(host.name)
     created = server is None
     if server is None:
-        check_offer(provider, provider.offer(), spec_for(config, host), host.provider.provider)
+        check_offer(provider, provider.offer(), spec_for(config, host), settings.provider)
         key = HostKey.generate()
         data = user_data(host.name, config.host_fqdn(host), deploy_key(host), key)
         log(f"{host.name}: creating the server at {provider.name}")
-        server = wait_running(provider, provider.create(spec_for(config, host, data)))
-        host = record(path, host, server, key)
-        if server.ipv4 or server.ipv6:
-            provider.set_reverse_dns(server, config.host_fqdn(host))
+        server = provider.create(spec_for(config, host, data))
+        # the moment it exists it is named in the config, with its host key: a run cut short
+        # after this point is finished by the next one, never paid for twice
+        host = _update(path, host.name, {"server_id": server.id, "host_key": key.public},
+                       within="provider")
     else:
         log(f"{host.name}: the server exists already at {provider.name} ({server.id})")
-        server = wait_running(provider, server)
-        if not host.address:
+        if server.id != settings.server_id or not settings.host_key:
             raise ProviderError(
-                f"{provider.name} has a server for {host.name} ({server.id}) that mailfleet.toml "
-                "has no address for: its host key is unknown, so mailfleet does not log in.",
-                hint=f"Remove it with `mailfleet destroy {host.name}` and provision it again.")
+                f"{provider.name} has a server labelled for {host.name} ({server.id}) that "
+                f"{path} did not make (it records "
+                f"{settings.server_id or 'none'}): mailfleet does not know its host key, and "
+                "neither logs in to it nor deletes it.",
+                hint="Delete it in the provider's console if it is yours, or give this host "
+                     "another name.")
+    assert host.provider is not None and host.provider.host_key is not None
+    try:
+        server = wait_running(provider, server)
+        host = record(path, host, server, host.provider.host_key)
+    except ProviderError as err:
+        raise ProviderError(f"{err.message.rstrip('.')}; server {server.id} exists at "
+                            f"{provider.name}.", hint=f"`mailfleet provision {host.name}` "
+                            "again finishes it; `mailfleet destroy` removes it.") from None
+    if server.ipv4 or server.ipv6:
+        provider.set_reverse_dns(server, config.host_fqdn(host))
     state = first_login(host, server)
+    if state not in ("done", "disabled"):
+        log(f"{host.name}: cloud-init reports {state!r} (see `cloud-init status --long` on it); "
+            "the host key and root's key were checked all the same")
     return Outcome(host.name, server, created, time.monotonic() - started, state)
 
 
-def record(path: Path, host: HostSettings, server: Server, key: HostKey) -> HostSettings:
-    """The server's address and host key, saved before anything connects to it."""
+def _update(path: Path, name: str, values: dict, within: str | None = None) -> HostSettings:
+    """Set (or, for None, remove) keys of host `name`'s entry (or of its sub-table)."""
+    def change(doc: tomlkit.TOMLDocument) -> None:
+        table = next(h for h in doc["hosts"] if h.get("name") == name)
+        if within:
+            table = table[within]
+        for key, value in values.items():
+            if value is not None:
+                table[key] = value
+            elif key in table:
+                del table[key]
+
+    saved = edit(path, change)
+    return next(h for h in saved.hosts if h.name == name)
+
+
+def record(path: Path, host: HostSettings, server: Server, public_key: str) -> HostSettings:
+    """The server's address (and host key, in known_hosts), saved before anything connects."""
     address = server.login_address
     if not address:
         raise ProviderError(f"The provider named no address for {host.name} ({server.id}).")
-    known = Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
-    write_known_hosts(known, address, server.ssh_port, key)
-
-    def change(doc: tomlkit.TOMLDocument) -> None:
-        table = next(h for h in doc["hosts"] if h.get("name") == host.name)
-        table["address"] = address
-        if server.ssh_port != 22:
-            table["ssh_port"] = server.ssh_port
-        for version, value in (("ipv4", server.ipv4), ("ipv6", server.ipv6)):
-            if value and value != address:
-                table[version] = value
-        if not host.ssh_known_hosts:
-            table["ssh_known_hosts"] = DEFAULT_KNOWN_HOSTS
-
-    saved = edit(path, change)
-    return next(h for h in saved.hosts if h.name == host.name)
+    write_known_hosts(Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
+                      address, server.ssh_port, public_key)
+    return _update(path, host.name, {
+        "address": address,
+        "ssh_port": server.ssh_port if server.ssh_port != 22 else None,
+        "ipv4": server.ipv4 if server.ipv4 != address else None,
+        "ipv6": server.ipv6 if server.ipv6 != address else None,
+        "ssh_known_hosts": host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS})
 
 
-def write_known_hosts(path: Path, address: str, port: int, key: HostKey | None) -> None:
-    """Replace the lines for address:port by the key's (none: just remove them)."""
-    where = address if port == 22 else f"[{address}]:{port}"
-    lines = path.read_text().splitlines(keepends=True) if path.exists() else []
-    kept = [line for line in lines if line.split(" ", 1)[0] != where]
-    if key is not None:
-        kept.append(known_hosts([address], port, key))
+def write_known_hosts(path: Path, address: str, port: int, public_key: str | None) -> None:
+    """Replace every key known for address:port (hashed lines too: `ssh-keygen -R`) by
+    `public_key` (none: only remove them). Locked: parallel runs each keep their line."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.touch(mode=0o600)
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            subprocess.run(["ssh-keygen", "-R", known_host(address, port), "-f", str(path)],
+                           capture_output=True, stdin=subprocess.DEVNULL, check=False)
+            path.with_name(path.name + ".old").unlink(missing_ok=True)
+        text = path.read_text() if path.exists() else ""
+        if public_key:
+            text += known_hosts([address], port, public_key)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
 
 
 def first_login(host: HostSettings, server: Server) -> str:
-    """Log in as root with the host key checked strictly, and wait for cloud-init to finish;
-    cloud-init's own status word."""
-    command = [*ssh_base(host), host.address, "cloud-init status --wait >/dev/null 2>&1; "
+    """Log in as root with the host key checked strictly (whatever ssh's own config says),
+    and wait for cloud-init to finish; cloud-init's own status word."""
+    known = Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
+    base = ssh_base(host)
+    command = [base[0], "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
+               *base[1:], host.address, "cloud-init status --wait >/dev/null 2>&1; "
                "cloud-init status 2>/dev/null | sed -n 's/^status: //p'"]
     started = time.monotonic()
     while True:
-        done = subprocess.run(command, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=LOGIN_TIMEOUT)
+        try:
+            done = subprocess.run(command, capture_output=True, text=True,
+                                  stdin=subprocess.DEVNULL, timeout=LOGIN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            raise ProviderError(f"{host.name} ({server.id}): the first login did not finish "
+                                f"within {LOGIN_TIMEOUT:.0f} s (cloud-init still running?).")
         if done.returncode == 0:
             return done.stdout.strip() or "unknown"
         why = (done.stderr.strip().splitlines() or ["no answer"])[-1]
@@ -193,23 +235,46 @@ def first_login(host: HostSettings, server: Server) -> str:
         time.sleep(2)
 
 
-def destroy(path: Path, host: HostSettings, provider: Provider, log=print) -> Server | None:
-    """Delete the server labelled for `host`, then (only then) its entry and known_hosts lines."""
+def destroy(path: Path, config: Config, host: HostSettings, provider: Provider,
+            log=print) -> Server | None:
+    """Delete the server this config made for `host` (its recorded id, never another one
+    that carries the label), then its entry and known_hosts lines. The shortened config is
+    checked first: nothing is deleted when it would not be accepted."""
+    text = without_host(path, config, host.name)
     server = provider.find(host.name)
+    recorded = host.provider.server_id if host.provider else None
     if server is not None:
+        if server.id != recorded:
+            raise ProviderError(
+                f"{provider.name} has a server labelled for {host.name} ({server.id}), but "
+                f"{path} records {recorded or 'none'}: it was not made by this config; "
+                "nothing was deleted.")
         log(f"{host.name}: deleting server {server.id} at {provider.name}")
         provider.destroy(server)
     if host.address:
         write_known_hosts(Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
                           host.address, host.ssh_port, None)
-
-    def change(doc: tomlkit.TOMLDocument) -> None:
-        hosts = doc["hosts"]
-        index = next(i for i, h in enumerate(hosts) if h.get("name") == host.name)
-        del hosts[index]
-        if not len(hosts):
-            del doc["hosts"]
-
-    edit(path, change)
+    save(path, text)
     return server
 
+
+def without_host(path: Path, config: Config, name: str) -> str:
+    """The config's text without host `name`, checked as a config. The VPN addresses of the
+    hosts after it stay theirs (they are numbered by place in [[hosts]] when not given)."""
+    doc = tomlkit.parse(read_text(path))
+    hosts = doc["hosts"]
+    index = next(i for i, h in enumerate(hosts) if h.get("name") == name)
+    if config.features.wireguard:
+        for later in config.hosts[index + 1:]:
+            table = next(h for h in hosts if h.get("name") == later.name)
+            table["vpn_address"] = config.vpn_address(later)
+    del hosts[index]
+    if not len(hosts):
+        del doc["hosts"]
+    text = tomlkit.dumps(doc)
+    try:
+        parse(text, path)
+    except ConfigError as err:
+        raise ConfigError(f"Removing host {name} would leave a config mailfleet refuses: "
+                          f"{err.message}", hint="Change that first; nothing was deleted.") from None
+    return text

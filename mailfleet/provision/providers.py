@@ -1,8 +1,9 @@
 """The provider module for a [hosts.provider] table, with its token.
 
 `MAILFLEET_<PROVIDER>_API` (http://127.0.0.1:PORT) points a module at a local stand-in of
-its API: the tests' fake servers. Nothing else is accepted there, so a stray variable can
-never send a token elsewhere."""
+its API: the tests' fake servers. Only a loopback address is accepted there, so a stray
+variable cannot send a token off this machine (it does send it, in plain HTTP, to whatever
+listens on that port: a variable for tests, not for use)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,14 @@ def local_api(provider: str) -> tuple[int, str] | None:
     if not value:
         return None
     url = urlsplit(value)
-    if url.scheme != "http" or url.hostname != "127.0.0.1" or not url.port:
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme != "http" or url.hostname != "127.0.0.1" or not port:
         raise UsageError(f"{variable}={value!r}: only a stand-in API at http://127.0.0.1:PORT "
                          "may replace the provider's own.")
-    return url.port, url.path.rstrip("/")
+    return port, url.path.rstrip("/")
 
 
 def provider_for(settings: ProviderSettings, host: str,

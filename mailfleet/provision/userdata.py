@@ -77,15 +77,16 @@ def user_data(name: str, fqdn: str, deploy_key: str, host_key: HostKey) -> str:
     return "#cloud-config\n" + json.dumps(config, indent=1) + "\n"
 
 
-def known_hosts(addresses: Iterable[str], port: int, host_key: HostKey) -> str:
-    """known_hosts lines admitting `host_key` at each address (as ssh looks it up:
-    `[address]:port` when the port is not 22)."""
-    lines = []
-    for address in addresses:
-        ip = ipaddress.ip_address(address)  # ValueError for a name: only addresses here
-        where = ip.compressed if port == 22 else f"[{ip.compressed}]:{port}"
-        lines.append(f"{where} {host_key.public}\n")
-    return "".join(lines)
+def known_host(address: str, port: int) -> str:
+    """An address as ssh looks it up in known_hosts (`[address]:port` when not port 22)."""
+    ip = ipaddress.ip_address(address)  # ValueError for a name: only addresses here
+    return ip.compressed if port == 22 else f"[{ip.compressed}]:{port}"
+
+
+def known_hosts(addresses: Iterable[str], port: int, public_key: str) -> str:
+    """known_hosts lines admitting the host key `public_key` at each address."""
+    key = checked_public_key(public_key, "the host key")
+    return "".join(f"{known_host(address, port)} {key}\n" for address in addresses)
 
 
 def nocloud_seed(instance_id: str, name: str, data: str) -> dict[str, str]:

@@ -240,8 +240,15 @@ def vpn_login_works(settings: HostSettings, vpn: str, admin: str, attempts: int 
                     command: str = "sudo -n true") -> tuple[bool, str]:
     """A brand-new SSH connection as the admin user to the host's VPN address."""
     over_vpn = settings.model_copy(update={"address": vpn})
-    ok, why = admin_login_works(over_vpn, admin, command, attempts)
-    return ok, "" if ok else why
+    why = ""
+    # every failure is asked again here, not only an sshd not yet listening: the confirming
+    # command itself fails (exit 1) until the host's apply timer has fired
+    for attempt in range(attempts):
+        ok, why = admin_login_works(over_vpn, admin, command, attempts=1)
+        if ok:
+            return True, ""
+        time.sleep(1 + attempt)
+    return False, why
 
 
 # -- checks -----------------------------------------------------------------------------------

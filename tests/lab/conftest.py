@@ -245,13 +245,21 @@ def booted_two_release_lab(cli: Cli):
 @pytest.fixture(scope="session")
 def two_release_lab(tmp_path_factory):
     """One Debian 12 node (n1) and one Debian 13 node (n2), booted once per session and
-    shared by every module that asks for it (directly or through `deployed`)."""
-    with booted_two_release_lab(Cli(lab_name(1), tmp_path_factory.mktemp("lab") / "mailfleet.toml")) as cli:
+    shared by every module that asks for it (directly or through `deployed`). Booted bare
+    when the module that asks first deploys onto bare Debian (test_lab_deploy, first in the
+    order); else from the preinstalled image, so that the first deploy of a worker that never
+    runs that module does not install the packages again (minutes of dpkg)."""
+    _SHARED_LAB["preinstalled"] = not _SHARED_LAB["bare"]
+    cli = Cli(lab_name(1), tmp_path_factory.mktemp("lab") / "mailfleet.toml")
+    up = booted_lab(cli, "--release", "bookworm", "--release", "trixie",
+                    *(["--preinstall"] if _SHARED_LAB["preinstalled"] else []))
+    with up:
         yield cli
 
 
-# Has any module deployed the shared lab yet? (a bare lab cannot be had back afterwards)
-_SHARED_LAB = {"deployed": False}
+# Has any module deployed the shared lab yet (a bare lab cannot be had back afterwards)? Was
+# it wanted bare, and was it booted preinstalled?
+_SHARED_LAB = {"deployed": False, "bare": False, "preinstalled": False}
 
 
 @pytest.fixture(scope="module")
@@ -259,8 +267,9 @@ def bare_two_release_lab(request, tmp_path_factory):
     """The two-release lab before anything was deployed to it, for a module that deploys
     a fresh VPS itself. The shared lab while no module has deployed it (the usual order: no
     second boot); otherwise one of this module's own, so the module passes in any order."""
-    if not _SHARED_LAB["deployed"]:
+    if not _SHARED_LAB["deployed"] and not _SHARED_LAB["preinstalled"]:
         _SHARED_LAB["deployed"] = True  # this module deploys it: it is bare no longer
+        _SHARED_LAB["bare"] = True  # (and if it is booted now, booted bare)
         yield request.getfixturevalue("two_release_lab")
         return
     own = Cli(lab_name(9), tmp_path_factory.mktemp("bare-lab") / "mailfleet.toml")

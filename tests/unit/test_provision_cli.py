@@ -88,11 +88,16 @@ def test_without_a_token_nothing_is_asked(api):
 
 def test_destroy_asks_and_deletes_the_entry_only_after_the_provider(api, tmp_path):
     name, fake, config, env = api
-    key = _made_server(name, fake)
+    address, server_id = _made_server(name, fake)
     config.write_text(config.read_text().replace(
         'fqdn = "mx1.example.org"\n',
-        f'fqdn = "mx1.example.org"\naddress = "{key}"\nssh_known_hosts = "{tmp_path}/kh"\n'))
-    (tmp_path / "kh").write_text(f"{key} ssh-ed25519 AAAA\nother ssh-ed25519 BBBB\n")
+        f'fqdn = "mx1.example.org"\naddress = "{address}"\nssh_known_hosts = "{tmp_path}/kh"\n'))
+    (tmp_path / "kh").write_text(f"{address} ssh-ed25519 AAAA\nother ssh-ed25519 BBBB\n")
+    # a server carrying the label that this config did not make (another config's mx1 in
+    # the same account) is never deleted
+    foreign = mailfleet("destroy", "mx1", "--yes", config=config, env=env)
+    assert foreign.returncode == 1 and "was not made by this config" in foreign.stderr
+    config.write_text(config.read_text() + f'server_id = "{server_id}"\n')
     unasked = mailfleet("destroy", "mx1", config=config, env=env)
     assert unasked.returncode == 2 and "no terminal to ask" in unasked.stderr
     assert not any(method == "DELETE" for method, _, _ in fake.requests)
@@ -103,8 +108,39 @@ def test_destroy_asks_and_deletes_the_entry_only_after_the_provider(api, tmp_pat
     assert (tmp_path / "kh").read_text() == "other ssh-ed25519 BBBB\n"
 
 
-def _made_server(name: str, fake) -> str:
-    """Create mx1 at the fake through the module itself; its IPv4 address."""
+def test_destroy_refuses_before_deleting_when_the_rest_would_not_be_a_config(tmp_path):
+    fake = fake_hetzner.FakeHetzner()
+    try:
+        address, server_id = _made_server("hetzner", fake)
+        members = "".join(f'[[hosts]]\nname = "db{i}"\naddress = "192.0.2.{i}"\n'
+                          for i in (2, 3))
+        config = tmp_path / "mailfleet.toml"
+        config.write_text(
+            BASE + '[features]\nwireguard = true\n[cluster]\nenabled = true\n'
+            + _host("hetzner", "fsn1", "cx22", f'server_id = "{server_id}"\n').replace(
+                'fqdn = "mx1.example.org"\n', f'fqdn = "mx1.example.org"\naddress = "{address}"\n')
+            + members)
+        env = {"MAILFLEET_HETZNER_API": f"http://127.0.0.1:{fake.port}/v1",
+               "HCLOUD_TOKEN": fake.token}
+        before = config.read_text()
+        refused = mailfleet("destroy", "mx1", "--yes", config=config, env=env)
+        assert refused.returncode == 2, refused.stderr
+        assert "Removing host mx1 would leave a config mailfleet refuses" in refused.stderr
+        assert "needs 3 or 5 hosts with the db role" in refused.stderr
+        assert not any(method == "DELETE" for method, _, _ in fake.requests)
+        assert config.read_text() == before
+        # without the cluster: gone, and the VPN addresses of the hosts after it stay theirs
+        config.write_text(before.replace("[cluster]\nenabled = true\n", ""))
+        done = mailfleet("destroy", "mx1", "--yes", config=config, env=env)
+        assert done.returncode == 0, done.stderr
+        assert [(h.name, h.vpn_address) for h in load(config).hosts] == [
+            ("db2", "10.8.0.2"), ("db3", "10.8.0.3")]
+    finally:
+        fake.close()
+
+
+def _made_server(name: str, fake) -> tuple[str, str]:
+    """Create mx1 at the fake through the module itself; its IPv4 address and id."""
     from mailfleet.provision.base import ServerSpec
     from mailfleet.provision.providers import provider_for
     from mailfleet.config import ProviderSettings
@@ -116,7 +152,8 @@ def _made_server(name: str, fake) -> str:
         spec = ServerSpec("mx1", "mx1.example.org", FAKES[name][1], FAKES[name][2], "debian-13",
                           "#cloud-config\n{}\n")
         from mailfleet.provision.base import wait_running
-        return wait_running(provider, provider.create(spec), interval=0.01).ipv4
+        made = wait_running(provider, provider.create(spec), interval=0.01)
+        return made.ipv4, made.id
     finally:
         del os.environ[f"MAILFLEET_{name.upper()}_API"], os.environ[VARIABLES[name]]
 
@@ -208,10 +245,49 @@ def test_address_and_host_key_are_saved_before_the_first_connection(tmp_path, mo
         line = seen["known"].strip()
         sent = fake.user_data[int(outcome.server.id)]
         assert line.startswith(f"{ipv4} ssh-ed25519 ") and line.split()[2] in sent
+        recorded = seen["config"].provider
+        assert recorded.server_id == outcome.server.id and recorded.host_key in line
         assert seen["reverse"]["dns_ptr"] == "mx1.example.org"
         # a second run finds the server by its label and makes none
         again = lifecycle.provision(config, load(config), load(config).hosts[0], provider,
                                     log=lambda m: None)
         assert not again.created and len(fake.servers) == 1
+    finally:
+        fake.close()
+
+
+def test_a_run_cut_short_after_create_is_finished_by_the_next(tmp_path, monkeypatch):
+    fake = fake_hetzner.FakeHetzner()
+    key = tmp_path / "id"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "mailfleet.toml"
+    config.write_text(BASE + _host("hetzner", "fsn1", "cx22").replace(
+        'fqdn = "mx1.example.org"\n',
+        f'fqdn = "mx1.example.org"\nssh_key = "{key}"\nssh_known_hosts = "{tmp_path}/kh"\n'))
+    real_wait = lifecycle.wait_running
+
+    def cut_short(provider, server):
+        raise lifecycle.ProviderError(f"{provider.name}: server mx1 ({server.id}) is still "
+                                      "'initializing' after 600 s.")
+
+    monkeypatch.setattr(lifecycle, "first_login", lambda host, server: "done")
+    try:
+        provider = Hetzner(fake.token, fake.endpoint, poll_interval=0.01)
+        monkeypatch.setattr(lifecycle, "wait_running", cut_short)
+        with pytest.raises(lifecycle.ProviderError) as stopped:
+            lifecycle.provision(config, load(config), load(config).hosts[0], provider,
+                                log=lambda m: None)
+        (number,) = fake.servers
+        assert f"server {number} exists at Hetzner Cloud" in stopped.value.message
+        assert "provision mx1` again finishes it" in stopped.value.hint
+        saved = load(config).hosts[0]
+        assert saved.provider.server_id == str(number) and saved.provider.host_key
+        assert not saved.address  # no address yet: nothing connected to it
+        monkeypatch.setattr(lifecycle, "wait_running", real_wait)
+        done = lifecycle.provision(config, load(config), load(config).hosts[0], provider,
+                                   log=lambda m: None)
+        assert not done.created and list(fake.servers) == [number]
+        assert load(config).hosts[0].address == done.server.ipv4
+        assert saved.provider.host_key in (tmp_path / "kh").read_text()
     finally:
         fake.close()

@@ -54,11 +54,11 @@ def test_a_deploy_key_is_one_line_of_a_known_type():
 
 def test_known_hosts_names_each_address_as_ssh_looks_it_up():
     key = HostKey.generate()
-    assert known_hosts(["203.0.113.7", "2001:db8:0::1"], 22, key) == (
+    assert known_hosts(["203.0.113.7", "2001:db8:0::1"], 22, key.public) == (
         f"203.0.113.7 {key.public}\n2001:db8::1 {key.public}\n")
-    assert known_hosts(["127.0.0.1"], 2201, key) == f"[127.0.0.1]:2201 {key.public}\n"
+    assert known_hosts(["127.0.0.1"], 2201, key.public) == f"[127.0.0.1]:2201 {key.public}\n"
     with pytest.raises(ValueError):
-        known_hosts(["mx1.example.org"], 22, key)
+        known_hosts(["mx1.example.org"], 22, key.public)
 
 
 def test_the_nocloud_seed_holds_the_same_user_data_and_leaves_the_network_alone():
