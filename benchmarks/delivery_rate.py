@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import statistics
 import time
 from pathlib import Path
 
@@ -39,9 +40,28 @@ def _baseline(mailfleet: Mailfleet, release: str) -> None:
                         f"echo {conf} | base64 -d | sh /root/bare.sh")
 
 
+CPU = "ps -eo comm=,times= | awk '{t[$1]+=$2} END {for (c in t) print c, t[c]}'"
+
+
+def _cpu(mailfleet: Mailfleet, node: str) -> dict[str, int]:
+    """CPU seconds used so far by each program name on `node`."""
+    _, out = mailfleet.ssh(node, CPU)
+    return {name: int(seconds) for name, seconds in (l.split() for l in out.splitlines())}
+
+
+def _delays(mailfleet: Mailfleet, node: str, since: float) -> list[float]:
+    """Medians of Postfix's delays=a/b/c/d (before the queue manager, in the queue, connection
+    setup, transmission) over the deliveries since `since`."""
+    _, out = mailfleet.ssh(node, f"journalctl --since @{int(since)} -o cat | "
+                                 "grep -o 'delays=[0-9./]*' | cut -d= -f2")
+    rows = [[float(v) for v in line.split("/")] for line in out.splitlines() if line.count("/") == 3]
+    return [statistics.median(column) for column in zip(*rows)] if rows else []
+
+
 def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
     address, maildir, recipient = TARGETS[node]
     mailfleet.ssh(node, f"find {maildir} -type f -path '*/new/*' -delete 2>/dev/null; true")
+    before = _cpu(mailfleet, node)
     _, started = mailfleet.ssh(
         "n1", f"date +%s.%N; /usr/sbin/smtp-source -d -s {args.sessions} -m {args.messages} "
               f"-l {args.size} -f bench@outside.test -t {recipient} {address}:25 >/dev/null")
@@ -57,9 +77,13 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
             break
         time.sleep(1)
     _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
-    seconds = last - float(started.split()[0])
+    start = float(started.split()[0])
+    seconds = last - start
+    after = _cpu(mailfleet, node)
+    used = sorted(((after[c] - before.get(c, 0), c) for c in after), reverse=True)
     return {"count": count, "queued": int(queue), "seconds": seconds,
-            "rate": count / seconds if seconds > 0 else 0.0}
+            "rate": count / seconds if seconds > 0 else 0.0,
+            "cpu": [(c, s) for s, c in used[:8] if s > 0], "delays": _delays(mailfleet, node, start)}
 
 
 def main() -> None:
@@ -84,6 +108,10 @@ def main() -> None:
         r = results[node]
         print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} delivered in "
               f"{r['seconds']:.1f} s, {r['queued']} still queued)")
+        print(f"{'':20} CPU seconds: {', '.join(f'{c} {s}' for c, s in r['cpu'])}")
+        if r["delays"]:
+            print(f"{'':20} Postfix delays a/b/c/d (median s): "
+                  + "/".join(f"{d:g}" for d in r["delays"]))
     bare = results["n3"]["rate"]
     print(f"ratio                {results['n2']['rate'] / bare if bare else 0:.2f} "
           "(mailfleet / bare)")
