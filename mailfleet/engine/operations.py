@@ -120,6 +120,9 @@ def debconf_shown(package: str) -> str:
     return f"debconf-show {shlex.quote(package)} 2>/dev/null || true"
 
 
+FIX_DB = "/usr/share/debconf/fix_db.pl"  # (in debconf, which every Debian has)
+
+
 @operation()
 def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bool = False):
     """Preseed debconf `answers` {question: (type, value)} for `package`.
@@ -144,9 +147,14 @@ def debconf(package: str, answers: dict[str, tuple[str, str | bool]], secret: bo
         return
     payload = "\n".join(lines) + "\n"
     quoted = shlex.quote(payload)
+    value = MaskString(quoted) if secret else quoted
+    # a package installed and purged again leaves its templates without questions, and
+    # debconf-set-selections then fails ("Cannot find a question"): debconf's own fix_db.pl
+    # drops such orphans, after which the answers go in as on a fresh system
     yield StringCommand(
-        "printf", "%s", MaskString(quoted) if secret else quoted, "|", "debconf-set-selections"
-    )
+        "{", "printf", "%s", value, "|", "debconf-set-selections", "2>/dev/null", "||", "{",
+        FIX_DB, ">/dev/null", "2>&1", ";", "printf", "%s", value, "|",
+        "debconf-set-selections", ";", "}", ";", "}")
 
 
 POLICY_RC_D = "/usr/sbin/policy-rc.d"

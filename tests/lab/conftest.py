@@ -82,34 +82,36 @@ def lab_name(number: int | str) -> str:
 
 # -- the order of the modules -----------------------------------------------------------
 
-# The lab modules in the order they start, with the seconds each took in a serial run (start
-# to end, fixtures included; 2-core machine, image cache warm; measured 2026-12-04, the
-# modules not measured then estimated from their slowest tests). Under pytest-xdist (bin/test:
-# `-n 2 --dist loadfile --no-loadscope-reorder`) each worker runs whole modules and is sent
-# its next one when two tests of its current one are left. So: test_lab_deploy first (its
-# bare deploy is its worker's shared lab's first deploy), then the longest first, but the
-# modules of one long test before the tail (piled up by that look-ahead they would leave one
-# worker minutes behind): the run ends on modules of many short tests, then the unit tests.
-# A lab module missing here starts after these (test_lab_names checks that none is missing).
+# The lab modules in the order they start, with the seconds each took (start to end, fixtures
+# included) in a full parallel run from a clean clone (2-core machine, image cache warm;
+# ci36, 2026-12-06, read from the module timeline bin/test prints at the end; test_webmail
+# and test_node_hardening estimated: they did not run whole there). Under pytest-xdist
+# (bin/test: `-n 2 --dist loadfile --no-loadscope-reorder`) each worker runs whole modules
+# and is sent its next one when two tests of its current one are left. So: test_lab_deploy
+# first (its bare deploy is its worker's shared lab's first deploy), then the longest first,
+# but the modules of one long test before the tail (piled up by that look-ahead they would
+# leave one worker minutes behind): the run ends on modules of many short tests, then the
+# unit tests. A lab module missing here starts after these (test_lab_names checks that none
+# is missing).
 MODULE_SECONDS = {
-    "test_lab_deploy.py": 370,
-    "test_mail_accounts.py": 560,
-    "test_cluster.py": 640,  # four nodes, two mail hosts, a move, failover, take-over, restore
-    "test_split_tiers.py": 420,
-    "test_cluster_growth.py": 320,  # one deploy alone, one as a cluster, SOGo (Debian 12)
-    "test_mail_backup.py": 340,
-    "test_provision.py": 200,  # two cloud-init nodes (103 s alone, images built), a deploy
-    "test_vpn.py": 330,
-    "test_mail_node.py": 330,
-    "test_radicale.py": 300,
-    "test_webmail_switch.py": 120,  # one test
-    "test_demo.py": 100,  # one test
-    "test_readme_lab.py": 100,  # one test
-    "test_webmail_sogo.py": 250,
-    "test_dns_mail.py": 200,
+    "test_lab_deploy.py": 335,
+    "test_mail_accounts.py": 691,
+    "test_cluster.py": 656,  # four nodes, three mail hosts, a move, failover, take-over, restore
+    "test_mail_node.py": 356,
+    "test_mail_backup.py": 309,
+    "test_split_tiers.py": 308,
+    "test_cluster_growth.py": 294,  # one deploy alone, one as a cluster, SOGo (Debian 12)
+    "test_vpn.py": 276,
+    "test_radicale.py": 260,
+    "test_dns_mail.py": 257,
+    "test_webmail_switch.py": 115,  # one test
+    "test_demo.py": 124,  # one test
+    "test_readme_lab.py": 87,  # one test
     "test_webmail.py": 200,
     "test_node_hardening.py": 180,
-    "test_engine_helpers.py": 25,
+    "test_webmail_sogo.py": 164,
+    "test_provision.py": 89,  # two cloud-init nodes, a deploy, destroy
+    "test_engine_helpers.py": 35,
     "test_lab_names.py": 0,
 }
 LAB_DIR = Path(__file__).parent
