@@ -215,15 +215,21 @@ def test_a_stand_in_api_must_be_on_loopback(tmp_path):
     assert result.returncode == 2 and "only a stand-in API at http://127.0.0.1" in result.stderr
 
 
-def test_address_and_host_key_are_saved_before_the_first_connection(tmp_path, monkeypatch):
-    """The order that keeps a crash from paying for a server mailfleet cannot verify."""
-    fake = fake_hetzner.FakeHetzner()
+def _keyed_config(tmp_path: Path) -> Path:
+    """A Hetzner host with a deploy key of its own and known_hosts in `tmp_path`."""
     key = tmp_path / "id"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     config = tmp_path / "mailfleet.toml"
     config.write_text(BASE + _host("hetzner", "fsn1", "cx22").replace(
         'fqdn = "mx1.example.org"\n',
         f'fqdn = "mx1.example.org"\nssh_key = "{key}"\nssh_known_hosts = "{tmp_path}/kh"\n'))
+    return config
+
+
+def test_address_and_host_key_are_saved_before_the_first_connection(tmp_path, monkeypatch):
+    """The order that keeps a crash from paying for a server mailfleet cannot verify."""
+    fake = fake_hetzner.FakeHetzner()
+    config = _keyed_config(tmp_path)
     seen = {}
 
     def first_login(host, server):  # (no SSH to the fake's documentation addresses)
@@ -258,12 +264,7 @@ def test_address_and_host_key_are_saved_before_the_first_connection(tmp_path, mo
 
 def test_a_run_cut_short_after_create_is_finished_by_the_next(tmp_path, monkeypatch):
     fake = fake_hetzner.FakeHetzner()
-    key = tmp_path / "id"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    config = tmp_path / "mailfleet.toml"
-    config.write_text(BASE + _host("hetzner", "fsn1", "cx22").replace(
-        'fqdn = "mx1.example.org"\n',
-        f'fqdn = "mx1.example.org"\nssh_key = "{key}"\nssh_known_hosts = "{tmp_path}/kh"\n'))
+    config = _keyed_config(tmp_path)
     real_wait = lifecycle.wait_running
 
     def cut_short(provider, server):
