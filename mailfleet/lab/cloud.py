@@ -13,7 +13,7 @@ from mailfleet.lab import images, network
 from mailfleet.lab.paths import LabPaths
 from mailfleet.lab.state import LabState, Node
 from mailfleet.lab.system import (alive, cmdline, ensure_inotify_instances,
-                                  ensure_machine_tools, require_root, run, stop_pids)
+                                  ensure_machine_tools, require_root, stop_pids, unmount)
 from mailfleet.netutil import free_port
 
 CLOUD_PACKAGES = ["cloud-init"]
@@ -96,11 +96,8 @@ class CloudNodes:
         state.forwards = {k: v for k, v in state.forwards.items()
                           if k.partition(":")[0] != node.name}
         node_dir = self.paths.node_dir(node.name)
-        if run(["umount", str(node_dir / "root")], check=False).returncode != 0:
-            run(["umount", "-l", str(node_dir / "root")], check=False)
-        network.delete(self.paths.node_ns(node.name))
-        run(["ip", "-n", self.paths.bridge_ns, "link", "delete", f"v{node.name}"[:15]],
-            check=False)
+        unmount(str(node_dir / "root"))
+        network.detach_node(self.paths.bridge_ns, self.paths.node_ns(node.name), node.name)
         shutil.rmtree(node_dir, ignore_errors=True)
         state.nodes = [n for n in state.nodes if n.name != node.name]
         self._save(state)

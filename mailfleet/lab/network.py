@@ -39,7 +39,7 @@ def create_bridge(ns: str) -> None:
 def attach_node(bridge_ns: str, node_ns: str, node: str, address: str) -> None:
     """A node namespace with `host0` (as systemd-nspawn names it) wired to the bridge."""
     run(["ip", "netns", "add", node_ns])
-    peer = f"v{node}"[:15]
+    peer = _veth(node)
     run(["ip", "-n", bridge_ns, "link", "add", peer, "type", "veth",
          "peer", "name", "host0", "netns", node_ns])
     run(["ip", "-n", bridge_ns, "link", "set", peer, "master", BRIDGE, "up"])
@@ -48,6 +48,17 @@ def attach_node(bridge_ns: str, node_ns: str, node: str, address: str) -> None:
     run([*ip, "addr", "add", f"{address}/{SUBNET.prefixlen}", "dev", "host0"])
     run([*ip, "link", "set", "host0", "up"])
     run([*ip, "route", "add", "default", "via", GATEWAY])
+
+
+def _veth(node: str) -> str:
+    """The bridge side of a node's veth pair (interface names have 15 characters at most)."""
+    return f"v{node}"[:15]
+
+
+def detach_node(bridge_ns: str, node_ns: str, node: str) -> None:
+    """Undo `attach_node`: the node's namespace and its veth on the bridge."""
+    delete(node_ns)
+    run(["ip", "-n", bridge_ns, "link", "delete", _veth(node)], check=False)
 
 
 def delete(ns: str) -> None:

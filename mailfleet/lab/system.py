@@ -181,6 +181,12 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def unmount(path: str) -> None:
+    """Unmount `path`; lazily when it is still busy (a node's last processes exiting)."""
+    if run(["umount", path], check=False).returncode != 0:
+        run(["umount", "-l", path], check=False)
+
+
 def wait_for_ssh_banner(port: int, timeout: float) -> bool:
     """True once something on 127.0.0.1:port speaks SSH (a forward alone accepts and closes)."""
     deadline = time.monotonic() + timeout

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from mailfleet.lab import network
 from mailfleet.lab.paths import LabPaths
-from mailfleet.lab.system import cmdline, pids_mentioning, require_root, run, stop_pids
+from mailfleet.lab.system import (cmdline, pids_mentioning, require_root, stop_pids,
+                                  unmount)
 
 
 class Teardown:
@@ -41,8 +42,7 @@ class Teardown:
             stop_pids(leftovers, timeout=5)
         for mount in self._own_mounts(marker):
             found = True
-            if run(["umount", mount], check=False).returncode != 0:
-                run(["umount", "-l", mount], check=False)
+            unmount(mount)
         for ns in network.own_namespaces(paths.netns_prefix):
             found = True
             network.delete(ns)

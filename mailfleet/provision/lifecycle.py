@@ -168,12 +168,17 @@ def _update(path: Path, name: str, values: dict, within: str | None = None) -> H
     return next(h for h in saved.hosts if h.name == name)
 
 
+def known_hosts_file(host: HostSettings) -> Path:
+    """Where the host's SSH key is kept: its ssh_known_hosts, else mailfleet's own file."""
+    return Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
+
+
 def record(path: Path, host: HostSettings, server: Server, public_key: str) -> HostSettings:
     """The server's address (and host key, in known_hosts), saved before anything connects."""
     address = server.login_address
     if not address:
         raise ProviderError(f"The provider named no address for {host.name} ({server.id}).")
-    write_known_hosts(Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
+    write_known_hosts(known_hosts_file(host),
                       address, server.ssh_port, public_key)
     return _update(path, host.name, {
         "address": address,
@@ -205,7 +210,7 @@ def write_known_hosts(path: Path, address: str, port: int, public_key: str | Non
 def first_login(host: HostSettings, server: Server) -> str:
     """Log in as root with the host key checked strictly (whatever ssh's own config says),
     and wait for cloud-init to finish; cloud-init's own status word."""
-    known = Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser()
+    known = known_hosts_file(host)
     base = ssh_base(host)
     command = [base[0], "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known}",
                *base[1:], host.address, "cloud-init status --wait >/dev/null 2>&1; "
@@ -252,7 +257,7 @@ def destroy(path: Path, config: Config, host: HostSettings, provider: Provider,
         log(f"{host.name}: deleting server {server.id} at {provider.name}")
         provider.destroy(server)
     if host.address:
-        write_known_hosts(Path(host.ssh_known_hosts or DEFAULT_KNOWN_HOSTS).expanduser(),
+        write_known_hosts(known_hosts_file(host),
                           host.address, host.ssh_port, None)
     save(path, text)
     return server
