@@ -11,7 +11,7 @@ from mailfleet.config import HostSettings
 from mailfleet.engine.tunnel import ssh_run
 from mailfleet.errors import UsageError
 from mailfleet.services.backup import ROOT as BACKUP_ROOT
-from mailfleet.services.replication import DOVEADM_PORT, IO_TIMEOUT
+from mailfleet.services.replication import DOVEADM_PORT, IO_TIMEOUT, LOCK_TIMEOUT
 from mailfleet.services.mailstore import VMAIL_DIR
 
 ARCHIVE_DIR = f"{BACKUP_ROOT}/mailboxes"
@@ -46,7 +46,8 @@ def kick(settings: HostSettings, mask: str) -> None:
 def copy_to(settings: HostSettings, email: str, address: str) -> bool:
     """Copy a mailbox from this host to the mail host at `address` (its VPN address) now,
     the way replication does (two-way `doveadm sync`); False when that failed."""
-    out = ssh_run(settings, f"doveadm sync -T {IO_TIMEOUT} -u {shlex.quote(email)} "
+    out = ssh_run(settings, f"doveadm sync -T {IO_TIMEOUT} -l {LOCK_TIMEOUT} "
+                            f"-u {shlex.quote(email)} "
                             f"{shlex.quote(f'tcp:{address}:{DOVEADM_PORT}')} && echo copied || true",
                   timeout=3600)
     return "copied" in out

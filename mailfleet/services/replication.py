@@ -32,6 +32,12 @@ FULL_MINUTES = 10  # an unchanged mailbox is still copied this often (a replica 
 # for this long only
 SYNC_TIMEOUT = 120
 IO_TIMEOUT = 60  # ... unless it stalls this long (doveadm sync -T)
+# Two copies of one mailbox between the same two hosts at once each import what only the
+# other side has, so both bring the same message over: a duplicate (seen in CI: `user move`'s
+# copy back and the new home's pass, both new home <- old home). doveadm sync -l takes a lock
+# in the mailbox's home on both ends (.dsync-lock.<other host>), so such copies take turns;
+# one waits this long for the other
+LOCK_TIMEOUT = 60
 # a replica this far behind fails `check` (it is down, or copies fail)
 BEHIND_LIMIT = 300
 STATUS = f"cat {STATE_DIR}/status 2>/dev/null; printf 'now '; date +%s"
@@ -41,7 +47,8 @@ def deploy(ctx: HostContext) -> None:
     script = render("replication/mailfleet-replicate.sh.j2", host=ctx.plan.host,
                     state_dir=STATE_DIR, vmail_dir=VMAIL_DIR, port=DOVEADM_PORT,
                     database=DATABASE, interval=INTERVAL, full_minutes=FULL_MINUTES,
-                    sync_timeout=SYNC_TIMEOUT, io_timeout=IO_TIMEOUT)
+                    sync_timeout=SYNC_TIMEOUT, io_timeout=IO_TIMEOUT,
+                    lock_timeout=LOCK_TIMEOUT)
     scripted.install(ctx, UNIT, SCRIPT, script,
                      render(f"replication/{UNIT}.service.j2", script=SCRIPT), "replication")
 

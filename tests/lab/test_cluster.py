@@ -369,7 +369,9 @@ def test_the_primary_and_home_powered_off_loses_no_mail_and_its_mailboxes_are_ta
         stop.set()
         sender.join(120)
     accepted, refused = result["accepted"], result["refused"]
-    assert len(accepted) >= 20, (len(accepted), refused)
+    # (seen once in CI: 451 4.7.1, a milter's tempfail, for the whole stream: say why)
+    assert len(accepted) >= 20, (len(accepted), refused, cli.ssh(
+        "n2", "sudo journalctl -q -n 60 -u opendkim -u opendmarc -u postfix@- --no-pager"))
     assert all(code is None or 400 <= code < 500 for code, _ in refused), refused
     assert cluster_status(cli)["primary"] in ("n2", "n3")
     deadline = time.monotonic() + 120

@@ -425,7 +425,7 @@ def test_the_replication_and_take_over_scripts_are_valid_bash_with_their_values(
         "replicate": render("replication/mailfleet-replicate.sh.j2", host="n1",
                             state_dir=replication.STATE_DIR, vmail_dir="/var/mail/vmail",
                             port=12345, database="mailfleet", interval=10, full_minutes=10,
-                            sync_timeout=3600, io_timeout=60),
+                            sync_timeout=3600, io_timeout=60, lock_timeout=60),
         "takeover": render("replication/mailfleet-takeover.sh.j2", host="n1", interval=10,
                            after=config.cluster.takeover_after, database="mailfleet",
                            lmtp_port=24, mail=True, take_over=schema.take_over_sql(":'host'"),
@@ -436,12 +436,14 @@ def test_the_replication_and_take_over_scripts_are_valid_bash_with_their_values(
         assert done.returncode == 0, (name, done.stderr)
     assert "WHERE home = :'host' AND replica IS NOT NULL AND NOT system AND replica <> ALL" \
         in scripts["takeover"]
+    # two copies of one mailbox at once would both bring over the same message: dsync's lock
+    assert '-l 60 -u "$user"' in scripts["replicate"]
     assert "after=120" in scripts["takeover"] and "postqueue -f" in scripts["takeover"]
     assert "UPDATE mail_hosts SET down_since = to_timestamp" in scripts["takeover"]
     with pytest.raises(TemplateValueError):  # a host name is one word
         render("replication/mailfleet-replicate.sh.j2", host="n1; rm -rf /", state_dir="/x",
                vmail_dir="/v", port=1, database="mailfleet", interval=1, full_minutes=1,
-               sync_timeout=1, io_timeout=1)
+               sync_timeout=1, io_timeout=1, lock_timeout=1)
 
 
 def test_replication_status_and_its_check():
