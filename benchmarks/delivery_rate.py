@@ -3,13 +3,15 @@ PostgreSQL lookups -> LMTP -> Dovecot Maildir), against a bare baseline in the s
 
 Boots three identical Debian lab hosts from the preinstalled image: n2 gets the full mailfleet
 deploy; n3 is the baseline, Debian's Postfix handing mail to Debian's Dovecot over LMTP (a
-hash map of the one recipient, no milters, no policy service, no database: baseline/); n1
-runs Postfix's `smtp-source` as the sender. The same load goes to n2, then to n3 (one at a
-time: they share this machine's two cores). A rate is N / (time of the last file in the
-Maildir - time smtp-source started).
+hash map of the recipients, no milters, no policy service, no database: baseline/); n1 runs
+Postfix's `smtp-source` as the sender. The load is spread over --recipients mailboxes (one
+smtp-source per recipient, the sessions shared among them), as mail for a company arrives:
+Dovecot 2.4 refuses more than 10 deliveries to one user at a time. The same load goes to n2,
+then to n3 (one at a time: they share this machine's two cores). A rate is N / (time of the
+last file in the Maildirs - time smtp-source started).
 
 Run as root: .venv/bin/python benchmarks/delivery_rate.py [--release trixie|bookworm]
-    [--messages 1000] [--sessions 4] [--size 4096]
+    [--messages 10000] [--sessions 20] [--recipients 20] [--size 4096]
 """
 
 from __future__ import annotations
@@ -22,22 +24,30 @@ from pathlib import Path
 
 from _common import Mailfleet
 
-from mailfleet.services.mailflow import check_address
-
 BASELINE = Path(__file__).with_name("baseline")
-TARGETS = {  # node: (address, recipient's Maildir, recipient)
-    "n2": ("10.77.0.12", "/var/mail/vmail/example.test/mailfleet-check/Maildir",
-           check_address("example.test")),
-    "n3": ("10.77.0.13", "/home/bench/Maildir", "bench@example.test"),
+TARGETS = {  # node: (address, the Maildirs' pattern; bench00@example.test ...)
+    "n2": ("10.77.0.12", "/var/mail/vmail/example.test/bench[0-9]*/Maildir"),
+    "n3": ("10.77.0.13", "/home/bench[0-9]*/Maildir"),
 }
 
 
-def _baseline(mailfleet: Mailfleet, release: str) -> None:
+def _recipients(count: int) -> list[str]:
+    return [f"bench{number:02d}@example.test" for number in range(count)]
+
+
+def _mailboxes(mailfleet: Mailfleet, count: int) -> None:
+    """The recipients as mailfleet users (one import: generated passwords, never used)."""
+    rows = Path(mailfleet.config.parent) / "bench.csv"
+    rows.write_text("email\n" + "".join(f"{r}\n" for r in _recipients(count)))
+    mailfleet("user", "import", str(rows), "--passwords-out", str(rows.with_suffix(".out")))
+
+
+def _baseline(mailfleet: Mailfleet, release: str, recipients: int) -> None:
     dovecot = (BASELINE / f"dovecot-{'2.4' if release == 'trixie' else '2.3'}.conf").read_bytes()
     script = base64.b64encode((BASELINE / "setup.sh").read_bytes()).decode()
     conf = base64.b64encode(dovecot).decode()
     mailfleet.ssh("n3", f"echo {script} | base64 -d > /root/bare.sh && "
-                        f"echo {conf} | base64 -d | sh /root/bare.sh")
+                        f"echo {conf} | base64 -d | sh /root/bare.sh {recipients}")
 
 
 CPU = "ps -eo comm=,times= | awk '{t[$1]+=$2} END {for (c in t) print c, t[c]}'"
@@ -58,30 +68,36 @@ def _delays(mailfleet: Mailfleet, node: str, since: float) -> list[float]:
     return [statistics.median(column) for column in zip(*rows)] if rows else []
 
 
+def _delivered(mailfleet: Mailfleet, node: str) -> tuple[int, float]:
+    """(messages in the recipients' new/ folders, the newest one's time)."""
+    _, out = mailfleet.ssh(node, f"find {TARGETS[node][1]}/new -type f -printf '%T@\\n' "
+                                 "2>/dev/null | sort -n | awk 'END {print NR, $1}'")
+    count, _, last = out.partition(" ")
+    return int(count or 0), float(last or 0)
+
+
 def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
-    address, maildir, recipient = TARGETS[node]
+    address, maildirs = TARGETS[node]
+    recipients = _recipients(args.recipients)
     # one message first, retried: right after a deploy the first one has been answered
     # 451 4.7.1 at the end of DATA (a milter's tempfail; not understood yet, see the notes)
     _, warmup = mailfleet.ssh("n1", "for i in $(seq 1 20); do /usr/sbin/smtp-source -m 1 -f "
-                                    f"bench@outside.test -t {recipient} {address}:25 "
-                                    "2>/dev/null && { echo tries $i; break; }; sleep 3; done")
+                                    f"bench@outside.test -t {recipients[0]} {address}:25 "
+                                    "2>/dev/null && { echo $i; break; }; sleep 3; done")
     print(f"{node}: warm-up message accepted after {warmup or 'no'} tries", flush=True)
-    mailfleet.ssh(node, f"find {maildir} -type f -path '*/new/*' -delete 2>/dev/null; true")
+    mailfleet.ssh(node, f"find {maildirs}/new -type f -delete 2>/dev/null; true")
     before = _cpu(mailfleet, node)
-    _, started = mailfleet.ssh(
-        "n1", f"date +%s.%N; /usr/sbin/smtp-source -d -s {args.sessions} -m {args.messages} "
-              f"-l {args.size} -f bench@outside.test -t {recipient} {address}:25 >/dev/null")
-    deadline = time.monotonic() + 900
-    count, last = 0, 0.0
-    while time.monotonic() < deadline:
-        _, out = mailfleet.ssh(node, f"ls {maildir}/new 2>/dev/null | wc -l; find "
-                                     f"{maildir}/new -type f -printf '%T@\\n' 2>/dev/null "
-                                     "| sort -n | tail -n 1")
-        lines = out.split()
-        count, last = int(lines[0]), float(lines[1]) if len(lines) > 1 else 0.0
-        if count >= args.messages:
-            break
-        time.sleep(1)
+    each, sessions = args.messages // len(recipients), max(1, args.sessions // len(recipients))
+    senders = " ".join(f"/usr/sbin/smtp-source -d -s {sessions} -m {each} -l {args.size} "
+                       f"-f bench@outside.test -t {r} {address}:25 >/dev/null &"
+                       for r in recipients)
+    _, started = mailfleet.ssh("n1", f"date +%s.%N; {senders} wait")
+    wanted = each * len(recipients)
+    deadline = time.monotonic() + 1800
+    count, last = _delivered(mailfleet, node)
+    while count < wanted and time.monotonic() < deadline:
+        time.sleep(2)
+        count, last = _delivered(mailfleet, node)
     _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
     start = float(started.split()[0])
     seconds = last - start
@@ -95,21 +111,23 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--release", default="trixie", choices=["trixie", "bookworm"])
-    parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--sessions", type=int, default=4)
+    parser.add_argument("--messages", type=int, default=10000)
+    parser.add_argument("--sessions", type=int, default=20, help="SMTP sessions at once")
+    parser.add_argument("--recipients", type=int, default=20, help="mailboxes the mail goes to")
     parser.add_argument("--size", type=int, default=4096, help="message size in bytes")
     args = parser.parse_args()
     mailfleet = Mailfleet("mfbench")
     try:
         mailfleet("lab", "up", "--nodes", "3", "--release", args.release, "--preinstall")
         mailfleet("deploy", "--limit", "n2")
-        _baseline(mailfleet, args.release)
+        _mailboxes(mailfleet, args.recipients)
+        _baseline(mailfleet, args.release, args.recipients)
         results = {node: _rate(mailfleet, node, args) for node in ("n2", "n3")}
     finally:
         mailfleet.down()
     print(f"release              {args.release}")
     print(f"load                 {args.messages} messages of {args.size} bytes, "
-          f"{args.sessions} SMTP sessions")
+          f"{args.sessions} SMTP sessions, {args.recipients} recipients")
     for node, what in (("n2", "mailfleet"), ("n3", "bare baseline")):
         r = results[node]
         print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} delivered in "
