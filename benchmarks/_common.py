@@ -35,3 +35,28 @@ class Mailfleet:
     def down(self) -> None:
         subprocess.run([sys.executable, "-m", "mailfleet", "lab", "down"], env=self.env,
                        capture_output=True)
+
+
+# CPU seconds per systemd unit: its cgroup's count includes the processes that already
+# ended (a login process per connection, an imap process per session), which ps misses.
+# Lab nodes on a Debian 12 machine see cgroup v2 under unified/ (the host's hybrid layout).
+CPU = ("for f in /sys/fs/cgroup/unified/system.slice/*/cpu.stat "
+       "/sys/fs/cgroup/system.slice/*/cpu.stat; do [ -e \"$f\" ] || continue; "
+       "u=${f%/cpu.stat}; awk -v u=\"${u##*/}\" '$1 == \"usage_usec\" {print u, $2 / 1e6}' "
+       "\"$f\"; done")
+
+
+def cpu(mailfleet: Mailfleet, node: str) -> dict[str, float]:
+    """CPU seconds used so far by each systemd service on `node`."""
+    _, out = mailfleet.ssh(node, CPU)
+    return {unit.removesuffix(".service"): float(seconds)
+            for unit, seconds in (l.split() for l in out.splitlines())}
+
+
+def cpu_used(before: dict[str, float], after: dict[str, float], top: int = 8
+             ) -> list[tuple[str, float]]:
+    """The services that used the most CPU seconds between two `cpu` readings (a service
+    restarted in between counts from its restart)."""
+    used = sorted(((after[u] - before.get(u, 0) if after[u] >= before.get(u, 0) else after[u], u)
+                   for u in after), reverse=True)
+    return [(u, s) for s, u in used[:top] if s >= 0.5]

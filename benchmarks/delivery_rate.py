@@ -22,7 +22,7 @@ import statistics
 import time
 from pathlib import Path
 
-from _common import Mailfleet
+from _common import Mailfleet, cpu, cpu_used
 
 BASELINE = Path(__file__).with_name("baseline")
 TARGETS = {  # node: (address, the Maildirs' pattern; bench00@example.test ...)
@@ -39,7 +39,8 @@ def _mailboxes(mailfleet: Mailfleet, count: int) -> None:
     """The recipients as mailfleet users (one import: generated passwords, never used)."""
     rows = Path(mailfleet.config.parent) / "bench.csv"
     rows.write_text("email\n" + "".join(f"{r}\n" for r in _recipients(count)))
-    mailfleet("user", "import", str(rows), "--passwords-out", str(rows.with_suffix(".out")))
+    mailfleet("user", "import", str(rows), "--passwords-out", str(rows.with_suffix(".out")),
+              "--host", "n2")
 
 
 def _baseline(mailfleet: Mailfleet, release: str, recipients: int) -> None:
@@ -48,15 +49,6 @@ def _baseline(mailfleet: Mailfleet, release: str, recipients: int) -> None:
     conf = base64.b64encode(dovecot).decode()
     mailfleet.ssh("n3", f"echo {script} | base64 -d > /root/bare.sh && "
                         f"echo {conf} | base64 -d | sh /root/bare.sh {recipients}")
-
-
-CPU = "ps -eo comm=,times= | awk '{t[$1]+=$2} END {for (c in t) print c, t[c]}'"
-
-
-def _cpu(mailfleet: Mailfleet, node: str) -> dict[str, int]:
-    """CPU seconds used so far by each program name on `node`."""
-    _, out = mailfleet.ssh(node, CPU)
-    return {name: int(seconds) for name, seconds in (l.split() for l in out.splitlines())}
 
 
 def _delays(mailfleet: Mailfleet, node: str, since: float) -> list[float]:
@@ -86,7 +78,7 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
                                     "2>/dev/null && { echo $i; break; }; sleep 3; done")
     print(f"{node}: warm-up message accepted after {warmup or 'no'} tries", flush=True)
     mailfleet.ssh(node, f"find {maildirs}/new -type f -delete 2>/dev/null; true")
-    before = _cpu(mailfleet, node)
+    before = cpu(mailfleet, node)
     each, sessions = args.messages // len(recipients), max(1, args.sessions // len(recipients))
     senders = " ".join(f"/usr/sbin/smtp-source -d -s {sessions} -m {each} -l {args.size} "
                        f"-f bench@outside.test -t {r} {address}:25 >/dev/null &"
@@ -101,11 +93,9 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
     _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
     start = float(started.split()[0])
     seconds = last - start
-    after = _cpu(mailfleet, node)
-    used = sorted(((after[c] - before.get(c, 0), c) for c in after), reverse=True)
     return {"count": count, "queued": int(queue), "seconds": seconds,
             "rate": count / seconds if seconds > 0 else 0.0,
-            "cpu": [(c, s) for s, c in used[:8] if s > 0], "delays": _delays(mailfleet, node, start)}
+            "cpu": cpu_used(before, cpu(mailfleet, node)), "delays": _delays(mailfleet, node, start)}
 
 
 def main() -> None:
@@ -132,7 +122,7 @@ def main() -> None:
         r = results[node]
         print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} delivered in "
               f"{r['seconds']:.1f} s, {r['queued']} still queued)")
-        print(f"{'':20} CPU seconds: {', '.join(f'{c} {s}' for c, s in r['cpu'])}")
+        print(f"{'':20} CPU seconds: {', '.join(f'{c} {s:.0f}' for c, s in r['cpu'])}")
         if r["delays"]:
             print(f"{'':20} Postfix delays a/b/c/d (median s): "
                   + "/".join(f"{d:g}" for d in r["delays"]))

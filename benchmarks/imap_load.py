@@ -21,7 +21,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from _common import Mailfleet
+from _common import Mailfleet, cpu, cpu_used
 
 PASSWORD = "Bench-imap-staple-horse-7"
 DOMAIN = "example.test"
@@ -63,7 +63,7 @@ for t in threads: t.join()
 took = time.monotonic() - began
 q = lambda xs, p: statistics.quantiles(xs, n=100)[p - 1] if len(xs) > 1 else 0.0
 print(json.dumps({"sessions": len(sessions), "seconds": took, "errors": errors[:5],
-                  "error_count": len(errors),
+                  "error_count": len(errors), "client_cpu": time.process_time(),
                   "login_p50": q(logins, 50), "login_p99": q(logins, 99),
                   "session_p50": q(sessions, 50), "session_p99": q(sessions, 99)}))
 """
@@ -89,11 +89,16 @@ def _fill(mailfleet: Mailfleet, users: int) -> None:
 
 
 def _load(mailfleet: Mailfleet, args) -> dict:
+    """One timed load; with the CPU seconds each service used on the server (n2), and the
+    clients' own (python3 on n1: 50 threads share one interpreter lock)."""
     script = base64.b64encode(CLIENTS.encode()).decode()
+    before = cpu(mailfleet, "n2")
     _, out = mailfleet.ssh("n1", f"echo {script} | base64 -d > /root/clients.py && python3 "
                                  f"/root/clients.py 10.77.0.12 {args.users} {args.clients} "
                                  f"{args.seconds} {PASSWORD}")
-    return json.loads(out.splitlines()[-1])
+    result = json.loads(out.splitlines()[-1])
+    result["cpu"] = cpu_used(before, cpu(mailfleet, "n2"))
+    return result
 
 
 def main() -> None:
@@ -125,6 +130,8 @@ def main() -> None:
               f"{1000 * r['login_p50']:.0f} ms, p99 {1000 * r['login_p99']:.0f} ms; session p50 "
               f"{1000 * r['session_p50']:.0f} ms, p99 {1000 * r['session_p99']:.0f} ms; "
               f"{r['error_count']} errors {r['errors']}")
+        print(f"{'':20} CPU seconds on the server: "
+              f"{', '.join(f'{c} {s:.0f}' for c, s in r['cpu'])}; clients {r['client_cpu']:.0f}")
 
 
 if __name__ == "__main__":
