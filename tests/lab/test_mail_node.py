@@ -207,6 +207,27 @@ def test_postfix_finds_mailboxes_again_within_5_s_of_a_postgresql_restart(node: 
     assert answers[-1][0] == 250 and waited <= 5, (round(waited, 1), answers[-3:])
 
 
+def test_a_burst_of_mail_for_one_mailbox_is_delivered_at_once(node: Node):
+    """60 messages for one user in 20 sessions at once (the other lab host sends them with
+    Postfix's smtp-source): Postfix hands them to Dovecot over up to 20 LMTP connections.
+    Dovecot 2.4 answered a user's 11th concurrent delivery 451 (lmtp_user_concurrency_limit
+    10), and Postfix kept those messages queued for minutes."""
+    user = node.user(f"burst-{uuid.uuid4().hex[:6]}")
+    other = next(name for name in NODES if name != node.name)
+    node.cli.ssh(other, f"/usr/sbin/smtp-source -s 20 -m 60 -l 2048 -f sender@outside.test "
+                        f"-t {user} {node.address}:25")
+    new = f"/var/mail/vmail/{DOMAIN}/{user.split('@')[0]}/Maildir/new"
+    deadline, count = time.monotonic() + 60, 0
+    while time.monotonic() < deadline:
+        count = int(node.cli.ssh(node.name, f"ls {new} 2>/dev/null | wc -l"))
+        if count >= 60:
+            break
+        time.sleep(1)
+    refused = node.cli.ssh(node.name, "journalctl -q -t postfix/lmtp --no-pager -o cat | "
+                                      "grep -c 'Too many concurrent deliveries' || true")
+    assert count == 60 and refused == "0", (count, refused, node.cli.ssh(node.name, "postqueue -p"))
+
+
 # PostgreSQL's turn is the SIGKILL test below
 @pytest.mark.parametrize("unit", ["dovecot"])
 def test_mail_is_deferred_not_bounced_while_a_backend_is_down(node: Node, unit: str):
