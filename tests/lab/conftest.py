@@ -85,8 +85,8 @@ def lab_name(number: int | str) -> str:
 
 # The lab modules in the order they start, with the seconds each took (start to end, fixtures
 # included) in a full parallel run from a clean clone (2-core machine, image cache warm;
-# ci36, 2026-12-06, read from the module timeline bin/test prints at the end; test_webmail
-# and test_node_hardening estimated: they did not run whole there). Under pytest-xdist
+# ci38, 2026-12-06, read from the module timeline bin/test prints at the end; the order is
+# ci36's, which ci38 ended with the two workers 7 s apart). Under pytest-xdist
 # (bin/test: `-n 2 --dist loadfile --no-loadscope-reorder`) each worker runs whole modules
 # and is sent its next one when two tests of its current one are left. So: test_lab_deploy
 # first (its bare deploy is its worker's shared lab's first deploy), then the longest first,
@@ -96,23 +96,23 @@ def lab_name(number: int | str) -> str:
 # is missing).
 MODULE_SECONDS = {
     "test_lab_deploy.py": 335,
-    "test_mail_accounts.py": 691,
-    "test_cluster.py": 656,  # four nodes, three mail hosts, a move, failover, take-over, restore
-    "test_mail_node.py": 356,
-    "test_mail_backup.py": 309,
-    "test_split_tiers.py": 308,
-    "test_cluster_growth.py": 294,  # one deploy alone, one as a cluster, SOGo (Debian 12)
-    "test_vpn.py": 276,
-    "test_radicale.py": 260,
-    "test_dns_mail.py": 257,
-    "test_webmail_switch.py": 115,  # one test
-    "test_demo.py": 124,  # one test
-    "test_readme_lab.py": 87,  # one test
-    "test_webmail.py": 200,
-    "test_node_hardening.py": 180,
-    "test_webmail_sogo.py": 164,
-    "test_provision.py": 89,  # two cloud-init nodes, a deploy, destroy
-    "test_engine_helpers.py": 35,
+    "test_mail_accounts.py": 685,
+    "test_cluster.py": 560,  # four nodes, three mail hosts, a move, failover, take-over, restore
+    "test_mail_node.py": 358,
+    "test_mail_backup.py": 278,
+    "test_split_tiers.py": 297,
+    "test_cluster_growth.py": 277,  # one deploy alone, one as a cluster, SOGo (Debian 12)
+    "test_vpn.py": 313,
+    "test_radicale.py": 133,
+    "test_dns_mail.py": 271,
+    "test_webmail_switch.py": 96,  # one test
+    "test_demo.py": 105,  # one test
+    "test_readme_lab.py": 79,  # one test
+    "test_webmail.py": 129,
+    "test_node_hardening.py": 228,
+    "test_webmail_sogo.py": 168,
+    "test_provision.py": 86,  # two cloud-init nodes, a deploy, destroy
+    "test_engine_helpers.py": 16,
     "test_lab_names.py": 0,
 }
 LAB_DIR = Path(__file__).parent
