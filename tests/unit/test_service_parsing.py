@@ -12,6 +12,7 @@ from mailfleet.config import parse
 from mailfleet.config import HostSettings
 from mailfleet.engine import mailclient
 from mailfleet.services import certs, fail2ban, mailstore, opendkim, packages, plan_host, units
+from mailfleet.templating import render
 
 GENKEY_TXT = '''mail._domainkey	IN	TXT	( "v=DKIM1; h=sha256; k=rsa; "
 	  "p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyz"
@@ -24,6 +25,22 @@ def test_dkim_public_key_record_joins_the_quoted_pieces():
         "v=DKIM1; h=sha256; k=rsa; p=MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAxyzabc123=="
     )
     assert opendkim.public_key_record("") is None
+
+
+def test_opendkim_asks_the_hosts_resolvers_without_a_resolver_file_for_real_domains():
+    """OpenDKIM parses a ResolverConfiguration file again for every message, from many
+    threads, with libunbound's parser that is not thread-safe (451 4.7.1 and crashes under
+    concurrent mail): the resolvers go in Nameservers; only a .test domain needs the file."""
+    values = dict(domains=["a.example.com"], selector="mail", key_dir="/etc/opendkim/keys",
+                  port=8891, nameservers=["10.0.0.53", "2001:db8::53"], fqdn="mx.example.com")
+    conf = render("opendkim/opendkim.conf.j2", special_zones=[], **values)
+    assert "\nNameservers             10.0.0.53,2001:db8::53\n" in conf
+    assert "\nResolverConfiguration" not in conf
+    lab = render("opendkim/opendkim.conf.j2", special_zones=["test"], **values)
+    assert "\nResolverConfiguration   /etc/opendkim/unbound.conf\n" in lab
+    assert "\nNameservers" not in lab
+    none = render("opendkim/opendkim.conf.j2", special_zones=[], **{**values, "nameservers": []})
+    assert "\nNameservers" not in none and "\nResolverConfiguration" not in none
 
 
 def test_certificate_inspection_reads_names_expiry_and_verification():
