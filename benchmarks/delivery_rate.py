@@ -88,9 +88,12 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
     wanted = each * len(recipients)
     deadline = time.monotonic() + 1800
     count, last = _delivered(mailfleet, node)
-    while count < wanted and time.monotonic() < deadline:
+    still = 0  # polls with nothing new and nothing queued: a refused message is never coming
+    while count < wanted and time.monotonic() < deadline and still < 3:
         time.sleep(2)
-        count, last = _delivered(mailfleet, node)
+        seen, (count, last) = count, _delivered(mailfleet, node)
+        _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
+        still = still + 1 if count == seen and queue == "0" else 0
     _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
     start = float(started.split()[0])
     seconds = last - start
@@ -121,7 +124,8 @@ def main() -> None:
           f"{args.sessions} SMTP sessions, {args.recipients} recipients")
     for node, what in (("n2", "mailfleet"), ("n3", "bare baseline")):
         r = results[node]
-        print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} delivered in "
+        print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} of "
+              f"{args.messages // args.recipients * args.recipients} delivered in "
               f"{r['seconds']:.1f} s, {r['queued']} still queued)")
         print(f"{'':20} CPU seconds: {', '.join(f'{c} {s:.0f}' for c, s in r['cpu'])}")
         if r["delays"]:
