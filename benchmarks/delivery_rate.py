@@ -97,7 +97,7 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
     _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
     start = float(started.split()[0])
     seconds = last - start
-    return {"count": count, "queued": int(queue), "seconds": seconds,
+    return {"count": count, "wanted": wanted, "queued": int(queue), "seconds": seconds,
             "rate": count / seconds if seconds > 0 else 0.0,
             "cpu": cpu_used(before, cpu(mailfleet, node)), "delays": _delays(mailfleet, node, start)}
 
@@ -124,8 +124,7 @@ def main() -> None:
           f"{args.sessions} SMTP sessions, {args.recipients} recipients")
     for node, what in (("n2", "mailfleet"), ("n3", "bare baseline")):
         r = results[node]
-        print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} of "
-              f"{args.messages // args.recipients * args.recipients} delivered in "
+        print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} of {r['wanted']} delivered in "
               f"{r['seconds']:.1f} s, {r['queued']} still queued)")
         print(f"{'':20} CPU seconds: {', '.join(f'{c} {s:.0f}' for c, s in r['cpu'])}")
         if r["delays"]:

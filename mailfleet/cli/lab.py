@@ -18,8 +18,8 @@ from mailfleet.config import load
 from mailfleet.errors import ConfigError, MailfleetError, UsageError
 from mailfleet.lab import acme as lab_acme
 from mailfleet.lab import dns as lab_dns
-from mailfleet.lab.inventory import (host_entries, remove_hosts, write_acme, write_acme_keys,
-                                     write_dns, write_hosts)
+from mailfleet.lab.inventory import (host_entries, remove_hosts, ssh_user, write_acme,
+                                     write_acme_keys, write_dns, write_hosts)
 from mailfleet.lab.lab import Lab
 from mailfleet.lab.cloud import CLOUD_PACKAGES
 from mailfleet.lab.paths import DEFAULT_RELEASE
@@ -179,20 +179,9 @@ def ssh(
     Logs in as the node's ssh_user from the config (after deploy: the admin user, with sudo).
     """
     lab = _lab(ctx)
-    cmd = lab.ssh_command(node, command, _ssh_user(ctx, lab.paths.id, node))
+    cmd = lab.ssh_command(node, command,
+                            ssh_user(globals_of(ctx).config_path, lab.paths.id, node))
     raise typer.Exit(subprocess.call(cmd))
-
-
-def _ssh_user(ctx: typer.Context, lab_id: str, node: str) -> str:
-    path = globals_of(ctx).config_path
-    try:
-        config = load(path) if path.exists() else None
-    except ConfigError:
-        config = None
-    for host in config.hosts if config else []:
-        if host.name == node and host.lab == lab_id:
-            return host.ssh_user
-    return "root"
 
 
 @app.command("dns")

@@ -8,7 +8,8 @@ from typing import Any
 import tomlkit
 import tomlkit.exceptions
 
-from mailfleet.config import read_text, save
+from mailfleet.config import load, read_text, save
+from mailfleet.errors import ConfigError
 from mailfleet.lab import network
 from mailfleet.lab.acme import LabAcme
 from mailfleet.lab.dns import LabDns
@@ -34,6 +35,16 @@ def host_entries(lab: Lab, state: LabState) -> list[dict]:
         }
         for node in state.nodes
     ]
+
+
+def ssh_user(path: Path, lab_id: str, node: str) -> str:
+    """Who logs in to a lab node: the config's ssh_user for it (after deploy, the admin user),
+    else root (no config yet, or one that does not load)."""
+    try:
+        hosts = load(path).hosts if path.exists() else []
+    except ConfigError:
+        hosts = []
+    return next((h.ssh_user for h in hosts if h.name == node and h.lab == lab_id), "root")
 
 
 def write_hosts(path: Path, lab_id: str, entries: list[dict]) -> list[str]:

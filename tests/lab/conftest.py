@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 import tomlkit
 
-from mailfleet.config import ConfigError, load
 from mailfleet.engine import mailclient
+from mailfleet.lab.inventory import ssh_user
 from mailfleet.lab.lab import Lab
 from mailfleet.services import opendkim
 
@@ -162,7 +162,8 @@ class Cli:
         """COMMAND as root on NODE: what `mailfleet lab ssh NODE -- COMMAND` runs (the same
         login, user and sudo), without starting the CLI for it, which cost a second a call,
         hundreds of calls a run. test_dns_mail runs `lab ssh` itself."""
-        cmd = Lab(self.lab).ssh_command(node, [command], self.ssh_user(node))
+        lab = Lab(self.lab)
+        cmd = lab.ssh_command(node, [command], ssh_user(self.config, lab.paths.id, node))
         result = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                 timeout=900)
         if result.returncode != 0:
@@ -170,15 +171,6 @@ class Cli:
                                  f"{result.returncode}\nstdout:\n{result.stdout}\n"
                                  f"stderr:\n{result.stderr}")
         return result.stdout.strip()
-
-    def ssh_user(self, node: str) -> str:
-        """The login `mailfleet lab ssh` uses: the config's ssh_user for this lab's node."""
-        try:
-            hosts = load(self.config).hosts if self.config.exists() else []
-        except ConfigError:  # a test's deliberately broken config: as the CLI, root
-            hosts = []
-        lab_id = Lab(self.lab).paths.id
-        return next((h.ssh_user for h in hosts if h.name == node and h.lab == lab_id), "root")
 
     def account(self, node: str, *args: str) -> None:
         """Create an account through mailfleet's database layer (see accounts_helper.py)."""

@@ -215,8 +215,8 @@ def test_a_burst_of_mail_for_one_mailbox_is_delivered_at_once(node: Node):
     user = node.user(f"burst-{uuid.uuid4().hex[:6]}")
     other = next(name for name in NODES if name != node.name)
     node.cli.ssh(other, f"/usr/sbin/smtp-source -s 20 -m 60 -l 2048 -f sender@outside.test "
-                        f"-t {user} {node.address}:25")
-    new = f"/var/mail/vmail/{DOMAIN}/{user.split('@')[0]}/Maildir/new"
+                        f"-t {shlex.quote(user)} {node.address}:25")
+    new = shlex.quote(f"/var/mail/vmail/{DOMAIN}/{user.split('@')[0]}/Maildir/new")
     deadline, count = time.monotonic() + 60, 0
     while time.monotonic() < deadline:
         count = int(node.cli.ssh(node.name, f"ls {new} 2>/dev/null | wc -l"))
