@@ -21,8 +21,8 @@ from pathlib import Path
 import tomlkit
 from _common import Mailfleet
 
-USER, PASSWORD = "bench@example.test", "Quiet-river-2026-k"
-MAILDIR = "/var/mail/vmail/example.test/bench/Maildir"
+USER, PASSWORD = "bench@example.internal", "Quiet-river-2026-k"
+MAILDIR = "/var/mail/vmail/example.internal/bench/Maildir"
 MESSAGE_KIB = 256
 
 

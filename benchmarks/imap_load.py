@@ -24,7 +24,7 @@ from pathlib import Path
 from _common import Mailfleet, cpu, cpu_used
 
 PASSWORD = "Bench-imap-staple-horse-7"
-DOMAIN = "example.test"
+DOMAIN = "example.internal"
 VMAIL = f"/var/mail/vmail/{DOMAIN}"
 CACHE = "/etc/dovecot/conf.d/99-bench-auth-cache.conf"
 
@@ -39,7 +39,7 @@ end = time.monotonic() + seconds
 def client(n):
     rng = random.Random(n)
     while time.monotonic() < end:
-        user = f"load{rng.randrange(users):04d}@example.test"
+        user = f"load{rng.randrange(users):04d}@example.internal"
         started = time.monotonic()
         try:
             imap = imaplib.IMAP4_SSL(address, 993, ssl_context=ctx, timeout=60)

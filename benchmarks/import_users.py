@@ -32,8 +32,8 @@ def write_csv(path: Path, count: int) -> list[str]:
         for i in range(count):
             password = "" if i % 10 == 0 else f"Bench-{i:05d}-staple-horse"
             passwords.append(password or generate_password())
-            writer.writerow([f"user{i:05d}@example.test", f"Bench User, {i}", password,
-                             "1G" if i % 4 == 0 else "", f"alias{i:05d}@example.test" if i % 20 == 0 else ""])
+            writer.writerow([f"user{i:05d}@example.internal", f"Bench User, {i}", password,
+                             "1G" if i % 4 == 0 else "", f"alias{i:05d}@example.internal" if i % 20 == 0 else ""])
     return passwords
 
 

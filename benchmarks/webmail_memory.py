@@ -18,7 +18,7 @@ import re
 import tomlkit
 from _common import Mailfleet
 
-USER, PASSWORD = "reader@example.test", "Quiet-river-2026-k"
+USER, PASSWORD = "reader@example.internal", "Quiet-river-2026-k"
 # process names (ps -o comm) of each tier
 WEB = {"roundcube": ("nginx", "php-fpm"), "sogo": ("nginx", "sogod", "memcached")}
 MAIL = ("postgres", "master", "smtpd", "qmgr", "dovecot", "imap", "opendkim", "opendmarc")

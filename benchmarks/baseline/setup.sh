@@ -9,12 +9,12 @@ cat > /etc/dovecot/conf.d/99-bare.conf
 for n in $(seq 0 $(( $1 - 1 ))); do
     user=$(printf 'bench%02d' "$n")
     id "$user" >/dev/null 2>&1 || useradd -m "$user"
-    echo "$user@example.test OK" >> /etc/postfix/vmailbox
+    echo "$user@example.internal OK" >> /etc/postfix/vmailbox
 done
 postmap /etc/postfix/vmailbox
-postconf -e 'myhostname = bare.example.test' 'mydestination = localhost' \
+postconf -e 'myhostname = bare.example.internal' 'mydestination = localhost' \
     'inet_interfaces = all' 'mynetworks = 127.0.0.0/8' \
-    'virtual_mailbox_domains = example.test' \
+    'virtual_mailbox_domains = example.internal' \
     'virtual_mailbox_maps = hash:/etc/postfix/vmailbox' \
     'virtual_transport = lmtp:unix:private/dovecot-lmtp'
 doveconf -n >/dev/null

@@ -34,7 +34,7 @@ def demo(
     """Deploy the mail system to a local Debian 13 lab host and use it.
 
     Boots a lab host (lab name "demo" unless --name), deploys the full stack, creates the account
-    demo@example.test, sends it a real mail on port 587 and reads it back over IMAP,
+    demo@example.internal, sends it a real mail on port 587 and reads it back over IMAP,
     prints the health check, and the webmail URL on 127.0.0.1 (a loopback forward to the
     host) with the account's credentials. Needs root.
     """

@@ -26,7 +26,7 @@ from mailfleet.templating import render
 
 KEY_NAME = "mailfleet-lab"
 KEY_FILE = "/etc/bind/mailfleet-lab.key"
-NAMESERVER = "ns.lab.test"  # out of every zone: no glue needed
+NAMESERVER = "ns.lab.internal"  # out of every zone: no glue needed
 REVERSE_ZONE = ipaddress.ip_network(network.SUBNET).network_address.reverse_pointer.split(".", 1)[1]
 
 

@@ -17,7 +17,7 @@ from mailfleet.lab.lab import Lab
 from mailfleet.lab.state import LabState
 from mailfleet.templating import render_init
 
-LAB_DOMAIN = "example.test"
+LAB_DOMAIN = "example.internal"
 
 
 def host_entries(lab: Lab, state: LabState) -> list[dict]:

@@ -294,7 +294,7 @@ def bare_two_release_lab(request, tmp_path_factory):
 # -- the deployed two-release lab, shared by the mail node and accounts tests ------------
 
 NODES = {"n1": ("10.77.0.11", "2.3"), "n2": ("10.77.0.12", "2.4")}
-DOMAIN = "example.test"
+DOMAIN = "example.internal"
 PASSWORD = "Correct-Horse-7-battery"
 
 

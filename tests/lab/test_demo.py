@@ -20,7 +20,7 @@ def test_demo_deploys_sends_reads_and_checks_then_cleans_up(tmp_path):
     assert "DKIM signature verifies" in out
     assert re.search(r"webmail https://127\.0\.0\.1:\d+/ answers with Roundcube's login page", out)
     lines = [line.split() for line in out.splitlines()]
-    assert ["ok", "n1", "host", "name", "mail.example.test"] in lines
+    assert ["ok", "n1", "host", "name", "mail.example.internal"] in lines
     for check in (["delivery"], ["DKIM", "signature"], ["submission", "587"], ["TLS", "on", "993"]):
         assert any(l[:2] == ["ok", "n1"] and l[2:2 + len(check)] == check for l in lines), check
     score = re.search(r"score (\d+)/(\d+)", out)

@@ -1,4 +1,4 @@
-"""DNS in the lab: two installs for two domains (a.test on Debian 12, b.test on Debian 13),
+"""DNS in the lab: two installs for two domains (a.internal on Debian 12, b.internal on Debian 13),
 BIND on a third node as the lab's DNS. `dns publish` fills the zones, `dns check` finds them
 correct, mail from A reaches B through B's MX with SPF, DKIM and DMARC passing, and a message
 forged as A from the third node is refused by B's DMARC check. Then ACME: Pebble on the third
@@ -80,13 +80,13 @@ def installs(tmp_path_factory):
         # deploy onto bare Debian 12 and 13; here the packages are not the point
         lab("lab", "up", "--release", "bookworm", "--release", "trixie", "--release", "trixie",
             "--preinstall", timeout=900)
-        served = lab("lab", "dns", "n3", "--zone", "a.test", "--zone", "b.test")
+        served = lab("lab", "dns", "n3", "--zone", "a.internal", "--zone", "b.internal")
         # n3 also plays a stranger's mail server: it needs a client to forge with
         lab("lab", "ssh", "n3", "--", "DEBIAN_FRONTEND=noninteractive apt-get install -y -q "
             "--no-install-recommends python3 >/dev/null")
-        assert "n3 (10.77.0.13) serves a.test, b.test, 0.77.10.in-addr.arpa" in served.stderr
-        a = Install(_split(lab.config, base / "a.toml", "a.test", "n1"), "a.test", "n1")
-        b = Install(_split(lab.config, base / "b.toml", "b.test", "n2"), "b.test", "n2")
+        assert "n3 (10.77.0.13) serves a.internal, b.internal, 0.77.10.in-addr.arpa" in served.stderr
+        a = Install(_split(lab.config, base / "a.toml", "a.internal", "n1"), "a.internal", "n1")
+        b = Install(_split(lab.config, base / "b.toml", "b.internal", "n2"), "b.internal", "n2")
         with ThreadPoolExecutor(2) as pool:
             reports = list(pool.map(lambda i: i.cli.json("deploy"), (a, b)))
         assert all(r["ok"] for r in reports), reports
@@ -119,14 +119,14 @@ def net(installs):
 def test_records_are_published_once_and_then_check_correct(published):
     (a, b, _), before, dry = published
     missing = {(f["kind"], f["name"]) for f in before["findings"] if f["status"] == "missing"}
-    assert {("MX", "a.test"), ("SPF", "a.test"), ("DKIM", "mail._domainkey.a.test"),
-            ("DMARC", "_dmarc.a.test"), ("A", "mail.a.test")} <= missing
+    assert {("MX", "a.internal"), ("SPF", "a.internal"), ("DKIM", "mail._domainkey.a.internal"),
+            ("DMARC", "_dmarc.a.internal"), ("A", "mail.a.internal")} <= missing
     # the dry run listed the changes and sent none (the real publish then sent them)
     changes = {z["zone"]: z["changes"] for z in dry["zones"]}
-    assert "+ a.test. 3600 MX 10 mail.a.test." in changes["a.test"]
-    assert any(c.startswith("+ mail._domainkey.a.test. 3600 TXT \"v=DKIM1;") and '" "' in c
-               for c in changes["a.test"]), "the DKIM key is split into 255-byte strings"
-    assert "+ 11.0.77.10.in-addr.arpa. 3600 PTR mail.a.test." in changes["0.77.10.in-addr.arpa"]
+    assert "+ a.internal. 3600 MX 10 mail.a.internal." in changes["a.internal"]
+    assert any(c.startswith("+ mail._domainkey.a.internal. 3600 TXT \"v=DKIM1;") and '" "' in c
+               for c in changes["a.internal"]), "the DKIM key is split into 255-byte strings"
+    assert "+ 11.0.77.10.in-addr.arpa. 3600 PTR mail.a.internal." in changes["0.77.10.in-addr.arpa"]
     for install in (a, b):
         again = install.cli("dns", "publish", "--json").stdout
         assert all(z["changes"] == [] for z in json.loads(again)["zones"]), again
@@ -161,25 +161,25 @@ def test_mail_from_a_reaches_b_through_its_mx_with_spf_dkim_dmarc_pass(published
             PASSWORD, message)
     raw = net.run(mailclient.fetch, b.address, 993, b.fqdn, mailclient.tls_context(_ca(b)), bob,
                   PASSWORD, subject, delete=False, wait=60)
-    assert raw, "the mail did not arrive at b.test"
+    assert raw, "the mail did not arrive at b.internal"
     received = email.message_from_bytes(raw, policy=email.policy.default)
     results = " ".join(" ".join(str(h).split()) for h in received.get_all("Authentication-Results"))
-    assert "mail.b.test; spf=pass smtp.mailfrom=a.test" in results, results
-    assert "dkim=pass" in results and "header.d=a.test" in results, results
-    assert "dmarc=pass (p=reject dis=none) header.from=a.test" in results, results
+    assert "mail.b.internal; spf=pass smtp.mailfrom=a.internal" in results, results
+    assert "dkim=pass" in results and "header.d=a.internal" in results, results
+    assert "dmarc=pass (p=reject dis=none) header.from=a.internal" in results, results
     # A's Postfix found B by its MX record in the lab DNS, not by a shortcut
-    log = a.cli.ssh(a.node, "journalctl -u postfix* --no-pager -o cat | grep 'to=<bob@b.test>'")
-    assert "relay=mail.b.test[10.77.0.12]:25" in log and "status=sent" in log, log
+    log = a.cli.ssh(a.node, "journalctl -u postfix* --no-pager -o cat | grep 'to=<bob@b.internal>'")
+    assert "relay=mail.b.internal[10.77.0.12]:25" in log and "status=sent" in log, log
 
 
 FORGE = """\
 import smtplib
 from email.message import EmailMessage
 m = EmailMessage()
-m["From"], m["To"], m["Subject"] = "ceo@a.test", "{to}", "{subject}"
+m["From"], m["To"], m["Subject"] = "ceo@a.internal", "{to}", "{subject}"
 m.set_content("Please pay the attached invoice today.")
-s = smtplib.SMTP("mail.b.test", 25, timeout=30)
-s.ehlo("n3.lab.test")
+s = smtplib.SMTP("mail.b.internal", 25, timeout=30)
+s.ehlo("n3.lab.internal")
 try:
     s.send_message(m)
     print("accepted")
@@ -196,13 +196,13 @@ def test_mail_forged_as_a_from_a_third_host_is_refused_by_dmarc(published, net):
     subject = f"forged {uuid.uuid4().hex[:8]}"
     script = FORGE.format(to=bob, subject=subject)
     answer = lab("lab", "ssh", "n3", "--", "python3", "-", input=script).stdout.strip()
-    assert answer == "550 5.7.1 rejected by DMARC policy for a.test", answer
+    assert answer == "550 5.7.1 rejected by DMARC policy for a.internal", answer
     assert net.run(mailclient.fetch, b.address, 993, b.fqdn, mailclient.tls_context(_ca(b)), bob,
                    PASSWORD, subject, delete=False, wait=3) is None
 
 
 def _by_hand(install: Install, change) -> None:
-    """Change zone a.test behind mailfleet's back, as another admin would (TSIG-signed)."""
+    """Change zone a.internal behind mailfleet's back, as another admin would (TSIG-signed)."""
     config = tomlkit.parse(install.cli.config.read_text())
     zone = next(z for z in config["dns"]["zones"] if z["zone"] == install.domain)
     key = read_key(zone["tsig_key_file"])
@@ -218,25 +218,25 @@ def test_a_record_changed_by_hand_is_reported_then_repaired(published):
     (a, _, _), _, _ = published
 
     def sabotage(update):
-        update.replace("_dmarc.a.test.", 300, "TXT", '"v=DMARC1; p=none"')
-        update.add("a.test.", 300, "TXT", '"v=spf1 +all"')  # a second, dangerous SPF record
-        update.add("a.test.", 300, "TXT", '"site-verification=123"')  # someone else's
+        update.replace("_dmarc.a.internal.", 300, "TXT", '"v=DMARC1; p=none"')
+        update.add("a.internal.", 300, "TXT", '"v=spf1 +all"')  # a second, dangerous SPF record
+        update.add("a.internal.", 300, "TXT", '"site-verification=123"')  # someone else's
 
     _by_hand(a, sabotage)
     result = a.cli("dns", "check", "--json", check=False)
     assert result.returncode == 1
     findings = {(f["kind"], f["name"]): f for f in json.loads(result.stdout)["findings"]}
-    dmarc = findings[("DMARC", "_dmarc.a.test")]
+    dmarc = findings[("DMARC", "_dmarc.a.internal")]
     assert dmarc["status"] == "wrong" and "p=none" in dmarc["message"]
     assert "p=reject" in dmarc["fix"]
-    spf = findings[("SPF", "a.test")]
+    spf = findings[("SPF", "a.internal")]
     assert spf["status"] == "wrong" and "2 SPF records" in spf["message"]
 
     repaired = a.cli("dns", "publish").stdout
-    assert "a.test: 3 change(s) sent" in repaired, repaired  # -DMARC +DMARC -SPF
+    assert "a.internal: 3 change(s) sent" in repaired, repaired  # -DMARC +DMARC -SPF
     assert a.cli.json("dns", "check")["ok"]
     # the TXT record mailfleet does not own is still there
-    txt = a.cli.ssh("n3", "dig +short @127.0.0.1 a.test TXT")
+    txt = a.cli.ssh("n3", "dig +short @127.0.0.1 a.internal TXT")
     assert '"site-verification=123"' in txt, txt
 
 
@@ -259,16 +259,16 @@ def test_bad_or_unknown_tsig_key_changes_nothing(published, tmp_path):
     assert "is not a TSIG key file" in result.stderr and "Traceback" not in result.stderr
     assert not result.stdout.strip()
 
-    _by_hand(a, lambda update: update.delete("_smtp._tls.a.test.", "TXT"))
+    _by_hand(a, lambda update: update.delete("_smtp._tls.a.internal.", "TXT"))
     intruder = _with_key(a, tmp_path, 'key "intruder" {\n\talgorithm hmac-sha256;\n'
                                       '\tsecret "c2VjcmV0c2VjcmV0c2VjcmV0";\n};\n')
     result = intruder("dns", "publish", check=False)
     assert result.returncode == 1, result
-    assert "a.test" in result.stderr and "Traceback" not in result.stderr
+    assert "a.internal" in result.stderr and "Traceback" not in result.stderr
     findings = json.loads(a.cli("dns", "check", "--json", check=False).stdout)["findings"]
     (tlsrpt,) = [f for f in findings if f["kind"] == "TLS-RPT"]
     assert tlsrpt["status"] == "missing"  # the refused update changed nothing
-    assert "a.test: 1 change(s) sent" in a.cli("dns", "publish").stdout
+    assert "a.internal: 1 change(s) sent" in a.cli("dns", "publish").stdout
     assert a.cli.json("dns", "check")["ok"]
 
 
@@ -460,7 +460,7 @@ def test_dns01_challenge_through_the_zone_server_replaces_the_certificate(publis
     after = _serials(net, b, context)
     assert len(set(after.values())) == 1 and after[443] != before[443], (before, after)
     # certbot removed its challenge records again
-    left = lab("lab", "ssh", "n3", "--", "dig +short @127.0.0.1 _acme-challenge.mail.b.test TXT")
+    left = lab("lab", "ssh", "n3", "--", "dig +short @127.0.0.1 _acme-challenge.mail.b.internal TXT")
     assert left.stdout.strip() == "", left.stdout
     assert b.cli.json("deploy")["changes"] == 0
     # what that key may change: its own challenge records, nothing else

@@ -81,7 +81,7 @@ def test_deploy_check_then_deploy_then_zero_changes(bare_two_release_lab: Cli):
                     if re.fullmatch(r"Restart [\w.@-]+", op)]
         assert restarts == [], restarts
         assert cli.ssh(name, "ls /usr/sbin/policy-rc.d 2>/dev/null || echo none") == "none"
-        fqdn = f"{name}.example.test"
+        fqdn = f"{name}.example.internal"
         assert cli.ssh(name, "hostname") == fqdn
         assert cli.ssh(name, "cat /etc/mailname") == fqdn
         assert cli.ssh(name, "getent hosts 127.0.1.1").split()[1:] == [fqdn, name]
@@ -128,10 +128,10 @@ def test_diff_shows_the_file_change(bare_two_release_lab: Cli):
     cli.ssh("n1", "echo other.example > /etc/mailname")
     shown = cli("deploy", "--check", "--diff", "--limit", "n1")
     assert "-other.example" in shown.stdout + shown.stderr
-    assert "+n1.example.test" in shown.stdout + shown.stderr
+    assert "+n1.example.internal" in shown.stdout + shown.stderr
     assert cli.ssh("n1", "cat /etc/mailname") == "other.example"
     cli("deploy", "--limit", "n1")
-    assert cli.ssh("n1", "cat /etc/mailname") == "n1.example.test"
+    assert cli.ssh("n1", "cat /etc/mailname") == "n1.example.internal"
 
 
 def test_lab_down_leaves_nothing_behind(tmp_path):
@@ -174,7 +174,7 @@ def test_preinstalled_image_skips_installation_then_a_mail_and_db_host_sheds_the
         changed = report["hosts"]["n1"]["changed"]
         assert "Install the mail system's packages" not in changed
         assert "Set the host name" in changed
-        assert cli.ssh("n1", "hostname") == "mail.example.test"
+        assert cli.ssh("n1", "hostname") == "mail.example.internal"
         assert cli.json("deploy")["changes"] == 0
 
         doc = tomlkit.parse(cli.config.read_text())

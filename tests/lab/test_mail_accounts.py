@@ -226,7 +226,7 @@ def test_a_mailbox_name_with_shell_characters_is_refused(node: Node):
 
 def test_a_removed_domains_mail_is_rejected(deployed: Cli, lab_net):
     cli = deployed
-    domain = "gone.example.test"
+    domain = "gone.example.internal"
     added = cli("domain", "add", domain)
     assert "TXT" in added.stdout and f"mail._domainkey.{domain}" in added.stdout
     assert domain in cli.config.read_text()

@@ -153,7 +153,7 @@ NEW_PASSWORD = "Battery-Staple-9-correct"
 
 @dataclass
 class Rebuilt(Node):
-    """Host B: a single-host lab whose host is named mail.example.test."""
+    """Host B: a single-host lab whose host is named mail.example.internal."""
 
     @property
     def fqdn(self) -> str:
@@ -217,7 +217,7 @@ def drill(backups_on: Cli, lab_net: LabNet, tmp_path_factory):
 
 def test_restore_onto_a_fresh_host_brings_back_mail_logins_and_dkim(drill):
     b, user = drill["b"], drill["user"]
-    done = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.test", "--yes",
+    done = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.internal", "--yes",
                  "--json", check=False)
     result = json.loads(done.stdout)
     assert done.returncode == 0 and result["ok"], (
@@ -237,7 +237,7 @@ def test_restore_onto_a_fresh_host_brings_back_mail_logins_and_dkim(drill):
 def test_point_in_time_restore_returns_to_before_the_password_change(drill):
     b, user = drill["b"], drill["user"]
     moment = drill["moment"].strftime("%Y-%m-%dT%H:%M:%SZ")
-    done = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.test",
+    done = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.internal",
                  "--to-time", moment, "--yes", "--json", check=False)
     result = json.loads(done.stdout)
     assert done.returncode == 0 and result["ok"], (
@@ -246,7 +246,7 @@ def test_point_in_time_restore_returns_to_before_the_password_change(drill):
     # the mail is the snapshot's after the moment: nothing delivered before it is missing
     assert stored(b, user, drill["early"] + drill["later"]) == drill["hashes"]
     # a moment after the newest snapshot cannot be reached: said, exit 2, nothing touched
-    late = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.test",
+    late = b.cli("backup", "restore", "--host", "n1", "--from", "n2.example.internal",
                  "--to-time", "2099-01-01T00:00:00Z", "--yes", check=False)
     assert late.returncode == 2 and "the latest state is as far as a restore can go" in late.stderr
     assert b.imap_login(user, PASSWORD)

@@ -26,7 +26,7 @@ def test_submission_on_587_and_465_is_read_back_over_imap_with_valid_dkim(node: 
         assert raw is not None, f"message sent on {port} never reached {bob}'s INBOX"
         ok, why = mailclient.verify_dkim(raw, {DOMAIN: node.dkim_record})
         assert ok, f"port {port}: {why}\n{raw[:1500].decode(errors='replace')}"
-        assert b"d=example.test" in raw and b"s=mail" in raw
+        assert b"d=example.internal" in raw and b"s=mail" in raw
 
 
 def test_unknown_recipient_is_refused_at_rcpt_with_550(node: Node):

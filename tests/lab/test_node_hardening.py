@@ -19,7 +19,7 @@ from mailfleet.services.plan import full_plan
 OTHER = {"n1": "n2", "n2": "n1"}  # the lab host that plays the outside world
 # what the lab's hosts (every role, default features) open to the world
 OPEN = set(firewall.public_ports(services.plan_host(
-    parse('[mail]\ndomain = "example.test"\nhostname = "mail.example.test"\n'),
+    parse('[mail]\ndomain = "example.internal"\nhostname = "mail.example.internal"\n'),
     HostSettings(name="n1", address="10.0.0.1")), {22}))
 PROBE = "for p in {ports}; do timeout 3 bash -c \"echo > /dev/tcp/{address}/$p\" 2>/dev/null " \
         "&& echo \"$p open\" || echo \"$p closed\"; done"
@@ -69,7 +69,7 @@ def test_repeated_failed_smtp_auth_gets_the_host_banned_then_unbanned(deployed: 
         "for i in range(8):\n"
         "    try:\n"
         f"        s = smtplib.SMTP('{address}', 587, timeout=10); s.starttls(context=ctx); s.ehlo()\n"
-        "        s.login('nobody@example.test', 'wrong-%d' % i)\n"
+        "        s.login('nobody@example.internal', 'wrong-%d' % i)\n"
         "    except smtplib.SMTPAuthenticationError:\n"
         "        print('refused')\n"
         "    except OSError as e:\n"

@@ -21,12 +21,12 @@ HOSTS = {"mx12": "debian-12", "mx13": "debian-13"}
 
 def _config(base, key) -> str:
     hosts = "".join(
-        f'\n# provisioned by the test\n[[hosts]]\nname = "{name}"\nfqdn = "{name}.example.test"\n'
+        f'\n# provisioned by the test\n[[hosts]]\nname = "{name}"\nfqdn = "{name}.example.internal"\n'
         f'ssh_key = "{key}"\nssh_known_hosts = "{base / "known_hosts"}"\n\n'
         f'[hosts.provider]\nprovider = "lab"\nplan = "preinstalled"  # quick: not about apt\n'
         f'image = "{image}"\n'
         for name, image in HOSTS.items())
-    return ('[mail]\ndomain = "example.test"\nhostname = "mail.example.test"\n\n'
+    return ('[mail]\ndomain = "example.internal"\nhostname = "mail.example.internal"\n\n'
             '[dns]\ncheck = false\n\n[fail2ban]\nignore = ["10.77.0.1"]\n' + hosts)
 
 

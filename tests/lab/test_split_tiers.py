@@ -113,7 +113,7 @@ def test_each_tier_has_only_its_own_packages_and_a_second_deploy_changes_nothing
     _no_changes(cli)
     # the mail host's CA is a file Roundcube names, not in Debian's trust store (SOGo's need)
     assert cli.ssh("n2", "openssl x509 -noout -subject -in /etc/mailfleet/tls/upstream/n1.crt") \
-        .endswith("mailfleet local CA for n1.example.test")
+        .endswith("mailfleet local CA for n1.example.internal")
     assert cli.ssh("n2", "ls /usr/local/share/ca-certificates/mailfleet 2>&1 || true") \
         .endswith("No such file or directory")
     assert cli.json("deploy", "--limit", "n2")["changes"] == 0  # the web host alone, later

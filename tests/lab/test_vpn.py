@@ -207,7 +207,7 @@ def test_ssh_moves_onto_the_vpn_and_mail_stays_public(vpn: Vpn):
 
         def ehlo(address: str) -> int:
             with smtplib.SMTP(address, 25, timeout=20) as smtp:
-                return smtp.ehlo("laptop.example.test")[0]
+                return smtp.ehlo("laptop.example.internal")[0]
 
         assert vpn.net.run(ehlo, PUBLIC[name]) == 250
     # the hosts still reach each other's SSH over the tunnel

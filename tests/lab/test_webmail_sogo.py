@@ -206,7 +206,7 @@ def test_a_hostile_title_stays_a_title_and_no_header_logs_anyone_in(node: Node, 
     # Thunderbird's autoconfig, XML, names the provider with the same title
     status, xml = _get(node, "/.well-known/autoconfig/mail/config-v1.1.xml", {})
     shown = ElementTree.fromstring(xml.encode()).find("emailProvider/displayName").text
-    assert status == 200 and shown == f"{HOSTILE_TITLE} (example.test)", shown
+    assert status == 200 and shown == f"{HOSTILE_TITLE} (example.internal)", shown
     # a client naming a user in SOGo's proxy headers gets no session: SOGo answers that user's
     # mail view with its login page (the MainUI app, 200), not the mail app with the user in it
     user = node.user("sogo-victim")
@@ -229,6 +229,6 @@ def test_switching_back_to_roundcube_removes_sogo(sogo_on: Cli, lab_settings: La
         assert sogo_on.ssh(name, "runuser -u postgres -- psql -tAc \"SELECT 1 FROM pg_database "
                                  "WHERE datname = 'sogo'\"") == "1"
         page = sogo_on.ssh(name, "curl -sk --resolve "
-                                 f"{name}.example.test:443:127.0.0.1 https://{name}.example.test/")
+                                 f"{name}.example.internal:443:127.0.0.1 https://{name}.example.internal/")
         assert "rcmloginuser" in page
     _no_changes(sogo_on)

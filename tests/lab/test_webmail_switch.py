@@ -11,7 +11,7 @@ from conftest import Cli, LabSettings
 
 def _login_page(cli: Cli, node: str) -> str:
     return cli.ssh(node, "curl -sk -o /dev/null -w '%{http_code}' --resolve "
-                         f"{node}.example.test:443:127.0.0.1 https://{node}.example.test/")
+                         f"{node}.example.internal:443:127.0.0.1 https://{node}.example.internal/")
 
 
 def test_webmail_none_removes_roundcube_and_roundcube_brings_it_back(lab_settings: LabSettings):
