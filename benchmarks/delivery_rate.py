@@ -68,6 +68,16 @@ def _delivered(mailfleet: Mailfleet, node: str) -> tuple[int, float]:
     return int(count or 0), float(last or 0)
 
 
+# transactions PostgreSQL has run (every lookup is one): on the baseline, no database at all
+QUERIES = ("runuser -u postgres -- psql -Atc 'SELECT sum(xact_commit + xact_rollback) FROM "
+           "pg_stat_database' 2>/dev/null || echo 0")
+
+
+def _queries(mailfleet: Mailfleet, node: str) -> int:
+    _, out = mailfleet.ssh(node, QUERIES)
+    return int(out or 0)
+
+
 def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
     address, maildirs = TARGETS[node]
     recipients = _recipients(args.recipients)
@@ -78,7 +88,7 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
                                     "2>/dev/null && { echo $i; break; }; sleep 3; done")
     print(f"{node}: warm-up message accepted after {warmup or 'no'} tries", flush=True)
     mailfleet.ssh(node, f"find {maildirs}/new -type f -delete 2>/dev/null; true")
-    before = cpu(mailfleet, node)
+    before, queries = cpu(mailfleet, node), _queries(mailfleet, node)
     each, sessions = args.messages // len(recipients), max(1, args.sessions // len(recipients))
     senders = " ".join(f"/usr/sbin/smtp-source -d -s {sessions} -m {each} -l {args.size} "
                        f"-f bench@outside.test -t {r} {address}:25 >/dev/null &"
@@ -94,10 +104,12 @@ def _rate(mailfleet: Mailfleet, node: str, args) -> dict:
         _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
         still = still + 1 if count == seen and queue == "0" else 0
     _, queue = mailfleet.ssh(node, "postqueue -j | wc -l")
+    queries = _queries(mailfleet, node) - queries
     start = float(started.split()[0])
     seconds = last - start
     return {"count": count, "wanted": wanted, "queued": int(queue), "seconds": seconds,
             "rate": count / seconds if seconds > 0 else 0.0,
+            "queries": queries / count if count else 0.0,
             "cpu": cpu_used(before, cpu(mailfleet, node)), "delays": _delays(mailfleet, node, start)}
 
 
@@ -126,6 +138,8 @@ def main() -> None:
         print(f"{what:20} {r['rate']:7.1f} messages/s ({r['count']} of {r['wanted']} delivered in "
               f"{r['seconds']:.1f} s, {r['queued']} still queued)")
         print(f"{'':20} CPU seconds: {', '.join(f'{c} {s:.0f}' for c, s in r['cpu'])}")
+        if r["queries"]:
+            print(f"{'':20} database transactions per message: {r['queries']:.1f}")
         if r["delays"]:
             print(f"{'':20} Postfix delays a/b/c/d (median s): "
                   + "/".join(f"{d:g}" for d in r["delays"]))
