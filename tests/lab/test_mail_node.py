@@ -426,8 +426,8 @@ def test_deploy_repairs_a_host_whose_postgresql_was_stopped(node: Node):
     Postfix is reloaded so that its lookups do not wait out the 60 s pgsql retry."""
     node.cli.ssh(node.name, "systemctl stop postgresql")
     # a lookup while it is down makes Postfix's proxymap mark the database host down
-    node.cli.ssh(node.name, f"postmap -q {DOMAIN} proxy:pgsql:/etc/postfix/pgsql/"
-                            "virtual_domains.cf; true")
+    node.cli.ssh(node.name, f"postmap -q postmaster@{DOMAIN} proxy:pgsql:/etc/postfix/pgsql/"
+                            "virtual_mailboxes.cf; true")
     report = node.cli.json("deploy", "--limit", node.name)
     assert report["ok"], report
     changed = report["hosts"][node.name]["changed"]
