@@ -1,8 +1,8 @@
 """`mailfleet domain ...`: the mail domains served.
 
 A domain lives in mailfleet.toml (`mail.domains`), because deploy derives its DKIM key,
-signing and (later) DNS records from there, and in each host's mail database, which
-Postfix and Dovecot read. `domain add` and `domain remove` change both and apply the
+signing, DNS records and Postfix's list of domains from there, and in each host's mail
+database, which Dovecot and Postfix's mailbox and alias lookups read. `domain add` and `domain remove` change both and apply the
 config like `mailfleet deploy`; the file is only rewritten once the hosts took it.
 """
 

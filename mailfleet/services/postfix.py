@@ -10,6 +10,7 @@ from __future__ import annotations
 import shlex
 
 from pyinfra.api import operation
+from pyinfra.facts.files import File
 from pyinfra.facts.server import Command
 from pyinfra.operations import files
 
@@ -93,9 +94,6 @@ def deploy(ctx: HostContext) -> None:
                mode="640", group="postfix", secret=True)
         for name, (purpose, query) in MAPS.items()
     ]
-    for name in RETIRED_MAPS:
-        ctx.op(files.file, name=f"Remove the retired {name} map", path=f"{MAP_DIR}/{name}.cf",
-               present=False)
     domains = ctx.config.mail.all_domains
     senders = ctx.op(config_file, name="Write our own domains, refused as a stranger's sender",
                      dest=OWN_DOMAIN_SENDERS,
@@ -130,6 +128,14 @@ def deploy(ctx: HostContext) -> None:
     ctx.service("postfix", restart_when=(master,),
                 reload_when=(main, senders, *maps, provided(ctx).certificate,
                              provided(ctx).postgresql_started))
+    # only after the reload: until then the running Postfix may still read them
+    for name in RETIRED_MAPS:
+        ctx.op(files.file, name=f"Remove the retired {name} map", path=_retired(name),
+               present=False)
+
+
+def _retired(name: str) -> str:
+    return f"{MAP_DIR}/{name}.cf"
 
 
 def preseed(ctx: HostContext) -> None:
@@ -176,4 +182,5 @@ SERVICE = Service(
     "postfix", applies=lambda plan: plan.mail, packages=tuple(PACKAGES), deploy=deploy,
     checks=checks, reads=lambda engine, plan: [_check_read(engine)], snapshot=SNAPSHOT,
     units=(Unit("postfix", tuple(Port(port, f"Postfix {name}") for port, name in PORTS.items())),),
-    managed_paths=("/etc/postfix", "/etc/aliases"))
+    managed_paths=("/etc/postfix", "/etc/aliases"),
+    facts=lambda ctx: [(File, {"path": _retired(name)}) for name in RETIRED_MAPS])
