@@ -26,7 +26,7 @@ USER, PASSWORD = "reader@example.internal", "Quiet-river-2026-k"
 # systemd units (without .service) of each webmail tier
 WEB = {"roundcube": ("nginx", "php8.2-fpm", "php8.4-fpm"),
        "sogo": ("nginx", "sogo", "memcached")}
-MAIL = ("postgresql@15-main", "postgresql@17-main", "postfix@-", "dovecot", "opendkim",
+MAIL = ("postgresql@15-main", "postgresql@17-main", "postfix", "postfix@-", "dovecot", "opendkim",
         "opendmarc")
 # RSS and PSS (kB) of every process, by the systemd unit whose cgroup holds it
 MEMORY = r"""
