@@ -2,8 +2,9 @@
 
 A domain lives in mailfleet.toml (`mail.domains`), because deploy derives its DKIM key,
 signing, DNS records and Postfix's list of domains from there, and in each host's mail
-database, which Dovecot and Postfix's mailbox and alias lookups read. `domain add` and `domain remove` change both and apply the
-config like `mailfleet deploy`; the file is only rewritten once the hosts took it.
+database, which Dovecot and Postfix's mailbox and alias lookups read. `domain add` and
+`domain remove` change both and apply the config like `mailfleet deploy`; the file is only
+rewritten once the hosts took it.
 """
 
 from __future__ import annotations

@@ -338,8 +338,8 @@ def test_sigkill_of_postgresql_during_deliveries_loses_no_accepted_message(node:
             break
         time.sleep(3)
     assert count == len(accepted), (count, len(accepted), node.cli.ssh(node.name, "postqueue -p"))
-    # A lookup on a database connection Postfix opened before the kill can still fail (a 451
-    # 4.3.0 for that message, which its sender retries): the next test starts with new ones
+    # A lookup on a database connection Postfix opened before the kill fails once (a 4xx for
+    # that message, which its sender retries; docs/mail-node.md): the next test starts anew
     node.cli.ssh(node.name, "postfix reload")
     assert "MAILER-DAEMON" not in node.cli.ssh(node.name, "postqueue -p")
 
@@ -429,8 +429,8 @@ def test_deploy_repairs_a_host_whose_postgresql_was_stopped(node: Node):
     Postfix is reloaded so that its lookups do not wait out the 60 s pgsql retry."""
     node.cli.ssh(node.name, "systemctl stop postgresql")
     # a lookup while it is down makes Postfix's proxymap mark the database host down
-    node.cli.ssh(node.name, f"postmap -q postmaster@{DOMAIN} proxy:pgsql:/etc/postfix/pgsql/"
-                            "virtual_mailboxes.cf; true")
+    node.cli.ssh(node.name, f"postmap -q {shlex.quote('postmaster@' + DOMAIN)} "
+                            "proxy:pgsql:/etc/postfix/pgsql/virtual_mailboxes.cf; true")
     report = node.cli.json("deploy", "--limit", node.name)
     assert report["ok"], report
     changed = report["hosts"][node.name]["changed"]
