@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,11 +64,13 @@ class Database:
     aliases: dict[str, set[str]]  # source → destinations
 
     @classmethod
-    def read(cls, conn: psycopg.Connection) -> Database:
+    def read(cls, conn: psycopg.Connection, configured: Collection[str]) -> Database:
+        """configured: mailfleet.toml's domains; a domain is served if it is there and in
+        the database."""
         aliases: dict[str, set[str]] = {}
         for source, destination in conn.execute("SELECT source, destination FROM aliases"):
             aliases.setdefault(source, set()).add(destination)
-        return cls(store.domain_names(conn), store.existing(conn), aliases)
+        return cls(store.domain_names(conn) & set(configured), store.existing(conn), aliases)
 
 
 def read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:

@@ -56,6 +56,15 @@ def parse(fn, value: str, option: str):
         raise UsageError(f"{option}: {err}.") from err
 
 
+def require_configured(config: Config, address: str) -> None:
+    """The address's domain is one of mailfleet.toml's: Postfix accepts mail for those alone
+    (a domain left in the database after it left the file gets none)."""
+    domain = rules.domain_of(address)
+    if domain not in config.mail.all_domains:
+        raise UsageError(f"Domain {domain} is not in mailfleet.toml, so mail for it is refused.",
+                         hint=f"Add it first: mailfleet domain add {domain}")
+
+
 def new_password(email: str, config: Config, stdin: bool, generate: bool) -> tuple[str, bool]:
     """(password, generated) from --generate, --password-stdin or two hidden prompts."""
     if stdin and generate:

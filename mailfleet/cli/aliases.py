@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from mailfleet.accounts import rules, store
-from mailfleet.cli.accounts import HostOption, Json, database, parse
+from mailfleet.cli.accounts import HostOption, Json, database, parse, require_configured
 from mailfleet.cli.output import console, print_json
 
 app = typer.Typer(help="Aliases, catch-alls and forwarding: add, list, remove.",
@@ -34,7 +34,8 @@ def add(
     """
     source = parse(rules.alias_source, source, "ALIAS")
     targets = [parse(rules.destination, d, "DESTINATION") for d in destinations]
-    with database(ctx, host) as (_, settings, conn):
+    with database(ctx, host) as (config, settings, conn):
+        require_configured(config, source)
         added = store.add_alias(conn, source, targets)
     console.print(f"{escape(source)} → {escape(', '.join(targets))} on {settings.name}"
                   + ("" if added == len(targets) else f" ({len(targets) - added} existed already)"))

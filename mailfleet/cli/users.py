@@ -14,7 +14,7 @@ from mailfleet.accounts import bulk, rules, store
 from mailfleet.accounts.passwords import hash_many, hash_password
 from mailfleet.cli.accounts import (
     FATE, Archive, HostOption, Json, Purge, Yes, confirm, database, disposal, mail_hosts,
-    new_password, parse,
+    new_password, parse, require_configured,
 )
 from mailfleet.cli.output import console, err_console, info, print_json
 from mailfleet.config import HostSettings
@@ -60,6 +60,7 @@ def add(
     name = parse(rules.display_name, name, "--name")
     quota_bytes = parse(rules.quota, quota or "", "--quota")
     with database(ctx, host) as (config, settings, conn):
+        require_configured(config, email)
         store.require_new_mailbox(conn, email)  # before asking for a password
         if home is not None:
             store.require_home(conn, home)
@@ -261,7 +262,7 @@ def import_users(
         raise UsageError(f"--passwords-out {passwords_out}: the directory "
                          f"{passwords_out.parent} does not exist; nothing was imported.")
     with database(ctx, host) as (config, settings, conn):
-        plan = bulk.plan(rows, bulk.Database.read(conn), update, config.mail.min_password_length)
+        plan = bulk.plan(rows, bulk.Database.read(conn, config.mail.all_domains), update, config.mail.min_password_length)
         if plan.problems:
             raise UsageError(bulk.describe(plan.problems, file))
         generated = [r for r in plan.rows if r.generated]
