@@ -262,7 +262,8 @@ def import_users(
         raise UsageError(f"--passwords-out {passwords_out}: the directory "
                          f"{passwords_out.parent} does not exist; nothing was imported.")
     with database(ctx, host) as (config, settings, conn):
-        plan = bulk.plan(rows, bulk.Database.read(conn, config.mail.all_domains), update, config.mail.min_password_length)
+        plan = bulk.plan(rows, bulk.Database.read(conn, config.mail.all_domains), update,
+                         config.mail.min_password_length)
         if plan.problems:
             raise UsageError(bulk.describe(plan.problems, file))
         generated = [r for r in plan.rows if r.generated]
